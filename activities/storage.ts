@@ -1,0 +1,169 @@
+/**
+ * Object storage through the `minio` client: any S3 endpoint works. Endpoint and keys come from
+ * the worker's environment only (DESIGN invariant 2): they never enter a payload or a log line.
+ */
+import { createWriteStream } from 'node:fs';
+import { mkdir, readdir, rename, stat } from 'node:fs/promises';
+import { dirname, join, relative, sep } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Client } from 'minio';
+
+export interface StorageEnv {
+  endpoint: string;
+  accessKey: string;
+  secretKey: string;
+  region: string;
+}
+
+/** Reads DPO_S3_* (defaults match the local stack started by `npm run stack`). */
+export function storageEnvFromProcess(env: NodeJS.ProcessEnv = process.env): StorageEnv {
+  return {
+    endpoint: env.DPO_S3_ENDPOINT ?? 'http://127.0.0.1:9000',
+    accessKey: env.DPO_S3_ACCESS_KEY ?? 'dpo-local',
+    secretKey: env.DPO_S3_SECRET_KEY ?? 'dpo-local-secret',
+    region: env.DPO_S3_REGION ?? 'us-east-1',
+  };
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  etag: string;
+}
+
+export class Storage {
+  readonly client: Client;
+
+  constructor(env: StorageEnv) {
+    const url = new URL(env.endpoint);
+    this.client = new Client({
+      endPoint: url.hostname,
+      port: url.port ? Number(url.port) : undefined,
+      useSSL: url.protocol === 'https:',
+      accessKey: env.accessKey,
+      secretKey: env.secretKey,
+      region: env.region,
+    });
+  }
+
+  async ensureBucket(bucket: string): Promise<void> {
+    if (!(await this.client.bucketExists(bucket))) {
+      try {
+        await this.client.makeBucket(bucket);
+      } catch (err) {
+        // Another worker may have created it between the check and the call.
+        if (!(await this.client.bucketExists(bucket))) throw err;
+      }
+    }
+  }
+
+  async exists(bucket: string, key: string): Promise<boolean> {
+    try {
+      await this.client.statObject(bucket, key);
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  async list(bucket: string, prefix: string): Promise<ObjectInfo[]> {
+    const out: ObjectInfo[] = [];
+    const stream = this.client.listObjectsV2(bucket, prefix, true);
+    for await (const item of stream as AsyncIterable<{ name?: string; size: number; etag: string }>) {
+      if (item.name) out.push({ key: item.name, size: item.size, etag: item.etag });
+    }
+    return out.sort((a, b) => a.key.localeCompare(b.key));
+  }
+
+  async getBuffer(bucket: string, key: string): Promise<Buffer> {
+    const stream = await this.client.getObject(bucket, key);
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  async getJson<T>(bucket: string, key: string): Promise<T> {
+    return JSON.parse((await this.getBuffer(bucket, key)).toString('utf8')) as T;
+  }
+
+  async putBuffer(bucket: string, key: string, body: Buffer | string, contentType = 'application/octet-stream'): Promise<void> {
+    const buf = typeof body === 'string' ? Buffer.from(body) : body;
+    await this.client.putObject(bucket, key, buf, buf.length, { 'Content-Type': contentType });
+  }
+
+  async putJson(bucket: string, key: string, value: unknown): Promise<void> {
+    await this.putBuffer(bucket, key, JSON.stringify(value, null, 2), 'application/json');
+  }
+
+  async putFile(bucket: string, key: string, path: string): Promise<void> {
+    await this.client.fPutObject(bucket, key, path);
+  }
+
+  async copyObject(bucket: string, key: string, sourceBucket: string, sourceKey: string): Promise<void> {
+    const { CopyDestinationOptions, CopySourceOptions } = await import('minio');
+    await this.client.copyObject(
+      new CopySourceOptions({ Bucket: sourceBucket, Object: sourceKey }),
+      new CopyDestinationOptions({ Bucket: bucket, Object: key }),
+    );
+  }
+
+  /** Downloads one object to a local file atomically (temp file, then rename). */
+  async downloadFile(bucket: string, key: string, path: string): Promise<void> {
+    await mkdir(dirname(path), { recursive: true });
+    const tmp = `${path}.part-${process.pid}`;
+    await pipeline(await this.client.getObject(bucket, key), createWriteStream(tmp));
+    await rename(tmp, path);
+  }
+
+  /** Downloads every object under `prefix` into `dir`, keeping relative paths. */
+  async downloadPrefix(bucket: string, prefix: string, dir: string): Promise<string[]> {
+    const objects = await this.list(bucket, prefix);
+    const files: string[] = [];
+    for (const obj of objects) {
+      const rel = obj.key.slice(prefix.length);
+      if (!rel || rel.split('/').some((s) => s === '..')) continue;
+      const path = join(dir, ...rel.split('/'));
+      await this.downloadFile(bucket, obj.key, path);
+      files.push(rel);
+    }
+    return files;
+  }
+
+  /**
+   * Uploads a local folder under `prefix`. The file named `lastFile` (a manifest) goes up last,
+   * so readers that wait for it never see a partial folder (DESIGN invariant 3).
+   */
+  async uploadDir(bucket: string, dir: string, prefix: string, lastFile?: string): Promise<string[]> {
+    const files = await listFilesRecursive(dir);
+    const ordered = [...files.filter((f) => f !== lastFile), ...files.filter((f) => f === lastFile)];
+    for (const rel of ordered) await this.putFile(bucket, prefix + rel, join(dir, ...rel.split('/')));
+    return ordered;
+  }
+}
+
+export async function listFilesRecursive(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  async function walk(d: string) {
+    for (const entry of await readdir(d, { withFileTypes: true })) {
+      const p = join(d, entry.name);
+      if (entry.isDirectory()) await walk(p);
+      else if (entry.isFile()) out.push(relative(dir, p).split(sep).join('/'));
+    }
+  }
+  if ((await stat(dir).catch(() => null))?.isDirectory()) await walk(dir);
+  return out.sort();
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'NotFound' || code === 'NoSuchKey' || code === 'NoSuchBucket';
+}
+
+/** `s3://bucket/some/prefix` -> { bucket, prefix: 'some/prefix/' } */
+export function parseS3Uri(uri: string): { bucket: string; prefix: string } {
+  const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(uri);
+  if (!m) throw new Error(`not an s3:// URI: ${uri}`);
+  const prefix = m[2] && !m[2].endsWith('/') ? `${m[2]}/` : m[2] ?? '';
+  return { bucket: m[1]!, prefix };
+}

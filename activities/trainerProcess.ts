@@ -1,0 +1,116 @@
+/**
+ * Runs a `dpo_trainer` command as a child process and relays its JSON-line events, each
+ * validated against schemas/trainer-events.schema.json (the schema the Python side also uses).
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { REPO_ROOT } from './deps.js';
+
+/** Exit statuses of the trainer (trainer/README.md). */
+export const TrainerExit = {
+  Finished: 0,
+  Crash: 1,
+  InvalidInput: 65,
+  Preempted: 75,
+  OutOfMemory: 76,
+} as const;
+
+export interface TrainerEvent {
+  event: string;
+  time: number;
+  [key: string]: unknown;
+}
+
+export interface TrainerOutcome {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  /** The last `error` event, if any: it says what went wrong in the trainer's words. */
+  error?: TrainerEvent;
+  stderrTail: string;
+}
+
+let validateEvent: ((e: unknown) => boolean) & { errors?: unknown } | undefined;
+function eventValidator() {
+  if (!validateEvent) {
+    const schema = JSON.parse(readFileSync(resolve(REPO_ROOT, 'schemas/trainer-events.schema.json'), 'utf8'));
+    validateEvent = new Ajv2020({ allErrors: true, strict: false }).compile(schema);
+  }
+  return validateEvent;
+}
+
+export function parseTrainerEvent(line: string): TrainerEvent | null {
+  if (!line.startsWith('{')) return null;
+  const event = JSON.parse(line) as TrainerEvent;
+  const validate = eventValidator();
+  if (!validate(event)) {
+    throw new Error(`trainer emitted an event that breaks the protocol: ${line.slice(0, 300)} (${JSON.stringify(validate.errors)})`);
+  }
+  return event;
+}
+
+export interface RunTrainerOptions {
+  pythonBin: string;
+  module: 'dpo_trainer.train' | 'dpo_trainer.evaluate';
+  configPath: string;
+  onEvent: (event: TrainerEvent) => void;
+  /** Aborting sends SIGTERM (the trainer checkpoints and exits), then SIGKILL after `killAfterMs`. */
+  signal?: AbortSignal;
+  killAfterMs?: number;
+  extraEnv?: Record<string, string>;
+  onSpawn?: (pid: number) => void;
+}
+
+/** Environment for the trainer: the worker's, minus storage secrets it never needs. */
+export function trainerEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, PYTHONUNBUFFERED: '1', ...extra };
+  for (const name of Object.keys(env)) if (/^(DPO_S3_|AWS_|MINIO_)/.test(name)) delete env[name];
+  return env;
+}
+
+export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(opts.pythonBin, ['-m', opts.module, '--config', opts.configPath], {
+      cwd: REPO_ROOT,
+      env: trainerEnv(opts.extraEnv),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    if (child.pid) opts.onSpawn?.(child.pid);
+    let error: TrainerEvent | undefined;
+    let stderrTail = '';
+    let protocolError: Error | undefined;
+    let killTimer: NodeJS.Timeout | undefined;
+
+    const onAbort = () => {
+      child.kill('SIGTERM');
+      killTimer = setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs ?? 60_000);
+    };
+    if (opts.signal?.aborted) onAbort();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      try {
+        const event = parseTrainerEvent(line.trim());
+        if (!event) return;
+        if (event.event === 'error') error = event;
+        opts.onEvent(event);
+      } catch (err) {
+        protocolError ??= err as Error;
+        child.kill('SIGKILL');
+      }
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderrTail = (stderrTail + chunk.toString()).slice(-4000);
+      if (process.env.DPO_TRAINER_LOG === '1') process.stderr.write(chunk);
+    });
+    child.on('error', reject);
+    child.on('close', (exitCode, signal) => {
+      clearTimeout(killTimer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (protocolError) reject(protocolError);
+      else resolvePromise({ exitCode, signal, error, stderrTail });
+    });
+  });
+}

@@ -1,0 +1,179 @@
+/**
+ * The pipeline config: one schema shared by the CLI, the workflow and the activities.
+ *
+ * `PipelineConfigInput` is what users write (YAML or JSON, most fields optional);
+ * `PipelineConfig` is the resolved form with every default filled in. Unknown keys are errors,
+ * and every problem is reported with its path. Pure code: it is bundled into the workflow.
+ */
+import { z } from 'zod';
+import { isSafeKeySegment } from './keys.js';
+
+const safeName = z
+  .string()
+  .refine(isSafeKeySegment, {
+    message: 'must be 1-128 characters of letters, digits, ".", "_" or "-", and not "." or ".."',
+  });
+
+/** Where a dataset or a model comes from. Secrets never go here: they come from the worker's env. */
+const sourceUri = z
+  .string()
+  .min(1)
+  .refine((s) => /^(s3:\/\/[^/]+(\/.*)?|hf:\/\/.+|file:\/\/\/.+|\/.+|\.{1,2}\/.*)$/.test(s), {
+    message: 'must be s3://bucket/prefix, hf://owner/name, file:///abs/path, /abs/path or ./relative/path',
+  });
+
+export const ColumnMappingSchema = z
+  .strictObject({
+    image: z.string().default('image').describe('column holding the image struct {bytes, path}'),
+    question: z.string().default('question').describe('column holding the user prompt'),
+    chosen: z.string().default('chosen').describe('column holding the preferred answer'),
+    rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
+  })
+  .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
+
+export const DatasetSchema = z.strictObject({
+  source: sourceUri.describe('Parquet dataset: s3://bucket/prefix, a local folder, or hf://owner/name'),
+  train_split: safeName.default('train').describe('split used for training'),
+  eval_split: safeName.default('test').describe('held-out split used for evaluation'),
+  columns: ColumnMappingSchema.prefault({}),
+  max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
+  max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
+});
+
+export const ModelSchema = z.strictObject({
+  source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),
+});
+
+export const FormatSchema = z.strictObject({
+  image_longest_edge: z
+    .int()
+    .min(8)
+    .max(8192)
+    .optional()
+    .describe("pixels; images are thumbnailed to this longest edge (default: half the processor's longest edge)"),
+  max_drop_ratio: z
+    .number()
+    .min(0)
+    .max(1)
+    .default(0.2)
+    .describe('fail the stage when more than this share of rows is dropped as invalid'),
+});
+
+export const TokenizeSchema = z
+  .strictObject({
+    max_length: z.int().positive().default(1024).describe('tokens; prompt + longest answer'),
+    max_prompt_length: z.int().positive().default(512).describe('tokens; prompts longer than this are dropped'),
+  })
+  .refine((t) => t.max_prompt_length <= t.max_length, {
+    message: 'max_prompt_length must not exceed max_length',
+    path: ['max_prompt_length'],
+  });
+
+export const ShardSchema = z.strictObject({
+  samples_per_shard: z.int().positive().default(2000).describe('rows per Parquet shard'),
+});
+
+export const LoraSchema = z.strictObject({
+  r: z.int().positive().default(16).describe('LoRA rank'),
+  alpha: z.number().positive().default(32).describe('LoRA scaling numerator (scale = alpha / r)'),
+  dropout: z.number().min(0).max(1).default(0).describe('dropout on the LoRA branch'),
+  target_modules: z
+    .union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)])
+    .default('all-linear')
+    .describe('modules that get adapters; "all-linear" as in the seed recipe'),
+});
+
+export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge', 'robust'] as const;
+
+export const TrainSchema = z.strictObject({
+  epochs: z.int().positive().default(1).describe('passes over the training shards'),
+  max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
+  per_device_train_batch_size: z.int().positive().default(2).describe('pairs per micro-batch'),
+  gradient_accumulation_steps: z.int().positive().default(32).describe('micro-batches per optimizer step'),
+  learning_rate: z.number().positive().default(5e-6).describe('peak AdamW learning rate'),
+  lr_scheduler_type: z.enum(['cosine', 'linear', 'constant']).default('cosine'),
+  warmup_ratio: z.number().min(0).max(1).default(0).describe('share of steps with linear warmup'),
+  weight_decay: z.number().min(0).default(0),
+  max_grad_norm: z.number().positive().default(1).describe('gradient clipping norm'),
+  beta: z.number().positive().default(0.1).describe('DPO temperature'),
+  loss_type: z.enum(LOSS_TYPES).default('sigmoid'),
+  label_smoothing: z.number().min(0).max(0.5).default(0).describe('conservative DPO / robust label noise'),
+  lora: LoraSchema.prefault({}),
+  dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
+  gradient_checkpointing: z.boolean().default(false),
+  checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
+  seed: z.int().min(0).default(42),
+});
+
+export const EvaluateSchema = z.strictObject({
+  batch_size: z.int().positive().default(16).describe('pairs per forward pass'),
+});
+
+export const QueuesSchema = z.strictObject({
+  cpu: z.string().min(1).default('dpo').describe('task queue of workflows and CPU stages'),
+  gpu: z.string().min(1).default('dpo-gpu').describe('task queue of the train stage'),
+});
+
+export const StorageSchema = z.strictObject({
+  bucket: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be a valid S3 bucket name')
+    .default('dpo')
+    .describe('bucket for stage outputs, checkpoints and reports (endpoint and keys come from the worker env)'),
+});
+
+export const PipelineConfigSchema = z.strictObject({
+  name: safeName.describe('human name of the run; used in workflow ids'),
+  model: ModelSchema,
+  dataset: DatasetSchema,
+  format: FormatSchema.prefault({}),
+  tokenize: TokenizeSchema.prefault({}),
+  shard: ShardSchema.prefault({}),
+  train: TrainSchema.prefault({}),
+  evaluate: EvaluateSchema.prefault({}),
+  queues: QueuesSchema.prefault({}),
+  storage: StorageSchema.prefault({}),
+});
+
+export type PipelineConfigInput = z.input<typeof PipelineConfigSchema>;
+export type PipelineConfig = z.output<typeof PipelineConfigSchema>;
+export type TrainConfig = PipelineConfig['train'];
+
+export interface ConfigProblem {
+  /** Dotted path of the offending field, e.g. `train.beta`; `(root)` for the whole document. */
+  path: string;
+  message: string;
+}
+
+export type ConfigParseResult =
+  | { ok: true; config: PipelineConfig }
+  | { ok: false; problems: ConfigProblem[] };
+
+/** Validates raw input, collecting every problem instead of stopping at the first. */
+export function parsePipelineConfig(raw: unknown): ConfigParseResult {
+  const result = PipelineConfigSchema.safeParse(raw, { reportInput: true });
+  if (result.success) return { ok: true, config: result.data };
+  const problems = result.error.issues.map((issue) => ({
+    path: issue.path.length ? issue.path.join('.') : '(root)',
+    message: describeIssue(issue),
+  }));
+  return { ok: false, problems };
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') {
+    return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+  }
+  if (issue.code === 'invalid_type' && issue.input === undefined) return `required (expected ${issue.expected})`;
+  return issue.message;
+}
+
+export function formatConfigProblems(problems: ConfigProblem[]): string {
+  const lines = problems.map((p) => `  - ${p.path}: ${p.message}`);
+  return `invalid pipeline config (${problems.length} problem${problems.length > 1 ? 's' : ''}):\n${lines.join('\n')}`;
+}
+
+/** The JSON Schema of what users may write, exported to configs/ for editors. */
+export function pipelineConfigJsonSchema(): object {
+  return z.toJSONSchema(PipelineConfigSchema, { io: 'input', unrepresentable: 'any' });
+}

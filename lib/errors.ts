@@ -1,0 +1,28 @@
+/**
+ * Failure types, named by what the caller should do (DESIGN invariant 5). Activities raise
+ * `ApplicationFailure`s with these types; retry policies list the non-retryable ones.
+ */
+export const FailureType = {
+  /** Fix the config; nothing ran. */
+  InvalidConfig: 'InvalidConfig',
+  /** Fix the dataset (missing column, too many bad rows); nothing stored was changed. */
+  InvalidDataset: 'InvalidDataset',
+  /** The model folder is missing or unusable. */
+  ModelLoadError: 'ModelLoadError',
+  /** The trainer rejected its input (config, shard, dtype). */
+  InvalidInput: 'InvalidInput',
+  /** The trainer ran out of memory after its own backoff; the workflow may replan. */
+  OutOfMemory: 'OutOfMemory',
+  /** SIGTERM reached the trainer and it checkpointed: retry anywhere, resume from there. */
+  Preempted: 'Preempted',
+} as const;
+export type FailureType = (typeof FailureType)[keyof typeof FailureType];
+
+/** Failures no retry can fix: the workflow fails fast (or replans, for OOM). */
+export const NON_RETRYABLE_FAILURES: FailureType[] = [
+  FailureType.InvalidConfig,
+  FailureType.InvalidDataset,
+  FailureType.ModelLoadError,
+  FailureType.InvalidInput,
+  FailureType.OutOfMemory,
+];

@@ -1,0 +1,115 @@
+/**
+ * Payloads between stages: references to stored outputs plus small summaries, never data
+ * (DESIGN invariant 1). Pure types: shared by the workflow, the activities and the CLI.
+ */
+import type { PipelineConfig, TrainConfig } from './config.js';
+import type { StageKind } from './keys.js';
+
+/** What a data stage returns: where its output is and whether it was reused. */
+export interface StageResult {
+  kind: StageKind;
+  /** Hash of the stage's inputs; its output lives under stages/<kind>/<hash>/. */
+  hash: string;
+  manifestKey: string;
+  /** True when an earlier run had already produced this exact output. */
+  cached: boolean;
+  /** Small numbers for progress and the report (rows, dropped, tokens...). */
+  summary: Record<string, number | string>;
+}
+
+export interface StageInput {
+  bucket: string;
+  upstream: StageResult;
+}
+
+export interface DownloadInput {
+  bucket: string;
+  dataset: PipelineConfig['dataset'];
+}
+
+export interface FormatInput extends StageInput {
+  modelSource: string;
+  format: PipelineConfig['format'];
+  columns: PipelineConfig['dataset']['columns'];
+  splits: { train: string; eval: string };
+  limits: { train?: number; eval?: number };
+}
+
+export interface TokenizeInput extends StageInput {
+  modelSource: string;
+  tokenize: PipelineConfig['tokenize'];
+}
+
+export interface ShardInput extends StageInput {
+  shard: PipelineConfig['shard'];
+}
+
+/** TRL's metric names, as the trainer reports them. */
+export type TrainMetrics = Record<string, number>;
+
+export interface TrainInput {
+  runId: string;
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  trainSplit: string;
+  train: TrainConfig;
+}
+
+export interface TrainResult {
+  adapterPrefix: string;
+  finalStep: number;
+  checkpointKeys: string[];
+  resumedFromStep: number | null;
+  metrics: TrainMetrics;
+  trainSeconds: number;
+}
+
+export interface EvalMetrics {
+  samples: number;
+  preference_accuracy: number;
+  reward_accuracy: number;
+  reward_margin_mean: number;
+  logp_margin_mean: number;
+}
+
+export interface EvaluateInput {
+  runId: string;
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  evalSplit: string;
+  adapterPrefix: string;
+  batchSize: number;
+  beta: number;
+}
+
+export interface EvaluateResult {
+  base: EvalMetrics;
+  trained: EvalMetrics;
+  metricsKey: string;
+}
+
+export interface ReportInput {
+  runId: string;
+  bucket: string;
+  config: PipelineConfig;
+  stages: StageResult[];
+  train: TrainResult;
+  evaluation: EvaluateResult;
+}
+
+export interface ReportResult {
+  markdownKey: string;
+  jsonKey: string;
+}
+
+/** What dpoPipeline returns: every reference a user needs after the run. */
+export interface PipelineResult {
+  runId: string;
+  bucket: string;
+  stages: StageResult[];
+  train: TrainResult;
+  evaluation: EvaluateResult;
+  report: ReportResult;
+}

@@ -1,0 +1,73 @@
+/**
+ * Demo and test assets: the tiny random-init LLaVA (built by the trainer's build_tiny_model and
+ * cached per builder version in ~/.cache/dpo-vlm/models) and the generated demo dataset, both
+ * published to object storage where pipelines read them like any real model or dataset.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { rename, rm, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { generateDemoDataset } from '../datagen/demoShapes.js';
+import type { Storage } from '../activities/storage.js';
+import { REPO_ROOT } from './localStack.js';
+
+const run = promisify(execFile);
+const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
+
+export function pythonBin(): string {
+  return process.env.DPO_TRAINER_PYTHON ?? join(REPO_ROOT, 'trainer/.venv/bin/python');
+}
+
+/** Builds the demo model once per version of its builder; returns the local folder. */
+export async function ensureTinyModel(seed = 0): Promise<string> {
+  const builder = readFileSync(join(REPO_ROOT, 'trainer/dpo_trainer/build_tiny_model.py'));
+  const version = createHash('sha256').update(builder).update(`seed=${seed}`).digest('hex').slice(0, 12);
+  const dir = join(CACHE, 'models', `tiny-llava-${version}`);
+  if (existsSync(join(dir, 'config.json'))) return dir;
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await run(pythonBin(), ['-m', 'dpo_trainer.build_tiny_model', '--arch', 'llava', '--out', tmp, '--seed', String(seed)], {
+    cwd: REPO_ROOT,
+  });
+  await rename(tmp, dir).catch(async (err) => {
+    if (!existsSync(join(dir, 'config.json'))) throw err;
+    await rm(tmp, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+/**
+ * Uploads a folder unless `prefix` already holds this exact version of it (named in a
+ * `.published` object, written last).
+ */
+export async function publishFolder(storage: Storage, bucket: string, prefix: string, dir: string): Promise<string> {
+  await storage.ensureBucket(bucket);
+  const marker = `${prefix}.published`;
+  const version = dir.split('/').pop()!;
+  const published = (await storage.exists(bucket, marker)) ? (await storage.getBuffer(bucket, marker)).toString() : null;
+  if (published !== version) {
+    await storage.uploadDir(bucket, dir, prefix);
+    await storage.putBuffer(bucket, marker, version);
+  }
+  return `s3://${bucket}/${prefix.replace(/\/$/, '')}`;
+}
+
+export interface DemoDatasetSpec {
+  trainRows: number;
+  testRows: number;
+  seed: number;
+}
+
+/** Generates the demo dataset into the cache (deterministic by spec) and returns its folder. */
+export async function ensureDemoDataset(spec: DemoDatasetSpec): Promise<string> {
+  const generator = readFileSync(join(REPO_ROOT, 'datagen/demoShapes.ts'));
+  const version = createHash('sha256').update(generator).update(JSON.stringify(spec)).digest('hex').slice(0, 12);
+  const dir = join(CACHE, 'datasets', `demo-shapes-${version}`);
+  if (existsSync(join(dir, '.complete'))) return dir;
+  await generateDemoDataset({ outDir: dir, ...spec });
+  await writeFile(join(dir, '.complete'), '');
+  return dir;
+}

@@ -1,0 +1,174 @@
+/**
+ * The local stack: `temporal server start-dev` (SQLite file, Web UI on) and a MinIO server, both on
+ * 127.0.0.1 with their data under .dpo/state/ so runs survive restarts. Services already listening
+ * are reused; `down` stops only what `up` started (pid files record that).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, readFileSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { homedir } from 'node:os';
+import { delimiter, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
+export const STATE_DIR = resolve(process.env.DPO_STATE_DIR ?? join(REPO_ROOT, '.dpo/state'));
+
+export const LOCAL_MINIO = { user: 'dpo-local', password: 'dpo-local-secret' };
+
+interface ServiceSpec {
+  name: 'temporal' | 'minio';
+  host: string;
+  port: number;
+  command: () => { bin: string; args: string[]; env?: Record<string, string> };
+  ready: () => Promise<boolean>;
+}
+
+function pinnedVersions(): Record<string, string> {
+  const text = readFileSync(join(REPO_ROOT, 'scripts/versions.sh'), 'utf8');
+  return Object.fromEntries([...text.matchAll(/^([A-Z_]+)="([^"]*)"/gm)].map((m) => [m[1]!, m[2]!]));
+}
+
+/** The tool from the per-user cache that scripts/install-tools.sh fills, else from PATH. */
+export function toolPath(name: 'temporal' | 'minio'): string {
+  const v = pinnedVersions();
+  const cacheDir = (process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm')).replace('$HOME', homedir());
+  const version = name === 'temporal' ? v.TEMPORAL_CLI_VERSION : v.MINIO_VERSION;
+  const cached = join(cacheDir, 'tools', `${name}-${version}`, 'bin', name);
+  if (existsSync(cached)) return cached;
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir && existsSync(join(dir, name))) return join(dir, name);
+  }
+  throw new Error(`${name} is not installed: run \`npm run setup\` (it builds ${name} with go install, once)`);
+}
+
+function hostPort(value: string, fallbackPort: number): { host: string; port: number } {
+  const url = new URL(value.includes('://') ? value : `tcp://${value}`);
+  return { host: url.hostname, port: url.port ? Number(url.port) : fallbackPort };
+}
+
+export function portOpen(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((done) => {
+    const socket = connect({ host, port });
+    const finish = (ok: boolean) => {
+      socket.destroy();
+      done(ok);
+    };
+    socket.setTimeout(timeoutMs, () => finish(false));
+    socket.once('connect', () => finish(true));
+    socket.once('error', () => finish(false));
+  });
+}
+
+function services(): ServiceSpec[] {
+  const temporal = hostPort(process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233', 7233);
+  const minio = hostPort(process.env.DPO_S3_ENDPOINT ?? 'http://127.0.0.1:9000', 9000);
+  const uiPort = Number(process.env.DPO_TEMPORAL_UI_PORT ?? 8233);
+  return [
+    {
+      name: 'temporal',
+      ...temporal,
+      command: () => ({
+        bin: toolPath('temporal'),
+        args: [
+          'server', 'start-dev',
+          '--ip', temporal.host,
+          '--port', String(temporal.port),
+          '--ui-port', String(uiPort),
+          '--db-filename', join(STATE_DIR, 'temporal.db'),
+          '--log-level', 'warn',
+        ],
+      }),
+      // The frontend port opens before the namespace is served; the UI port opens last.
+      ready: async () => (await portOpen(temporal.host, temporal.port)) && (await portOpen(temporal.host, uiPort)),
+    },
+    {
+      name: 'minio',
+      ...minio,
+      command: () => ({
+        bin: toolPath('minio'),
+        args: ['server', join(STATE_DIR, 'minio'), '--address', `${minio.host}:${minio.port}`, '--console-address', `${minio.host}:${minio.port + 1}`, '--quiet'],
+        env: { MINIO_ROOT_USER: LOCAL_MINIO.user, MINIO_ROOT_PASSWORD: LOCAL_MINIO.password, MINIO_BROWSER: 'off' },
+      }),
+      ready: async () => {
+        try {
+          const res = await fetch(`http://${minio.host}:${minio.port}/minio/health/ready`);
+          return res.ok;
+        } catch {
+          return false;
+        }
+      },
+    },
+  ];
+}
+
+const pidFile = (name: string) => join(STATE_DIR, `${name}.pid`);
+
+async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${what} did not become ready within ${timeoutMs / 1000}s (see ${STATE_DIR}/*.log)`);
+}
+
+export interface StackStatus {
+  started: string[];
+  reused: string[];
+}
+
+/** Starts what is not already listening; waits until everything answers. */
+export async function stackUp(log: (line: string) => void = () => {}): Promise<StackStatus> {
+  await mkdir(STATE_DIR, { recursive: true });
+  const status: StackStatus = { started: [], reused: [] };
+  for (const svc of services()) {
+    if (await portOpen(svc.host, svc.port)) {
+      await waitFor(svc.ready, svc.name, 60_000);
+      status.reused.push(svc.name);
+      log(`${svc.name}: already running on ${svc.host}:${svc.port}, reusing it`);
+      continue;
+    }
+    const { bin, args, env } = svc.command();
+    const out = openSync(join(STATE_DIR, `${svc.name}.log`), 'a');
+    const child = spawn(bin, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, ...env } });
+    child.unref();
+    await writeFile(pidFile(svc.name), String(child.pid));
+    log(`${svc.name}: starting on ${svc.host}:${svc.port} (pid ${child.pid}, data in ${STATE_DIR})`);
+    await waitFor(svc.ready, svc.name, 90_000);
+    status.started.push(svc.name);
+  }
+  return status;
+}
+
+/** Stops the services this stack started (those with a pid file), nothing else. */
+export async function stackDown(log: (line: string) => void = () => {}): Promise<string[]> {
+  const stopped: string[] = [];
+  for (const svc of services()) {
+    const pid = Number(await readFile(pidFile(svc.name), 'utf8').catch(() => ''));
+    if (!pid) continue;
+    try {
+      process.kill(pid, 'SIGTERM');
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline && alive(pid)) await new Promise((r) => setTimeout(r, 100));
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+      stopped.push(svc.name);
+      log(`${svc.name}: stopped (pid ${pid})`);
+    } catch {
+      log(`${svc.name}: was not running`);
+    }
+    await rm(pidFile(svc.name), { force: true });
+  }
+  return stopped;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const temporalUiUrl = () => `http://127.0.0.1:${process.env.DPO_TEMPORAL_UI_PORT ?? 8233}`;

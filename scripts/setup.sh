@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent, pinned setup. Installs only what is missing and says what and why:
+#   - npm dependencies from package-lock.json (npm ci)
+#   - the Temporal CLI and the MinIO server, built with `go install` into ~/.cache/dpo-vlm/tools
+#     (first time only: compiling both takes 10-20 minutes on 2 cores)
+#   - uv, then trainer/.venv with the pinned PyTorch stack from trainer/uv.lock (first time only:
+#     about 3 GB of wheels, cached in ~/.cache/dpo-vlm/uv-cache for every later clone)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/versions.sh
+UV_VERSION="0.13.8"
+
+say() { echo "setup: $*"; }
+
+# --- Node dependencies -------------------------------------------------------------------------
+lock_hash="$(sha256sum package-lock.json | cut -c1-16)"
+if [[ ! -f node_modules/.dpo-lock-hash || "$(cat node_modules/.dpo-lock-hash)" != "$lock_hash" ]]; then
+  say "installing npm dependencies from package-lock.json (npm ci)..."
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_hash" > node_modules/.dpo-lock-hash
+fi
+
+# --- Temporal CLI and MinIO ---------------------------------------------------------------------
+bash scripts/install-tools.sh
+
+# --- Python trainer environment ------------------------------------------------------------------
+uv_dir="$DPO_CACHE_DIR/uv-$UV_VERSION"
+if [[ ! -x "$uv_dir/bin/uv" ]]; then
+  say "installing uv $UV_VERSION (Python package manager for trainer/) into $uv_dir..."
+  python3 -m venv "$uv_dir"
+  "$uv_dir/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$DPO_CACHE_DIR/uv-cache}"
+venv_stamp="trainer/.venv/.dpo-lock-hash"
+py_lock_hash="$(cat trainer/uv.lock trainer/pyproject.toml | sha256sum | cut -c1-16)"
+if [[ ! -f "$venv_stamp" || "$(cat "$venv_stamp")" != "$py_lock_hash" ]]; then
+  say "syncing trainer/.venv from trainer/uv.lock (PyTorch, transformers, peft, accelerate; the first time downloads ~3 GB)..."
+  (cd trainer && "$uv_dir/bin/uv" sync --frozen --quiet)
+  echo "$py_lock_hash" > "$venv_stamp"
+fi
+say "ready"

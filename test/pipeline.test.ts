@@ -1,0 +1,209 @@
+/**
+ * End to end on the real stack: the Temporal dev server, MinIO, the Python trainer. A small
+ * pipeline is started with the real Temporal CLI and must store every stage's output, train,
+ * checkpoint, evaluate and report; bad rows are counted by reason; no secret reaches the history.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { FormatManifest } from '../activities/format.js';
+import type { ShardManifest } from '../activities/shard.js';
+import { storageEnvFromProcess } from '../activities/storage.js';
+import { generateDemoDataset } from '../datagen/demoShapes.js';
+import type { PipelineConfigInput } from '../lib/config.js';
+import type { PipelineResult } from '../lib/stages.js';
+import { toolPath } from '../scripts/localStack.js';
+import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from './harness.js';
+
+const exec = promisify(execFile);
+let stack: TestStack;
+let datasetDir: string;
+
+beforeAll(async () => {
+  stack = await startTestStack();
+  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-e2e-'));
+  await generateDemoDataset({
+    outDir: datasetDir,
+    trainRows: 96,
+    testRows: 32,
+    seed: 11,
+    // Three bad rows in the training split, one per drop reason the issue names.
+    corrupt: (split, rows) => {
+      if (split !== 'train') return rows;
+      const [a, b, c] = rows.slice(0, 3).map((r) => structuredClone(r));
+      a!.image = { ...a!.image, bytes: a!.image.bytes.slice(0, 40) };
+      b!.chosen = '   ';
+      c!.rejected = c!.chosen;
+      return [...rows, a!, b!, c!];
+    },
+  });
+});
+
+afterAll(async () => {
+  await stack?.stop();
+});
+
+function smallConfig(overrides: Partial<PipelineConfigInput> = {}): PipelineConfigInput {
+  return {
+    name: 'e2e',
+    model: { source: inject('modelSource') },
+    dataset: { source: datasetDir },
+    format: { image_longest_edge: 48 },
+    tokenize: { max_length: 128, max_prompt_length: 96 },
+    shard: { samples_per_shard: 40 },
+    train: {
+      epochs: 1,
+      per_device_train_batch_size: 8,
+      gradient_accumulation_steps: 1,
+      learning_rate: 0.002,
+      dtype: 'float32',
+      checkpoint_every_steps: 5,
+      seed: 3,
+    },
+    evaluate: { batch_size: 16 },
+    queues: stack.queues,
+    storage: { bucket: TEST_BUCKET },
+    ...overrides,
+  };
+}
+
+describe('dpoPipeline end to end', () => {
+  const runId = uniqueId('e2e');
+  let result: PipelineResult;
+
+  it('starts from the real Temporal CLI and completes', async () => {
+    const inputFile = join(datasetDir, 'run.json');
+    await writeFile(inputFile, JSON.stringify(smallConfig()));
+    await exec(toolPath('temporal'), [
+      'workflow', 'start',
+      '--type', 'dpoPipeline',
+      '--task-queue', stack.queues.cpu,
+      '--workflow-id', runId,
+      '--input-file', inputFile,
+      '--address', '127.0.0.1:7233',
+    ]);
+    result = await stack.client.workflow.getHandle(runId).result();
+    expect(result.runId).toBe(runId);
+    expect(result.stages.map((s) => s.kind)).toEqual(['download', 'format', 'tokenize', 'shard']);
+  });
+
+  it('counts the bad rows by reason and keeps the rest', async () => {
+    const format = result.stages.find((s) => s.kind === 'format')!;
+    const manifest = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, format.manifestKey);
+    expect(manifest.splits.train!.inputRows).toBe(99);
+    expect(manifest.splits.train!.rows).toBe(96);
+    expect(manifest.splits.train!.dropped).toEqual({ image_decode_failed: 1, empty_chosen: 1, chosen_equals_rejected: 1 });
+    expect(manifest.splits.test!.rows).toBe(32);
+    expect(manifest.splits.test!.dropped).toEqual({});
+  });
+
+  it('stores shards whose manifest matches their bytes', async () => {
+    const shard = result.stages.find((s) => s.kind === 'shard')!;
+    const manifest = await stack.deps.storage.getJson<ShardManifest>(TEST_BUCKET, shard.manifestKey);
+    expect(manifest.splits.train!.rows).toBe(96);
+    expect(manifest.splits.train!.shards.map((s) => s.rows)).toEqual([40, 40, 16]);
+    for (const entry of manifest.splits.train!.shards) {
+      const bytes = await stack.deps.storage.getBuffer(TEST_BUCKET, entry.key);
+      expect(createHash('sha256').update(bytes).digest('hex')).toBe(entry.sha256);
+    }
+  });
+
+  it('trains, checkpoints with manifests and stores a loadable adapter', async () => {
+    // 96 pairs / batch 8 = 12 optimizer steps; checkpoints every 5.
+    expect(result.train.finalStep).toBe(12);
+    expect(result.train.checkpointKeys.length).toBeGreaterThanOrEqual(2);
+    for (const key of result.train.checkpointKeys) {
+      expect(await stack.deps.storage.exists(TEST_BUCKET, `${key}manifest.json`)).toBe(true);
+      expect(await stack.deps.storage.exists(TEST_BUCKET, `${key}adapter/adapter_config.json`)).toBe(true);
+    }
+    const adapterFiles = (await stack.deps.storage.list(TEST_BUCKET, result.train.adapterPrefix)).map((o) => o.key.split('/').pop());
+    expect(adapterFiles).toEqual(expect.arrayContaining(['adapter_config.json', 'adapter_model.safetensors']));
+    for (const name of ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins']) {
+      expect(Number.isFinite(result.train.metrics[name])).toBe(true);
+    }
+  });
+
+  it('evaluates base and trained models on the held-out split', async () => {
+    const { base, trained } = result.evaluation;
+    expect(base.samples).toBe(32);
+    expect(trained.samples).toBe(32);
+    for (const m of [base, trained]) {
+      expect(m.preference_accuracy).toBeGreaterThanOrEqual(0);
+      expect(m.preference_accuracy).toBeLessThanOrEqual(1);
+    }
+    // The base model is its own reference: its implicit rewards are exactly zero.
+    expect(base.reward_margin_mean).toBe(0);
+    // Training moved the policy away from the reference.
+    expect(trained.reward_margin_mean).not.toBe(0);
+    const stored = await stack.deps.storage.getJson<{ base: unknown; trained: unknown }>(TEST_BUCKET, result.evaluation.metricsKey);
+    expect(stored.trained).toEqual(trained);
+    const report = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.report.markdownKey)).toString();
+    expect(report).toContain('preference accuracy (held-out)');
+    expect(report).toContain(result.train.adapterPrefix);
+  });
+
+  it('shows every stage activity in `temporal workflow show`, and no secret in the history', async () => {
+    const { stdout } = await exec(toolPath('temporal'), ['workflow', 'show', '--workflow-id', runId, '--address', '127.0.0.1:7233', '--output', 'json']);
+    for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'trainModel', 'evaluateModel', 'writeReport']) {
+      expect(stdout).toContain(activity);
+    }
+    const history = JSON.stringify(await stack.client.workflow.getHandle(runId).fetchHistory());
+    const { secretKey, accessKey } = storageEnvFromProcess();
+    expect(history).not.toContain(secretKey);
+    expect(history).not.toContain(Buffer.from(secretKey).toString('base64'));
+    expect(stdout).not.toContain(secretKey);
+    expect(history).not.toContain(accessKey);
+  });
+
+  it('reuses every data stage when the same inputs run again', async () => {
+    const again = await stack.client.workflow.execute('dpoPipeline', {
+      taskQueue: stack.queues.cpu,
+      workflowId: uniqueId('e2e-again'),
+      args: [smallConfig({ train: { ...smallConfig().train, max_steps: 2, checkpoint_every_steps: 50 } })],
+    });
+    expect(again.stages.map((s) => s.cached)).toEqual([true, true, true, true]);
+    expect(again.stages.map((s) => s.hash)).toEqual(result.stages.map((s) => s.hash));
+    expect(again.train.finalStep).toBe(2);
+  });
+});
+
+describe('bad input', () => {
+  it('refuses an invalid config before any stage runs, listing every problem', async () => {
+    const workflowId = uniqueId('bad-config');
+    const bad = { ...smallConfig(), name: '../escape', train: { beta: -1, loss_type: 'dpo' }, surprise: true };
+    const err = await stack.client.workflow
+      .execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [bad] })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    const message = (cause as ApplicationFailure).message;
+    expect(message).toContain('4 problems');
+    for (const path of ['name:', 'train.beta:', 'train.loss_type:', '(root): unknown key "surprise"']) expect(message).toContain(path);
+    const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
+    const scheduled = history.events?.filter((e) => e.activityTaskScheduledEventAttributes) ?? [];
+    expect(scheduled).toHaveLength(0);
+  });
+
+  it('fails with InvalidDataset naming a missing column', async () => {
+    const err = await stack.client.workflow
+      .execute('dpoPipeline', {
+        taskQueue: stack.queues.cpu,
+        workflowId: uniqueId('bad-column'),
+        args: [smallConfig({ dataset: { source: datasetDir, columns: { chosen: 'preferred' } } })],
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    let cause: unknown = (err as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidDataset');
+    expect((cause as ApplicationFailure).message).toContain('no column "preferred" (dataset.columns.chosen)');
+  });
+});

@@ -1,0 +1,249 @@
+"""Build the demo model: a tiny random-init LLaVA saved exactly like a hub checkpoint.
+
+    python -m dpo_trainer.build_tiny_model --arch llava --out DIR [--seed 0]
+
+The machine has no hub access, so tests and the demo pipeline train a real transformers
+architecture (CLIP vision tower + Llama language model + LLaVA projector) at toy size. Everything
+goes through `save_pretrained`, so the folder loads with `AutoProcessor` +
+`AutoModelForImageTextToText` like `llava-hf/llava-1.5-7b-hf` would, and the Node side reads the
+same tokenizer.json / tokenizer_config.json / chat_template.jinja it would read for a real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# The LLaVA-1.5 conversation format the demo uses (see CONTRACT.md):
+#   user turn      -> "USER: <image>\n{question} "
+#   assistant turn -> "ASSISTANT: {answer}"
+# Written with `{{ '...' }}` string literals for the newline so that trim_blocks/lstrip_blocks
+# (both on in transformers and in @huggingface/jinja) cannot eat it, and with no filters beyond
+# what @huggingface/jinja implements.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'USER: ' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' }}"
+    "{% else %}{{ message['role'] | upper + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>\\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] != 'assistant' %}{{ ' ' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# Token ids 0..4, in this order; Llama's convention puts <unk> first.
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# Words of the demo task (activities/ on the Node side renders the same scenes and sentences).
+SHAPES = ["circle", "square", "triangle"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+COUNT_WORDS = ["one", "two", "three"]
+COLUMNS = ["left", "center", "right"]
+
+# Filler text so that the BPE also has merges for ordinary English, not only the demo sentences.
+GENERAL_TEXT = """\
+Describe the image. The picture shows a simple scene with a few objects on a plain background.
+Is there a dog in the image? No, there is no dog. Yes, there is a cat next to the table.
+What is the person holding? The person is holding a cup of coffee and a small book.
+The sky is clear and the grass is green. A car is parked near the old house by the river.
+Answer the question with a short sentence. Please be precise and do not make things up.
+"""
+
+
+def demo_corpus() -> list[str]:
+    """Every sentence the demo task can produce, plus filler, as the BPE training corpus."""
+    lines: list[str] = []
+    for shape in SHAPES:
+        lines.append(f"USER: What color is the {shape}? ASSISTANT: ")
+        lines.append(f"USER: Where is the {shape}? ASSISTANT: ")
+        for colour in COLOURS:
+            lines.append(f"The {shape} is {colour}.")
+        for column in COLUMNS:
+            lines.append(f"The {shape} is on the {column}.")
+    for word in COUNT_WORDS:
+        lines.append(f"USER: How many shapes are in the image? ASSISTANT: I count {word}.")
+    # Repeating the task sentences makes their words win the merges, so every shape, colour,
+    # number and column is a single token, as it would be in a real model's vocabulary.
+    return lines * 10 + [GENERAL_TEXT]
+
+
+@dataclass(frozen=True)
+class TinyLlavaSize:
+    """Sizes of the demo model. Defaults are the demo settings (see trainer/README.md)."""
+
+    image_size: int = 48  # px; the Node format stage thumbnails to 48 px (half of 96)
+    patch_size: int = 8  # px; (48/8)^2 = 36 image tokens, two patch columns per scene column
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab_size: int = 512  # 256 byte symbols + 5 special tokens + ~250 merges
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def build_tokenizer(vocab_size: int):
+    """Byte-level BPE (GPT-2/Llama-3 style) trained on the demo corpus, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # The trainer is deterministic for a fixed corpus order, so no seed is needed here.
+    backend.train_from_iterator(demo_corpus(), trainer=trainer)
+    bos_id = backend.token_to_id("<s>")
+    # Llama convention: `add_special_tokens=True` prepends <s>; eos is appended by the data code.
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+            ),
+        ]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        model_max_length=512,
+        padding_side="right",
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+    return tokenizer
+
+
+def build_model(size: TinyLlavaSize, tokenizer, seed: int):
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision_config = CLIPVisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_hidden * 2,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        projection_dim=size.vision_hidden,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_hidden * 2,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=size.image_tokens,
+        # With two vision layers the LLaVA default (-2) would skip the last one entirely.
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_processor(size: TinyLlavaSize, tokenizer):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size.image_size},
+        crop_size={"height": size.image_size, "width": size.image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+        # CLIP prepends a CLS embedding; "default" strategy drops it again, so 36 + 1 - 1 tokens.
+        num_additional_image_tokens=1,
+    )
+
+
+def write_tiny_llava(out: Path, seed: int = 0, size: TinyLlavaSize | None = None) -> Path:
+    """Write the demo model folder and return it. Same seed and size -> same weights."""
+    import torch
+
+    size = size or TinyLlavaSize()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(size.vocab_size)
+    model = build_model(size, tokenizer, seed)
+    processor = build_processor(size, tokenizer)
+    model.save_pretrained(out)
+    # The processor saves the tokenizer (tokenizer.json, tokenizer_config.json), the image
+    # processor and chat_template.jinja.
+    processor.save_pretrained(out)
+    # transformers 5 nests the image processor inside processor_config.json; readers that predate
+    # that (transformers 4, transformers.js) look for preprocessor_config.json, so write it too.
+    processor.image_processor.save_pretrained(out)
+    # transformers >= 4.47 writes the template only to chat_template.jinja; older readers
+    # (and some JS tooling) look in tokenizer_config.json, so write it there too.
+    tokenizer_config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    # transformers 5 records its internal backend name here; "PreTrainedTokenizerFast" is the
+    # name every reader knows (transformers 4 and 5, transformers.js) for a plain tokenizer.json.
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=["llava"], required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--seed", type=int, default=0)
+    defaults = TinyLlavaSize()
+    for name in TinyLlavaSize.__dataclass_fields__:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    args = parser.parse_args(argv)
+    size = TinyLlavaSize(**{name: getattr(args, name) for name in TinyLlavaSize.__dataclass_fields__})
+    if size.image_size % size.patch_size:
+        parser.error("--image-size must be a multiple of --patch-size")
+    write_tiny_llava(args.out, seed=args.seed, size=size)
+    print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": size.image_tokens}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Train and evaluate configurations: the JSON files the Node activities write (CONTRACT.md).
+
+Like TRL's DPOConfig, every field has a doc, a unit and a default, and cross-field checks run
+when the config is built. Parsing collects *every* problem (unknown key, wrong type, value out of
+range) with its path before failing, so one run of the trainer tells the user all they must fix.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from .errors import InvalidInputError
+
+LossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+SchedulerType = Literal["cosine", "linear", "constant"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = field(default=16, metadata=doc("LoRA rank (dimensions)", min=1))
+    alpha: float = field(default=32.0, metadata=doc("LoRA alpha; the update is scaled by alpha/r", gt=0))
+    dropout: float = field(default=0.0, metadata=doc("dropout on the LoRA input (probability)", min=0, lt=1))
+    target_modules: Union[str, list[str]] = field(
+        default="all-linear",
+        metadata=doc(
+            "'all-linear' (every nn.Linear except the LM head: language model, vision tower and"
+            " projector) or a list of module-name suffixes"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model_dir: str = field(metadata=doc("staged base model folder (absolute path)"))
+    train_shards: list[str] = field(metadata=doc("token shard parquet files (absolute paths)", nonempty=True))
+    output_dir: str = field(metadata=doc("checkpoints go to output_dir/checkpoints/step-XXXXXXXX/"))
+    resume_from: str | None = field(default=None, metadata=doc("a complete checkpoint folder, or null"))
+    seed: int = field(default=42, metadata=doc("seeds LoRA init, data order (seed + epoch) and dropout"))
+    epochs: int = field(default=1, metadata=doc("passes over the training data (epochs)", min=1))
+    max_steps: int | None = field(
+        default=None, metadata=doc("optimizer steps; overrides epochs when set", min=1)
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata=doc("preference pairs per forward pass (micro-batch, pairs)", min=1)
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata=doc("micro-batches per optimizer step (count)", min=1)
+    )
+    learning_rate: float = field(default=1e-3, metadata=doc("peak AdamW learning rate", gt=0))
+    lr_scheduler_type: SchedulerType = field(default="cosine", metadata=doc("decay after warmup"))
+    warmup_ratio: float = field(
+        default=0.0, metadata=doc("share of total steps spent in linear warmup (0..1)", min=0, lt=1)
+    )
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW decoupled weight decay", min=0))
+    max_grad_norm: float = field(
+        default=1.0, metadata=doc("clip the global gradient L2 norm to this; 0 disables", min=0)
+    )
+    beta: float = field(default=0.1, metadata=doc("DPO beta: strength of the KL penalty to the reference", gt=0))
+    loss_type: LossType = field(default="sigmoid", metadata=doc("preference loss variant"))
+    label_smoothing: float = field(
+        default=0.0,
+        metadata=doc("assumed probability that a preference label is flipped (cDPO/robust)", min=0, lt=0.5),
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA adapter settings"))
+    dtype: DType = field(default="float32", metadata=doc("base weights and autocast compute dtype"))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=doc("recompute activations in backward to save memory")
+    )
+    checkpoint_every_steps: int = field(
+        default=50, metadata=doc("write a checkpoint every N optimizer steps", min=1)
+    )
+    log_every_steps: int = field(default=1, metadata=doc("emit a `step` event every N optimizer steps", min=1))
+    device: str = field(default="auto", metadata=doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'"))
+    preemption_grace_seconds: float = field(
+        default=30.0, metadata=doc("seconds between SIGTERM and SIGKILL the parent allows", gt=0)
+    )
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Preference pairs per optimizer step; what resume and OOM backoff must keep fixed."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def cross_field_problems(self) -> list[str]:
+        problems: list[str] = []
+        problems.extend(_device_problems(self.device))
+        if self.loss_type == "hinge" and self.label_smoothing > 0:
+            problems.append("label_smoothing: must be 0 for loss_type 'hinge' (it has no smoothed form)")
+        if self.loss_type == "ipo" and self.label_smoothing > 0:
+            problems.append("label_smoothing: must be 0 for loss_type 'ipo' (it has no smoothed form)")
+        return problems
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model_dir: str = field(metadata=doc("base model folder (absolute path)"))
+    shards: list[str] = field(metadata=doc("token shard parquet files to score", nonempty=True))
+    adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder; null scores the base model"))
+    batch_size: int = field(default=16, metadata=doc("preference pairs per forward pass", min=1))
+    beta: float = field(default=0.1, metadata=doc("beta for the implicit reward", gt=0))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype"))
+
+    def cross_field_problems(self) -> list[str]:
+        return _device_problems(self.device)
+
+
+def _device_problems(device: str) -> list[str]:
+    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return []
+    return [f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"]
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if tp is float:
+        return "number"
+    if tp is int:
+        return "integer"
+    if tp is str:
+        return "string"
+    if tp is bool:
+        return "boolean"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widened to float) or record a problem."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        problems.append(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
+        return None
+    if origin in (Union, types.UnionType):
+        for option in get_args(tp):
+            attempt: list[str] = []
+            converted = _convert(value, option, path, attempt)
+            if not attempt:
+                return converted
+        problems.append(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
+        return None
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            return [_convert(v, get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        # JSON true/false are not numbers, even though Python's bool subclasses int.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        if isinstance(value, dict):
+            return _build(tp, value, f"{path}.", problems)
+    problems.append(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
+    return None
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems: list[str]) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            problems.append(f"{path}: must be >= {meta['min']}, got {value}")
+        if "gt" in meta and value <= meta["gt"]:
+            problems.append(f"{path}: must be > {meta['gt']}, got {value}")
+        if "lt" in meta and value >= meta["lt"]:
+            problems.append(f"{path}: must be < {meta['lt']}, got {value}")
+    if meta.get("nonempty") and isinstance(value, list) and not value:
+        problems.append(f"{path}: must not be empty")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            problems.append(f"{prefix}{key}: unknown key (valid keys: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        path = f"{prefix}{f.name}"
+        if f.name not in raw:
+            if f.default is MISSING and f.default_factory is MISSING:
+                problems.append(f"{path}: required ({f.metadata.get('doc', '')})")
+            continue
+        before = len(problems)
+        value = _convert(raw[f.name], hints[f.name], path, problems)
+        if len(problems) == before:
+            _check_range(value, f.metadata, path, problems)
+            values[f.name] = value
+    if any(p.startswith(prefix) for p in problems) and prefix:
+        return None
+    try:
+        return cls(**values)
+    except TypeError:
+        return None  # missing required fields, already reported
+
+
+def parse_config(cls: type, raw: Any, source: str = "config") -> Any:
+    """Build a TrainConfig/EvalConfig from parsed JSON or raise InvalidInputError listing every problem."""
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    problems: list[str] = []
+    config = _build(cls, raw, "", problems)
+    if config is not None and not problems:
+        problems.extend(config.cross_field_problems())
+    if problems:
+        raise InvalidInputError([f"{source}: {p}" for p in problems])
+    return config
+
+
+def load_config(cls: type, path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"config file {path} is not valid JSON: {exc}") from None
+    return parse_config(cls, raw, source=str(path))

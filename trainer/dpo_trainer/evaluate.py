@@ -1,0 +1,102 @@
+"""Score held-out preference pairs with the base model or base + adapter (CONTRACT.md).
+
+    python -m dpo_trainer.evaluate --config CONFIG.json
+
+preference_accuracy: share of pairs with log p(chosen) > log p(rejected) under the evaluated model.
+reward_*: implicit DPO rewards beta * (log p_policy - log p_ref), the reference being the base
+model (adapter disabled); for the base model itself they are all 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import EvalConfig, load_config
+from .data import PixelCache, collate, load_shards, validate_against_model
+from .errors import ExitCode, ModelLoadError, TrainerError
+from .events import claim_stdout, emit
+from .modeling import DTYPES, autocast, completion_logps, load_base_model, resolve_device
+
+
+def load_adapter(model: Any, adapter_dir: str) -> Any:
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter_dir {adapter_dir} has no adapter_config.json; expected a PEFT adapter folder")
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the adapter in {adapter_dir}: {type(exc).__name__}: {exc}") from None
+
+
+@torch.no_grad()
+def evaluate(config: EvalConfig) -> dict[str, float | int]:
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    dataset = load_shards(config.shards)
+    loaded = load_base_model(config.model_dir, dtype, device)
+    validate_against_model(dataset, loaded.spec)
+    model = loaded.model
+    if config.adapter_dir:
+        model = load_adapter(model, config.adapter_dir)
+    model.eval()
+    pixels = PixelCache(loaded.image_processor) if loaded.image_processor else None
+
+    pairs = preferred = reward_correct = 0
+    reward_margin_sum = logp_margin_sum = 0.0
+    for start in range(0, len(dataset), config.batch_size):
+        rows = dataset.rows(range(start, min(start + config.batch_size, len(dataset))))
+        batch = collate(rows, loaded.spec.pad_token_id, pixels).to(device)
+        b = batch.pairs
+        with autocast(device, dtype):
+            policy, _ = completion_logps(model, batch)
+            if config.adapter_dir:
+                with model.disable_adapter():
+                    reference, _ = completion_logps(model, batch)
+            else:
+                reference = policy
+        chosen_reward = config.beta * (policy[:b] - reference[:b])
+        rejected_reward = config.beta * (policy[b:] - reference[b:])
+        pairs += b
+        preferred += int((policy[:b] > policy[b:]).sum())
+        reward_correct += int((chosen_reward > rejected_reward).sum())
+        reward_margin_sum += float((chosen_reward - rejected_reward).sum())
+        logp_margin_sum += float((policy[:b] - policy[b:]).sum())
+    return {
+        "samples": pairs,
+        "preference_accuracy": preferred / pairs,
+        "reward_accuracy": reward_correct / pairs,
+        "reward_margin_mean": reward_margin_sum / pairs,
+        "logp_margin_mean": logp_margin_sum / pairs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="score preference pairs (see trainer/CONTRACT.md)")
+    parser.add_argument("--config", required=True, help="path of the evaluate config JSON")
+    args = parser.parse_args(argv)
+    claim_stdout()
+    try:
+        metrics = evaluate(load_config(EvalConfig, args.config))
+    except TrainerError as exc:
+        emit("error", error_type=exc.error_type, message=str(exc))
+        return int(exc.exit_code)
+    except torch.OutOfMemoryError as exc:
+        emit("error", error_type="OutOfMemory", message=f"out of memory; lower batch_size: {exc}")
+        return int(ExitCode.OUT_OF_MEMORY)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        emit("error", error_type="Crash", message=f"{type(exc).__name__}: {exc}")
+        return int(ExitCode.CRASH)
+    emit("eval_result", metrics=metrics)
+    return int(ExitCode.FINISHED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

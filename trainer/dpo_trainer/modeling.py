@@ -1,0 +1,136 @@
+"""Load the base model, attach LoRA, and score completions.
+
+The reference model is the same weights with the adapters switched off
+(`with model.disable_adapter()`), so DPO with LoRA needs one copy of the base weights instead of
+two -- the memory saving the HF "DPO for VLMs" recipe relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LoraSettings
+from .data import ModelInputSpec, PreferenceBatch
+from .errors import InvalidInputError, ModelLoadError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device: {name!r} requested but no CUDA device is available")
+    return device
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for bf16/fp16; float32 runs without autocast (bitwise-reproducible)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel (later wrapped in a PeftModel)
+    image_processor: Any | None
+    spec: ModelInputSpec
+
+
+def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Load a vision-language model (AutoModelForImageTextToText + AutoProcessor) or, when the
+    architecture has no vision tower, a causal LM (AutoModelForCausalLM + AutoTokenizer)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ModelLoadError(f"model_dir {model_dir} does not exist or is not a folder")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model_dir {model_dir} has no config.json; expected a save_pretrained folder")
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        has_vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        if has_vision:
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            tokenizer = processor.tokenizer
+            image_processor = processor.image_processor
+            model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            image_processor = None
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from None
+    model.to(device)
+    model.config.use_cache = False  # no KV cache while training: it only costs memory
+    text_config = config.get_text_config()
+    pad_token_id = tokenizer.pad_token_id
+    if pad_token_id is None:
+        # Padding is masked out of attention and loss, so any valid id works.
+        pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    image_token_id = getattr(config, "image_token_id", None) if has_vision else None
+    # LLaVA's processor expands <image> to a fixed count; other families (image splitting) vary,
+    # and for those we only check that image rows have placeholders at all.
+    image_tokens = getattr(config, "image_seq_length", None) if config.model_type == "llava" else None
+    spec = ModelInputSpec(
+        vocab_size=text_config.vocab_size,
+        pad_token_id=pad_token_id,
+        has_vision=has_vision,
+        image_token_id=image_token_id,
+        image_tokens_per_image=image_tokens,
+    )
+    return LoadedModel(model, image_processor, spec)
+
+
+def attach_lora(model: Any, lora: LoraSettings) -> Any:
+    """Wrap the model in a PEFT LoRA adapter; only the adapter weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        # "all-linear": every nn.Linear except the output head -- language model, vision tower
+        # and multimodal projector alike, as in the HF DPO-for-VLMs recipe.
+        target_modules=lora.target_modules,
+        bias="none",
+    )
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as exc:  # e.g. target_modules matching nothing
+        raise InvalidInputError(f"lora.target_modules: {exc}") from None
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    # Non-reentrant checkpointing works with frozen inputs (LoRA), so no
+    # enable_input_require_grads() hook is needed.
+    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(token) over the completion tokens of each row (prompt and padding masked),
+    and the number of those tokens -- TRL's concatenated_forward on [chosen; rejected]."""
+    inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.pixel_values is not None:
+        inputs["pixel_values"] = batch.pixel_values.to(model.dtype if hasattr(model, "dtype") else torch.float32)
+    logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
+    targets = batch.input_ids[:, 1:]
+    mask = batch.completion_mask[:, 1:].to(logits.dtype)
+    # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)

@@ -1,0 +1,411 @@
+"""DPO + LoRA training, spawned by the dpo-gpu worker (CONTRACT.md).
+
+    python -m dpo_trainer.train --config CONFIG.json
+
+Reads top to bottom like nanoGPT's train.py: load data and model, restore state if resuming
+(the same code path as a fresh start), then one optimizer step per loop iteration. Unlike nanoGPT,
+checkpoints hold RNG and data-cursor state and are written atomically, so a run killed at any
+moment resumes onto exactly the samples and numbers the uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import random
+import resource
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import TrainConfig, load_config
+from .data import DataCursor, PixelCache, PreferenceDataset, collate, load_shards, steps_until_epoch, validate_against_model
+from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp, TrainerError
+from .events import claim_stdout, emit, log
+from .faults import FaultHooks
+from .losses import preference_loss
+from .modeling import DTYPES, attach_lora, autocast, completion_logps, enable_gradient_checkpointing, load_base_model, resolve_device
+from .preemption import PreemptionFlag, PreemptionRequested
+
+STATE_FORMAT = 1
+METRIC_NAMES = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# State that a checkpoint carries besides the adapter weights
+
+
+@dataclass
+class Progress:
+    step: int = 0  # completed optimizer steps
+    cursor: DataCursor = field(default_factory=DataCursor)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per step
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # The numpy key array becomes a list so torch.load(weights_only=True) can read it back.
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset) -> dict[str, Any]:
+    """Settings a resumed run must share with the run that wrote the checkpoint: they decide
+    which samples each step sees and what the optimizer does with them. The micro-batch split is
+    deliberately absent -- halving it and doubling accumulation is allowed."""
+    return {
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "effective_batch_size": config.effective_batch_size,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "warmup_ratio": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "beta": config.beta,
+        "loss_type": config.loss_type,
+        "label_smoothing": config.label_smoothing,
+        "lora": asdict(config.lora),
+        "dataset_samples": len(dataset),
+        "dataset_sha256": dataset.fingerprint(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# One optimizer step
+
+
+class StepOutOfMemory(Exception):
+    """The step ran out of memory; raised after the except block so its tensors are freed."""
+
+
+@dataclass
+class StepContext:
+    model: Any
+    dataset: PreferenceDataset
+    pixels: PixelCache | None
+    pad_token_id: int
+    device: torch.device
+    dtype: torch.dtype
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    faults: FaultHooks
+    preemption: PreemptionFlag
+
+
+def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> dict[str, float]:
+    """Accumulate gradients over micro-batches of `indices`, then apply one optimizer step.
+
+    The loss is the mean over all pairs of the step (sum of each micro-batch's per-pair losses
+    divided by the step's pair count), so the update does not depend on how the step is split
+    into micro-batches -- which is what makes OOM backoff and resume with a halved micro-batch
+    land on the same numbers.
+    """
+    config = ctx.config
+    n = len(indices)
+    sums = dict.fromkeys(METRIC_NAMES, 0.0)
+    tokens = 0
+    out_of_memory = False
+    try:
+        for start in range(0, n, micro_batch):
+            rows = ctx.dataset.rows(indices[start : start + micro_batch])
+            batch = collate(rows, ctx.pad_token_id, ctx.pixels).to(ctx.device)
+            ctx.faults.before_forward(batch.pairs)
+            with autocast(ctx.device, ctx.dtype):
+                # Reference first, without a graph: its activations are gone before the policy
+                # forward keeps its own for backward, which lowers peak memory.
+                with torch.no_grad(), ctx.model.disable_adapter():
+                    ref_logps, _ = completion_logps(ctx.model, batch)
+                policy_logps, lengths = completion_logps(ctx.model, batch)
+            if config.loss_type == "ipo":
+                # IPO is defined on length-averaged log-probs (TRL does the same).
+                policy_logps, ref_logps = policy_logps / lengths, ref_logps / lengths
+            b = batch.pairs
+            out = preference_loss(
+                policy_logps[:b], policy_logps[b:], ref_logps[:b], ref_logps[b:],
+                beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+            )
+            ctx.scaler.scale(out.losses.sum() / n).backward()
+            sums["loss"] += out.losses.detach().sum().item()
+            sums["rewards/chosen"] += out.chosen_rewards.sum().item()
+            sums["rewards/rejected"] += out.rejected_rewards.sum().item()
+            sums["rewards/accuracies"] += (out.chosen_rewards > out.rejected_rewards).float().sum().item()
+            sums["rewards/margins"] += (out.chosen_rewards - out.rejected_rewards).sum().item()
+            sums["logps/chosen"] += policy_logps[:b].detach().sum().item()
+            sums["logps/rejected"] += policy_logps[b:].detach().sum().item()
+            tokens += batch.tokens
+            if start + micro_batch < n and ctx.preemption.requested:
+                raise PreemptionRequested()
+    except torch.OutOfMemoryError as exc:
+        log(f"out of memory with micro-batch {micro_batch}: {exc}")
+        out_of_memory = True
+    if out_of_memory:
+        raise StepOutOfMemory()
+
+    ctx.scaler.unscale_(ctx.optimizer)
+    params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    learning_rate = ctx.scheduler.get_last_lr()[0]  # the rate this step uses
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    metrics = {name: value / n for name, value in sums.items()}
+    metrics["learning_rate"] = learning_rate
+    metrics["grad_norm"] = grad_norm
+    metrics["_tokens"] = tokens
+    return metrics
+
+
+def free_memory(ctx: StepContext) -> None:
+    ctx.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
+    faults = FaultHooks.from_env()
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    output_dir = Path(config.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temporaries(output_dir)
+
+    # -- data and model ------------------------------------------------------------------------
+    dataset = load_shards(config.train_shards)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)  # seeds CUDA too; LoRA init below draws from it
+    loaded = load_base_model(config.model_dir, dtype, device)
+    validate_against_model(dataset, loaded.spec)
+    model = attach_lora(loaded.model, config.lora)
+    model.train()
+    gradient_checkpointing = config.gradient_checkpointing
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    step_samples = config.effective_batch_size
+    total_steps = config.max_steps or steps_until_epoch(DataCursor(), len(dataset), step_samples, config.epochs)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler_type],
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    # Loss scaling only matters for float16, whose small exponent range underflows gradients.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    fingerprint = run_fingerprint(config, dataset)
+    progress = Progress()
+
+    # -- resume: the same objects as a fresh start, overwritten with the checkpoint's state ------
+    last_checkpoint: ckpt.CheckpointRef | None = None
+    if config.resume_from:
+        folder = Path(config.resume_from).resolve()
+        manifest = ckpt.verify_folder(folder)
+        state = ckpt.load_trainer_state(folder)
+        changed = [k for k, v in fingerprint.items() if state["fingerprint"].get(k) != v]
+        if changed:
+            raise InvalidInputError(
+                [
+                    f"resume_from: {k} differs from the checkpoint's run"
+                    f" ({state['fingerprint'].get(k)!r} there, {fingerprint[k]!r} now)"
+                    for k in changed
+                ]
+                + ["keep these equal to resume (the micro-batch split may change), or start a fresh run"]
+            )
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        adapter_weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=str(device))
+        set_peft_model_state_dict(model, adapter_weights)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["grad_scaler"])
+        progress = Progress(state["step"], DataCursor(**state["cursor"]), list(state["history"]))
+        restore_rng(state["rng"])  # last: everything above may have drawn random numbers
+        last_checkpoint = ckpt.CheckpointRef(progress.step, folder, [e["path"] for e in manifest["files"]])
+        log(f"resumed from {folder} at step {progress.step}")
+
+    newer = [ref for ref in ckpt.complete_checkpoints(output_dir) if ref.step > progress.step]
+    if newer:
+        raise InvalidInputError(
+            f"output_dir: {newer[-1].path} is newer than the start step {progress.step}; set resume_from"
+            " to it, or use an empty output_dir (stored checkpoints are never overwritten)"
+        )
+
+    def trainer_state(rng: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "step": progress.step,
+            "cursor": asdict(progress.cursor),
+            "samples_seen": sum(entry["samples"] for entry in progress.history),
+            "fingerprint": fingerprint,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict(),
+            "rng": rng,
+            "history": progress.history,
+        }
+
+    def save(rng: dict[str, Any]) -> ckpt.CheckpointRef:
+        ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng))
+        emit("checkpoint_saved", step=ref.step, path=str(ref.path), files=ref.files, manifest=ckpt.MANIFEST)
+        return ref
+
+    micro_batch = config.per_device_train_batch_size
+    ctx = StepContext(
+        model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
+        loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
+    )
+    emit(
+        "started",
+        total_steps=total_steps,
+        start_step=progress.step,
+        samples=len(dataset),
+        world_size=1,
+        device=str(device),
+        dtype=config.dtype,
+        micro_batch=micro_batch,
+        grad_accum=math.ceil(step_samples / micro_batch),
+    )
+
+    # -- the loop: one optimizer step per iteration ---------------------------------------------
+    oom_attempts: list[str] = []
+    last_metrics: dict[str, float] = {}
+    while progress.step < total_steps:
+        rng_at_step_start = capture_rng()
+        if preemption.requested:
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+        indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
+        started = time.perf_counter()
+        try:
+            faults.before_step(progress.step + 1, lambda: preemption.requested)
+            if preemption.requested:
+                raise PreemptionRequested()
+            metrics = optimizer_step(ctx, indices, micro_batch)
+        except PreemptionRequested:
+            free_memory(ctx)  # the partial accumulation is dropped; the step is redone on resume
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+        except StepOutOfMemory:
+            free_memory(ctx)
+            oom_attempts.append(f"micro_batch={micro_batch} gradient_checkpointing={gradient_checkpointing}")
+            if micro_batch > 1:
+                micro_batch = max(1, micro_batch // 2)
+            elif not gradient_checkpointing:
+                gradient_checkpointing = True
+                enable_gradient_checkpointing(model)
+            else:
+                raise OutOfMemoryGaveUp(oom_attempts) from None
+            # Redo the same optimizer step, same samples, same random numbers.
+            restore_rng(rng_at_step_start)
+            emit(
+                "oom_backoff",
+                step=progress.step + 1,
+                micro_batch=micro_batch,
+                grad_accum=math.ceil(step_samples / micro_batch),
+                gradient_checkpointing=gradient_checkpointing,
+            )
+            continue
+        elapsed = time.perf_counter() - started
+        tokens = int(metrics.pop("_tokens"))
+        progress.step += 1
+        progress.cursor = cursor_after
+        epoch = progress.cursor.epoch_progress(len(dataset))
+        progress.history.append({"step": progress.step, "epoch": epoch, "samples": len(indices), **metrics})
+        last_metrics = metrics
+        if progress.step % config.log_every_steps == 0 or progress.step == total_steps:
+            emit(
+                "step",
+                step=progress.step,
+                epoch=epoch,
+                metrics=metrics,
+                samples_per_second=len(indices) / elapsed,
+                tokens_per_second=tokens / elapsed,
+                peak_memory_bytes=peak_memory_bytes(device),
+            )
+        if progress.step % config.checkpoint_every_steps == 0:
+            last_checkpoint = save(capture_rng())
+
+    final = ckpt.save_final_adapter(output_dir, progress.step, model)
+    if not last_metrics and progress.history:
+        last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}
+    emit("finished", step=progress.step, adapter_path=str(final.path / ckpt.ADAPTER_DIR), metrics=last_metrics)
+    return ExitCode.FINISHED
+
+
+def preempt(step: int, last: ckpt.CheckpointRef | None, save: Any, rng: dict[str, Any]) -> int:
+    """Checkpoint the last completed step (unless one exists already) and report preemption."""
+    ref = last if last is not None and last.step == step else save(rng)
+    emit("preempted", step=step, checkpoint_path=str(ref.path))
+    return ExitCode.PREEMPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="DPO + LoRA trainer (see trainer/CONTRACT.md)")
+    parser.add_argument("--config", required=True, help="path of the train config JSON")
+    args = parser.parse_args(argv)
+    claim_stdout()
+    preemption = PreemptionFlag().install()
+    try:
+        return int(train(load_config(TrainConfig, args.config), preemption))
+    except TrainerError as exc:
+        emit("error", error_type=exc.error_type, message=str(exc))
+        return int(exc.exit_code)
+    except torch.OutOfMemoryError as exc:  # outside a training step, e.g. while loading
+        emit("error", error_type="OutOfMemory", message=f"out of memory outside a training step: {exc}")
+        return int(ExitCode.OUT_OF_MEMORY)
+    except Exception as exc:  # anything else is a bug or an environment failure: retryable crash
+        traceback.print_exc(file=sys.stderr)
+        emit("error", error_type="Crash", message=f"{type(exc).__name__}: {exc}")
+        return int(ExitCode.CRASH)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

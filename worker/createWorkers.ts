@@ -1,0 +1,59 @@
+/**
+ * Builds the workers a host runs: the `dpo` queue (workflows + CPU stages) and/or the `dpo-gpu`
+ * queue (training, one trainer at a time per worker). Used by worker/main.ts and by tests.
+ */
+import { resolve } from 'node:path';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createCpuActivities, createGpuActivities } from '../activities/index.js';
+import { REPO_ROOT, type ActivityDeps } from '../activities/deps.js';
+import type { TemporalEnv } from './connection.js';
+
+export interface WorkerPlan {
+  temporal: TemporalEnv;
+  queues: { cpu: string; gpu: string };
+  serve: { cpu: boolean; gpu: boolean };
+  deps: ActivityDeps;
+  /** Reuse a prebuilt workflow bundle (tests build it once). */
+  workflowBundle?: { code: string };
+}
+
+export const WORKFLOWS_PATH = resolve(REPO_ROOT, 'workflows/index.ts');
+
+export async function createWorkers(plan: WorkerPlan): Promise<{ workers: Worker[]; connection: NativeConnection }> {
+  const connection = await NativeConnection.connect({
+    address: plan.temporal.address,
+    tls: plan.temporal.tls,
+    apiKey: plan.temporal.apiKey,
+  });
+  const workers: Worker[] = [];
+  const namespace = plan.temporal.namespace;
+  if (plan.serve.cpu) {
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace,
+        taskQueue: plan.queues.cpu,
+        ...(plan.workflowBundle ? { workflowBundle: plan.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+        activities: createCpuActivities(plan.deps),
+        // Data stages are CPU-heavy (sharp, tokenization): a few at a time per core.
+        maxConcurrentActivityTaskExecutions: 4,
+        shutdownGraceTime: '30 seconds',
+      }),
+    );
+  }
+  if (plan.serve.gpu) {
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace,
+        taskQueue: plan.queues.gpu,
+        activities: createGpuActivities(plan.deps),
+        // One trainer per GPU worker; run one worker per GPU to use several.
+        maxConcurrentActivityTaskExecutions: 1,
+        // Lets the trainer write its emergency checkpoint when the worker is told to stop.
+        shutdownGraceTime: '45 seconds',
+      }),
+    );
+  }
+  return { workers, connection };
+}
