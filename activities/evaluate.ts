@@ -16,16 +16,16 @@ import { runTrainer, TrainerExit } from './trainerProcess.js';
 export async function evaluateModel(deps: ActivityDeps, input: EvaluateInput): Promise<EvaluateResult> {
   const ctx = Context.current();
   const ticker = setInterval(() => heartbeat({ phase: 'evaluating' }), 5_000);
-  const dir = join(deps.workDir, 'runs', input.runId, `evaluate-${ctx.info.attempt}-${process.pid}`);
+  const dir = join(deps.workDir, 'runs', input.runId, `${input.stageId}-${ctx.info.attempt}-${process.pid}`);
   try {
     await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     const modelDir = await stageModel(deps, input.modelSource);
     const shards = await stageShards(deps, input.bucket, input.shards.manifestKey, input.evalSplit);
     const adapterDir = join(dir, 'adapter');
-    const files = await deps.storage.downloadPrefix(input.bucket, input.adapterPrefix, adapterDir);
+    const files = await deps.storage.downloadPrefix(input.adapterBucket, input.adapterPrefix, adapterDir);
     if (!files.length) {
-      throw ApplicationFailure.nonRetryable(`no adapter under ${input.adapterPrefix}`, FailureType.ModelLoadError);
+      throw ApplicationFailure.nonRetryable(`no adapter under s3://${input.adapterBucket}/${input.adapterPrefix}`, FailureType.ModelLoadError);
     }
     const score = (adapter: string | null, name: string) =>
       scoreModel(deps, join(dir, `${name}.json`), ctx.cancellationSignal, {
@@ -39,9 +39,10 @@ export async function evaluateModel(deps: ActivityDeps, input: EvaluateInput): P
       });
     const base = await score(null, 'base');
     const trained = await score(adapterDir, 'trained');
-    const metricsKey = keys.evalMetrics(input.runId);
-    await deps.storage.putJson(input.bucket, metricsKey, { base, trained, adapterPrefix: input.adapterPrefix });
-    return { base, trained, metricsKey };
+    const metricsKey = keys.evalMetrics(input.runId, input.stageId);
+    const adapter = `s3://${input.adapterBucket}/${input.adapterPrefix}`;
+    await deps.storage.putJson(input.bucket, metricsKey, { base, trained, adapter });
+    return { base, trained, metricsKey, adapter };
   } finally {
     clearInterval(ticker);
     await rm(dir, { recursive: true, force: true });

@@ -1,10 +1,14 @@
-/** report: a Markdown and a JSON summary of the run in its folder in storage. */
+/**
+ * report: Markdown and JSON in the run's folder in storage: the evaluation table (base vs DPO
+ * with deltas, one column pair per evaluation), the planned DAG as a Mermaid diagram, the stage
+ * timeline (cache hits, failures) and where every output is.
+ */
 import type { EvalMetrics, ReportInput, ReportResult } from '../lib/stages.js';
 import { keys } from '../lib/keys.js';
 import type { ActivityDeps } from './deps.js';
 
 export async function writeReport(deps: ActivityDeps, input: ReportInput): Promise<ReportResult> {
-  const prefix = keys.reportPrefix(input.runId);
+  const prefix = keys.reportPrefix(input.runId, input.stageId);
   const markdownKey = `${prefix}report.md`;
   const jsonKey = `${prefix}report.json`;
   const report = {
@@ -12,11 +16,13 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
     name: input.config.name,
     model: input.config.model.source,
     dataset: input.config.dataset.source,
-    stages: input.stages,
-    train: input.train,
-    evaluation: input.evaluation,
+    timeline: input.timeline,
+    dataStages: input.dataStages,
+    trainings: input.trainings,
+    evaluations: input.evaluations,
     config: input.config,
   };
+  // JSON first, Markdown last: the Markdown report's presence means the report is complete.
   await deps.storage.putJson(input.bucket, jsonKey, report);
   await deps.storage.putBuffer(input.bucket, markdownKey, renderMarkdown(input), 'text/markdown; charset=utf-8');
   return { markdownKey, jsonKey };
@@ -24,49 +30,72 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 const num = (x: number) => x.toFixed(4);
+const signed = (s: string) => (s.startsWith('-') ? s : `+${s}`);
 
-export function evaluationTable(base: EvalMetrics, trained: EvalMetrics): string[] {
-  const rows: Array<[string, (m: EvalMetrics) => number, (x: number) => string]> = [
-    ['preference accuracy (held-out)', (m) => m.preference_accuracy, pct],
-    ['reward accuracy vs reference', (m) => m.reward_accuracy, pct],
-    ['mean reward margin', (m) => m.reward_margin_mean, num],
-    ['mean log-prob margin', (m) => m.logp_margin_mean, num],
-  ];
+const METRIC_ROWS: Array<[string, (m: EvalMetrics) => number, (x: number) => string]> = [
+  ['preference accuracy (held-out)', (m) => m.preference_accuracy, pct],
+  ['reward accuracy vs reference', (m) => m.reward_accuracy, pct],
+  ['mean reward margin', (m) => m.reward_margin_mean, num],
+  ['mean log-prob margin', (m) => m.logp_margin_mean, num],
+];
+
+/** Base vs DPO, one DPO column (and delta) per evaluation stage. */
+export function evaluationTable(evaluations: ReportInput['evaluations']): string[] {
+  const entries = Object.entries(evaluations);
+  if (!entries.length) return ['(no evaluation)'];
+  const base = entries[0]![1].base;
+  const header = ['metric', 'base', ...entries.flatMap(([id]) => [id, 'delta'])];
   return [
-    '| metric | base | DPO | delta |',
-    '| --- | ---: | ---: | ---: |',
-    ...rows.map(([name, get, fmt]) => `| ${name} | ${fmt(get(base))} | ${fmt(get(trained))} | ${fmt(get(trained) - get(base))} |`),
+    `| ${header.join(' | ')} |`,
+    `| --- | ${header.slice(1).map(() => '---:').join(' | ')} |`,
+    ...METRIC_ROWS.map(
+      ([name, get, fmt]) =>
+        `| ${name} | ${fmt(get(base))} | ${entries.flatMap(([, e]) => [fmt(get(e.trained)), signed(fmt(get(e.trained) - get(e.base)))]).join(' | ')} |`,
+    ),
   ];
 }
 
 function renderMarkdown(input: ReportInput): string {
-  const { train, evaluation } = input;
+  const s3 = (key: string) => `s3://${input.bucket}/${key}`;
+  const evaluations = Object.entries(input.evaluations);
+  const anyEval = evaluations[0]?.[1];
   const lines = [
     `# DPO run ${input.runId}`,
     '',
     `- model: \`${input.config.model.source}\``,
-    `- dataset: \`${input.config.dataset.source}\` (${evaluation.base.samples} held-out pairs)`,
-    `- adapter: \`s3://${input.bucket}/${train.adapterPrefix}\``,
-    `- steps: ${train.finalStep}, training time ${train.trainSeconds.toFixed(1)} s` +
-      (train.resumedFromStep !== null ? `, resumed from step ${train.resumedFromStep}` : ''),
+    `- dataset: \`${input.config.dataset.source}\`${anyEval ? ` (${anyEval.base.samples} held-out pairs)` : ''}`,
     '',
     '## Evaluation',
     '',
-    ...evaluationTable(evaluation.base, evaluation.trained),
+    ...evaluationTable(input.evaluations),
     '',
-    '## Stages',
+    ...evaluations.map(([id, e]) => `- ${id}: adapter \`${e.adapter}\`, metrics \`${s3(e.metricsKey)}\``),
     '',
-    '| stage | cached | summary |',
-    '| --- | --- | --- |',
-    ...input.stages.map((s) => `| ${s.kind} | ${s.cached ? 'yes' : 'no'} | ${Object.entries(s.summary).map(([k, v]) => `${k}=${v}`).join(', ')} |`),
+    '## Training',
     '',
-    '## Final training metrics',
+    ...Object.entries(input.trainings).flatMap(([id, t]) => [
+      `### ${id}`,
+      '',
+      `- adapter: \`s3://${t.adapterBucket}/${t.adapterPrefix}\``,
+      `- steps: ${t.finalStep}, wall time ${t.trainSeconds.toFixed(1)} s` + (t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''),
+      `- final metrics: ${Object.entries(t.metrics).map(([k, v]) => `${k}=${num(v)}`).join(', ')}`,
+      `- checkpoints: ${t.checkpointKeys.map((k) => `\`${s3(k)}\``).join(', ') || '(none)'}`,
+      '',
+    ]),
+    '## Pipeline',
     '',
-    ...Object.entries(train.metrics).map(([k, v]) => `- ${k}: ${num(v)}`),
+    '```mermaid',
+    input.dagMermaid,
+    '```',
     '',
-    '## Checkpoints',
-    '',
-    ...train.checkpointKeys.map((k) => `- \`s3://${input.bucket}/${k}\``),
+    '| stage | kind | state | cached | seconds | summary |',
+    '| --- | --- | --- | --- | ---: | --- |',
+    ...input.timeline.map((t) => {
+      const data = input.dataStages[t.id];
+      const seconds = t.startedAt && t.finishedAt ? ((t.finishedAt - t.startedAt) / 1000).toFixed(1) : '';
+      const summary = data ? Object.entries(data.summary).map(([k, v]) => `${k}=${v}`).join(', ') : (t.error ?? '');
+      return `| ${t.id} | ${t.kind} | ${t.state} | ${t.cached ? 'yes' : ''} | ${seconds} | ${summary} |`;
+    }),
     '',
   ];
   return lines.join('\n');

@@ -19,7 +19,10 @@ const HEARTBEAT_EVERY_MS = 5_000;
 
 /** What the activity heartbeats: enough for progress displays and for the next attempt. */
 export interface TrainProgress {
+  stageId: string;
   step: number;
+  /** Pairs per optimizer step (micro-batch x accumulation), for ETAs. */
+  stepSamples: number;
   totalSteps: number | null;
   metrics: TrainMetrics;
   samplesPerSecond?: number;
@@ -32,7 +35,15 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   const started = Date.now();
   const { storage } = deps;
   const { bucket, runId } = input;
-  const progress: TrainProgress = { step: 0, totalSteps: null, metrics: {}, checkpointKey: null, phase: 'staging' };
+  const progress: TrainProgress = {
+    stageId: input.stageId,
+    step: 0,
+    stepSamples: input.train.per_device_train_batch_size * input.train.gradient_accumulation_steps,
+    totalSteps: null,
+    metrics: {},
+    checkpointKey: null,
+    phase: 'staging',
+  };
   // Heartbeat on a timer too: model loading can outlast the heartbeat timeout on its own.
   const ticker = setInterval(() => heartbeat(progress), HEARTBEAT_EVERY_MS);
   try {
@@ -42,11 +53,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
 
     const modelDir = await stageModel(deps, input.modelSource);
     const shardPaths = await stageShards(deps, bucket, input.shards.manifestKey, input.trainSplit);
-    const resume = await stageNewestCheckpoint(deps, bucket, runId, join(attemptDir, 'resume'));
+    const resume = await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(runId, input.stageId), join(attemptDir, 'resume'));
     if (resume) {
       progress.step = resume.step;
       progress.checkpointKey = resume.key;
-      log.info('resuming training from checkpoint', { runId, step: resume.step });
+      log.info('resuming training from checkpoint', { runId, stage: input.stageId, step: resume.step });
     }
 
     const outputDir = join(attemptDir, 'out');
@@ -79,7 +90,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
             break;
           case 'checkpoint_saved': {
             const step = event.step as number;
-            const prefix = keys.checkpointPrefix(runId, step);
+            const prefix = keys.checkpointPrefix(runId, input.stageId, step);
             // Uploads run in order, each with its manifest last; training does not wait for them.
             uploads = uploads.then(async () => {
               await storage.uploadDir(bucket, event.path as string, prefix, MANIFEST_FILE);
@@ -101,10 +112,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
     progress.phase = 'uploading';
     const adapterDir = finished.adapter_path as string;
     const finalDir = join(adapterDir, '..');
-    const finalPrefix = keys.finalAdapterPrefix(runId);
+    const finalPrefix = keys.finalAdapterPrefix(runId, input.stageId);
     await storage.uploadDir(bucket, finalDir, finalPrefix, MANIFEST_FILE);
     await rm(attemptDir, { recursive: true, force: true });
     return {
+      adapterBucket: bucket,
       adapterPrefix: `${finalPrefix}adapter/`,
       finalStep: finished.step as number,
       checkpointKeys,
@@ -200,10 +212,10 @@ interface CheckpointManifest {
 export async function stageNewestCheckpoint(
   deps: ActivityDeps,
   bucket: string,
-  runId: string,
+  checkpointsPrefix: string,
   dir: string,
 ): Promise<{ step: number; key: string; dir: string } | null> {
-  const objects = await deps.storage.list(bucket, keys.checkpointsPrefix(runId));
+  const objects = await deps.storage.list(bucket, checkpointsPrefix);
   const complete = objects
     .filter((o) => o.key.endsWith(`/${MANIFEST_FILE}`))
     .map((o) => o.key.slice(0, -MANIFEST_FILE.length))

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { ApplicationFailure } from '@temporalio/common';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { REPO_ROOT } from './deps.js';
 
@@ -32,21 +33,37 @@ export interface TrainerOutcome {
   stderrTail: string;
 }
 
-let validateEvent: ((e: unknown) => boolean) & { errors?: unknown } | undefined;
-function eventValidator() {
-  if (!validateEvent) {
+type Validator = ((e: unknown) => boolean) & { errors?: unknown };
+let validators: { all: Validator; byEvent: (name: string) => Validator | undefined } | undefined;
+
+/** One validator for the whole schema, plus one per event type for precise error messages. */
+function eventValidators() {
+  if (!validators) {
     const schema = JSON.parse(readFileSync(resolve(REPO_ROOT, 'schemas/trainer-events.schema.json'), 'utf8'));
-    validateEvent = new Ajv2020({ allErrors: true, strict: false }).compile(schema);
+    const ajv = new Ajv2020({ allErrors: true, strict: false });
+    const all = ajv.compile(schema) as Validator;
+    const id = schema.$id as string;
+    validators = {
+      all,
+      byEvent: (name) => (schema.$defs?.[name] ? (ajv.getSchema(`${id}#/$defs/${name}`) as Validator | undefined) : undefined),
+    };
   }
-  return validateEvent;
+  return validators;
 }
 
 export function parseTrainerEvent(line: string): TrainerEvent | null {
   if (!line.startsWith('{')) return null;
   const event = JSON.parse(line) as TrainerEvent;
-  const validate = eventValidator();
-  if (!validate(event)) {
-    throw new Error(`trainer emitted an event that breaks the protocol: ${line.slice(0, 300)} (${JSON.stringify(validate.errors)})`);
+  const { all, byEvent } = eventValidators();
+  if (!all(event)) {
+    const specific = byEvent(String(event.event));
+    const errors = specific && !specific(event) ? specific.errors : all.errors;
+    // Version skew between the worker and the trainer: no retry can fix it.
+    throw ApplicationFailure.nonRetryable(
+      `trainer emitted an event that breaks schemas/trainer-events.schema.json: ${line.slice(0, 300)} ` +
+        `(${JSON.stringify(errors).slice(0, 600)})`,
+      'TrainerProtocolError',
+    );
   }
   return event;
 }

@@ -10,8 +10,7 @@ import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '
 import type { PipelineResult } from '../lib/stages.js';
 import type { TrainProgress } from '../activities/train.js';
 import { temporalEnv } from '../worker/connection.js';
-import type { PipelineStatus, StageName } from '../workflows/pipeline.js';
-import { STAGE_ORDER } from '../workflows/pipeline.js';
+import type { PipelineStatus } from '../workflows/pipeline.js';
 
 export class ConfigFileError extends Error {}
 
@@ -59,26 +58,31 @@ export async function followPipeline(
   print: (line: string) => void,
   pollMs = 1000,
 ): Promise<PipelineResult> {
-  const seen = new Map<StageName, string>();
-  let lastStep = -1;
+  const seen = new Map<string, string>();
+  const lastStep = new Map<string, number>();
   let lastPrint = 0;
+  let plannedShown = false;
   const result = handle.result() as Promise<PipelineResult>;
   let done = false;
   void result.finally(() => (done = true)).catch(() => {});
   while (!done) {
     try {
       const status = await handle.query<PipelineStatus>('status');
-      for (const stage of STAGE_ORDER) {
-        const s = status.stages[stage];
-        const key = `${s.state}${s.cached ? '-cached' : ''}`;
-        if (s.state === 'pending' || seen.get(stage) === key) continue;
-        seen.set(stage, key);
-        print(describeStage(stage, s));
+      if (!plannedShown) {
+        plannedShown = true;
+        print(`  plan: ${status.plan.map((s) => (s.needs.length ? `${s.id}(<-${s.needs.join(',')})` : s.id)).join('  ')}`);
       }
-      if (status.current === 'train') {
-        const progress = await trainProgress(handle);
-        if (progress && progress.step !== lastStep && Date.now() - lastPrint > 2000) {
-          lastStep = progress.step;
+      for (const { id } of status.plan) {
+        const s = status.stages[id]!;
+        const key = `${s.state}${s.cached ? '-cached' : ''}`;
+        if (s.state === 'pending' || seen.get(id) === key) continue;
+        seen.set(id, key);
+        print(describeStage(id, s));
+      }
+      if (status.running.some((id) => status.stages[id]?.kind === 'train') && Date.now() - lastPrint > 2000) {
+        for (const [activityId, progress] of await trainProgress(handle)) {
+          if (progress.step === lastStep.get(activityId)) continue;
+          lastStep.set(activityId, progress.step);
           lastPrint = Date.now();
           print(describeTrainProgress(progress));
         }
@@ -91,21 +95,27 @@ export async function followPipeline(
   return result;
 }
 
-async function trainProgress(handle: WorkflowHandle): Promise<TrainProgress | undefined> {
-  const description = await handle.describe();
-  const raw = await description.raw;
-  const pending = raw.pendingActivities?.find((a) => a.activityType?.name === 'trainModel');
-  const details = pending?.heartbeatDetails?.payloads?.[0];
-  if (!details?.data) return undefined;
-  return JSON.parse(Buffer.from(details.data).toString('utf8')) as TrainProgress;
+/** Heartbeat details of every running train activity, by activity id. */
+async function trainProgress(handle: WorkflowHandle): Promise<Map<string, TrainProgress>> {
+  const raw = (await handle.describe()).raw;
+  const out = new Map<string, TrainProgress>();
+  for (const a of raw.pendingActivities ?? []) {
+    const data = a.heartbeatDetails?.payloads?.[0]?.data;
+    if (a.activityType?.name !== 'trainModel' || !data) continue;
+    out.set(a.activityId ?? '', JSON.parse(Buffer.from(data).toString('utf8')) as TrainProgress);
+  }
+  return out;
 }
 
-function describeStage(stage: StageName, s: PipelineStatus['stages'][StageName]): string {
-  const pad = stage.padEnd(9);
+function describeStage(id: string, s: PipelineStatus['stages'][string]): string {
+  const pad = id.padEnd(10);
   if (s.state === 'running') return `  ${pad} running...`;
-  if (s.state === 'failed') return `  ${pad} FAILED`;
+  if (s.state === 'failed') return `  ${pad} FAILED: ${s.error ?? ''}`;
+  if (s.state === 'skipped') return `  ${pad} skipped (a stage it needs failed)`;
   const seconds = s.startedAt && s.finishedAt ? ` in ${((s.finishedAt - s.startedAt) / 1000).toFixed(1)}s` : '';
-  const summary = s.summary ? `  ${Object.entries(s.summary).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ')}` : '';
+  const summary = s.summary
+    ? `  ${Object.entries(s.summary).map(([k, v]) => `${k}=${typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : v}`).join(' ')}`
+    : '';
   return `  ${pad} ${s.cached ? 'cached' : 'done'}${seconds}${summary}`;
 }
 
@@ -114,7 +124,8 @@ function describeTrainProgress(p: TrainProgress): string {
   const m = p.metrics;
   const metric = (name: string) => (m[name] !== undefined ? ` ${name}=${m[name]!.toFixed(4)}` : '');
   const rate = p.samplesPerSecond ? ` ${p.samplesPerSecond.toFixed(1)} samples/s` : '';
-  return `  train     step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${rate}`;
+  const eta = p.totalSteps && p.samplesPerSecond && p.stepSamples ? ` eta ${Math.round(((p.totalSteps - p.step) * p.stepSamples) / p.samplesPerSecond)}s` : '';
+  return `  ${p.stageId.padEnd(10)} step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${rate}${eta}`;
 }
 
 export function describeFailure(err: unknown): string {

@@ -1,4 +1,4 @@
-/** The table printed at the end of a run: base vs DPO, and where everything is stored. */
+/** The table printed at the end of a run: base vs DPO per evaluation, and where everything is. */
 import type { PipelineResult } from '../lib/stages.js';
 
 export function webUiUrl(runId: string, namespace = process.env.TEMPORAL_NAMESPACE ?? 'default'): string {
@@ -7,29 +7,36 @@ export function webUiUrl(runId: string, namespace = process.env.TEMPORAL_NAMESPA
 }
 
 export function renderSummary(result: PipelineResult): string {
-  const { base, trained } = result.evaluation;
-  const rows: Array<[string, number, number, (x: number) => string]> = [
-    ['held-out preference accuracy', base.preference_accuracy, trained.preference_accuracy, (x) => `${(x * 100).toFixed(1)}%`],
-    ['mean reward margin', base.reward_margin_mean, trained.reward_margin_mean, (x) => x.toFixed(4)],
-    ['mean log-prob margin', base.logp_margin_mean, trained.logp_margin_mean, (x) => x.toFixed(4)],
-  ];
-  const width = Math.max(...rows.map((r) => r[0].length));
   const s3 = (key: string) => `s3://${result.bucket}/${key}`;
-  const lines = [
-    '',
-    `Run ${result.runId}: ${trained.samples} held-out pairs, ${result.train.finalStep} training steps`,
-    '',
-    `  ${'metric'.padEnd(width)}  ${'base'.padStart(10)}  ${'DPO'.padStart(10)}  ${'delta'.padStart(10)}`,
-    ...rows.map(
-      ([name, b, t, fmt]) => `  ${name.padEnd(width)}  ${fmt(b).padStart(10)}  ${fmt(t).padStart(10)}  ${fmt(t - b).padStart(10)}`,
-    ),
-    '',
-    `  adapter      ${s3(result.train.adapterPrefix)}`,
-    `  checkpoints  ${result.train.checkpointKeys.length ? s3(result.train.checkpointKeys[0]!.replace(/step-\d+\/$/, '')) : '(none)'} (${result.train.checkpointKeys.length})`,
-    `  report       ${s3(result.report.markdownKey)}`,
-    `  metrics      ${s3(result.evaluation.metricsKey)}`,
-    `  Temporal UI  ${webUiUrl(result.runId)}`,
-    '',
-  ];
+  const lines = [''];
+  for (const [id, evaluation] of Object.entries(result.evaluations)) {
+    const { base, trained } = evaluation;
+    const rows: Array<[string, number, number, (x: number) => string]> = [
+      ['held-out preference accuracy', base.preference_accuracy, trained.preference_accuracy, (x) => `${(x * 100).toFixed(1)}%`],
+      ['mean reward margin', base.reward_margin_mean, trained.reward_margin_mean, (x) => x.toFixed(4)],
+      ['mean log-prob margin (chosen - rejected)', base.logp_margin_mean, trained.logp_margin_mean, (x) => x.toFixed(3)],
+    ];
+    const width = Math.max(...rows.map((r) => r[0].length));
+    lines.push(
+      `${id}: ${trained.samples} held-out pairs, adapter ${evaluation.adapter}`,
+      '',
+      `  ${'metric'.padEnd(width)}  ${'base'.padStart(10)}  ${'DPO'.padStart(10)}  ${'delta'.padStart(10)}`,
+      ...rows.map(([name, b, t, fmt]) => `  ${name.padEnd(width)}  ${fmt(b).padStart(10)}  ${fmt(t).padStart(10)}  ${fmt(t - b).padStart(10)}`),
+      '',
+    );
+  }
+  for (const [id, t] of Object.entries(result.trainings)) {
+    const checkpoints = t.checkpointKeys.length ? s3(t.checkpointKeys[0]!.replace(/step-\d+\/$/, '')) : '(none)';
+    lines.push(
+      `  ${`${id}:`.padEnd(12)} ${t.finalStep} steps in ${t.trainSeconds.toFixed(0)} s`,
+      `  ${'adapter'.padEnd(12)} s3://${t.adapterBucket}/${t.adapterPrefix}`,
+      `  ${'checkpoints'.padEnd(12)} ${checkpoints} (${t.checkpointKeys.length})`,
+    );
+  }
+  for (const r of Object.values(result.reports)) lines.push(`  ${'report'.padEnd(12)} ${s3(r.markdownKey)}`);
+  for (const e of Object.values(result.evaluations)) lines.push(`  ${'metrics'.padEnd(12)} ${s3(e.metricsKey)}`);
+  const cached = result.timeline.filter((t) => t.cached).map((t) => t.id);
+  if (cached.length) lines.push(`  ${'cached'.padEnd(12)} ${cached.join(', ')} (reused from an earlier run)`);
+  lines.push(`  ${'Temporal UI'.padEnd(12)} ${webUiUrl(result.runId)}`, '');
   return lines.join('\n');
 }

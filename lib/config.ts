@@ -59,12 +59,13 @@ export const FormatSchema = z.strictObject({
     .describe('fail the stage when more than this share of rows is dropped as invalid'),
 });
 
-export const TokenizeSchema = z
-  .strictObject({
-    max_length: z.int().positive().default(1024).describe('tokens; prompt + longest answer'),
-    max_prompt_length: z.int().positive().default(512).describe('tokens; prompts longer than this are dropped'),
-  })
-  .refine((t) => t.max_prompt_length <= t.max_length, {
+/** The tokenize section's fields; `TokenizeSchema` adds the cross-field check. */
+export const TokenizeFields = z.strictObject({
+  max_length: z.int().positive().default(1024).describe('tokens; prompt + longest answer'),
+  max_prompt_length: z.int().positive().default(512).describe('tokens; prompts longer than this are dropped'),
+});
+
+export const TokenizeSchema = TokenizeFields.refine((t) => t.max_prompt_length <= t.max_length, {
     message: 'max_prompt_length must not exceed max_length',
     path: ['max_prompt_length'],
   });
@@ -122,6 +123,27 @@ export const StorageSchema = z.strictObject({
     .describe('bucket for stage outputs, checkpoints and reports (endpoint and keys come from the worker env)'),
 });
 
+/** One stage of a declared DAG (lib/dag.ts plans and checks them). */
+const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|minutes?|hours?|days?)$/, 'must be a duration such as "30s", "10m" or "2h"');
+
+export const StageDeclSchema = z.strictObject({
+  id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)'),
+  kind: z.string().describe('download, format, tokenize, shard, train, adapter, evaluate or report'),
+  needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
+  params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
+  queue: z.string().min(1).optional().describe('task queue override'),
+  timeouts: z
+    .strictObject({ start_to_close: durationString.optional(), heartbeat: durationString.optional() })
+    .optional(),
+  retry: z
+    .strictObject({
+      maximum_attempts: z.int().positive().optional(),
+      initial_interval: durationString.optional(),
+      maximum_interval: durationString.optional(),
+    })
+    .optional(),
+});
+
 export const PipelineConfigSchema = z.strictObject({
   name: safeName.describe('human name of the run; used in workflow ids'),
   model: ModelSchema,
@@ -133,6 +155,11 @@ export const PipelineConfigSchema = z.strictObject({
   evaluate: EvaluateSchema.prefault({}),
   queues: QueuesSchema.prefault({}),
   storage: StorageSchema.prefault({}),
+  stages: z
+    .array(StageDeclSchema)
+    .min(1)
+    .optional()
+    .describe('the DAG of stages; without it: download -> format -> tokenize -> shard -> train -> evaluate -> report'),
 });
 
 export type PipelineConfigInput = z.input<typeof PipelineConfigSchema>;

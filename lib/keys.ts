@@ -33,12 +33,14 @@ export const keys = {
   stageManifest: (kind: StageKind, inputHash: string) => `${keys.stagePrefix(kind, inputHash)}${MANIFEST_FILE}`,
 
   runPrefix: (runId: string) => `runs/${assertSafeKeySegment(runId, 'run id')}/`,
-  checkpointsPrefix: (runId: string) => `${keys.runPrefix(runId)}train/checkpoints/`,
-  checkpointPrefix: (runId: string, step: number) =>
-    `${keys.checkpointsPrefix(runId)}${checkpointName(step)}/`,
-  finalAdapterPrefix: (runId: string) => `${keys.runPrefix(runId)}train/final/`,
-  evalMetrics: (runId: string) => `${keys.runPrefix(runId)}eval/metrics.json`,
-  reportPrefix: (runId: string) => `${keys.runPrefix(runId)}report/`,
+  /** Each stage of a run owns one folder, named by its stage id. */
+  runStagePrefix: (runId: string, stageId: string) => `${keys.runPrefix(runId)}${assertSafeKeySegment(stageId, 'stage id')}/`,
+  checkpointsPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}checkpoints/`,
+  checkpointPrefix: (runId: string, stageId: string, step: number) =>
+    `${keys.checkpointsPrefix(runId, stageId)}${checkpointName(step)}/`,
+  finalAdapterPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}final/`,
+  evalMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}metrics.json`,
+  reportPrefix: (runId: string, stageId: string) => keys.runStagePrefix(runId, stageId),
 };
 
 /** `step-00000100`: zero-padded so lexical order is step order. */

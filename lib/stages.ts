@@ -49,6 +49,8 @@ export type TrainMetrics = Record<string, number>;
 
 export interface TrainInput {
   runId: string;
+  /** The train stage's id: its checkpoints and adapter live under runs/<runId>/<stageId>/. */
+  stageId: string;
   bucket: string;
   modelSource: string;
   shards: StageResult;
@@ -57,6 +59,8 @@ export interface TrainInput {
 }
 
 export interface TrainResult {
+  /** Where the adapter is: s3://<adapterBucket>/<adapterPrefix>. */
+  adapterBucket: string;
   adapterPrefix: string;
   finalStep: number;
   checkpointKeys: string[];
@@ -75,10 +79,12 @@ export interface EvalMetrics {
 
 export interface EvaluateInput {
   runId: string;
+  stageId: string;
   bucket: string;
   modelSource: string;
   shards: StageResult;
   evalSplit: string;
+  adapterBucket: string;
   adapterPrefix: string;
   batchSize: number;
   beta: number;
@@ -88,15 +94,34 @@ export interface EvaluateResult {
   base: EvalMetrics;
   trained: EvalMetrics;
   metricsKey: string;
+  /** s3:// location of the adapter that was evaluated. */
+  adapter: string;
+}
+
+/** One stage's line in the run's timeline. */
+export interface StageTimeline {
+  id: string;
+  kind: string;
+  needs: string[];
+  state: 'pending' | 'running' | 'done' | 'failed' | 'skipped';
+  cached?: boolean;
+  startedAt?: number;
+  finishedAt?: number;
+  error?: string;
 }
 
 export interface ReportInput {
   runId: string;
+  stageId: string;
   bucket: string;
   config: PipelineConfig;
-  stages: StageResult[];
-  train: TrainResult;
-  evaluation: EvaluateResult;
+  /** Mermaid flowchart of the planned DAG. */
+  dagMermaid: string;
+  timeline: StageTimeline[];
+  dataStages: Record<string, StageResult>;
+  trainings: Record<string, TrainResult>;
+  /** The evaluations this report compares, by stage id. */
+  evaluations: Record<string, EvaluateResult>;
 }
 
 export interface ReportResult {
@@ -104,12 +129,13 @@ export interface ReportResult {
   jsonKey: string;
 }
 
-/** What dpoPipeline returns: every reference a user needs after the run. */
+/** What dpoPipeline returns: every reference a user needs after the run, by stage id. */
 export interface PipelineResult {
   runId: string;
   bucket: string;
-  stages: StageResult[];
-  train: TrainResult;
-  evaluation: EvaluateResult;
-  report: ReportResult;
+  timeline: StageTimeline[];
+  dataStages: Record<string, StageResult>;
+  trainings: Record<string, TrainResult>;
+  evaluations: Record<string, EvaluateResult>;
+  reports: Record<string, ReportResult>;
 }

@@ -20,7 +20,7 @@ export interface TestStack {
   stop: () => Promise<void>;
 }
 
-export async function startTestStack(): Promise<TestStack> {
+export async function startTestStack(options: { gpuSlots?: number } = {}): Promise<TestStack> {
   if (!runtimeInstalled) {
     // Keep test output readable: only warnings and errors from the SDK.
     Runtime.install({ logger: new (await import('@temporalio/worker')).DefaultLogger('WARN') });
@@ -36,6 +36,7 @@ export async function startTestStack(): Promise<TestStack> {
     serve: { cpu: true, gpu: true },
     deps,
     workflowBundle: { code },
+    gpuSlots: options.gpuSlots,
   });
   const running = Promise.all(workers.map((w: Worker) => w.run()));
   const clientConnection = await Connection.connect({ address: temporalEnv().address });

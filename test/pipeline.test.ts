@@ -90,11 +90,12 @@ describe('dpoPipeline end to end', () => {
     ]);
     result = await stack.client.workflow.getHandle(runId).result();
     expect(result.runId).toBe(runId);
-    expect(result.stages.map((s) => s.kind)).toEqual(['download', 'format', 'tokenize', 'shard']);
+    expect(Object.keys(result.dataStages)).toEqual(['download', 'format', 'tokenize', 'shard']);
+    expect(result.timeline.map((t) => t.state)).toEqual(Array(7).fill('done'));
   });
 
   it('counts the bad rows by reason and keeps the rest', async () => {
-    const format = result.stages.find((s) => s.kind === 'format')!;
+    const format = result.dataStages.format!;
     const manifest = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, format.manifestKey);
     expect(manifest.splits.train!.inputRows).toBe(99);
     expect(manifest.splits.train!.rows).toBe(96);
@@ -104,7 +105,7 @@ describe('dpoPipeline end to end', () => {
   });
 
   it('stores shards whose manifest matches their bytes', async () => {
-    const shard = result.stages.find((s) => s.kind === 'shard')!;
+    const shard = result.dataStages.shard!;
     const manifest = await stack.deps.storage.getJson<ShardManifest>(TEST_BUCKET, shard.manifestKey);
     expect(manifest.splits.train!.rows).toBe(96);
     expect(manifest.splits.train!.shards.map((s) => s.rows)).toEqual([40, 40, 16]);
@@ -115,22 +116,24 @@ describe('dpoPipeline end to end', () => {
   });
 
   it('trains, checkpoints with manifests and stores a loadable adapter', async () => {
+    const train = result.trainings.train!;
     // 96 pairs / batch 8 = 12 optimizer steps; checkpoints every 5.
-    expect(result.train.finalStep).toBe(12);
-    expect(result.train.checkpointKeys.length).toBeGreaterThanOrEqual(2);
-    for (const key of result.train.checkpointKeys) {
+    expect(train.finalStep).toBe(12);
+    expect(train.checkpointKeys.length).toBeGreaterThanOrEqual(2);
+    for (const key of train.checkpointKeys) {
       expect(await stack.deps.storage.exists(TEST_BUCKET, `${key}manifest.json`)).toBe(true);
       expect(await stack.deps.storage.exists(TEST_BUCKET, `${key}adapter/adapter_config.json`)).toBe(true);
     }
-    const adapterFiles = (await stack.deps.storage.list(TEST_BUCKET, result.train.adapterPrefix)).map((o) => o.key.split('/').pop());
+    const adapterFiles = (await stack.deps.storage.list(TEST_BUCKET, train.adapterPrefix)).map((o) => o.key.split('/').pop());
     expect(adapterFiles).toEqual(expect.arrayContaining(['adapter_config.json', 'adapter_model.safetensors']));
     for (const name of ['loss', 'rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins']) {
-      expect(Number.isFinite(result.train.metrics[name])).toBe(true);
+      expect(Number.isFinite(train.metrics[name])).toBe(true);
     }
   });
 
   it('evaluates base and trained models on the held-out split', async () => {
-    const { base, trained } = result.evaluation;
+    const evaluation = result.evaluations.evaluate!;
+    const { base, trained } = evaluation;
     expect(base.samples).toBe(32);
     expect(trained.samples).toBe(32);
     for (const m of [base, trained]) {
@@ -141,11 +144,12 @@ describe('dpoPipeline end to end', () => {
     expect(base.reward_margin_mean).toBe(0);
     // Training moved the policy away from the reference.
     expect(trained.reward_margin_mean).not.toBe(0);
-    const stored = await stack.deps.storage.getJson<{ base: unknown; trained: unknown }>(TEST_BUCKET, result.evaluation.metricsKey);
+    const stored = await stack.deps.storage.getJson<{ base: unknown; trained: unknown }>(TEST_BUCKET, evaluation.metricsKey);
     expect(stored.trained).toEqual(trained);
-    const report = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.report.markdownKey)).toString();
+    const report = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
     expect(report).toContain('preference accuracy (held-out)');
-    expect(report).toContain(result.train.adapterPrefix);
+    expect(report).toContain(result.trainings.train!.adapterPrefix);
+    expect(report).toContain('```mermaid');
   });
 
   it('shows every stage activity in `temporal workflow show`, and no secret in the history', async () => {
@@ -162,14 +166,14 @@ describe('dpoPipeline end to end', () => {
   });
 
   it('reuses every data stage when the same inputs run again', async () => {
-    const again = await stack.client.workflow.execute('dpoPipeline', {
+    const again: PipelineResult = await stack.client.workflow.execute('dpoPipeline', {
       taskQueue: stack.queues.cpu,
       workflowId: uniqueId('e2e-again'),
       args: [smallConfig({ train: { ...smallConfig().train, max_steps: 2, checkpoint_every_steps: 50 } })],
     });
-    expect(again.stages.map((s) => s.cached)).toEqual([true, true, true, true]);
-    expect(again.stages.map((s) => s.hash)).toEqual(result.stages.map((s) => s.hash));
-    expect(again.train.finalStep).toBe(2);
+    expect(Object.values(again.dataStages).map((s) => s.cached)).toEqual([true, true, true, true]);
+    expect(Object.values(again.dataStages).map((s) => s.hash)).toEqual(Object.values(result.dataStages).map((s) => s.hash));
+    expect(again.trainings.train!.finalStep).toBe(2);
   });
 });
 

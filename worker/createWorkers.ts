@@ -13,6 +13,8 @@ export interface WorkerPlan {
   queues: { cpu: string; gpu: string };
   serve: { cpu: boolean; gpu: boolean };
   deps: ActivityDeps;
+  /** Trainers this host runs at once: one per GPU (default 1). */
+  gpuSlots?: number;
   /** Reuse a prebuilt workflow bundle (tests build it once). */
   workflowBundle?: { code: string };
 }
@@ -48,8 +50,8 @@ export async function createWorkers(plan: WorkerPlan): Promise<{ workers: Worker
         namespace,
         taskQueue: plan.queues.gpu,
         activities: createGpuActivities(plan.deps),
-        // One trainer per GPU worker; run one worker per GPU to use several.
-        maxConcurrentActivityTaskExecutions: 1,
+        // One trainer per GPU: a host with several GPUs sets gpuSlots (DPO_GPU_SLOTS).
+        maxConcurrentActivityTaskExecutions: plan.gpuSlots ?? 1,
         // Lets the trainer write its emergency checkpoint when the worker is told to stop.
         shutdownGraceTime: '45 seconds',
       }),

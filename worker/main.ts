@@ -23,6 +23,7 @@ const { workers, connection } = await createWorkers({
   queues: DEFAULT_QUEUES,
   serve: { cpu: served.has('cpu'), gpu: served.has('gpu') },
   deps: depsFromEnv(),
+  gpuSlots: Number(process.env.DPO_GPU_SLOTS ?? 1),
 });
 console.log(
   `worker: connected to ${temporal.address} (namespace ${temporal.namespace}); serving ` +

@@ -1,73 +1,33 @@
 /**
- * dpoPipeline: download -> format -> tokenize -> shard -> train -> evaluate -> report.
+ * dpoPipeline: plans the config's DAG of stages (the standard chain
+ * download -> format -> tokenize -> shard -> train -> evaluate -> report when it declares none)
+ * and runs it, starting every stage whose dependencies are done, so independent branches run in
+ * parallel. A failed stage stops what depends on it; independent branches finish; then the run
+ * fails listing every failed stage.
  *
- * Orchestration only: every stage is an activity, payloads are object keys and summaries.
- * The input is the JSON form of a pipeline config (what `dpo run` sends, and what
- * `temporal workflow start --type dpoPipeline --input @run.json` sends).
+ * Orchestration only: every stage is an activity (workflows/stageRunners.ts), payloads are object
+ * keys and summaries. The input is the JSON form of a pipeline config.
  */
-import {
-  ApplicationFailure,
-  defineQuery,
-  proxyActivities,
-  setHandler,
-  workflowInfo,
-} from '@temporalio/workflow';
-import type { Activities } from '../activities/index.js';
+import { ApplicationFailure, defineQuery, setHandler, workflowInfo } from '@temporalio/workflow';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
-import { FailureType, NON_RETRYABLE_FAILURES } from '../lib/errors.js';
+import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
+import { FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
-import type { PipelineResult, StageResult } from '../lib/stages.js';
-
-
-
-export type StageName = 'download' | 'format' | 'tokenize' | 'shard' | 'train' | 'evaluate' | 'report';
-export const STAGE_ORDER: StageName[] = ['download', 'format', 'tokenize', 'shard', 'train', 'evaluate', 'report'];
-
-export interface StageStatus {
-  state: 'pending' | 'running' | 'done' | 'failed';
-  cached?: boolean;
-  startedAt?: number;
-  finishedAt?: number;
-  summary?: Record<string, number | string>;
-}
+import type { PipelineResult, StageTimeline } from '../lib/stages.js';
+import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
 
 export interface PipelineStatus {
   runId: string;
   name: string;
-  current: StageName | null;
-  stages: Record<StageName, StageStatus>;
+  /** The planned DAG: stages in dependency order with what they need. */
+  plan: Array<{ id: string; kind: string; needs: string[] }>;
+  mermaid: string;
+  /** Ids of the stages running now. */
+  running: string[];
+  stages: Record<string, StageTimeline & { summary?: Record<string, number | string> }>;
 }
 
 export const statusQuery = defineQuery<PipelineStatus>('status');
-
-/** Data stages: minutes of CPU work, heartbeating per chunk. Bad data fails fast. */
-const DATA_STAGE_OPTIONS = {
-  startToCloseTimeout: '30 minutes',
-  heartbeatTimeout: '2 minutes',
-  retry: {
-    initialInterval: '2 seconds',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 5,
-    nonRetryableErrorTypes: NON_RETRYABLE_FAILURES,
-  },
-} as const;
-
-/**
- * Training: hours on a GPU. The heartbeat timeout notices a dead worker quickly; a retry
- * resumes from the newest complete checkpoint, so a lost worker costs one checkpoint interval.
- */
-const TRAIN_OPTIONS = {
-  startToCloseTimeout: '24 hours',
-  heartbeatTimeout: '30 seconds',
-  retry: {
-    initialInterval: '1 second',
-    backoffCoefficient: 2,
-    maximumInterval: '30 seconds',
-    maximumAttempts: 10,
-    nonRetryableErrorTypes: NON_RETRYABLE_FAILURES,
-  },
-} as const;
 
 export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   const config = validateInput(input);
@@ -78,87 +38,55 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
       FailureType.InvalidConfig,
     );
   }
-
+  const plan = planOrFail(config);
   const status: PipelineStatus = {
     runId,
     name: config.name,
-    current: null,
-    stages: Object.fromEntries(STAGE_ORDER.map((s) => [s, { state: 'pending' }])) as PipelineStatus['stages'],
+    plan: plan.stages.map((s) => ({ id: s.id, kind: s.kind, needs: s.needs })),
+    mermaid: planToMermaid(plan),
+    running: [],
+    stages: Object.fromEntries(plan.stages.map((s) => [s.id, { id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }])),
   };
   setHandler(statusQuery, () => status);
 
-  const cpu = proxyActivities<Activities>({ ...DATA_STAGE_OPTIONS, taskQueue: config.queues.cpu });
-  const gpu = proxyActivities<Activities>({ ...TRAIN_OPTIONS, taskQueue: config.queues.gpu });
+  const outputs = new Map<string, StageOutput>();
+  const failures = new Map<string, unknown>();
+  const ctx: RunContext = { runId, config, plan, outputs, timeline: () => Object.values(status.stages) };
 
-  /** Runs one stage, keeping the status query current. */
-  async function stage<T>(name: StageName, run: () => Promise<T>, describe?: (r: T) => Partial<StageStatus>): Promise<T> {
-    status.current = name;
-    status.stages[name] = { state: 'running', startedAt: Date.now() };
+  // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
+  const inFlight = new Map<string, Promise<void>>();
+  const settled = (id: string) => outputs.has(id) || failures.has(id) || status.stages[id]!.state === 'skipped';
+  while (plan.stages.some((s) => !settled(s.id))) {
+    for (const stage of plan.stages) {
+      if (settled(stage.id) || inFlight.has(stage.id)) continue;
+      if (stage.needs.some((n) => failures.has(n) || status.stages[n]!.state === 'skipped')) {
+        status.stages[stage.id]!.state = 'skipped';
+        continue;
+      }
+      if (stage.needs.every((n) => outputs.has(n))) inFlight.set(stage.id, execute(stage));
+    }
+    if (inFlight.size) await Promise.race(inFlight.values());
+  }
+
+  async function execute(stage: PlannedStage): Promise<void> {
+    const entry = status.stages[stage.id]!;
+    Object.assign(entry, { state: 'running', startedAt: Date.now() });
+    status.running.push(stage.id);
     try {
-      const result = await run();
-      status.stages[name] = { ...status.stages[name], state: 'done', finishedAt: Date.now(), ...describe?.(result) };
-      return result;
+      const output = await runStage(ctx, stage);
+      outputs.set(stage.id, output);
+      Object.assign(entry, { state: 'done', finishedAt: Date.now(), cached: output.cached, summary: output.summary });
     } catch (err) {
-      status.stages[name] = { ...status.stages[name], state: 'failed', finishedAt: Date.now() };
-      throw err;
+      failures.set(stage.id, err);
+      Object.assign(entry, { state: 'failed', finishedAt: Date.now(), error: describeError(err) });
+    } finally {
+      status.running = status.running.filter((id) => id !== stage.id);
+      inFlight.delete(stage.id);
     }
   }
-  const dataStage = (r: StageResult) => ({ cached: r.cached, summary: r.summary });
-  const bucket = config.storage.bucket;
-  const modelSource = config.model.source;
-  const splits = { train: config.dataset.train_split, eval: config.dataset.eval_split };
 
-  const downloaded = await stage('download', () => cpu.downloadDataset({ bucket, dataset: config.dataset }), dataStage);
-  const formatted = await stage(
-    'format',
-    () =>
-      cpu.formatDataset({
-        bucket,
-        upstream: downloaded,
-        modelSource,
-        format: config.format,
-        columns: config.dataset.columns,
-        splits,
-        limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
-      }),
-    dataStage,
-  );
-  const tokenized = await stage(
-    'tokenize',
-    () => cpu.tokenizeDataset({ bucket, upstream: formatted, modelSource, tokenize: config.tokenize }),
-    dataStage,
-  );
-  const sharded = await stage('shard', () => cpu.shardDataset({ bucket, upstream: tokenized, shard: config.shard }), dataStage);
-
-  const train = await stage(
-    'train',
-    () => gpu.trainModel({ runId, bucket, modelSource, shards: sharded, trainSplit: splits.train, train: config.train }),
-    (r) => ({ summary: { step: r.finalStep, ...r.metrics } }),
-  );
-  const evaluation = await stage(
-    'evaluate',
-    () =>
-      cpu.evaluateModel({
-        runId,
-        bucket,
-        modelSource,
-        shards: sharded,
-        evalSplit: splits.eval,
-        adapterPrefix: train.adapterPrefix,
-        batchSize: config.evaluate.batch_size,
-        beta: config.train.beta,
-      }),
-    (r) => ({
-      summary: {
-        base_accuracy: r.base.preference_accuracy,
-        dpo_accuracy: r.trained.preference_accuracy,
-      },
-    }),
-  );
-  const stages = [downloaded, formatted, tokenized, sharded];
-  const report = await stage('report', () => cpu.writeReport({ runId, bucket, config, stages, train, evaluation }));
-  status.current = null;
-  return { runId, bucket, stages, train, evaluation, report };
+  if (failures.size) throw failureOf(failures, status);
+  return collectResult(runId, config, plan, outputs, Object.values(status.stages));
 }
 
 function validateInput(input: unknown): PipelineConfig {
@@ -168,4 +96,54 @@ function validateInput(input: unknown): PipelineConfig {
     throw ApplicationFailure.nonRetryable(formatConfigProblems(parsed.problems), FailureType.InvalidConfig, parsed.problems);
   }
   return parsed.config;
+}
+
+function planOrFail(config: PipelineConfig): PipelinePlan {
+  try {
+    return planPipeline(config.stages ?? standardChain(), config);
+  } catch (err) {
+    if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);
+    throw err;
+  }
+}
+
+/** One failure is rethrown as is (its cause chain intact); several are listed together. */
+function failureOf(failures: Map<string, unknown>, status: PipelineStatus): unknown {
+  if (failures.size === 1) return [...failures.values()][0];
+  const lines = [...failures.keys()].map((id) => `  - ${id}: ${status.stages[id]!.error}`);
+  return ApplicationFailure.create({
+    message: `${failures.size} stages failed:\n${lines.join('\n')}`,
+    type: 'StagesFailed',
+    nonRetryable: true,
+    cause: [...failures.values()][0] as Error,
+    details: [Object.fromEntries([...failures.keys()].map((id) => [id, status.stages[id]!.error]))],
+  });
+}
+
+function describeError(err: unknown): string {
+  const parts: string[] = [];
+  let cause: unknown = err;
+  while (cause instanceof Error) {
+    parts.push(cause.message);
+    cause = (cause as { cause?: unknown }).cause;
+  }
+  return parts.filter(Boolean).join(': ') || String(err);
+}
+
+function collectResult(
+  runId: string,
+  config: PipelineConfig,
+  plan: PipelinePlan,
+  outputs: Map<string, StageOutput>,
+  timeline: StageTimeline[],
+): PipelineResult {
+  const result: PipelineResult = { runId, bucket: config.storage.bucket, timeline, dataStages: {}, trainings: {}, evaluations: {}, reports: {} };
+  for (const stage of plan.stages) {
+    const out = outputs.get(stage.id)!;
+    if (out.data) result.dataStages[stage.id] = out.data;
+    if (out.train) result.trainings[stage.id] = out.train;
+    if (out.evaluation) result.evaluations[stage.id] = out.evaluation;
+    if (out.report) result.reports[stage.id] = out.report;
+  }
+  return result;
 }

@@ -88,6 +88,7 @@ class TinyLlavaSize:
     text_layers: int = 2
     text_heads: int = 4
     vocab_size: int = 512  # 256 byte symbols + 5 special tokens + ~250 merges
+    initializer_range: float = 0.1  # std of the random init; see build_model for why not 0.02
 
     @property
     def image_tokens(self) -> int:
@@ -148,6 +149,7 @@ def build_model(size: TinyLlavaSize, tokenizer, seed: int):
         image_size=size.image_size,
         patch_size=size.patch_size,
         projection_dim=size.vision_hidden,
+        initializer_range=size.initializer_range,
     )
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -161,6 +163,7 @@ def build_model(size: TinyLlavaSize, tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=size.initializer_range,
     )
     config = LlavaConfig(
         vision_config=vision_config,
@@ -234,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     defaults = TinyLlavaSize()
-    for name in TinyLlavaSize.__dataclass_fields__:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name, spec in TinyLlavaSize.__dataclass_fields__.items():
+        kind = float if spec.type in (float, "float") else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     args = parser.parse_args(argv)
     size = TinyLlavaSize(**{name: getattr(args, name) for name in TinyLlavaSize.__dataclass_fields__})
     if size.image_size % size.patch_size:

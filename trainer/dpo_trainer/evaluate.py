@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import torch
 
 from .config import EvalConfig, load_config
 from .data import PixelCache, collate, load_shards, validate_against_model
-from .errors import ExitCode, ModelLoadError, TrainerError
+from .cli import run_command
+from .errors import ExitCode, ModelLoadError
 from .events import claim_stdout, emit
 from .modeling import DTYPES, autocast, completion_logps, load_base_model, resolve_device
 
@@ -82,20 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path of the evaluate config JSON")
     args = parser.parse_args(argv)
     claim_stdout()
-    try:
-        metrics = evaluate(load_config(EvalConfig, args.config))
-    except TrainerError as exc:
-        emit("error", error_type=exc.error_type, message=str(exc))
-        return int(exc.exit_code)
-    except torch.OutOfMemoryError as exc:
-        emit("error", error_type="OutOfMemory", message=f"out of memory; lower batch_size: {exc}")
-        return int(ExitCode.OUT_OF_MEMORY)
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        emit("error", error_type="Crash", message=f"{type(exc).__name__}: {exc}")
-        return int(ExitCode.CRASH)
-    emit("eval_result", metrics=metrics)
-    return int(ExitCode.FINISHED)
+    return run_command(lambda: run_evaluation(load_config(EvalConfig, args.config)))
+
+
+def run_evaluation(config: EvalConfig) -> int:
+    emit("eval_result", metrics=evaluate(config))
+    return ExitCode.FINISHED
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def attach_lora(model: Any, lora: LoraSettings) -> Any:
 def enable_gradient_checkpointing(model: Any) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA), so no
     # enable_input_require_grads() hook is needed.
-    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:

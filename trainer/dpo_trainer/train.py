@@ -13,26 +13,44 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import os
 import random
 import resource
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import get_scheduler
 
 from . import checkpoint as ckpt
+from .cli import run_command
 from .config import TrainConfig, load_config
-from .data import DataCursor, PixelCache, PreferenceDataset, collate, load_shards, steps_until_epoch, validate_against_model
-from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp, TrainerError
+from .data import (
+    DataCursor,
+    PixelCache,
+    PreferenceDataset,
+    collate,
+    load_shards,
+    steps_until_epoch,
+    validate_against_model,
+)
+from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log
 from .faults import FaultHooks
 from .losses import preference_loss
-from .modeling import DTYPES, attach_lora, autocast, completion_logps, enable_gradient_checkpointing, load_base_model, resolve_device
+from .modeling import (
+    DTYPES,
+    attach_lora,
+    autocast,
+    completion_logps,
+    enable_gradient_checkpointing,
+    load_base_model,
+    resolve_device,
+)
 from .preemption import PreemptionFlag, PreemptionRequested
 
 STATE_FORMAT = 1
@@ -98,6 +116,42 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset) -> dict[str
         "dataset_samples": len(dataset),
         "dataset_sha256": dataset.fingerprint(),
     }
+
+
+def restore_checkpoint(
+    folder: Path, fingerprint: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: torch.amp.GradScaler, device: torch.device,
+) -> tuple[Progress, ckpt.CheckpointRef]:
+    """Load a verified checkpoint into the freshly built objects; RNG states are restored last,
+    because building the model and optimizer may have drawn random numbers."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    manifest = ckpt.verify_folder(folder)
+    state = ckpt.load_trainer_state(folder)
+    changed = [k for k, v in fingerprint.items() if state["fingerprint"].get(k) != v]
+    if changed:
+        raise InvalidInputError(
+            [
+                f"resume_from: {k} differs from the checkpoint's run"
+                f" ({state['fingerprint'].get(k)!r} there, {fingerprint[k]!r} now)"
+                for k in changed
+            ]
+            + ["keep these equal to resume (the micro-batch split may change), or start a fresh run"]
+        )
+    weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=str(device))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise InvalidInputError(f"resume_from: {folder} adapter does not fit the model (missing {missing[:3]},"
+                                f" unexpected {list(result.unexpected_keys)[:3]})")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["grad_scaler"])
+    progress = Progress(state["step"], DataCursor(**state["cursor"]), list(state["history"]))
+    restore_rng(state["rng"])
+    log(f"resumed from {folder} at step {progress.step}")
+    return progress, ckpt.CheckpointRef(progress.step, folder, [e["path"] for e in manifest["files"]])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,6 +261,12 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several processes would each train on all data and write the same checkpoints.
+        raise InvalidInputError(
+            "WORLD_SIZE > 1: this trainer runs one process per host; do not launch it with torchrun"
+            " or accelerate launch"
+        )
     faults = FaultHooks.from_env()
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
@@ -231,8 +291,6 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
 
     step_samples = config.effective_batch_size
     total_steps = config.max_steps or steps_until_epoch(DataCursor(), len(dataset), step_samples, config.epochs)
-    from transformers import get_scheduler
-
     scheduler = get_scheduler(
         {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler_type],
         optimizer,
@@ -247,31 +305,9 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     # -- resume: the same objects as a fresh start, overwritten with the checkpoint's state ------
     last_checkpoint: ckpt.CheckpointRef | None = None
     if config.resume_from:
-        folder = Path(config.resume_from).resolve()
-        manifest = ckpt.verify_folder(folder)
-        state = ckpt.load_trainer_state(folder)
-        changed = [k for k, v in fingerprint.items() if state["fingerprint"].get(k) != v]
-        if changed:
-            raise InvalidInputError(
-                [
-                    f"resume_from: {k} differs from the checkpoint's run"
-                    f" ({state['fingerprint'].get(k)!r} there, {fingerprint[k]!r} now)"
-                    for k in changed
-                ]
-                + ["keep these equal to resume (the micro-batch split may change), or start a fresh run"]
-            )
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        adapter_weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=str(device))
-        set_peft_model_state_dict(model, adapter_weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["grad_scaler"])
-        progress = Progress(state["step"], DataCursor(**state["cursor"]), list(state["history"]))
-        restore_rng(state["rng"])  # last: everything above may have drawn random numbers
-        last_checkpoint = ckpt.CheckpointRef(progress.step, folder, [e["path"] for e in manifest["files"]])
-        log(f"resumed from {folder} at step {progress.step}")
+        progress, last_checkpoint = restore_checkpoint(
+            Path(config.resume_from).resolve(), fingerprint, model, optimizer, scheduler, scaler, device
+        )
 
     newer = [ref for ref in ckpt.complete_checkpoints(output_dir) if ref.step > progress.step]
     if newer:
@@ -285,6 +321,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             "format": STATE_FORMAT,
             "step": progress.step,
             "cursor": asdict(progress.cursor),
+            "epoch": progress.cursor.epoch_progress(len(dataset)),
             "samples_seen": sum(entry["samples"] for entry in progress.history),
             "fingerprint": fingerprint,
             "optimizer": optimizer.state_dict(),
@@ -319,6 +356,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     # -- the loop: one optimizer step per iteration ---------------------------------------------
     oom_attempts: list[str] = []
     last_metrics: dict[str, float] = {}
+    warned_slow = False
     while progress.step < total_steps:
         rng_at_step_start = capture_rng()
         if preemption.requested:
@@ -355,6 +393,13 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             continue
         elapsed = time.perf_counter() - started
         tokens = int(metrics.pop("_tokens"))
+        micro_step_seconds = elapsed / math.ceil(len(indices) / micro_batch)
+        if micro_step_seconds > config.preemption_grace_seconds / 2 and not warned_slow:
+            warned_slow = True
+            log(
+                f"one micro-step takes {micro_step_seconds:.1f}s, more than half of preemption_grace_seconds"
+                f" ({config.preemption_grace_seconds}s): a SIGTERM may not be honoured in time"
+            )
         progress.step += 1
         progress.cursor = cursor_after
         epoch = progress.cursor.epoch_progress(len(dataset))
@@ -393,18 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     claim_stdout()
     preemption = PreemptionFlag().install()
-    try:
-        return int(train(load_config(TrainConfig, args.config), preemption))
-    except TrainerError as exc:
-        emit("error", error_type=exc.error_type, message=str(exc))
-        return int(exc.exit_code)
-    except torch.OutOfMemoryError as exc:  # outside a training step, e.g. while loading
-        emit("error", error_type="OutOfMemory", message=f"out of memory outside a training step: {exc}")
-        return int(ExitCode.OUT_OF_MEMORY)
-    except Exception as exc:  # anything else is a bug or an environment failure: retryable crash
-        traceback.print_exc(file=sys.stderr)
-        emit("error", error_type="Crash", message=f"{type(exc).__name__}: {exc}")
-        return int(ExitCode.CRASH)
+    return run_command(lambda: train(load_config(TrainConfig, args.config), preemption))
 
 
 if __name__ == "__main__":

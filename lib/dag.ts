@@ -1,0 +1,205 @@
+/**
+ * The pipeline as a DAG of typed stages. Each stage kind declares the artifacts it consumes and
+ * produces; the planner checks a config's stage list (ids, kinds, dependencies, cycles, artifact
+ * contracts, per-kind parameters) before anything runs, and orders it. A config without a stage
+ * list gets the standard chain. Pure code: it runs inside the workflow.
+ */
+import { z } from 'zod';
+import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
+import { isSafeKeySegment } from './keys.js';
+
+export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'adapter' | 'metrics' | 'report';
+
+export interface StageKindSpec {
+  /** Artifacts this kind needs from its dependencies, each exactly once unless `many`. */
+  consumes: Artifact[];
+  /** Artifacts consumed from any number (at least one) of dependencies. */
+  consumesMany?: Artifact[];
+  produces: Artifact;
+  /**
+   * The config section a stage's `params` override (checked merged, with the section's schema),
+   * or a schema of the kind's own params.
+   */
+  params: SettingsSection | z.ZodType;
+  queue: 'cpu' | 'gpu';
+}
+
+type SettingsSection = 'format' | 'tokenize' | 'shard' | 'train' | 'evaluate';
+const SECTION_SCHEMAS = { format: FormatSchema, tokenize: TokenizeSchema, shard: ShardSchema, train: TrainSchema, evaluate: EvaluateSchema };
+
+/** The registry of stage kinds: adding a kind is one entry here plus its activity. */
+export const STAGE_KINDS = {
+  download: { consumes: [], produces: 'dataset', params: z.strictObject({}), queue: 'cpu' },
+  format: { consumes: ['dataset'], produces: 'formatted', params: 'format', queue: 'cpu' },
+  tokenize: { consumes: ['formatted'], produces: 'tokens', params: 'tokenize', queue: 'cpu' },
+  shard: { consumes: ['tokens'], produces: 'shards', params: 'shard', queue: 'cpu' },
+  train: { consumes: ['shards'], produces: 'adapter', params: 'train', queue: 'gpu' },
+  /** An adapter trained elsewhere (or by an earlier run), for evaluation-only pipelines. */
+  adapter: {
+    consumes: [],
+    produces: 'adapter',
+    params: z.strictObject({ source: z.string().regex(/^s3:\/\/[^/]+\/.+/, 'must be s3://bucket/prefix of a PEFT adapter folder') }),
+    queue: 'cpu',
+  },
+  evaluate: { consumes: ['shards', 'adapter'], produces: 'metrics', params: 'evaluate', queue: 'cpu' },
+  report: { consumes: [], consumesMany: ['metrics'], produces: 'report', params: z.strictObject({}), queue: 'cpu' },
+} satisfies Record<string, StageKindSpec>;
+
+export type StageKindName = keyof typeof STAGE_KINDS;
+export const STAGE_KIND_NAMES = Object.keys(STAGE_KINDS) as StageKindName[];
+
+export type StageDecl = z.output<typeof StageDeclSchema>;
+export { StageDeclSchema };
+
+export interface PlannedStage extends StageDecl {
+  kind: StageKindName;
+  /** For each consumed artifact, the id(s) of the dependency that provides it. */
+  inputs: Partial<Record<Artifact, string[]>>;
+}
+
+export interface PipelinePlan {
+  /** Stages in a dependency-respecting order. */
+  stages: PlannedStage[];
+  edges: Array<[from: string, to: string]>;
+}
+
+export class PlanError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid pipeline stages (${problems.length} problem${problems.length > 1 ? 's' : ''}):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** The chain a config gets when it declares no stages. */
+export function standardChain(): StageDecl[] {
+  const chain: Array<[string, StageKindName, string[]]> = [
+    ['download', 'download', []],
+    ['format', 'format', ['download']],
+    ['tokenize', 'tokenize', ['format']],
+    ['shard', 'shard', ['tokenize']],
+    ['train', 'train', ['shard']],
+    ['evaluate', 'evaluate', ['shard', 'train']],
+    ['report', 'report', ['evaluate']],
+  ];
+  return chain.map(([id, kind, needs]) => ({ id, kind, needs, params: {} }));
+}
+
+/**
+ * Validates and orders the stages; throws PlanError listing every problem, naming the stage.
+ * `config` supplies the sections that stage params override, so merged settings are checked too.
+ */
+export function planPipeline(decls: StageDecl[], config: PipelineConfig): PipelinePlan {
+  const problems: string[] = [];
+  const byId = new Map<string, StageDecl>();
+  for (const decl of decls) {
+    if (byId.has(decl.id)) problems.push(`stage "${decl.id}": duplicate id`);
+    byId.set(decl.id, decl);
+  }
+  for (const decl of decls) {
+    if (!(decl.kind in STAGE_KINDS)) {
+      problems.push(`stage "${decl.id}": unknown kind "${decl.kind}" (valid: ${STAGE_KIND_NAMES.join(', ')})`);
+    } else {
+      const paramSpec: StageKindSpec['params'] = STAGE_KINDS[decl.kind as StageKindName].params;
+      const params =
+        typeof paramSpec === 'string'
+          ? SECTION_SCHEMAS[paramSpec].safeParse({ ...config[paramSpec], ...decl.params })
+          : paramSpec.safeParse(decl.params);
+      if (!params.success) {
+        for (const issue of params.error.issues) {
+          const where = issue.path.length ? `params.${issue.path.join('.')}` : 'params';
+          const message = issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+          problems.push(`stage "${decl.id}": ${where}: ${message}`);
+        }
+      }
+    }
+    for (const need of decl.needs) {
+      if (!byId.has(need)) problems.push(`stage "${decl.id}": needs unknown stage "${need}"`);
+      if (need === decl.id) problems.push(`stage "${decl.id}": needs itself`);
+    }
+  }
+  const cycle = findCycle(decls, byId);
+  if (cycle) problems.push(`stages form a cycle: ${cycle.join(' -> ')}`);
+
+  const planned: PlannedStage[] = [];
+  for (const decl of decls) {
+    if (!(decl.kind in STAGE_KINDS)) continue;
+    const spec: StageKindSpec = STAGE_KINDS[decl.kind as StageKindName];
+    const inputs: PlannedStage['inputs'] = {};
+    const deps = decl.needs.map((n) => byId.get(n)).filter((d): d is StageDecl => !!d && d.kind in STAGE_KINDS);
+    const produced = (artifact: Artifact) => deps.filter((d) => STAGE_KINDS[d.kind as StageKindName].produces === artifact).map((d) => d.id);
+    for (const artifact of spec.consumes) {
+      const from = produced(artifact);
+      if (from.length === 0) problems.push(`stage "${decl.id}" (${decl.kind}) needs a stage that produces ${artifact}; its dependencies produce ${describeProduced(deps)}`);
+      else if (from.length > 1) problems.push(`stage "${decl.id}" (${decl.kind}) takes one ${artifact} but ${from.map((f) => `"${f}"`).join(' and ')} both produce one`);
+      else inputs[artifact] = from;
+    }
+    for (const artifact of spec.consumesMany ?? []) {
+      const from = produced(artifact);
+      if (from.length === 0) problems.push(`stage "${decl.id}" (${decl.kind}) needs at least one stage that produces ${artifact}; its dependencies produce ${describeProduced(deps)}`);
+      else inputs[artifact] = from;
+    }
+    const used = new Set(Object.values(inputs).flat());
+    for (const d of deps) {
+      if (!used.has(d.id)) problems.push(`stage "${decl.id}" (${decl.kind}) does not consume what "${d.id}" produces (${STAGE_KINDS[d.kind as StageKindName].produces})`);
+    }
+    planned.push({ ...decl, kind: decl.kind as StageKindName, inputs });
+  }
+  if (problems.length) throw new PlanError(problems);
+
+  return { stages: topologicalOrder(planned), edges: planned.flatMap((s) => s.needs.map((n) => [n, s.id] as [string, string])) };
+}
+
+function describeProduced(deps: StageDecl[]): string {
+  if (!deps.length) return 'nothing (it has no dependencies)';
+  return deps.map((d) => `${STAGE_KINDS[d.kind as StageKindName].produces} ("${d.id}")`).join(', ');
+}
+
+function findCycle(decls: StageDecl[], byId: Map<string, StageDecl>): string[] | null {
+  const state = new Map<string, 'visiting' | 'done'>();
+  const path: string[] = [];
+  const visit = (id: string): string[] | null => {
+    if (state.get(id) === 'done') return null;
+    if (state.get(id) === 'visiting') return [...path.slice(path.indexOf(id)), id];
+    state.set(id, 'visiting');
+    path.push(id);
+    for (const need of byId.get(id)?.needs ?? []) {
+      if (!byId.has(need) || need === id) continue;
+      const found = visit(need);
+      if (found) return found;
+    }
+    path.pop();
+    state.set(id, 'done');
+    return null;
+  };
+  for (const d of decls) {
+    const found = visit(d.id);
+    if (found) return found.reverse();
+  }
+  return null;
+}
+
+function topologicalOrder(stages: PlannedStage[]): PlannedStage[] {
+  const done = new Set<string>();
+  const out: PlannedStage[] = [];
+  while (out.length < stages.length) {
+    for (const s of stages) {
+      if (!done.has(s.id) && s.needs.every((n) => done.has(n))) {
+        done.add(s.id);
+        out.push(s);
+      }
+    }
+  }
+  return out;
+}
+
+/** The planned DAG as a Mermaid flowchart, for the report. */
+export function planToMermaid(plan: PipelinePlan, states: Record<string, string> = {}): string {
+  const node = (s: PlannedStage) => `  ${mermaidId(s.id)}["${s.id}<br/>${s.kind}${states[s.id] ? ` (${states[s.id]})` : ''}"]`;
+  return ['flowchart LR', ...plan.stages.map(node), ...plan.edges.map(([a, b]) => `  ${mermaidId(a)} --> ${mermaidId(b)}`)].join('\n');
+}
+
+const mermaidId = (id: string) => `s_${id.replace(/[^A-Za-z0-9_]/g, '_')}`;
+
+/** The config section a stage's params override, merged and resolved (checked by the planner). */
+export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): PipelineConfig[K] {
+  return SECTION_SCHEMAS[section].parse({ ...config[section], ...params }) as PipelineConfig[K];
+}
