@@ -47,7 +47,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   // Heartbeat on a timer too: model loading can outlast the heartbeat timeout on its own.
   const ticker = setInterval(() => heartbeat(progress), HEARTBEAT_EVERY_MS);
   try {
-    const attemptDir = join(deps.workDir, 'runs', runId, `attempt-${ctx.info.attempt}-${process.pid}`);
+    const attemptDir = join(deps.workDir, 'runs', runId, input.stageId, `attempt-${ctx.info.attempt}-${process.pid}`);
     await rm(attemptDir, { recursive: true, force: true });
     await mkdir(attemptDir, { recursive: true });
 

@@ -82,7 +82,9 @@ def main() -> None:
     parser.add_argument("--text-layers", type=int, default=TinyLlavaSize.text_layers)
     parser.add_argument("--vision-hidden", type=int, default=TinyLlavaSize.vision_hidden)
     parser.add_argument("--vision-layers", type=int, default=TinyLlavaSize.vision_layers)
+    parser.add_argument("--image-size", type=int, default=TinyLlavaSize.image_size)
     parser.add_argument("--patch-size", type=int, default=TinyLlavaSize.patch_size)
+    parser.add_argument("--init", type=float, default=TinyLlavaSize.initializer_range)
     parser.add_argument("--per-kind", action="store_true", help="also report accuracy per question kind")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -98,7 +100,9 @@ def main() -> None:
             text_layers=args.text_layers,
             vision_hidden=args.vision_hidden,
             vision_layers=args.vision_layers,
+            image_size=args.image_size,
             patch_size=args.patch_size,
+            initializer_range=args.init,
         )
         model_dir = write_tiny_llava(work / "model", seed=seed, size=size)
         train_shards, eval_shards = write_demo_shards(model_dir, work / "shards", args.train_pairs, args.eval_pairs, seed=seed)
