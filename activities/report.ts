@@ -79,6 +79,7 @@ function renderMarkdown(input: ReportInput): string {
       `- adapter: \`s3://${t.adapterBucket}/${t.adapterPrefix}\``,
       `- steps: ${t.finalStep}, wall time ${t.trainSeconds.toFixed(1)} s` + (t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''),
       `- final metrics: ${Object.entries(t.metrics).map(([k, v]) => `${k}=${num(v)}`).join(', ')}`,
+      ...(t.replans?.length ? [`- out-of-memory replans: ${t.replans.join('; ')}`] : []),
       `- checkpoints: ${t.checkpointKeys.map((k) => `\`${s3(k)}\``).join(', ') || '(none)'}`,
       '',
     ]),

@@ -108,6 +108,13 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
     });
     await uploads;
 
+    if (ctx.cancellationSignal.aborted) {
+      // Cancelled (by the workflow, or a worker shutting down): the trainer has checkpointed; report the cancellation.
+      throw await ctx.cancelled.then(
+        () => new Error('cancelled'),
+        (reason: unknown) => reason,
+      );
+    }
     if (outcome.exitCode !== TrainerExit.Finished || !finished) throw failureFor(outcome);
     progress.phase = 'uploading';
     const adapterDir = finished.adapter_path as string;

@@ -67,6 +67,8 @@ export interface TrainResult {
   resumedFromStep: number | null;
   metrics: TrainMetrics;
   trainSeconds: number;
+  /** Changes the workflow made after out-of-memory failures, in order. */
+  replans?: string[];
 }
 
 export interface EvalMetrics {
@@ -108,6 +110,8 @@ export interface StageTimeline {
   startedAt?: number;
   finishedAt?: number;
   error?: string;
+  /** Out-of-memory replans of a train stage. */
+  replans?: string[];
 }
 
 export interface ReportInput {

@@ -51,7 +51,14 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
 
   const outputs = new Map<string, StageOutput>();
   const failures = new Map<string, unknown>();
-  const ctx: RunContext = { runId, config, plan, outputs, timeline: () => Object.values(status.stages) };
+  const ctx: RunContext = {
+    runId,
+    config,
+    plan,
+    outputs,
+    timeline: () => Object.values(status.stages),
+    noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
+  };
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();

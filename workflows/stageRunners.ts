@@ -2,10 +2,11 @@
  * How each stage kind runs: which activity, on which queue, with which timeouts and retries, and
  * what it hands to the stages that need it. Orchestration only (no I/O): bundled into workflows.
  */
-import { proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
+import { FailureType, NON_RETRYABLE_FAILURES } from '../lib/errors.js';
+import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
 import type { PipelineConfig } from '../lib/config.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
 
@@ -27,6 +28,8 @@ export interface RunContext {
   plan: PipelinePlan;
   outputs: Map<string, StageOutput>;
   timeline: () => StageTimeline[];
+  /** Records a change the workflow made to a running stage's plan (shown in status and report). */
+  noteReplan: (stageId: string, change: string) => void;
 }
 
 /** Data stages: minutes of CPU work, heartbeating per chunk. Bad data fails fast. */
@@ -109,17 +112,32 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
     case 'shard':
       return dataOutput(await acts.shardDataset({ bucket, upstream: data('tokens'), shard: stageSettings(config, 'shard', stage.params) }));
     case 'train': {
-      const train = stageSettings(config, 'train', stage.params);
-      const result = await acts.trainModel({
-        runId,
-        stageId: stage.id,
-        bucket,
-        modelSource,
-        shards: data('shards'),
-        trainSplit: config.dataset.train_split,
-        train,
-      });
-      return { train: result, summary: { step: result.finalStep, ...result.metrics } };
+      let train = stageSettings(config, 'train', stage.params);
+      const replans: string[] = [];
+      for (;;) {
+        try {
+          const result = await acts.trainModel({
+            runId,
+            stageId: stage.id,
+            bucket,
+            modelSource,
+            shards: data('shards'),
+            trainSplit: config.dataset.train_split,
+            train,
+          });
+          return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
+        } catch (err) {
+          if (!hasFailureType(err, FailureType.OutOfMemory)) throw err;
+          // The trainer backed off in its own process and still ran out of memory: restart it from
+          // the last checkpoint with a smaller footprint and the same effective batch.
+          const plan = replanAfterOom(train);
+          if (!plan) throw ApplicationFailure.nonRetryable(oomGiveUpMessage(stage.id, replans, train), FailureType.OutOfMemory);
+          log.warn('out of memory: replanning the train stage', { stage: stage.id, change: plan.change });
+          replans.push(plan.change);
+          ctx.noteReplan(stage.id, plan.change);
+          train = plan.next;
+        }
+      }
     }
     case 'adapter': {
       const m = /^s3:\/\/([^/]+)\/(.+?)\/?$/.exec(String(stage.params.source))!;
@@ -169,6 +187,13 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       return { report };
     }
   }
+}
+
+function hasFailureType(err: unknown, type: string): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type === type) return true;
+  }
+  return false;
 }
 
 /** The stage that produced the adapter an evaluate stage scores. */
