@@ -53,7 +53,12 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
 
     const modelDir = await stageModel(deps, input.modelSource);
     const shardPaths = await stageShards(deps, bucket, input.shards.manifestKey, input.trainSplit);
-    const resume = await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(runId, input.stageId), join(attemptDir, 'resume'));
+    // This run's own checkpoints first (a retried attempt), then those of the run it resumes.
+    const resume =
+      (await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(runId, input.stageId), join(attemptDir, 'resume'))) ??
+      (input.resumeFromRunId
+        ? await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(input.resumeFromRunId, input.stageId), join(attemptDir, 'resume'))
+        : null);
     if (resume) {
       progress.step = resume.step;
       progress.checkpointKey = resume.key;

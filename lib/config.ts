@@ -155,6 +155,9 @@ export const PipelineConfigSchema = z.strictObject({
   evaluate: EvaluateSchema.prefault({}),
   queues: QueuesSchema.prefault({}),
   storage: StorageSchema.prefault({}),
+  resume_from_run: safeName
+    .optional()
+    .describe('id of an earlier run of this config: train stages continue from its newest complete checkpoints'),
   stages: z
     .array(StageDeclSchema)
     .min(1)

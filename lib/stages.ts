@@ -56,6 +56,8 @@ export interface TrainInput {
   shards: StageResult;
   trainSplit: string;
   train: TrainConfig;
+  /** An earlier run whose checkpoints of this stage may be continued (resume). */
+  resumeFromRunId?: string;
 }
 
 export interface TrainResult {

@@ -124,6 +124,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
             shards: data('shards'),
             trainSplit: config.dataset.train_split,
             train,
+            resumeFromRunId: config.resume_from_run,
           });
           return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
         } catch (err) {

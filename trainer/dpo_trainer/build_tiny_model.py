@@ -79,8 +79,12 @@ def demo_corpus() -> list[str]:
 class TinyLlavaSize:
     """Sizes of the demo model. Defaults are the demo settings (see trainer/README.md)."""
 
-    image_size: int = 48  # px; the Node format stage thumbnails to 48 px (half of 96)
-    patch_size: int = 8  # px; (48/8)^2 = 36 image tokens, two patch columns per scene column
+    # The recipe thumbnails images to half the processor's longest edge; a 96 px processor makes
+    # that the 48 px thumbnails the Node format stage writes. The processor upsamples them back to
+    # 96, so 16 px patches see what 8 px patches of the thumbnail would: (96/16)^2 = 36 image
+    # tokens, two patch columns per scene column.
+    image_size: int = 96  # px
+    patch_size: int = 16  # px
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
