@@ -3,6 +3,7 @@
  * queues in this process, dpoPipeline on configs/demo.yaml with live progress, and the
  * base-vs-DPO table at the end.
  */
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { depsFromEnv } from '../activities/deps.js';
 import { connectClient, describeFailure, followPipeline, loadConfigFile, startPipeline } from '../cli/runPipeline.js';
 import { renderSummary, webUiUrl } from '../cli/summary.js';
@@ -12,6 +13,8 @@ import { ensureDemoDataset, ensureTinyModel, publishFolder } from './assets.js';
 import { stackUp } from './localStack.js';
 
 const say = (line: string) => console.log(`demo: ${line}`);
+// The demo prints its own progress; the SDK only speaks up for warnings and errors.
+Runtime.install({ logger: new DefaultLogger('WARN') });
 const started = Date.now();
 
 await stackUp(say);

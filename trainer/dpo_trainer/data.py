@@ -71,7 +71,7 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
     tables: list[pa.Table] = []
     for path in paths:
         if not Path(path).is_file():
-            raise InvalidInputError(f"train shard {path} does not exist")
+            raise InvalidInputError(f"shard {path} does not exist")
         try:
             table = pq.read_table(path, memory_map=True)
         except (pa.ArrowException, OSError) as exc:
@@ -104,10 +104,12 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
                     f"shard {path} row {row} (sample_id {table.column('sample_id')[row].as_py()!r}):"
                     f" {column} is empty or null"
                 )
+        if table.column("sample_id").null_count:
+            raise InvalidInputError(f"shard {path}: sample_id is null in some rows")
         tables.append(table)
     table = pa.concat_tables(tables)
     if table.num_rows == 0:
-        raise InvalidInputError(f"train shards {', '.join(paths)} hold no rows")
+        raise InvalidInputError(f"shards {', '.join(paths)} hold no rows")
     dataset = PreferenceDataset(table, list(paths))
     if len(set(dataset.sample_ids)) != len(dataset):
         raise InvalidInputError("sample_id values are not unique across the shards")
@@ -117,14 +119,15 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
 def _column_type_problems(table: pa.Table, path: str) -> list[str]:
     problems = []
     schema = table.schema
-    if not (pa.types.is_string(schema.field("sample_id").type) or pa.types.is_large_string(schema.field("sample_id").type)):
-        problems.append(f"shard {path}: column sample_id must be string, is {schema.field('sample_id').type}")
+    id_type = schema.field("sample_id").type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        problems.append(f"shard {path}: column sample_id must be string, is {id_type}")
     for column in TOKEN_COLUMNS:
         tp = schema.field(column).type
         if not (pa.types.is_list(tp) or pa.types.is_large_list(tp)) or not pa.types.is_integer(tp.value_type):
             problems.append(f"shard {path}: column {column} must be list<int32>, is {tp}")
     image_type = schema.field("image").type
-    if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type) or pa.types.is_null(image_type)):
+    if not any(check(image_type) for check in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)):
         problems.append(f"shard {path}: column image must be binary or null, is {image_type}")
     return problems
 
@@ -152,6 +155,7 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
         prompts = table.column("prompt_input_ids").combine_chunks()
         flat = prompts.flatten().to_numpy(zero_copy_only=False)
         offsets = prompts.offsets.to_numpy(zero_copy_only=False)
+        offsets = offsets - offsets[0]  # flatten() starts at the first offset of a sliced array
         is_image = np.concatenate([[0], np.cumsum(flat == spec.image_token_id)])
         counts = is_image[offsets[1:]] - is_image[offsets[:-1]]
         expected = np.where(has_image, spec.image_tokens_per_image or 0, 0)

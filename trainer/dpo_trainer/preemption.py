@@ -27,6 +27,10 @@ class PreemptionFlag:
         signal.signal(signal.SIGINT, self._handle)
         return self
 
+    def ignore_further_signals(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested_at is None:
             self.requested_at = time.monotonic()

@@ -438,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     claim_stdout()
     preemption = PreemptionFlag().install()
-    return run_command(lambda: train(load_config(TrainConfig, args.config), preemption))
+    code = run_command(lambda: train(load_config(TrainConfig, args.config), preemption))
+    # The outcome is decided and reported; a SIGTERM arriving while the interpreter shuts down
+    # must not turn it into "killed by signal".
+    preemption.ignore_further_signals()
+    return code
 
 
 if __name__ == "__main__":

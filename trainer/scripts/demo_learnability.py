@@ -78,8 +78,10 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32)
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--text-hidden", type=int, default=TinyLlavaSize.text_hidden)
     parser.add_argument("--text-layers", type=int, default=TinyLlavaSize.text_layers)
+    parser.add_argument("--text-heads", type=int, default=TinyLlavaSize.text_heads)
     parser.add_argument("--vision-hidden", type=int, default=TinyLlavaSize.vision_hidden)
     parser.add_argument("--vision-layers", type=int, default=TinyLlavaSize.vision_layers)
     parser.add_argument("--image-size", type=int, default=TinyLlavaSize.image_size)
@@ -98,6 +100,7 @@ def main() -> None:
         size = TinyLlavaSize(
             text_hidden=args.text_hidden,
             text_layers=args.text_layers,
+            text_heads=args.text_heads,
             vision_hidden=args.vision_hidden,
             vision_layers=args.vision_layers,
             image_size=args.image_size,
@@ -105,7 +108,9 @@ def main() -> None:
             initializer_range=args.init,
         )
         model_dir = write_tiny_llava(work / "model", seed=seed, size=size)
-        train_shards, eval_shards = write_demo_shards(model_dir, work / "shards", args.train_pairs, args.eval_pairs, seed=seed)
+        train_shards, eval_shards = write_demo_shards(
+            model_dir, work / "shards", args.train_pairs, args.eval_pairs, seed=seed
+        )
         for pair in demo_data.generate_pairs(args.eval_pairs, seed + 10_000, "eval"):
             KINDS[pair.sample_id] = pair.kind
         config = {
@@ -121,7 +126,7 @@ def main() -> None:
             "lr_scheduler_type": args.scheduler,
             "warmup_ratio": args.warmup,
             "beta": args.beta,
-            "lora": {"r": args.rank, "alpha": args.alpha, "dropout": 0.0, "target_modules": "all-linear"},
+            "lora": {"r": args.rank, "alpha": args.alpha, "dropout": args.lora_dropout, "target_modules": "all-linear"},
             "checkpoint_every_steps": 1000,
             "log_every_steps": 25,
         }

@@ -35,7 +35,8 @@ def test_valid_step_event(event_validator):
         {**STEP, "extra": 1},
         {**STEP, "metrics": {k: v for k, v in METRICS.items() if k != "rewards/margins"}},
         {"event": "error", "time": 1.0, "error_type": "Oops", "message": "x"},
-        {"event": "checkpoint_saved", "time": 1.0, "step": 2, "path": "relative/dir", "files": ["a"], "manifest": "manifest.json"},
+        {"event": "checkpoint_saved", "time": 1.0, "step": 2, "path": "relative/dir", "files": ["a"],
+         "manifest": "manifest.json"},
         {"event": "finished", "time": 1.0, "step": 2, "adapter_path": "/a"},
     ],
 )

@@ -95,7 +95,8 @@ def test_build_is_deterministic(tiny_model_dir, tmp_path):
 )
 def test_node_renders_and_tokenizes_identically(tiny_model_dir, processor):
     cases = [USER_TURN, ASSISTANT_TURN,
-             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are in the image?"}]}],
+             [{"role": "user", "content": [{"type": "image"},
+                                           {"type": "text", "text": "How many shapes are in the image?"}]}],
              [{"role": "assistant", "content": [{"type": "text", "text": "The triangle is on the center."}]}]]
     node = subprocess.run(
         ["node", str(TESTS / "node_tokenize.mjs"), str(tiny_model_dir)],
