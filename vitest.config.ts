@@ -9,7 +9,7 @@ export default defineConfig({
     pool: 'forks',
     // 2 cores: integration files run one at a time, each sharing the stack.
     fileParallelism: false,
-    testTimeout: 300_000,
-    hookTimeout: 300_000,
+    testTimeout: 600_000,
+    hookTimeout: 600_000,
   },
 });
