@@ -1,5 +1,7 @@
 """Training runs on the tiny model: events, checkpoints, exact resume, preemption, OOM backoff and
-input errors. Most runs are in-process (`run_train`); the signal tests spawn the real CLI."""
+input errors. Most runs are in-process (`run_train`, ~20 s of imports saved per run); the SIGTERM
+test spawns the real CLI. A crash (DPO_FAULT_CRASH_AT_STEP) stands in for SIGKILL: both leave only
+what was stored before the process died."""
 
 from __future__ import annotations
 
@@ -89,7 +91,12 @@ def test_crash_then_resume_is_bitwise_exact(reference_run, train_config, tmp_pat
     validate_events(crashed.events)
     assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
     checkpoint = tmp_path / "checkpoints" / "step-00000002"
+    # What a SIGKILL during a checkpoint write leaves: a half-written temporary folder. It has no
+    # manifest, so it is never resumed from, and the next run clears it away.
+    half_written = tmp_path / "checkpoints" / ".tmp-step-00000004-99999"
+    (half_written / "adapter").mkdir(parents=True)
     resumed = run_train(train_config(tmp_path, resume_from=str(checkpoint)))
+    assert not half_written.exists()
     validate_events(resumed.events)
     assert resumed.exit_code == 0 and resumed.of("started")[0]["start_step"] == 2
     assert [e["step"] for e in resumed.of("step")] == [3, 4, 5, 6]
@@ -207,7 +214,7 @@ def test_completion_logps_mask_the_prompt(tiny_model_dir, demo_shards):
 
 
 # ----------------------------------------------------------------------------------------------
-# The real CLI under signals: SIGTERM (graceful, exit 75) and SIGKILL (resume from what is stored)
+# The real CLI under SIGTERM (graceful: checkpoint, exit 75)
 
 
 class CliRun:
@@ -246,46 +253,35 @@ class CliRun:
         return RunResult(code, self.events)
 
 
-def test_sigterm_and_sigkill(reference_run, train_config, tmp_path, validate_events):
-    """Both processes start together so their (slow) torch imports overlap."""
+def test_sigterm_checkpoints_and_exits_75(reference_run, train_config, tmp_path, validate_events):
+    """The real CLI under SIGTERM; then resume it with a halved micro-batch."""
     _, reference = reference_run
-    term = CliRun(train_config(tmp_path / "term", preemption_grace_seconds=10), tmp_path / "term.json",
-                  {"DPO_FAULT_SLEEP_PER_STEP": "1.5"})
-    kill = CliRun(train_config(tmp_path / "kill"), tmp_path / "kill.json", {"DPO_FAULT_SLEEP_PER_STEP": "0.3"})
-
-    kill.wait_for(lambda e: e["event"] == "checkpoint_saved" and e["step"] == 2)
-    kill.proc.send_signal(signal.SIGKILL)
-    term.wait_for(lambda e: e["event"] == "step" and e["step"] == 3)
+    run = CliRun(train_config(tmp_path, preemption_grace_seconds=10), tmp_path / "term.json",
+                 {"DPO_FAULT_SLEEP_PER_STEP": "1.0"})
+    run.wait_for(lambda e: e["event"] == "step" and e["step"] == 3)
     sent = time.monotonic()
-    term.proc.send_signal(signal.SIGTERM)
-    terminated = term.finish()
+    run.proc.send_signal(signal.SIGTERM)
+    terminated = run.finish()
     assert time.monotonic() - sent < 10  # within preemption_grace_seconds
-    killed = kill.finish()
 
-    validate_events(terminated.events + killed.events)
+    validate_events(terminated.events)
     assert terminated.exit_code == 75
     preempted = terminated.last
-    assert preempted["event"] == "preempted" and preempted["step"] >= 3
+    assert preempted["event"] == "preempted" and 3 <= preempted["step"] < 6
     folder = Path(preempted["checkpoint_path"])
-    assert (folder / "manifest.json").is_file()
     assert json.loads((folder / "manifest.json").read_text())["step"] == preempted["step"]
-    assert killed.exit_code == -signal.SIGKILL
 
-    # Resume the preempted run with a halved micro-batch, the killed one as it was.
-    resumed_term = run_train(train_config(tmp_path / "term", resume_from=str(folder),
-                                          per_device_train_batch_size=2, gradient_accumulation_steps=4))
-    latest_kill = sorted((tmp_path / "kill" / "checkpoints").glob("step-*"))[-1]
-    assert (latest_kill / "manifest.json").is_file()
-    resumed_kill = run_train(train_config(tmp_path / "kill", resume_from=str(latest_kill)))
-    assert resumed_term.exit_code == resumed_kill.exit_code == 0
+    resumed = run_train(train_config(tmp_path, resume_from=str(folder),
+                                     per_device_train_batch_size=2, gradient_accumulation_steps=4))
+    assert resumed.exit_code == 0, resumed.last
     expected = adapter_tensors(reference.last["adapter_path"])
-    assert max_abs_diff(adapter_tensors(resumed_kill.last["adapter_path"]), expected) == 0.0
-    assert max_abs_diff(adapter_tensors(resumed_term.last["adapter_path"]), expected) < 1e-5
+    assert max_abs_diff(adapter_tensors(resumed.last["adapter_path"]), expected) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mixed_precision_with_gradient_checkpointing(train_config, tmp_path, dtype, validate_events):
-    result = run_train(train_config(tmp_path, dtype=dtype, gradient_checkpointing=True, max_steps=2))
+    result = run_train(train_config(tmp_path, dtype=dtype, gradient_checkpointing=True, max_steps=1,
+                                    per_device_train_batch_size=2, gradient_accumulation_steps=1))
     validate_events(result.events)
     assert result.exit_code == 0, result.last
     assert all(e["metrics"]["loss"] is not None for e in result.of("step"))
