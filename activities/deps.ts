@@ -13,10 +13,14 @@ export interface ActivityDeps {
 
 export const REPO_ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 
+export function trainerPython(env: NodeJS.ProcessEnv = process.env): string {
+  return env.DPO_TRAINER_PYTHON ?? resolve(REPO_ROOT, 'trainer/.venv/bin/python');
+}
+
 export function depsFromEnv(env: NodeJS.ProcessEnv = process.env): ActivityDeps {
   return {
     storage: new Storage(storageEnvFromProcess(env)),
     workDir: resolve(env.DPO_WORK_DIR ?? resolve(REPO_ROOT, '.dpo/work')),
-    pythonBin: env.DPO_TRAINER_PYTHON ?? resolve(REPO_ROOT, 'trainer/.venv/bin/python'),
+    pythonBin: trainerPython(env),
   };
 }

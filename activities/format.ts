@@ -5,6 +5,7 @@
  * split whose drop share passes `format.max_drop_ratio` fails the stage with the counts.
  */
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import * as arrow from 'apache-arrow';
 import { ApplicationFailure, heartbeat } from '@temporalio/activity';
 import sharp from 'sharp';
@@ -228,7 +229,6 @@ export async function thumbnail(bytes: Uint8Array, edge: number): Promise<Uint8A
 
 /** Half the processor's longest edge, as in the seed. */
 async function defaultImageEdge(modelDir: string): Promise<number> {
-  const { readFile } = await import('node:fs/promises');
   const cfg = JSON.parse(await readFile(`${modelDir}/preprocessor_config.json`, 'utf8')) as { size?: Record<string, number> };
   const size = cfg.size ?? {};
   const longest = size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0);

@@ -6,7 +6,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, rename, stat } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Client } from 'minio';
+import { Client, CopyDestinationOptions, CopySourceOptions } from 'minio';
 
 export interface StorageEnv {
   endpoint: string;
@@ -15,12 +15,15 @@ export interface StorageEnv {
   region: string;
 }
 
+/** Credentials of the local MinIO that `npm run stack` starts (the defaults below). */
+export const LOCAL_MINIO_CREDENTIALS = { accessKey: 'dpo-local', secretKey: 'dpo-local-secret' };
+
 /** Reads DPO_S3_* (defaults match the local stack started by `npm run stack`). */
 export function storageEnvFromProcess(env: NodeJS.ProcessEnv = process.env): StorageEnv {
   return {
     endpoint: env.DPO_S3_ENDPOINT ?? 'http://127.0.0.1:9000',
-    accessKey: env.DPO_S3_ACCESS_KEY ?? 'dpo-local',
-    secretKey: env.DPO_S3_SECRET_KEY ?? 'dpo-local-secret',
+    accessKey: env.DPO_S3_ACCESS_KEY ?? LOCAL_MINIO_CREDENTIALS.accessKey,
+    secretKey: env.DPO_S3_SECRET_KEY ?? LOCAL_MINIO_CREDENTIALS.secretKey,
     region: env.DPO_S3_REGION ?? 'us-east-1',
   };
 }
@@ -101,7 +104,6 @@ export class Storage {
   }
 
   async copyObject(bucket: string, key: string, sourceBucket: string, sourceKey: string): Promise<void> {
-    const { CopyDestinationOptions, CopySourceOptions } = await import('minio');
     await this.client.copyObject(
       new CopySourceOptions({ Bucket: sourceBucket, Object: sourceKey }),
       new CopyDestinationOptions({ Bucket: bucket, Object: key }),

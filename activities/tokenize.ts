@@ -58,6 +58,7 @@ export async function tokenizeDataset(deps: ActivityDeps, input: TokenizeInput):
       let maxTotalTokens = 0;
       const [sid, prompt, chosen, rejected, image] = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'].map((c) => table.getChild(c)!);
       for (let i = 0; i < table.numRows; i++) {
+        if (i % 256 === 0) heartbeat({ split, rows: i });
         const promptText = prompt!.get(i) as string;
         const promptIds = chat.encodePrompt(promptText);
         const chosenIds = chat.encodeCompletion(chosen!.get(i) as string);
@@ -79,7 +80,6 @@ export async function tokenizeDataset(deps: ActivityDeps, input: TokenizeInput):
         tokens += promptIds.length + chosenIds.length + rejectedIds.length;
         maxPromptTokens = Math.max(maxPromptTokens, promptIds.length);
         maxTotalTokens = Math.max(maxTotalTokens, total);
-        if (i % 256 === 0) heartbeat({ split, rows: i });
       }
       const key = `${prefix}${split}/part-00000.parquet`;
       const out = tableFromColumns({

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
+import { causeMessages } from '../lib/errors.js';
 import type { PipelineResult } from '../lib/stages.js';
 import type { TrainProgress } from '../activities/train.js';
 import { temporalEnv } from '../worker/connection.js';
@@ -129,14 +130,6 @@ function describeTrainProgress(p: TrainProgress): string {
 }
 
 export function describeFailure(err: unknown): string {
-  if (err instanceof WorkflowFailedError) {
-    let cause: unknown = err.cause;
-    const parts: string[] = [];
-    while (cause instanceof Error) {
-      parts.push(cause.message);
-      cause = (cause as { cause?: unknown }).cause;
-    }
-    return parts.join('\n  caused by: ') || err.message;
-  }
+  if (err instanceof WorkflowFailedError) return causeMessages(err.cause).join('\n  caused by: ') || err.message;
   return (err as Error).message ?? String(err);
 }

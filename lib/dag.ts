@@ -11,7 +11,7 @@ import { isSafeKeySegment } from './keys.js';
 export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'adapter' | 'metrics' | 'report';
 
 export interface StageKindSpec {
-  /** Artifacts this kind needs from its dependencies, each exactly once unless `many`. */
+  /** Artifacts this kind needs from its dependencies, each from exactly one of them. */
   consumes: Artifact[];
   /** Artifacts consumed from any number (at least one) of dependencies. */
   consumesMany?: Artifact[];

@@ -26,3 +26,12 @@ export const NON_RETRYABLE_FAILURES: FailureType[] = [
   FailureType.InvalidInput,
   FailureType.OutOfMemory,
 ];
+
+/** Messages of an error and of each of its causes, outermost first (Temporal nests failures). */
+export function causeMessages(err: unknown): string[] {
+  const parts: string[] = [];
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (e.message) parts.push(e.message);
+  }
+  return parts;
+}

@@ -12,14 +12,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { Storage } from '../activities/storage.js';
-import { REPO_ROOT } from './localStack.js';
+import { REPO_ROOT, trainerPython } from '../activities/deps.js';
 
 const run = promisify(execFile);
 const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
-
-export function pythonBin(): string {
-  return process.env.DPO_TRAINER_PYTHON ?? join(REPO_ROOT, 'trainer/.venv/bin/python');
-}
 
 /** Builds the demo model once per version of its builder; returns the local folder. */
 export async function ensureTinyModel(seed = 0): Promise<string> {
@@ -29,7 +25,7 @@ export async function ensureTinyModel(seed = 0): Promise<string> {
   if (existsSync(join(dir, 'config.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await run(pythonBin(), ['-m', 'dpo_trainer.build_tiny_model', '--arch', 'llava', '--out', tmp, '--seed', String(seed)], {
+  await run(trainerPython(), ['-m', 'dpo_trainer.build_tiny_model', '--arch', 'llava', '--out', tmp, '--seed', String(seed)], {
     cwd: REPO_ROOT,
   });
   await rename(tmp, dir).catch(async (err) => {

@@ -9,12 +9,10 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { homedir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from '../activities/deps.js';
+import { LOCAL_MINIO_CREDENTIALS } from '../activities/storage.js';
 
-export const REPO_ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 export const STATE_DIR = resolve(process.env.DPO_STATE_DIR ?? join(REPO_ROOT, '.dpo/state'));
-
-export const LOCAL_MINIO = { user: 'dpo-local', password: 'dpo-local-secret' };
 
 interface ServiceSpec {
   name: 'temporal' | 'minio';
@@ -88,7 +86,11 @@ function services(): ServiceSpec[] {
       command: () => ({
         bin: toolPath('minio'),
         args: ['server', join(STATE_DIR, 'minio'), '--address', `${minio.host}:${minio.port}`, '--console-address', `${minio.host}:${minio.port + 1}`, '--quiet'],
-        env: { MINIO_ROOT_USER: LOCAL_MINIO.user, MINIO_ROOT_PASSWORD: LOCAL_MINIO.password, MINIO_BROWSER: 'off' },
+        env: {
+          MINIO_ROOT_USER: LOCAL_MINIO_CREDENTIALS.accessKey,
+          MINIO_ROOT_PASSWORD: LOCAL_MINIO_CREDENTIALS.secretKey,
+          MINIO_BROWSER: 'off',
+        },
       }),
       ready: async () => {
         try {

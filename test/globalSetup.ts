@@ -11,7 +11,7 @@ import { WORKFLOWS_PATH } from '../worker/createWorkers.js';
 import { ensureTinyModel, publishFolder } from '../scripts/assets.js';
 import { stackDown, stackUp, STATE_DIR } from '../scripts/localStack.js';
 
-export const TEST_BUCKET = 'dpo-test';
+import { TEST_BUCKET } from './harness.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {

@@ -7,12 +7,12 @@ import { promisify } from 'node:util';
 import { describe, expect, inject, it } from 'vitest';
 import { ChatTokenizer } from '../activities/chatTokenizer.js';
 import { generateRows } from '../datagen/demoShapes.js';
-import { pythonBin } from '../scripts/assets.js';
+import { trainerPython } from '../activities/deps.js';
 
 const exec = promisify(execFile);
 
 async function pythonReference(modelDir: string, samples: Array<{ question: string; chosen: string; rejected: string }>) {
-  const child = exec(pythonBin(), ['test/fixtures/processor_reference.py'], { maxBuffer: 64 << 20 });
+  const child = exec(trainerPython(), ['test/fixtures/processor_reference.py'], { maxBuffer: 64 << 20 });
   child.child.stdin!.end(JSON.stringify({ model_dir: modelDir, samples }));
   return JSON.parse((await child).stdout).samples as Array<Record<string, string | number[]>>;
 }

@@ -11,7 +11,7 @@
 import { ApplicationFailure, defineQuery, setHandler, workflowInfo } from '@temporalio/workflow';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import { FailureType } from '../lib/errors.js';
+import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
@@ -128,13 +128,7 @@ function failureOf(failures: Map<string, unknown>, status: PipelineStatus): unkn
 }
 
 function describeError(err: unknown): string {
-  const parts: string[] = [];
-  let cause: unknown = err;
-  while (cause instanceof Error) {
-    parts.push(cause.message);
-    cause = (cause as { cause?: unknown }).cause;
-  }
-  return parts.filter(Boolean).join(': ') || String(err);
+  return causeMessages(err).join(': ') || String(err);
 }
 
 function collectResult(
