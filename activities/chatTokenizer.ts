@@ -26,7 +26,13 @@ export class ChatTokenizer {
     /** How many copies of the placeholder the processor puts in the prompt per image. */
     readonly imageTokenCount: number,
     readonly eosTokenId: number,
-  ) {}
+  ) {
+    const id = imageToken ? tokenizer.token_to_id(imageToken) : undefined;
+    this.imageRelatedTokenIds = new Set(id === undefined ? [] : [id]);
+  }
+
+  /** Token ids that belong to an image block: truncation must never cut one. */
+  readonly imageRelatedTokenIds: ReadonlySet<number>;
 
   static async load(modelDir: string): Promise<ChatTokenizer> {
     const tokenizerJson = await readJson(join(modelDir, 'tokenizer.json'));

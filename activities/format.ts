@@ -1,39 +1,54 @@
 /**
  * format: the seed's step. Each row becomes a conversational prompt/chosen/rejected rendered with
  * the model's chat template; its image is decoded, turned upright and RGB, thumbnailed with sharp
- * to the configured longest edge and re-encoded. Bad rows are dropped and counted by reason; a
- * split whose drop share passes `format.max_drop_ratio` fails the stage with the counts.
+ * to the configured longest edge and re-encoded (activities/formatRows.ts). Bad rows are dropped
+ * and counted by reason; duplicates are removed; a split whose drop share passes
+ * `format.max_drop_ratio` fails the stage with the counts.
+ *
+ * Fanned out in three activities: `formatDataset` plans (or finds the cached output),
+ * `formatChunk` formats one row range of one file into one part file (many run in parallel on any
+ * CPU workers), `formatFinish` removes duplicates across chunks, checks the drop share and writes
+ * the manifest last.
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { posix } from 'node:path';
 import * as arrow from 'apache-arrow';
-import { ApplicationFailure, heartbeat } from '@temporalio/activity';
-import sharp from 'sharp';
+import { ApplicationFailure } from '@temporalio/activity';
 import { FailureType } from '../lib/errors.js';
-import type { FormatInput, StageResult } from '../lib/stages.js';
+import { keys } from '../lib/keys.js';
+import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinishInput, FormatInput, FormatPlan, StageResult } from '../lib/stages.js';
 import { ChatTokenizer } from './chatTokenizer.js';
 import type { ActivityDeps } from './deps.js';
 import type { DownloadManifest } from './download.js';
+import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from './formatRows.js';
 import { isTokenizerFile, stageModel } from './models.js';
 import { readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
-import { runCachedStage, stageHash, type StageManifestBase } from './stageCache.js';
+import { progress } from './progress.js';
+import { countRows, localCopy, readRowRange } from './sourceRows.js';
+import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
-export type DropReason =
-  | 'missing_image'
-  | 'image_decode_failed'
-  | 'empty_question'
-  | 'empty_chosen'
-  | 'empty_rejected'
-  | 'chosen_equals_rejected'
-  | 'not_text';
+export type { DropReason } from './formatRows.js';
+
+export interface FormatPart {
+  key: string;
+  rows: number;
+}
 
 export interface FormattedSplit {
-  key: string;
+  /** Part files in order: the split's rows are their concatenation. */
+  parts: FormatPart[];
   inputRows: number;
   rows: number;
   dropped: Partial<Record<DropReason, number>>;
   /** A few dropped rows per reason, to find them in the source. */
-  droppedExamples: Array<{ sampleId: string; reason: DropReason; detail?: string }>;
+  droppedExamples: DroppedExample[];
+}
+
+export interface DroppedExample {
+  sampleId: string;
+  reason: DropReason;
+  detail?: string;
 }
 
 export interface FormatManifest extends StageManifestBase {
@@ -41,190 +56,206 @@ export interface FormatManifest extends StageManifestBase {
   splits: Record<string, FormattedSplit>;
 }
 
-/** Decoding guard against decompression bombs: images above this are refused, not decoded. */
-const MAX_INPUT_PIXELS = 64_000_000;
-const ROWS_PER_HEARTBEAT = 64;
 const IMAGE_CONCURRENCY = 4;
+const EXAMPLES_PER_REASON = 3;
 
-export async function formatDataset(deps: ActivityDeps, input: FormatInput): Promise<StageResult> {
+/** Plans the stage: the cached output if these inputs were formatted before, else the chunks. */
+export async function formatDataset(deps: ActivityDeps, input: FormatInput): Promise<FormatPlan> {
   const { storage } = deps;
   const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
   const chat = await ChatTokenizer.load(modelDir);
   const imageLongestEdge = input.format.image_longest_edge ?? (await defaultImageEdge(modelDir));
   const templateProbe = chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Q' }] }]);
+  // chunk_rows changes how the work is split, not what it produces.
+  const { chunk_rows: chunkRows, ...settings } = input.format;
   const hash = stageHash('format', {
     upstream: input.upstream.hash,
-    format: input.format,
+    format: settings,
     imageLongestEdge,
     columns: input.columns,
     splits: input.splits,
     limits: input.limits,
     template: createHash('sha256').update(templateProbe).digest('hex'),
   });
+  const cached = await findCachedStage(storage, input.bucket, 'format', hash);
+  if (cached) return { hash, imageLongestEdge, cached, chunks: [] };
+
   const upstream = await storage.getJson<DownloadManifest>(input.bucket, input.upstream.manifestKey);
-
-  return runCachedStage<FormatManifest>(storage, input.bucket, 'format', hash, async (prefix) => {
-    const splits: Record<string, FormattedSplit> = {};
-    const roles = [
-      ['train', input.splits.train, input.limits.train],
-      ['eval', input.splits.eval, input.limits.eval],
-    ] as const;
-    for (const [, split, limit] of roles) {
-      const files = upstream.files.filter((f) => f.split === split);
-      const rows = await readRows(storage, input.bucket, files, input.columns, limit);
-      const result = await formatRows(rows, chat, imageLongestEdge, split);
-      const dropShare = rows.length ? (rows.length - result.ids.length) / rows.length : 0;
-      if (dropShare > input.format.max_drop_ratio) {
-        throw ApplicationFailure.nonRetryable(
-          `format: split "${split}" dropped ${rows.length - result.ids.length} of ${rows.length} rows ` +
-            `(${(dropShare * 100).toFixed(1)}% > format.max_drop_ratio ${input.format.max_drop_ratio * 100}%): ` +
-            JSON.stringify(result.dropped),
-          FailureType.InvalidDataset,
-        );
+  const chunks: FormatChunkSpec[] = [];
+  for (const [split, limit] of [
+    [input.splits.train, input.limits.train],
+    [input.splits.eval, input.limits.eval],
+  ] as const) {
+    let remaining = limit ?? Number.POSITIVE_INFINITY;
+    let index = 0;
+    for (const [fileIndex, file] of upstream.files.filter((f) => f.split === split).entries()) {
+      if (remaining <= 0) break;
+      const rows = Math.min(remaining, await countRows(await localCopy(deps, input.bucket, file.key), file.format));
+      remaining -= rows;
+      for (let offset = 0; offset < rows; offset += chunkRows) {
+        chunks.push({
+          split,
+          index: index++,
+          fileKey: file.key,
+          sourcePath: file.sourcePath,
+          format: file.format,
+          idPrefix: `${split}-${fileIndex}`,
+          offset,
+          limit: Math.min(chunkRows, rows - offset),
+        });
       }
-      const key = `${prefix}${split}/part-00000.parquet`;
-      const table = tableFromColumns({
-        sample_id: { type: new arrow.Utf8(), values: result.ids },
-        prompt: { type: new arrow.Utf8(), values: result.prompts },
-        chosen: { type: new arrow.Utf8(), values: result.chosen },
-        rejected: { type: new arrow.Utf8(), values: result.rejected },
-        image: { type: new arrow.Binary(), values: result.images },
-      });
-      await storage.putBuffer(input.bucket, key, Buffer.from(writeParquetTable(table)));
-      splits[split] = {
-        key,
-        inputRows: rows.length,
-        rows: result.ids.length,
-        dropped: result.dropped,
-        droppedExamples: result.droppedExamples,
-      };
-    }
-    const summary: Record<string, number> = {};
-    for (const [split, s] of Object.entries(splits)) {
-      summary[`${split}_rows`] = s.rows;
-      summary[`${split}_dropped`] = s.inputRows - s.rows;
-    }
-    return { imageLongestEdge, splits, summary };
-  });
-}
-
-interface RawRow {
-  sampleId: string;
-  image: unknown;
-  question: unknown;
-  chosen: unknown;
-  rejected: unknown;
-}
-
-async function readRows(
-  storage: ActivityDeps['storage'],
-  bucket: string,
-  files: DownloadManifest['files'],
-  columns: FormatInput['columns'],
-  limit: number | undefined,
-): Promise<RawRow[]> {
-  const rows: RawRow[] = [];
-  for (const file of files) {
-    const table = readParquetTable(await storage.getBuffer(bucket, file.key));
-    const names = table.schema.fields.map((f) => f.name);
-    const get = (role: keyof typeof columns) => {
-      const col = table.getChild(columns[role]);
-      if (!col) {
-        throw ApplicationFailure.nonRetryable(
-          `dataset file "${file.sourcePath}" has no column "${columns[role]}" (dataset.columns.${role}); ` +
-            `its columns are: ${names.join(', ')}`,
-          FailureType.InvalidDataset,
-        );
-      }
-      return col;
-    };
-    const [image, question, chosen, rejected] = [get('image'), get('question'), get('chosen'), get('rejected')];
-    for (let i = 0; i < table.numRows; i++) {
-      if (limit !== undefined && rows.length >= limit) return rows;
-      rows.push({
-        sampleId: `${file.split}-${rows.length}`,
-        image: image.get(i),
-        question: question.get(i),
-        chosen: chosen.get(i),
-        rejected: rejected.get(i),
-      });
+      progress({ planned: chunks.length });
     }
   }
-  return rows;
+  return { hash, imageLongestEdge, chunks, filesPrefix: upstream.filesPrefix };
 }
 
-async function formatRows(rows: RawRow[], chat: ChatTokenizer, edge: number, split: string) {
-  const out = { ids: [] as string[], prompts: [] as string[], chosen: [] as string[], rejected: [] as string[], images: [] as Uint8Array[] };
-  const dropped: Partial<Record<DropReason, number>> = {};
-  const droppedExamples: FormattedSplit['droppedExamples'] = [];
-  const drop = (row: RawRow, reason: DropReason, detail?: string) => {
-    dropped[reason] = (dropped[reason] ?? 0) + 1;
-    if (droppedExamples.filter((e) => e.reason === reason).length < 3) droppedExamples.push({ sampleId: row.sampleId, reason, detail });
-  };
+/** Formats one chunk into its part file; returns counts (the dedup keys go to a side file). */
+export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): Promise<FormatChunkResult> {
+  const { storage } = deps;
+  const { chunk } = input;
+  const chat = await ChatTokenizer.load(await stageModel(deps, input.modelSource, isTokenizerFile));
+  const path = await localCopy(deps, input.bucket, chunk.fileKey);
+  const rows = await readRowRange({ path, ...chunk }, input.columns);
+  const options: FormatOptions = { edge: input.imageLongestEdge, maxPixels: input.format.max_image_pixels, jpegQuality: input.format.jpeg_quality };
+  const resolveImage = jsonlImageResolver(deps, input.bucket, input.filesPrefix, chunk.sourcePath);
 
+  const out = { ids: [] as string[], prompts: [] as string[], chosen: [] as string[], rejected: [] as string[], images: [] as Uint8Array[], keys: [] as string[] };
+  const dropped: Partial<Record<DropReason, number>> = {};
+  const droppedExamples: DroppedExample[] = [];
+  const drop = (sampleId: string, reason: DropReason, detail?: string) => {
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+    if (droppedExamples.filter((e) => e.reason === reason).length < EXAMPLES_PER_REASON) droppedExamples.push({ sampleId, reason, detail });
+  };
+  const seen = new Set<string>();
   for (let start = 0; start < rows.length; start += IMAGE_CONCURRENCY) {
     const batch = rows.slice(start, start + IMAGE_CONCURRENCY);
-    const results = await Promise.all(batch.map((row) => formatRow(row, chat, edge)));
+    const results = await Promise.all(batch.map((row) => formatRow(row, chat, options, resolveImage)));
     results.forEach((r, j) => {
       const row = batch[j]!;
-      if ('reason' in r) return drop(row, r.reason, r.detail);
+      if ('reason' in r) return drop(row.sampleId, r.reason, r.detail);
+      if (input.format.dedupe) {
+        if (seen.has(r.dedupKey)) return drop(row.sampleId, 'duplicate');
+        seen.add(r.dedupKey);
+      }
       out.ids.push(row.sampleId);
       out.prompts.push(r.prompt);
       out.chosen.push(r.chosen);
       out.rejected.push(r.rejected);
       out.images.push(r.image);
+      out.keys.push(r.dedupKey);
     });
-    if (start % ROWS_PER_HEARTBEAT < IMAGE_CONCURRENCY) heartbeat({ split, rows: start + batch.length, of: rows.length });
+    progress({ chunk: chunk.index, rows: start + batch.length, of: rows.length });
   }
-  return { ...out, dropped, droppedExamples };
-}
-
-type RowResult = { prompt: string; chosen: string; rejected: string; image: Uint8Array } | { reason: DropReason; detail?: string };
-
-async function formatRow(row: RawRow, chat: ChatTokenizer, edge: number): Promise<RowResult> {
-  const texts = [row.question, row.chosen, row.rejected];
-  if (texts.some((t) => t != null && typeof t !== 'string')) return { reason: 'not_text' };
-  const [question, chosen, rejected] = texts.map((t) => ((t as string | null) ?? '').trim()) as [string, string, string];
-  if (!question) return { reason: 'empty_question' };
-  if (!chosen) return { reason: 'empty_chosen' };
-  if (!rejected) return { reason: 'empty_rejected' };
-  if (chosen === rejected) return { reason: 'chosen_equals_rejected' };
-
-  const bytes = imageBytes(row.image);
-  if (!bytes?.length) return { reason: 'missing_image' };
-  let image: Uint8Array;
-  try {
-    image = await thumbnail(bytes, edge);
-  } catch (err) {
-    return { reason: 'image_decode_failed', detail: (err as Error).message.slice(0, 200) };
-  }
+  const prefix = partPrefix(input.hash, chunk.split, chunk.index);
+  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out))));
+  await storage.putJson(input.bucket, `${prefix}.keys.json`, out.keys);
   return {
-    prompt: chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]),
-    chosen: chat.render([{ role: 'assistant', content: [{ type: 'text', text: chosen }] }]),
-    rejected: chat.render([{ role: 'assistant', content: [{ type: 'text', text: rejected }] }]),
-    image,
+    split: chunk.split,
+    index: chunk.index,
+    key: `${prefix}.parquet`,
+    inputRows: rows.length,
+    rows: out.ids.length,
+    dropped: dropped as Record<string, number>,
+    droppedExamples,
   };
 }
 
-/** RLAIF-V stores images as a struct {bytes, path}; plain binary columns work too. */
-function imageBytes(cell: unknown): Uint8Array | null {
-  if (cell instanceof Uint8Array) return cell;
-  if (cell && typeof cell === 'object') {
-    const bytes = (cell as { bytes?: unknown }).bytes;
-    if (bytes instanceof Uint8Array) return bytes;
+/** Cross-chunk duplicates, the drop-share check, and the manifest (written last). */
+export async function formatFinish(deps: ActivityDeps, input: FormatFinishInput): Promise<StageResult> {
+  const { storage } = deps;
+  const splits: Record<string, FormattedSplit> = {};
+  for (const split of input.splits) {
+    const chunks = input.chunks.filter((c) => c.split === split).sort((a, b) => a.index - b.index);
+    const s: FormattedSplit = { parts: [], inputRows: 0, rows: 0, dropped: {}, droppedExamples: [] };
+    const seen = new Set<string>();
+    for (const c of chunks) {
+      s.inputRows += c.inputRows;
+      for (const [reason, n] of Object.entries(c.dropped)) s.dropped[reason as DropReason] = (s.dropped[reason as DropReason] ?? 0) + n;
+      for (const e of c.droppedExamples as DroppedExample[]) {
+        if (s.droppedExamples.filter((x) => x.reason === e.reason).length < EXAMPLES_PER_REASON) s.droppedExamples.push(e);
+      }
+      let rows = c.rows;
+      if (input.format.dedupe && c.rows) {
+        const rowKeys = await storage.getJson<string[]>(input.bucket, c.key.replace(/\.parquet$/, '.keys.json'));
+        const keep = rowKeys.map((k) => !seen.has(k));
+        rowKeys.forEach((k) => seen.add(k));
+        const duplicates = keep.filter((k) => !k).length;
+        if (duplicates) {
+          // Rare: rewrite this part without the rows an earlier chunk already has.
+          rows = await rewriteWithout(deps, input.bucket, c.key, keep);
+          s.dropped.duplicate = (s.dropped.duplicate ?? 0) + duplicates;
+        }
+      }
+      s.rows += rows;
+      if (rows) s.parts.push({ key: c.key, rows });
+      progress({ split, chunk: c.index });
+    }
+    s.dropped = Object.fromEntries(DROP_REASONS.filter((r) => s.dropped[r]).map((r) => [r, s.dropped[r]!]));
+    const dropShare = s.inputRows ? (s.inputRows - s.rows) / s.inputRows : 0;
+    if (dropShare > input.format.max_drop_ratio) {
+      throw ApplicationFailure.nonRetryable(
+        `format: split "${split}" dropped ${s.inputRows - s.rows} of ${s.inputRows} rows ` +
+          `(${(dropShare * 100).toFixed(1)}% > format.max_drop_ratio ${+(input.format.max_drop_ratio * 100).toFixed(3)}%): ` +
+          `${JSON.stringify(s.dropped)}; examples: ${JSON.stringify(s.droppedExamples.slice(0, 5))}`,
+        FailureType.InvalidDataset,
+      );
+    }
+    splits[split] = s;
   }
-  return null;
+  const summary: Record<string, number> = {};
+  for (const [split, s] of Object.entries(splits)) {
+    summary[`${split}_rows`] = s.rows;
+    summary[`${split}_dropped`] = s.inputRows - s.rows;
+  }
+  return writeStageManifest<FormatManifest>(storage, input.bucket, 'format', input.hash, {
+    imageLongestEdge: input.imageLongestEdge,
+    splits,
+    summary,
+  });
 }
 
-/** Upright, sRGB, no alpha, longest edge at most `edge` pixels (like PIL's thumbnail), JPEG. */
-export async function thumbnail(bytes: Uint8Array, edge: number): Promise<Uint8Array> {
-  return sharp(bytes, { limitInputPixels: MAX_INPUT_PIXELS, failOn: 'warning' })
-    .rotate()
-    .flatten({ background: '#ffffff' })
-    .toColourspace('srgb')
-    .resize({ width: edge, height: edge, fit: 'inside', withoutEnlargement: true })
-    .jpeg({ quality: 95 })
-    .toBuffer();
+function partPrefix(hash: string, split: string, index: number): string {
+  return `${keys.stagePrefix('format', hash)}${split}/part-${String(index).padStart(5, '0')}`;
+}
+
+function formattedTable(cols: { ids: string[]; prompts: string[]; chosen: string[]; rejected: string[]; images: Uint8Array[] }) {
+  return tableFromColumns({
+    sample_id: { type: new arrow.Utf8(), values: cols.ids },
+    prompt: { type: new arrow.Utf8(), values: cols.prompts },
+    chosen: { type: new arrow.Utf8(), values: cols.chosen },
+    rejected: { type: new arrow.Utf8(), values: cols.rejected },
+    image: { type: new arrow.Binary(), values: cols.images },
+  });
+}
+
+async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, keep: boolean[]): Promise<number> {
+  const table = readParquetTable(await deps.storage.getBuffer(bucket, key));
+  const names = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'] as const;
+  const [ids, prompts, chosen, rejected, images] = names.map((n) => {
+    const v = table.getChild(n)!;
+    return Array.from({ length: table.numRows }, (_, i) => v.get(i)).filter((_, i) => keep[i]);
+  });
+  const kept = formattedTable({
+    ids: ids as string[],
+    prompts: prompts as string[],
+    chosen: chosen as string[],
+    rejected: rejected as string[],
+    images: images as Uint8Array[],
+  });
+  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept)));
+  return kept.numRows;
+}
+
+/** JSONL image paths are relative to the JSONL file; they may not leave the dataset. */
+function jsonlImageResolver(deps: ActivityDeps, bucket: string, filesPrefix: string | undefined, sourcePath: string) {
+  if (!filesPrefix) return undefined;
+  return async (relative: string): Promise<Uint8Array | null> => {
+    const path = posix.normalize(posix.join(posix.dirname(sourcePath), relative));
+    if (path.startsWith('../') || path.startsWith('/') || path === '..') return null;
+    const key = filesPrefix + path;
+    return (await deps.storage.exists(bucket, key)) ? deps.storage.getBuffer(bucket, key) : null;
+  };
 }
 
 /** Half the processor's longest edge, as in the seed. */

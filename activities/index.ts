@@ -5,10 +5,10 @@
 import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
 import { evaluateModel } from './evaluate.js';
-import { formatDataset } from './format.js';
+import { formatChunk, formatDataset, formatFinish } from './format.js';
 import { writeReport } from './report.js';
 import { shardDataset } from './shard.js';
-import { tokenizeDataset } from './tokenize.js';
+import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './tokenize.js';
 import { trainModel } from './train.js';
 
 type Bound<F> = F extends (deps: ActivityDeps, ...args: infer A) => infer R ? (...args: A) => R : never;
@@ -19,7 +19,11 @@ export function createCpuActivities(deps: ActivityDeps) {
   return {
     downloadDataset: bind(downloadDataset, deps),
     formatDataset: bind(formatDataset, deps),
+    formatChunk: bind(formatChunk, deps),
+    formatFinish: bind(formatFinish, deps),
     tokenizeDataset: bind(tokenizeDataset, deps),
+    tokenizeChunk: bind(tokenizeChunk, deps),
+    tokenizeFinish: bind(tokenizeFinish, deps),
     shardDataset: bind(shardDataset, deps),
     evaluateModel: bind(evaluateModel, deps),
     writeReport: bind(writeReport, deps),

@@ -1,13 +1,18 @@
 /**
- * shard: token rows into Parquet shards of `shard.samples_per_shard` rows, in order (so shard
- * assignment is deterministic), plus a manifest with per-shard rows, tokens, bytes and sha256.
+ * shard: the tokenized parts, in order, into Parquet shards (zstd) closed at
+ * `shard.samples_per_shard` rows or before their rows pass `shard.max_shard_bytes`, whichever
+ * comes first. Assignment depends only on the ordered rows and these two settings, so it is
+ * deterministic. The manifest lists per shard its rows, tokens, bytes and sha256. Memory holds
+ * one tokenized part and one shard at a time.
  */
 import { createHash } from 'node:crypto';
-import { heartbeat } from '@temporalio/activity';
+import * as arrow from 'apache-arrow';
+import { keys } from '../lib/keys.js';
 import type { ShardInput, StageResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
-import { listToNumbers, readParquetTable, writeParquetTable } from './parquet.js';
-import { runCachedStage, stageHash, type StageManifestBase } from './stageCache.js';
+import { readParquetTable, writeParquetTable } from './parquet.js';
+import { progress } from './progress.js';
+import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 import type { TokenizeManifest } from './tokenize.js';
 
 export interface ShardEntry {
@@ -16,54 +21,93 @@ export interface ShardEntry {
   tokens: number;
   bytes: number;
   sha256: string;
+  firstSampleId: string;
+  lastSampleId: string;
 }
 
 export interface ShardManifest extends StageManifestBase {
   splits: Record<string, { rows: number; tokens: number; shards: ShardEntry[] }>;
 }
 
+const TOKEN_COLUMNS = ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids'] as const;
+
 export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promise<StageResult> {
   const { storage } = deps;
   const hash = stageHash('shard', { upstream: input.upstream.hash, shard: input.shard });
+  const cached = await findCachedStage(storage, input.bucket, 'shard', hash);
+  if (cached) return cached;
   const upstream = await storage.getJson<TokenizeManifest>(input.bucket, input.upstream.manifestKey);
 
-  return runCachedStage<ShardManifest>(storage, input.bucket, 'shard', hash, async (prefix) => {
-    const splits: ShardManifest['splits'] = {};
-    for (const [split, tokenized] of Object.entries(upstream.splits)) {
-      const table = readParquetTable(await storage.getBuffer(input.bucket, tokenized.key));
-      const shards: ShardEntry[] = [];
-      const size = input.shard.samples_per_shard;
-      for (let start = 0, n = 0; start < table.numRows; start += size, n++) {
-        const part = table.slice(start, Math.min(start + size, table.numRows));
-        const bytes = Buffer.from(writeParquetTable(part));
-        const key = `${prefix}${split}/shard-${String(n).padStart(5, '0')}.parquet`;
-        await storage.putBuffer(input.bucket, key, bytes);
-        shards.push({
-          key,
-          rows: part.numRows,
-          tokens: countTokens(part),
-          bytes: bytes.length,
-          sha256: createHash('sha256').update(bytes).digest('hex'),
-        });
-        heartbeat({ split, shards: shards.length });
+  const splits: ShardManifest['splits'] = {};
+  for (const [split, tokenized] of Object.entries(upstream.splits)) {
+    const shards: ShardEntry[] = [];
+    let pending: arrow.Table[] = [];
+    let pendingRows = 0;
+    let pendingBytes = 0;
+    let pendingTokens = 0;
+    const flush = async () => {
+      if (!pendingRows) return;
+      const table = new arrow.Table(pending.flatMap((t) => t.batches));
+      const bytes = Buffer.from(writeParquetTable(table));
+      const key = `${keys.stagePrefix('shard', hash)}${split}/shard-${String(shards.length).padStart(5, '0')}.parquet`;
+      await storage.putBuffer(input.bucket, key, bytes);
+      const ids = table.getChild('sample_id')!;
+      shards.push({
+        key,
+        rows: table.numRows,
+        tokens: pendingTokens,
+        bytes: bytes.length,
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+        firstSampleId: ids.get(0) as string,
+        lastSampleId: ids.get(table.numRows - 1) as string,
+      });
+      pending = [];
+      pendingRows = pendingBytes = pendingTokens = 0;
+      progress({ split, shards: shards.length });
+    };
+    for (const part of tokenized.parts) {
+      const table = readParquetTable(await storage.getBuffer(input.bucket, part.key));
+      const sizes = rowSizes(table);
+      let start = 0;
+      for (let i = 0; i < table.numRows; i++) {
+        const full = pendingRows + (i - start) >= input.shard.samples_per_shard;
+        const tooBig = pendingRows + (i - start) > 0 && pendingBytes + sizes.bytes[i]! > input.shard.max_shard_bytes;
+        if (full || tooBig) {
+          if (i > start) pending.push(table.slice(start, i));
+          pendingRows += i - start;
+          start = i;
+          await flush();
+        }
+        pendingBytes += sizes.bytes[i]!;
+        pendingTokens += sizes.tokens[i]!;
       }
-      splits[split] = {
-        rows: shards.reduce((a, s) => a + s.rows, 0),
-        tokens: shards.reduce((a, s) => a + s.tokens, 0),
-        shards,
-      };
+      if (table.numRows > start) pending.push(table.slice(start));
+      pendingRows += table.numRows - start;
     }
-    const summary: Record<string, number> = {};
-    for (const [split, s] of Object.entries(splits)) summary[`${split}_shards`] = s.shards.length;
-    return { splits, summary };
-  });
+    await flush();
+    splits[split] = {
+      rows: shards.reduce((a, s) => a + s.rows, 0),
+      tokens: shards.reduce((a, s) => a + s.tokens, 0),
+      shards,
+    };
+  }
+  const summary: Record<string, number> = {};
+  for (const [split, s] of Object.entries(splits)) summary[`${split}_shards`] = s.shards.length;
+  return writeStageManifest<ShardManifest>(storage, input.bucket, 'shard', hash, { splits, summary });
 }
 
-function countTokens(table: ReturnType<typeof readParquetTable>): number {
-  let n = 0;
-  for (const col of ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids']) {
-    const child = table.getChild(col)!;
-    for (let i = 0; i < table.numRows; i++) n += listToNumbers(child.get(i)).length;
+/** Per row: tokens, and an estimate of its stored bytes (image + 4 bytes a token + id). */
+function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[] } {
+  const image = table.getChild('image')!;
+  const ids = table.getChild('sample_id')!;
+  const lists = TOKEN_COLUMNS.map((c) => table.getChild(c)!);
+  const bytes: number[] = [];
+  const tokens: number[] = [];
+  for (let i = 0; i < table.numRows; i++) {
+    let n = 0;
+    for (const l of lists) n += (l.get(i) as arrow.Vector | null)?.length ?? 0;
+    tokens.push(n);
+    bytes.push(((image.get(i) as Uint8Array | null)?.length ?? 0) + 4 * n + String(ids.get(i)).length);
   }
-  return n;
+  return { bytes, tokens };
 }

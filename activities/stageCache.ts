@@ -14,10 +14,10 @@ import type { Storage } from './storage.js';
  * reused. Part of every stage hash.
  */
 export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
-  download: 1,
-  format: 1,
-  tokenize: 1,
-  shard: 1,
+  download: 2,
+  format: 2,
+  tokenize: 2,
+  shard: 2,
 };
 
 export function stageHash(kind: StageKind, inputs: unknown): string {
@@ -44,6 +44,28 @@ export interface StageManifestBase {
  * Returns the stored output for `hash` if complete, else runs `produce` (which writes its files
  * under `prefix`) and writes the manifest last.
  */
+/** The stored output for `hash` if it is complete (its manifest exists), else null. */
+export async function findCachedStage(storage: Storage, bucket: string, kind: StageKind, hash: string): Promise<StageResult | null> {
+  const manifestKey = keys.stageManifest(kind, hash);
+  await storage.ensureBucket(bucket);
+  if (!(await storage.exists(bucket, manifestKey))) return null;
+  const manifest = await storage.getJson<StageManifestBase>(bucket, manifestKey);
+  return { kind, hash, manifestKey, cached: true, summary: manifest.summary };
+}
+
+/** Completes a stage whose files were written by fanned-out chunks: the manifest goes last. */
+export async function writeStageManifest<M extends StageManifestBase>(
+  storage: Storage,
+  bucket: string,
+  kind: StageKind,
+  hash: string,
+  body: Omit<M, keyof StageManifestBase> & { summary: M['summary'] },
+): Promise<StageResult> {
+  const manifestKey = keys.stageManifest(kind, hash);
+  await storage.putJson(bucket, manifestKey, { ...body, kind, hash, createdAt: new Date().toISOString() });
+  return { kind, hash, manifestKey, cached: false, summary: body.summary };
+}
+
 export async function runCachedStage<M extends StageManifestBase>(
   storage: Storage,
   bucket: string,

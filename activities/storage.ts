@@ -70,6 +70,17 @@ export class Storage {
     }
   }
 
+  /** Size of an object, or null when there is none. */
+  async stat(bucket: string, key: string): Promise<{ size: number } | null> {
+    try {
+      const info = await this.client.statObject(bucket, key);
+      return { size: info.size };
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
   async list(bucket: string, prefix: string): Promise<ObjectInfo[]> {
     const out: ObjectInfo[] = [];
     const stream = this.client.listObjectsV2(bucket, prefix, true);

@@ -1,27 +1,49 @@
 /**
  * tokenize: the model's tokenizer and chat template in Node. Prompts get their image placeholders
- * expanded as the processor does; completions get eos. Samples longer than the limits are dropped
- * and counted (never truncated: truncation could cut image tokens).
+ * expanded as the model's processor does; completions get eos. Truncation follows TRL's DPO
+ * (see `truncateSample`), except that it never cuts through image tokens: such a sample is dropped
+ * and counted. Length statistics of what is kept go into the manifest.
+ *
+ * Fanned out like format: `tokenizeDataset` plans (or finds the cached output), `tokenizeChunk`
+ * tokenizes one formatted part, `tokenizeFinish` gathers counts and statistics and writes the
+ * manifest last.
  */
 import * as arrow from 'apache-arrow';
-import { heartbeat } from '@temporalio/activity';
-import type { StageResult, TokenizeInput } from '../lib/stages.js';
+import { keys } from '../lib/keys.js';
+import type { PipelineConfig } from '../lib/config.js';
+import type { StageResult, TokenizeChunkInput, TokenizeChunkResult, TokenizeFinishInput, TokenizeInput, TokenizePlan } from '../lib/stages.js';
 import { ChatTokenizer } from './chatTokenizer.js';
 import type { ActivityDeps } from './deps.js';
 import type { FormatManifest } from './format.js';
 import { isTokenizerFile, stageModel } from './models.js';
 import { int32List, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
-import { runCachedStage, stageHash, type StageManifestBase } from './stageCache.js';
+import { progress } from './progress.js';
+import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
-export type TokenizeDropReason = 'prompt_too_long' | 'too_long' | 'image_placeholder_mismatch';
+export type TokenizeDropReason = 'image_placeholder_mismatch' | 'image_tokens_truncated' | 'prompt_too_long' | 'completion_empty';
 
-export interface TokenizedSplit {
+export interface LengthStats {
+  min: number;
+  mean: number;
+  p50: number;
+  p95: number;
+  max: number;
+}
+
+export interface TokenizedPart {
   key: string;
   rows: number;
+}
+
+export interface TokenizedSplit {
+  parts: TokenizedPart[];
+  inputRows: number;
+  rows: number;
+  /** Kept samples that TRL-style truncation shortened. */
+  truncated: number;
   dropped: Partial<Record<TokenizeDropReason, number>>;
   tokens: number;
-  maxPromptTokens: number;
-  maxTotalTokens: number;
+  lengths: { prompt: LengthStats; chosen: LengthStats; rejected: LengthStats } | null;
 }
 
 export interface TokenizeManifest extends StageManifestBase {
@@ -29,74 +51,175 @@ export interface TokenizeManifest extends StageManifestBase {
   splits: Record<string, TokenizedSplit>;
 }
 
-export async function tokenizeDataset(deps: ActivityDeps, input: TokenizeInput): Promise<StageResult> {
+export async function tokenizeDataset(deps: ActivityDeps, input: TokenizeInput): Promise<TokenizePlan> {
   const { storage } = deps;
   const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
-  const chat = await ChatTokenizer.load(modelDir);
   const hash = stageHash('tokenize', {
     upstream: input.upstream.hash,
     tokenize: input.tokenize,
     // The staged folder name is a fingerprint of the model's files.
     model: input.modelSource.startsWith('s3://') ? modelDir.split('/').pop() : input.modelSource,
   });
+  const { imageTokenCount } = await ChatTokenizer.load(modelDir);
+  const cached = await findCachedStage(storage, input.bucket, 'tokenize', hash);
+  if (cached) return { hash, cached, imageTokenCount, splits: [], chunks: [] };
   const upstream = await storage.getJson<FormatManifest>(input.bucket, input.upstream.manifestKey);
+  const chunks = Object.entries(upstream.splits).flatMap(([split, s]) => s.parts.map((p, index) => ({ split, index, key: p.key })));
+  return { hash, imageTokenCount, chunks, splits: Object.keys(upstream.splits) };
+}
 
-  return runCachedStage<TokenizeManifest>(storage, input.bucket, 'tokenize', hash, async (prefix) => {
-    const splits: Record<string, TokenizedSplit> = {};
-    for (const [split, formatted] of Object.entries(upstream.splits)) {
-      const table = readParquetTable(await storage.getBuffer(input.bucket, formatted.key));
-      const cols = {
-        ids: [] as string[],
-        prompt: [] as number[][],
-        chosen: [] as number[][],
-        rejected: [] as number[][],
-        image: [] as Uint8Array[],
-      };
-      const dropped: TokenizedSplit['dropped'] = {};
-      let tokens = 0;
-      let maxPromptTokens = 0;
-      let maxTotalTokens = 0;
-      const [sid, prompt, chosen, rejected, image] = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'].map((c) => table.getChild(c)!);
-      for (let i = 0; i < table.numRows; i++) {
-        if (i % 256 === 0) heartbeat({ split, rows: i });
-        const promptText = prompt!.get(i) as string;
-        const promptIds = chat.encodePrompt(promptText);
-        const chosenIds = chat.encodeCompletion(chosen!.get(i) as string);
-        const rejectedIds = chat.encodeCompletion(rejected!.get(i) as string);
-        const total = promptIds.length + Math.max(chosenIds.length, rejectedIds.length);
-        let reason: TokenizeDropReason | undefined;
-        if (chat.countImagePlaceholders(promptText) !== 1) reason = 'image_placeholder_mismatch';
-        else if (promptIds.length > input.tokenize.max_prompt_length) reason = 'prompt_too_long';
-        else if (total > input.tokenize.max_length) reason = 'too_long';
-        if (reason) {
-          dropped[reason] = (dropped[reason] ?? 0) + 1;
-          continue;
-        }
-        cols.ids.push(sid!.get(i) as string);
-        cols.prompt.push(promptIds);
-        cols.chosen.push(chosenIds);
-        cols.rejected.push(rejectedIds);
-        cols.image.push(image!.get(i) as Uint8Array);
-        tokens += promptIds.length + chosenIds.length + rejectedIds.length;
-        maxPromptTokens = Math.max(maxPromptTokens, promptIds.length);
-        maxTotalTokens = Math.max(maxTotalTokens, total);
-      }
-      const key = `${prefix}${split}/part-00000.parquet`;
-      const out = tableFromColumns({
-        sample_id: { type: new arrow.Utf8(), values: cols.ids },
-        prompt_input_ids: { type: int32List(), values: cols.prompt },
-        chosen_input_ids: { type: int32List(), values: cols.chosen },
-        rejected_input_ids: { type: int32List(), values: cols.rejected },
-        image: { type: new arrow.Binary(), values: cols.image },
-      });
-      await storage.putBuffer(input.bucket, key, Buffer.from(writeParquetTable(out)));
-      splits[split] = { key, rows: cols.ids.length, dropped, tokens, maxPromptTokens, maxTotalTokens };
+export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInput): Promise<TokenizeChunkResult> {
+  const { storage } = deps;
+  const { chunk } = input;
+  const chat = await ChatTokenizer.load(await stageModel(deps, input.modelSource, isTokenizerFile));
+  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key));
+  const [sid, prompt, chosen, rejected, image] = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'].map((c) => table.getChild(c)!);
+  const cols = { ids: [] as string[], prompt: [] as number[][], chosen: [] as number[][], rejected: [] as number[][], image: [] as Uint8Array[] };
+  const lengths = { prompt: [] as number[], chosen: [] as number[], rejected: [] as number[] };
+  const dropped: Partial<Record<TokenizeDropReason, number>> = {};
+  let tokens = 0;
+  let truncated = 0;
+  for (let i = 0; i < table.numRows; i++) {
+    if (i % 256 === 0) progress({ chunk: chunk.index, rows: i, of: table.numRows });
+    const promptText = prompt!.get(i) as string;
+    const sample = {
+      prompt: chat.encodePrompt(promptText),
+      chosen: chat.encodeCompletion(chosen!.get(i) as string),
+      rejected: chat.encodeCompletion(rejected!.get(i) as string),
+    };
+    const result = chat.countImagePlaceholders(promptText) !== 1 ? { dropped: 'image_placeholder_mismatch' as const } : truncateSample(sample, input.tokenize, chat.imageRelatedTokenIds);
+    if ('dropped' in result) {
+      dropped[result.dropped] = (dropped[result.dropped] ?? 0) + 1;
+      continue;
     }
-    const summary: Record<string, number> = { image_tokens: chat.imageTokenCount };
-    for (const [split, s] of Object.entries(splits)) {
-      summary[`${split}_rows`] = s.rows;
-      summary[`${split}_tokens`] = s.tokens;
-    }
-    return { imageTokenCount: chat.imageTokenCount, splits, summary };
+    if (result.truncated) truncated++;
+    cols.ids.push(sid!.get(i) as string);
+    cols.prompt.push(result.prompt);
+    cols.chosen.push(result.chosen);
+    cols.rejected.push(result.rejected);
+    cols.image.push(image!.get(i) as Uint8Array);
+    lengths.prompt.push(result.prompt.length);
+    lengths.chosen.push(result.chosen.length);
+    lengths.rejected.push(result.rejected.length);
+    tokens += result.prompt.length + result.chosen.length + result.rejected.length;
+  }
+  const base = `${keys.stagePrefix('tokenize', input.hash)}${chunk.split}/part-${String(chunk.index).padStart(5, '0')}`;
+  const out = tableFromColumns({
+    sample_id: { type: new arrow.Utf8(), values: cols.ids },
+    prompt_input_ids: { type: int32List(), values: cols.prompt },
+    chosen_input_ids: { type: int32List(), values: cols.chosen },
+    rejected_input_ids: { type: int32List(), values: cols.rejected },
+    image: { type: new arrow.Binary(), values: cols.image },
   });
+  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out)));
+  await storage.putJson(input.bucket, `${base}.lengths.json`, lengths);
+  return {
+    split: chunk.split,
+    index: chunk.index,
+    key: `${base}.parquet`,
+    lengthsKey: `${base}.lengths.json`,
+    inputRows: table.numRows,
+    rows: cols.ids.length,
+    tokens,
+    truncated,
+    dropped: dropped as Record<string, number>,
+  };
+}
+
+export async function tokenizeFinish(deps: ActivityDeps, input: TokenizeFinishInput): Promise<StageResult> {
+  const { storage } = deps;
+  const splits: Record<string, TokenizedSplit> = {};
+  for (const split of input.splits) {
+    const chunks = input.chunks.filter((c) => c.split === split).sort((a, b) => a.index - b.index);
+    const all = { prompt: [] as number[], chosen: [] as number[], rejected: [] as number[] };
+    const s: TokenizedSplit = { parts: [], inputRows: 0, rows: 0, truncated: 0, dropped: {}, tokens: 0, lengths: null };
+    for (const c of chunks) {
+      s.inputRows += c.inputRows;
+      s.rows += c.rows;
+      s.tokens += c.tokens;
+      s.truncated += c.truncated;
+      for (const [reason, n] of Object.entries(c.dropped)) s.dropped[reason as TokenizeDropReason] = (s.dropped[reason as TokenizeDropReason] ?? 0) + n;
+      if (c.rows) {
+        s.parts.push({ key: c.key, rows: c.rows });
+        const l = await storage.getJson<typeof all>(input.bucket, c.lengthsKey);
+        for (const k of ['prompt', 'chosen', 'rejected'] as const) for (const v of l[k]) all[k].push(v);
+      }
+      progress({ split, chunk: c.index });
+    }
+    if (s.rows) s.lengths = { prompt: lengthStats(all.prompt), chosen: lengthStats(all.chosen), rejected: lengthStats(all.rejected) };
+    splits[split] = s;
+  }
+  const summary: Record<string, number> = { image_tokens: input.imageTokenCount };
+  for (const [split, s] of Object.entries(splits)) {
+    summary[`${split}_rows`] = s.rows;
+    summary[`${split}_tokens`] = s.tokens;
+    summary[`${split}_dropped`] = s.inputRows - s.rows;
+    summary[`${split}_truncated`] = s.truncated;
+  }
+  return writeStageManifest<TokenizeManifest>(storage, input.bucket, 'tokenize', input.hash, {
+    imageTokenCount: input.imageTokenCount,
+    splits,
+    summary,
+  });
+}
+
+export interface TokenizedSample {
+  prompt: number[];
+  chosen: number[];
+  rejected: number[];
+}
+
+/**
+ * TRL's DPO truncation (DPOConfig: max_prompt_length, max_completion_length, max_length,
+ * truncation_mode), applied once per sample:
+ *  1. a prompt longer than max_prompt_length keeps its last max_prompt_length tokens;
+ *  2. answers longer than max_completion_length keep their first max_completion_length tokens;
+ *  3. when prompt + the longer answer passes max_length, `keep_end` cuts the start of the
+ *     prompt and `keep_start` cuts the end of the answers.
+ * TRL cuts each concatenated sequence on its own; here chosen and rejected share one stored
+ * prompt, so the prompt is cut by what the longer answer needs. Unlike TRL, a cut that would
+ * remove any image token (or its markers) drops the sample instead, as does a cut that would
+ * leave no answer token at all.
+ */
+export function truncateSample(
+  sample: TokenizedSample,
+  settings: Pick<PipelineConfig['tokenize'], 'max_length' | 'max_prompt_length' | 'max_completion_length' | 'truncation_mode'>,
+  imageIds: ReadonlySet<number>,
+): (TokenizedSample & { truncated: boolean }) | { dropped: TokenizeDropReason } {
+  let { prompt, chosen, rejected } = sample;
+  const cut: number[][] = [];
+  if (prompt.length > settings.max_prompt_length) {
+    cut.push(prompt.slice(0, prompt.length - settings.max_prompt_length));
+    prompt = prompt.slice(-settings.max_prompt_length);
+  }
+  const maxCompletion = settings.max_completion_length;
+  if (maxCompletion != null && Math.max(chosen.length, rejected.length) > maxCompletion) {
+    chosen = chosen.slice(0, maxCompletion);
+    rejected = rejected.slice(0, maxCompletion);
+  }
+  const over = prompt.length + Math.max(chosen.length, rejected.length) - settings.max_length;
+  if (over > 0) {
+    if (settings.truncation_mode === 'keep_start') {
+      const room = settings.max_length - prompt.length;
+      if (room <= 0) return { dropped: 'prompt_too_long' };
+      chosen = chosen.slice(0, room);
+      rejected = rejected.slice(0, room);
+    } else {
+      if (over >= prompt.length) return { dropped: prompt.some((t) => imageIds.has(t)) ? 'image_tokens_truncated' : 'prompt_too_long' };
+      cut.push(prompt.slice(0, over));
+      prompt = prompt.slice(over);
+    }
+  }
+  if (cut.some((part) => part.some((t) => imageIds.has(t)))) return { dropped: 'image_tokens_truncated' };
+  if (!chosen.length || !rejected.length) return { dropped: 'completion_empty' };
+  const truncated = prompt !== sample.prompt || chosen.length !== sample.chosen.length || rejected.length !== sample.rejected.length;
+  return { prompt, chosen, rejected, truncated };
+}
+
+/** min, mean, nearest-rank p50 and p95, max. */
+export function lengthStats(values: number[]): LengthStats {
+  const sorted = Float64Array.from(values).sort();
+  const rank = (p: number) => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
+  const mean = sorted.reduce((a, b) => a + b, 0) / sorted.length;
+  return { min: sorted[0]!, mean: Math.round(mean * 100) / 100, p50: rank(50), p95: rank(95), max: sorted[sorted.length - 1]! };
 }

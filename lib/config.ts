@@ -24,7 +24,7 @@ const sourceUri = z
 
 export const ColumnMappingSchema = z
   .strictObject({
-    image: z.string().default('image').describe('column holding the image struct {bytes, path}'),
+    image: z.string().default('image').describe('column holding the image: struct {bytes, path}, binary, or (JSONL) a path relative to the file'),
     question: z.string().default('question').describe('column holding the user prompt'),
     chosen: z.string().default('chosen').describe('column holding the preferred answer'),
     rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
@@ -32,7 +32,10 @@ export const ColumnMappingSchema = z
   .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
 
 export const DatasetSchema = z.strictObject({
-  source: sourceUri.describe('Parquet dataset: s3://bucket/prefix, a local folder, or hf://owner/name'),
+  source: sourceUri.describe(
+    'dataset of Parquet files or JSONL files with image files beside them: s3://bucket/prefix, a local folder, ' +
+      'or hf://owner/name[@revision] (the Hub; HF_TOKEN and HF_ENDPOINT come from the worker env)',
+  ),
   train_split: safeName.default('train').describe('split used for training'),
   eval_split: safeName.default('test').describe('held-out split used for evaluation'),
   columns: ColumnMappingSchema.prefault({}),
@@ -51,18 +54,54 @@ export const FormatSchema = z.strictObject({
     .max(8192)
     .optional()
     .describe("pixels; images are thumbnailed to this longest edge (default: half the processor's longest edge)"),
+  max_image_pixels: z
+    .int()
+    .positive()
+    .default(50_000_000)
+    .describe('images with more pixels (width x height) are dropped undecoded: the guard against decompression bombs'),
+  jpeg_quality: z.int().min(1).max(100).default(95).describe('quality of the re-encoded JPEG thumbnails'),
+  dedupe: z
+    .boolean()
+    .default(true)
+    .describe('drop rows whose image bytes, prompt, chosen and rejected all equal an earlier row'),
   max_drop_ratio: z
     .number()
     .min(0)
     .max(1)
     .default(0.2)
     .describe('fail the stage when more than this share of rows is dropped as invalid'),
+  chunk_rows: z
+    .int()
+    .positive()
+    .default(1000)
+    .describe('rows per parallel chunk activity (format and tokenize fan out over CPU workers)'),
 });
 
 /** The tokenize section's fields; `TokenizeSchema` adds the cross-field check. */
 export const TokenizeFields = z.strictObject({
-  max_length: z.int().positive().default(1024).describe('tokens; prompt + longest answer'),
-  max_prompt_length: z.int().positive().default(512).describe('tokens; prompts longer than this are dropped'),
+  max_length: z
+    .int()
+    .positive()
+    .default(1024)
+    .describe('tokens; prompt + longest answer, truncated per truncation_mode (TRL DPOConfig.max_length)'),
+  max_prompt_length: z
+    .int()
+    .positive()
+    .default(512)
+    .describe('tokens; longer prompts keep their last max_prompt_length tokens (TRL DPOConfig.max_prompt_length)'),
+  max_completion_length: z
+    .int()
+    .positive()
+    .nullable()
+    .default(null)
+    .describe('tokens; longer answers keep their first max_completion_length tokens (TRL DPOConfig.max_completion_length)'),
+  truncation_mode: z
+    .enum(['keep_end', 'keep_start'])
+    .default('keep_end')
+    .describe(
+      'what max_length keeps (TRL DPOConfig.truncation_mode): keep_end cuts the start of the prompt, keep_start the end of ' +
+        'the answers; a sample that would lose any image token is dropped and counted instead',
+    ),
 });
 
 export const TokenizeSchema = TokenizeFields.refine((t) => t.max_prompt_length <= t.max_length, {
@@ -71,7 +110,12 @@ export const TokenizeSchema = TokenizeFields.refine((t) => t.max_prompt_length <
   });
 
 export const ShardSchema = z.strictObject({
-  samples_per_shard: z.int().positive().default(2000).describe('rows per Parquet shard'),
+  samples_per_shard: z.int().positive().default(2000).describe('at most this many rows per Parquet shard'),
+  max_shard_bytes: z
+    .int()
+    .positive()
+    .default(256 * 1024 * 1024)
+    .describe('bytes; a shard is closed before its rows (images included) pass this size'),
 });
 
 export const LoraSchema = z.strictObject({

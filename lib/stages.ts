@@ -35,9 +35,101 @@ export interface FormatInput extends StageInput {
   limits: { train?: number; eval?: number };
 }
 
+/** One row range of one downloaded file: the unit format fans out over CPU workers. */
+export interface FormatChunkSpec {
+  split: string;
+  /** Position of the chunk in its split: parts are concatenated in this order. */
+  index: number;
+  fileKey: string;
+  sourcePath: string;
+  format: 'parquet' | 'jsonl';
+  /** Sample ids are `<idPrefix>-<row in file>`. */
+  idPrefix: string;
+  offset: number;
+  limit: number;
+}
+
+/** What `formatDataset` decides: the cached output, or the chunks to run then finish. */
+export interface FormatPlan {
+  hash: string;
+  imageLongestEdge: number;
+  cached?: StageResult;
+  chunks: FormatChunkSpec[];
+  /** Where the downloaded files are (JSONL rows name image files under it). */
+  filesPrefix?: string;
+}
+
+export interface FormatChunkInput {
+  bucket: string;
+  modelSource: string;
+  hash: string;
+  imageLongestEdge: number;
+  format: PipelineConfig['format'];
+  columns: PipelineConfig['dataset']['columns'];
+  filesPrefix?: string;
+  chunk: FormatChunkSpec;
+}
+
+export interface FormatChunkResult {
+  split: string;
+  index: number;
+  key: string;
+  inputRows: number;
+  rows: number;
+  dropped: Record<string, number>;
+  droppedExamples: Array<{ sampleId: string; reason: string; detail?: string }>;
+}
+
+export interface FormatFinishInput {
+  bucket: string;
+  hash: string;
+  imageLongestEdge: number;
+  format: PipelineConfig['format'];
+  splits: string[];
+  chunks: FormatChunkResult[];
+}
+
 export interface TokenizeInput extends StageInput {
   modelSource: string;
   tokenize: PipelineConfig['tokenize'];
+}
+
+/** What `tokenizeDataset` decides: the cached output, or the formatted parts to tokenize. */
+export interface TokenizePlan {
+  hash: string;
+  cached?: StageResult;
+  imageTokenCount: number;
+  splits: string[];
+  chunks: Array<{ split: string; index: number; key: string }>;
+}
+
+export interface TokenizeChunkInput {
+  bucket: string;
+  modelSource: string;
+  hash: string;
+  tokenize: PipelineConfig['tokenize'];
+  chunk: { split: string; index: number; key: string };
+}
+
+export interface TokenizeChunkResult {
+  split: string;
+  index: number;
+  key: string;
+  /** Side file with the kept rows' prompt/chosen/rejected lengths, for the manifest's statistics. */
+  lengthsKey: string;
+  inputRows: number;
+  rows: number;
+  tokens: number;
+  truncated: number;
+  dropped: Record<string, number>;
+}
+
+export interface TokenizeFinishInput {
+  bucket: string;
+  hash: string;
+  imageTokenCount: number;
+  splits: string[];
+  chunks: TokenizeChunkResult[];
 }
 
 export interface ShardInput extends StageInput {

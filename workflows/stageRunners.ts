@@ -93,22 +93,40 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   switch (stage.kind) {
     case 'download':
       return dataOutput(await acts.downloadDataset({ bucket, dataset: config.dataset }));
-    case 'format':
-      return dataOutput(
-        await acts.formatDataset({
-          bucket,
-          upstream: data('dataset'),
-          modelSource,
-          format: stageSettings(config, 'format', stage.params),
-          columns: config.dataset.columns,
-          splits: { train: config.dataset.train_split, eval: config.dataset.eval_split },
-          limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
-        }),
+    case 'format': {
+      // Plan, then every chunk as its own activity (spread over all CPU workers; each worker's
+      // slot count bounds its share), then finish: duplicates across chunks, drop share, manifest.
+      const format = stageSettings(config, 'format', stage.params);
+      const plan = await acts.formatDataset({
+        bucket,
+        upstream: data('dataset'),
+        modelSource,
+        format,
+        columns: config.dataset.columns,
+        splits: { train: config.dataset.train_split, eval: config.dataset.eval_split },
+        limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
+      });
+      if (plan.cached) return dataOutput(plan.cached);
+      const { hash, imageLongestEdge, filesPrefix } = plan;
+      const chunks = await Promise.all(
+        plan.chunks.map((chunk) =>
+          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, filesPrefix, chunk }),
+        ),
       );
-    case 'tokenize':
-      return dataOutput(
-        await acts.tokenizeDataset({ bucket, upstream: data('formatted'), modelSource, tokenize: stageSettings(config, 'tokenize', stage.params) }),
+      const splits = [config.dataset.train_split, config.dataset.eval_split];
+      return dataOutput(await acts.formatFinish({ bucket, hash, imageLongestEdge, format, splits, chunks }));
+    }
+    case 'tokenize': {
+      const tokenize = stageSettings(config, 'tokenize', stage.params);
+      const plan = await acts.tokenizeDataset({ bucket, upstream: data('formatted'), modelSource, tokenize });
+      if (plan.cached) return dataOutput(plan.cached);
+      const chunks = await Promise.all(
+        plan.chunks.map((chunk) => acts.tokenizeChunk({ bucket, modelSource, hash: plan.hash, tokenize, chunk })),
       );
+      return dataOutput(
+        await acts.tokenizeFinish({ bucket, hash: plan.hash, imageTokenCount: plan.imageTokenCount, splits: plan.splits, chunks }),
+      );
+    }
     case 'shard':
       return dataOutput(await acts.shardDataset({ bucket, upstream: data('tokens'), shard: stageSettings(config, 'shard', stage.params) }));
     case 'train': {

@@ -1,0 +1,180 @@
+/**
+ * Reading rows of downloaded dataset files a chunk at a time, with bounded memory: a file is
+ * copied once to the worker's local cache, then Parquet row ranges are read from disk through a
+ * file-backed Blob (parquet-wasm reads only the row groups it needs) and JSONL line ranges are
+ * streamed. Images of JSONL rows are separate files next to the JSONL, fetched per row.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, openAsBlob } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import * as arrow from 'apache-arrow';
+import { ApplicationFailure } from '@temporalio/activity';
+import { ParquetFile } from 'parquet-wasm';
+import type { PipelineConfig } from '../lib/config.js';
+import { FailureType } from '../lib/errors.js';
+import type { ActivityDeps } from './deps.js';
+
+export type ColumnMapping = PipelineConfig['dataset']['columns'];
+export type FileFormat = 'parquet' | 'jsonl';
+
+export function fileFormatOf(path: string): FileFormat | null {
+  if (path.endsWith('.parquet')) return 'parquet';
+  if (path.endsWith('.jsonl') || path.endsWith('.ndjson')) return 'jsonl';
+  return null;
+}
+
+/** One source row as stored: cells are whatever the file holds (checked by format). */
+export interface RawRow {
+  sampleId: string;
+  image: unknown;
+  question: unknown;
+  chosen: unknown;
+  rejected: unknown;
+  /** Set when the row's text could not be decoded (JSONL lines that are not UTF-8 or not JSON). */
+  undecodable?: 'invalid_utf8' | 'invalid_json';
+}
+
+/**
+ * Local copy of a stored object, keyed by bucket/key (stage outputs are content-addressed, so a
+ * key never changes content).
+ */
+export async function localCopy(deps: ActivityDeps, bucket: string, key: string): Promise<string> {
+  const name = createHash('sha256').update(`${bucket}/${key}`).digest('hex').slice(0, 32);
+  const path = join(deps.workDir, 'inputs', `${name}-${key.split('/').pop()}`);
+  if (await access(path).then(() => true, () => false)) return path;
+  await deps.storage.downloadFile(bucket, key, path);
+  return path;
+}
+
+/** Rows in a file, from the Parquet footer or by counting JSONL lines. */
+export async function countRows(path: string, format: FileFormat): Promise<number> {
+  if (format === 'parquet') {
+    const file = await ParquetFile.fromFile(await openAsBlob(path));
+    try {
+      return Number(file.metadata().fileMetadata().numRows());
+    } finally {
+      file.free();
+    }
+  }
+  let n = 0;
+  for await (const line of jsonlLines(path)) if (line.length) n++;
+  return n;
+}
+
+export interface ReadRange {
+  /** Path of the local copy. */
+  path: string;
+  format: FileFormat;
+  /** Name of the file in the source, for error messages. */
+  sourcePath: string;
+  /** Prefix of sample ids: `<split>-<file index>`. */
+  idPrefix: string;
+  offset: number;
+  limit: number;
+}
+
+/** The rows [offset, offset + limit) of a file, with the mapped columns. */
+export async function readRowRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
+  return range.format === 'parquet' ? readParquetRange(range, columns) : readJsonlRange(range, columns);
+}
+
+const ROLES = ['image', 'question', 'chosen', 'rejected'] as const;
+
+function missingColumn(sourcePath: string, role: (typeof ROLES)[number], columns: ColumnMapping, present: string[]) {
+  return ApplicationFailure.nonRetryable(
+    `dataset file "${sourcePath}" has no column "${columns[role]}" (dataset.columns.${role}); ` +
+      `its columns are: ${present.join(', ') || '(none)'}`,
+    FailureType.InvalidDataset,
+  );
+}
+
+async function readParquetRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
+  const file = await ParquetFile.fromFile(await openAsBlob(range.path));
+  let table: arrow.Table;
+  try {
+    table = arrow.tableFromIPC((await file.read({ offset: range.offset, limit: range.limit })).intoIPCStream());
+  } finally {
+    file.free();
+  }
+  const names = table.schema.fields.map((f) => f.name);
+  const vectors = ROLES.map((role) => {
+    const v = table.getChild(columns[role]);
+    if (!v) throw missingColumn(range.sourcePath, role, columns, names);
+    return v;
+  });
+  const [image, question, chosen, rejected] = vectors as [arrow.Vector, arrow.Vector, arrow.Vector, arrow.Vector];
+  const rows: RawRow[] = [];
+  for (let i = 0; i < table.numRows; i++) {
+    rows.push({
+      sampleId: `${range.idPrefix}-${range.offset + i}`,
+      image: image.get(i),
+      question: question.get(i),
+      chosen: chosen.get(i),
+      rejected: rejected.get(i),
+    });
+  }
+  return rows;
+}
+
+/** JSONL lines as raw bytes (so text that is not UTF-8 is caught per row, not per file). */
+async function* jsonlLines(path: string): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  for await (const chunk of createReadStream(path)) {
+    let buf = chunk as Buffer;
+    for (let nl = buf.indexOf(10); nl >= 0; nl = buf.indexOf(10)) {
+      pending.push(buf.subarray(0, nl));
+      const line = Buffer.concat(pending);
+      pending = [];
+      yield line.length && line[line.length - 1] === 13 ? line.subarray(0, -1) : line;
+      buf = buf.subarray(nl + 1);
+    }
+    if (buf.length) pending.push(buf);
+  }
+  if (pending.length) yield Buffer.concat(pending);
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+async function readJsonlRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
+  const rows: RawRow[] = [];
+  let index = 0;
+  let checkedColumns = false;
+  for await (const line of jsonlLines(range.path)) {
+    if (!line.length) continue;
+    const i = index++;
+    if (i < range.offset) continue;
+    if (i >= range.offset + range.limit) break;
+    const sampleId = `${range.idPrefix}-${i}`;
+    let record: Record<string, unknown>;
+    try {
+      record = JSON.parse(utf8.decode(line)) as Record<string, unknown>;
+    } catch (err) {
+      const undecodable = err instanceof TypeError ? 'invalid_utf8' : 'invalid_json';
+      rows.push({ sampleId, image: null, question: null, chosen: null, rejected: null, undecodable });
+      continue;
+    }
+    if (!record || typeof record !== 'object' || Array.isArray(record)) {
+      rows.push({ sampleId, image: null, question: null, chosen: null, rejected: null, undecodable: 'invalid_json' });
+      continue;
+    }
+    if (!checkedColumns) {
+      // The first record defines the columns, as a Parquet schema would.
+      for (const role of ROLES) if (!(columns[role] in record)) throw missingColumn(range.sourcePath, role, columns, Object.keys(record));
+      checkedColumns = true;
+    }
+    rows.push({
+      sampleId,
+      image: record[columns.image],
+      question: record[columns.question],
+      chosen: record[columns.chosen],
+      rejected: record[columns.rejected],
+    });
+  }
+  return rows;
+}
+
+export async function fileSize(path: string): Promise<number> {
+  return (await stat(path)).size;
+}
