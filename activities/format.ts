@@ -11,14 +11,13 @@
  * the manifest last.
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { posix } from 'node:path';
 import * as arrow from 'apache-arrow';
 import { ApplicationFailure } from '@temporalio/activity';
 import { FailureType } from '../lib/errors.js';
 import { keys } from '../lib/keys.js';
 import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinishInput, FormatInput, FormatPlan, StageResult } from '../lib/stages.js';
-import { ChatTokenizer } from './chatTokenizer.js';
+import { ChatTokenizer, loadProcessorConfigs } from './chatTokenizer.js';
 import type { ActivityDeps } from './deps.js';
 import type { DownloadManifest } from './download.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from './formatRows.js';
@@ -260,8 +259,8 @@ function jsonlImageResolver(deps: ActivityDeps, bucket: string, filesPrefix: str
 
 /** Half the processor's longest edge, as in the seed. */
 async function defaultImageEdge(modelDir: string): Promise<number> {
-  const cfg = JSON.parse(await readFile(`${modelDir}/preprocessor_config.json`, 'utf8')) as { size?: Record<string, number> };
-  const size = cfg.size ?? {};
+  const { imageProcessorConfig } = await loadProcessorConfigs(modelDir);
+  const size = (imageProcessorConfig?.size ?? {}) as Record<string, number>;
   const longest = size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0);
   if (!longest) throw ApplicationFailure.nonRetryable('format.image_longest_edge is required: the processor declares no size', FailureType.InvalidConfig);
   return Math.max(8, Math.floor(longest / 2));
