@@ -15,6 +15,8 @@ export interface WorkerPlan {
   deps: ActivityDeps;
   /** Trainers this host runs at once: one per GPU (default 1). */
   gpuSlots?: number;
+  /** CPU-stage activities (data chunks, evaluation) this host runs at once (default 4). */
+  cpuSlots?: number;
   /** Reuse a prebuilt workflow bundle (tests build it once). */
   workflowBundle?: { code: string };
 }
@@ -37,8 +39,9 @@ export async function createWorkers(plan: WorkerPlan): Promise<{ workers: Worker
         taskQueue: plan.queues.cpu,
         ...(plan.workflowBundle ? { workflowBundle: plan.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
         activities: createCpuActivities(plan.deps),
-        // Data stages are CPU-heavy (sharp, tokenization): a few at a time per core.
-        maxConcurrentActivityTaskExecutions: 4,
+        // Data stages are CPU-heavy (sharp, tokenization) and fan out in chunks: each worker takes
+        // as many chunks as it has slots (DPO_CPU_SLOTS), so more workers means more parallel chunks.
+        maxConcurrentActivityTaskExecutions: plan.cpuSlots ?? 4,
         shutdownGraceTime: '30 seconds',
       }),
     );

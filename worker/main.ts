@@ -24,6 +24,7 @@ const { workers, connection } = await createWorkers({
   serve: { cpu: served.has('cpu'), gpu: served.has('gpu') },
   deps: depsFromEnv(),
   gpuSlots: Number(process.env.DPO_GPU_SLOTS ?? 1),
+  cpuSlots: Number(process.env.DPO_CPU_SLOTS ?? 4),
 });
 console.log(
   `worker: connected to ${temporal.address} (namespace ${temporal.namespace}); serving ` +
