@@ -98,7 +98,7 @@ export const TrainSchema = z.strictObject({
   max_grad_norm: z.number().positive().default(1).describe('gradient clipping norm'),
   beta: z.number().positive().default(0.1).describe('DPO temperature'),
   loss_type: z.enum(LOSS_TYPES).default('sigmoid'),
-  label_smoothing: z.number().min(0).max(0.5).default(0).describe('conservative DPO / robust label noise'),
+  label_smoothing: z.number().min(0).lt(0.5).default(0).describe('assumed label-flip rate; robust loss only (as in TRL)'),
   lora: LoraSchema.prefault({}),
   dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
   gradient_checkpointing: z.boolean().default(false),

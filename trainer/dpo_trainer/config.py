@@ -69,7 +69,7 @@ class TrainConfig:
     loss_type: LossType = field(default="sigmoid", metadata=doc("preference loss variant"))
     label_smoothing: float = field(
         default=0.0,
-        metadata=doc("assumed probability that a preference label is flipped (cDPO/robust)", min=0, lt=0.5),
+        metadata=doc("assumed probability that a preference label is flipped (robust DPO only)", min=0, lt=0.5),
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA adapter settings"))
     dtype: DType = field(default="float32", metadata=doc("base weights and autocast compute dtype"))
@@ -93,10 +93,13 @@ class TrainConfig:
     def cross_field_problems(self) -> list[str]:
         problems: list[str] = []
         problems.extend(_device_problems(self.device))
-        if self.loss_type == "hinge" and self.label_smoothing > 0:
-            problems.append("label_smoothing: must be 0 for loss_type 'hinge' (it has no smoothed form)")
-        if self.loss_type == "ipo" and self.label_smoothing > 0:
-            problems.append("label_smoothing: must be 0 for loss_type 'ipo' (it has no smoothed form)")
+        if self.label_smoothing > 0 and self.loss_type != "robust":
+            # TRL defines label smoothing for robust DPO (and EXO) only and ignores it otherwise;
+            # we refuse it rather than ignore it.
+            problems.append(
+                f"label_smoothing: must be 0 for loss_type {self.loss_type!r}; only 'robust' has a"
+                " label-noise form (as in TRL)"
+            )
         return problems
 
 

@@ -41,7 +41,7 @@ from .data import (
 from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log
 from .faults import FaultHooks
-from .losses import preference_loss
+from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
     DTYPES,
     attach_lora,
@@ -54,15 +54,6 @@ from .modeling import (
 from .preemption import PreemptionFlag, PreemptionRequested
 
 STATE_FORMAT = 1
-METRIC_NAMES = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,22 +193,15 @@ def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> di
                 with torch.no_grad(), ctx.model.disable_adapter():
                     ref_logps, _ = completion_logps(ctx.model, batch)
                 policy_logps, lengths = completion_logps(ctx.model, batch)
-            if config.loss_type == "ipo":
-                # IPO is defined on length-averaged log-probs (TRL does the same).
-                policy_logps, ref_logps = policy_logps / lengths, ref_logps / lengths
             b = batch.pairs
             out = preference_loss(
                 policy_logps[:b], policy_logps[b:], ref_logps[:b], ref_logps[b:],
                 beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
             )
             ctx.scaler.scale(out.losses.sum() / n).backward()
-            sums["loss"] += out.losses.detach().sum().item()
-            sums["rewards/chosen"] += out.chosen_rewards.sum().item()
-            sums["rewards/rejected"] += out.rejected_rewards.sum().item()
-            sums["rewards/accuracies"] += (out.chosen_rewards > out.rejected_rewards).float().sum().item()
-            sums["rewards/margins"] += (out.chosen_rewards - out.rejected_rewards).sum().item()
-            sums["logps/chosen"] += policy_logps[:b].detach().sum().item()
-            sums["logps/rejected"] += policy_logps[b:].detach().sum().item()
+            for name, value in metric_sums(out, policy_logps[:b], policy_logps[b:]).items():
+                sums[name] += value
             tokens += batch.tokens
             if start + micro_batch < n and ctx.preemption.requested:
                 raise PreemptionRequested()
