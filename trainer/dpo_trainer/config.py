@@ -84,6 +84,17 @@ class TrainConfig:
     preemption_grace_seconds: float = field(
         default=30.0, metadata=doc("seconds between SIGTERM and SIGKILL the parent allows", gt=0)
     )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata=doc(
+            "TRL's switch: take the reference log-probs from ref_log_probs_files (written by"
+            " `python -m dpo_trainer.reference`) instead of a reference forward pass per step"
+        ),
+    )
+    ref_log_probs_files: list[str] = field(
+        default_factory=list,
+        metadata=doc("reference log-prob parquet files, each beside its manifest.json (absolute paths)"),
+    )
 
     @property
     def effective_batch_size(self) -> int:
@@ -93,6 +104,10 @@ class TrainConfig:
     def cross_field_problems(self) -> list[str]:
         problems: list[str] = []
         problems.extend(_device_problems(self.device))
+        if self.precompute_ref_log_probs and not self.ref_log_probs_files:
+            problems.append("ref_log_probs_files: required when precompute_ref_log_probs is true")
+        if self.ref_log_probs_files and not self.precompute_ref_log_probs:
+            problems.append("ref_log_probs_files: given but precompute_ref_log_probs is false")
         if self.label_smoothing > 0 and self.loss_type != "robust":
             # TRL defines label smoothing for robust DPO (and EXO) only and ignores it otherwise;
             # we refuse it rather than ignore it.
@@ -112,6 +127,19 @@ class EvalConfig:
     beta: float = field(default=0.1, metadata=doc("beta for the implicit reward", gt=0))
     device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
     dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype"))
+
+    def cross_field_problems(self) -> list[str]:
+        return _device_problems(self.device)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    model_dir: str = field(metadata=doc("base model folder (absolute path), the reference of the DPO run"))
+    shards: list[str] = field(metadata=doc("token shard parquet files to score", nonempty=True))
+    output_dir: str = field(metadata=doc("gets ref_logps.parquet and manifest.json"))
+    batch_size: int = field(default=8, metadata=doc("preference pairs per forward pass", min=1))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype; use the train run's"))
 
     def cross_field_problems(self) -> list[str]:
         return _device_problems(self.device)

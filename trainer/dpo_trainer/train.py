@@ -52,6 +52,7 @@ from .modeling import (
     resolve_device,
 )
 from .preemption import PreemptionFlag, PreemptionRequested
+from .reference import ReferenceLogps, load_reference_logps
 
 STATE_FORMAT = 1
 
@@ -167,6 +168,7 @@ class StepContext:
     scaler: torch.amp.GradScaler
     faults: FaultHooks
     preemption: PreemptionFlag
+    reference: ReferenceLogps | None = None  # precomputed: no reference forward pass
 
 
 def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> dict[str, float]:
@@ -184,14 +186,18 @@ def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> di
     out_of_memory = False
     try:
         for start in range(0, n, micro_batch):
-            rows = ctx.dataset.rows(indices[start : start + micro_batch])
+            micro_indices = indices[start : start + micro_batch]
+            rows = ctx.dataset.rows(micro_indices)
             batch = collate(rows, ctx.pad_token_id, ctx.pixels).to(ctx.device)
             ctx.faults.before_forward(batch.pairs)
             with autocast(ctx.device, ctx.dtype):
                 # Reference first, without a graph: its activations are gone before the policy
                 # forward keeps its own for backward, which lowers peak memory.
-                with torch.no_grad(), ctx.model.disable_adapter():
-                    ref_logps, _ = completion_logps(ctx.model, batch)
+                if ctx.reference is not None:
+                    ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
+                else:
+                    with torch.no_grad(), ctx.model.disable_adapter():
+                        ref_logps, _ = completion_logps(ctx.model, batch)
                 policy_logps, lengths = completion_logps(ctx.model, batch)
             b = batch.pairs
             out = preference_loss(
@@ -265,6 +271,11 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     torch.manual_seed(config.seed)  # seeds CUDA too; LoRA init below draws from it
     loaded = load_base_model(config.model_dir, dtype, device)
     validate_against_model(dataset, loaded.spec)
+    reference = (
+        load_reference_logps(config.ref_log_probs_files, dataset, config.model_dir, config.dtype)
+        if config.precompute_ref_log_probs
+        else None
+    )
     model = attach_lora(loaded.model, config.lora)
     model.train()
     gradient_checkpointing = config.gradient_checkpointing
@@ -324,6 +335,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     ctx = StepContext(
         model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
         loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
+        reference,
     )
     emit(
         "started",
