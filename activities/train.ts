@@ -12,6 +12,7 @@ import { keys, MANIFEST_FILE, parseCheckpointName } from '../lib/keys.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
 import { stageModel } from './models.js';
+import { stageReference } from './reference.js';
 import type { ShardManifest } from './shard.js';
 import { runTrainer, TrainerExit, type TrainerEvent } from './trainerProcess.js';
 
@@ -65,9 +66,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
       log.info('resuming training from checkpoint', { runId, stage: input.stageId, step: resume.step });
     }
 
+    const referenceFiles = input.reference ? await stageReference(deps, bucket, input.reference.manifestKey, join(attemptDir, 'reference')) : [];
+
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
-    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null), null, 2));
+    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles), null, 2));
 
     const checkpointKeys: string[] = [];
     let uploads = Promise.resolve();
@@ -141,7 +144,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   }
 }
 
-function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null) {
+function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[]) {
   const t = input.train;
   return {
     model_dir: modelDir,
@@ -168,6 +171,8 @@ function trainerConfig(input: TrainInput, modelDir: string, shards: string[], ou
     log_every_steps: 1,
     device: 'auto',
     preemption_grace_seconds: 30,
+    precompute_ref_log_probs: referenceFiles.length > 0,
+    ref_log_probs_files: referenceFiles,
   };
 }
 

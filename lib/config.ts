@@ -90,6 +90,10 @@ export const TrainSchema = z.strictObject({
   epochs: z.int().positive().default(1).describe('passes over the training shards'),
   max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
   per_device_train_batch_size: z.int().positive().default(2).describe('pairs per micro-batch'),
+  precompute_ref_log_probs: z
+    .boolean()
+    .default(false)
+    .describe('compute the reference log-probs once in a cached `reference` stage (gpu queue) and skip the reference forward pass while training (TRL\'s name)'),
   gradient_accumulation_steps: z.int().positive().default(32).describe('micro-batches per optimizer step'),
   learning_rate: z.number().positive().default(5e-6).describe('peak AdamW learning rate'),
   lr_scheduler_type: z.enum(['cosine', 'linear', 'constant']).default('cosine'),
@@ -128,7 +132,7 @@ const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|min
 
 export const StageDeclSchema = z.strictObject({
   id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)'),
-  kind: z.string().describe('download, format, tokenize, shard, train, adapter, evaluate or report'),
+  kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
   needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
   params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
   queue: z.string().min(1).optional().describe('task queue override'),
