@@ -39,7 +39,10 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   const progress: TrainProgress = {
     stageId: input.stageId,
     step: 0,
-    stepSamples: input.train.per_device_train_batch_size * input.train.gradient_accumulation_steps,
+    stepSamples:
+      input.train.per_device_train_batch_size === 'auto'
+        ? input.train.total_train_batch_size!
+        : input.train.per_device_train_batch_size * input.train.gradient_accumulation_steps,
     totalSteps: null,
     metrics: {},
     checkpointKey: null,
@@ -156,6 +159,7 @@ function trainerConfig(input: TrainInput, modelDir: string, shards: string[], ou
     max_steps: t.max_steps,
     per_device_train_batch_size: t.per_device_train_batch_size,
     gradient_accumulation_steps: t.gradient_accumulation_steps,
+    ...(t.total_train_batch_size !== undefined && { total_train_batch_size: t.total_train_batch_size }),
     learning_rate: t.learning_rate,
     lr_scheduler_type: t.lr_scheduler_type,
     warmup_ratio: t.warmup_ratio,

@@ -86,10 +86,19 @@ export const LoraSchema = z.strictObject({
 
 export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge', 'robust'] as const;
 
-export const TrainSchema = z.strictObject({
+export const TrainSchema = z
+  .strictObject({
   epochs: z.int().positive().default(1).describe('passes over the training shards'),
   max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
-  per_device_train_batch_size: z.int().positive().default(2).describe('pairs per micro-batch'),
+  per_device_train_batch_size: z
+    .union([z.int().positive(), z.literal('auto')])
+    .default(2)
+    .describe('pairs per micro-batch, or "auto": the trainer picks it at start from the GPU memory (dpo estimate); on CPU 8'),
+  total_train_batch_size: z
+    .int()
+    .positive()
+    .optional()
+    .describe('pairs per optimizer step; required with per_device_train_batch_size "auto" (the micro-batch then divides it)'),
   precompute_ref_log_probs: z
     .boolean()
     .default(false)
@@ -108,7 +117,23 @@ export const TrainSchema = z.strictObject({
   gradient_checkpointing: z.boolean().default(false),
   checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
   seed: z.int().min(0).default(42),
-});
+  })
+  .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
+    message: 'required when per_device_train_batch_size is "auto"',
+    path: ['total_train_batch_size'],
+  })
+  .refine(
+    (t) =>
+      t.per_device_train_batch_size === 'auto' ||
+      t.total_train_batch_size === undefined ||
+      t.total_train_batch_size === t.per_device_train_batch_size * t.gradient_accumulation_steps,
+    { message: 'must equal per_device_train_batch_size x gradient_accumulation_steps', path: ['total_train_batch_size'] },
+  )
+  // TRL defines label smoothing for the robust loss only (and ignores it otherwise); refused, not ignored.
+  .refine((t) => t.label_smoothing === 0 || t.loss_type === 'robust', {
+    message: 'only loss_type "robust" takes label smoothing (as in TRL)',
+    path: ['label_smoothing'],
+  });
 
 export const EvaluateSchema = z.strictObject({
   batch_size: z.int().positive().default(16).describe('pairs per forward pass'),

@@ -34,4 +34,12 @@ describe('seed configs', () => {
     // Images at half the processor's longest edge: the format stage's default (no override).
     expect(config.format.image_longest_edge).toBeUndefined();
   });
+
+  it('accepts per_device_train_batch_size "auto" with the total batch, and names the missing field', () => {
+    const base = { name: 'x', model: { source: 's3://b/m' }, dataset: { source: './d' } };
+    const ok = parsePipelineConfig({ ...base, train: { per_device_train_batch_size: 'auto', total_train_batch_size: 64 } });
+    expect(ok.ok).toBe(true);
+    const missing = parsePipelineConfig({ ...base, train: { per_device_train_batch_size: 'auto' } });
+    expect(missing.ok ? [] : missing.problems).toEqual([{ path: 'train.total_train_batch_size', message: 'required when per_device_train_batch_size is "auto"' }]);
+  });
 });

@@ -50,11 +50,24 @@ class TrainConfig:
     max_steps: int | None = field(
         default=None, metadata=doc("optimizer steps; overrides epochs when set", min=1)
     )
-    per_device_train_batch_size: int = field(
-        default=8, metadata=doc("preference pairs per forward pass (micro-batch, pairs)", min=1)
+    per_device_train_batch_size: Union[int, Literal["auto"]] = field(
+        default=8,
+        metadata=doc(
+            "preference pairs per forward pass (micro-batch, pairs), or 'auto': chosen at start from the"
+            " device's memory by the estimator (dpo_trainer.estimate); on CPU, 8",
+            min=1,
+        ),
     )
     gradient_accumulation_steps: int = field(
-        default=1, metadata=doc("micro-batches per optimizer step (count)", min=1)
+        default=1, metadata=doc("micro-batches per optimizer step (count); derived when the micro-batch is 'auto'", min=1)
+    )
+    total_train_batch_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "pairs per optimizer step; required with per_device_train_batch_size 'auto' (the micro-batch"
+            " then divides it), else optional and must equal micro-batch x accumulation",
+            min=1,
+        ),
     )
     learning_rate: float = field(default=1e-3, metadata=doc("peak AdamW learning rate", gt=0))
     lr_scheduler_type: SchedulerType = field(default="cosine", metadata=doc("decay after warmup"))
@@ -99,11 +112,24 @@ class TrainConfig:
     @property
     def effective_batch_size(self) -> int:
         """Preference pairs per optimizer step; what resume and OOM backoff must keep fixed."""
+        if self.per_device_train_batch_size == "auto":
+            assert self.total_train_batch_size is not None
+            return self.total_train_batch_size
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def cross_field_problems(self) -> list[str]:
         problems: list[str] = []
         problems.extend(_device_problems(self.device))
+        if self.per_device_train_batch_size == "auto":
+            if self.total_train_batch_size is None:
+                problems.append("total_train_batch_size: required when per_device_train_batch_size is 'auto'")
+        elif self.total_train_batch_size is not None and self.total_train_batch_size != (
+            self.per_device_train_batch_size * self.gradient_accumulation_steps
+        ):
+            problems.append(
+                f"total_train_batch_size: {self.total_train_batch_size} is not per_device_train_batch_size x"
+                f" gradient_accumulation_steps ({self.per_device_train_batch_size} x {self.gradient_accumulation_steps})"
+            )
         if self.precompute_ref_log_probs and not self.ref_log_probs_files:
             problems.append("ref_log_probs_files: required when precompute_ref_log_probs is true")
         if self.ref_log_probs_files and not self.precompute_ref_log_probs:

@@ -51,6 +51,7 @@ GPU_RESERVE_BYTES = 1.5 * GB
 GPU_USABLE_SHARE = 0.9
 # Micro-batch sizes `auto` may pick (powers of two, as the OOM backoff halves them).
 MAX_SUGGESTED_MICRO_BATCH = 64
+CPU_AUTO_MICRO_BATCH = 8
 
 # Defaults of lib/config.ts for the fields the estimate reads (the `dpo estimate` CLI passes the
 # resolved config, so these only matter when the Python command is given a hand-written file).
@@ -244,6 +245,28 @@ def suggest_micro_batch(static: float, shapes: Shapes, seq_len: int, dtype: str,
             note = "fits" if ckpt == checkpointing else "fits only with gradient checkpointing"
             return Suggestion(best[0], ckpt, usable, best[1], note)
     return Suggestion(None, True, usable, None, "does not fit even at micro-batch 1 with gradient checkpointing")
+
+
+def auto_micro_batch(model: Any, total: int, seq_len: int, device: Any, dtype: str, checkpointing: bool) -> tuple[int, str]:
+    """`per_device_train_batch_size: auto` at the start of training: the estimator's suggestion
+    for this device (weights already loaded, so their real size counts), lowered to a power of
+    two dividing `total` so the effective batch stays exact. On CPU: 8 (documented fallback:
+    host memory is shared and swaps rather than failing, and larger CPU batches do not run faster)."""
+    import torch
+
+    if device.type != "cuda":
+        wanted, reason = CPU_AUTO_MICRO_BATCH, "CPU fallback"
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        static = torch.cuda.memory_allocated(device) + 3 * trainable * 4  # + fp32 gradients and AdamW moments
+        gpu = torch.cuda.get_device_properties(device).total_memory
+        suggestion = suggest_micro_batch(static, model_shapes(model.config, None), seq_len, dtype, gpu, checkpointing)
+        wanted = suggestion.micro_batch or 1
+        reason = f"estimate for {gpu / GB:.1f} GB: {suggestion.note}"
+    size = 1
+    while size * 2 <= min(wanted, total) and total % (size * 2) == 0:
+        size *= 2
+    return size, reason
 
 
 # ----------------------------------------------------------------------------------------------

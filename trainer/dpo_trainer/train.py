@@ -40,6 +40,7 @@ from .data import (
 )
 from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log
+from .estimate import auto_micro_batch
 from .faults import FaultHooks
 from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
@@ -332,6 +333,11 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         return ref
 
     micro_batch = config.per_device_train_batch_size
+    if micro_batch == "auto":
+        micro_batch, reason = auto_micro_batch(
+            model, step_samples, dataset.max_sequence_length(), device, config.dtype, gradient_checkpointing
+        )
+        log(f"per_device_train_batch_size auto -> {micro_batch} ({reason})")
     ctx = StepContext(
         model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
         loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
