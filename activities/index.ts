@@ -6,6 +6,7 @@ import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
 import { evaluateModel } from './evaluate.js';
 import { formatChunk, formatDataset, formatFinish } from './format.js';
+import { computeReference } from './reference.js';
 import { writeReport } from './report.js';
 import { shardDataset } from './shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './tokenize.js';
@@ -31,7 +32,7 @@ export function createCpuActivities(deps: ActivityDeps) {
 }
 
 export function createGpuActivities(deps: ActivityDeps) {
-  return { trainModel: bind(trainModel, deps) };
+  return { trainModel: bind(trainModel, deps), computeReference: bind(computeReference, deps) };
 }
 
 export type CpuActivities = ReturnType<typeof createCpuActivities>;

@@ -18,6 +18,7 @@ export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   format: 2,
   tokenize: 2,
   shard: 2,
+  reference: 1,
 };
 
 export function stageHash(kind: StageKind, inputs: unknown): string {

@@ -12,6 +12,7 @@ import { keys, MANIFEST_FILE, parseCheckpointName } from '../lib/keys.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
 import { stageModel } from './models.js';
+import { stageReference } from './reference.js';
 import type { ShardManifest } from './shard.js';
 import { runTrainer, TrainerExit, type TrainerEvent } from './trainerProcess.js';
 
@@ -38,7 +39,10 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   const progress: TrainProgress = {
     stageId: input.stageId,
     step: 0,
-    stepSamples: input.train.per_device_train_batch_size * input.train.gradient_accumulation_steps,
+    stepSamples:
+      input.train.per_device_train_batch_size === 'auto'
+        ? input.train.total_train_batch_size!
+        : input.train.per_device_train_batch_size * input.train.gradient_accumulation_steps,
     totalSteps: null,
     metrics: {},
     checkpointKey: null,
@@ -65,9 +69,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
       log.info('resuming training from checkpoint', { runId, stage: input.stageId, step: resume.step });
     }
 
+    const referenceFiles = input.reference ? await stageReference(deps, bucket, input.reference.manifestKey, join(attemptDir, 'reference')) : [];
+
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
-    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null), null, 2));
+    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles), null, 2));
 
     const checkpointKeys: string[] = [];
     let uploads = Promise.resolve();
@@ -141,7 +147,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
   }
 }
 
-function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null) {
+function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[]) {
   const t = input.train;
   return {
     model_dir: modelDir,
@@ -153,6 +159,7 @@ function trainerConfig(input: TrainInput, modelDir: string, shards: string[], ou
     max_steps: t.max_steps,
     per_device_train_batch_size: t.per_device_train_batch_size,
     gradient_accumulation_steps: t.gradient_accumulation_steps,
+    ...(t.total_train_batch_size !== undefined && { total_train_batch_size: t.total_train_batch_size }),
     learning_rate: t.learning_rate,
     lr_scheduler_type: t.lr_scheduler_type,
     warmup_ratio: t.warmup_ratio,
@@ -168,6 +175,8 @@ function trainerConfig(input: TrainInput, modelDir: string, shards: string[], ou
     log_every_steps: 1,
     device: 'auto',
     preemption_grace_seconds: 30,
+    precompute_ref_log_probs: referenceFiles.length > 0,
+    ref_log_probs_files: referenceFiles,
   };
 }
 

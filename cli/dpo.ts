@@ -9,20 +9,26 @@
  *   dpo validate <config>                                 check a config, listing every problem
  *   dpo config-json <config>                              print the workflow input (for `temporal workflow start --input @file`)
  *   dpo schema                                            print the config's JSON Schema
+ *   dpo estimate <config> [--gpu-memory 80GB] [--json]    GPU memory estimate and a starting micro-batch
  *   dpo data demo --out DIR [--train N --test N --seed S] generate the demo dataset
  * Exit codes: 0 ok, 1 the run failed, 2 bad usage or invalid config, 3 cannot reach Temporal,
  * 4 no such run.
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { Client } from '@temporalio/client';
 import YAML from 'yaml';
+import { trainerPython } from '../activities/deps.js';
 import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../lib/config.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
 import { ConfigFileError, connectClient, describeFailure, followPipeline, loadConfigFile, startPipeline } from './runPipeline.js';
 import { renderSummary, webUiUrl } from './summary.js';
 
-const USAGE = `usage: dpo <run|status|list|cancel|resume|validate|config-json|schema|data> ...  (see the README)`;
+const USAGE = `usage: dpo <run|status|list|cancel|resume|validate|config-json|schema|estimate|data> ...  (see the README)`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -42,6 +48,8 @@ async function main(argv: string[]): Promise<number> {
     case 'schema':
       console.log(JSON.stringify(pipelineConfigJsonSchema(), null, 2));
       return 0;
+    case 'estimate':
+      return estimate(rest);
     case 'data':
       return data(rest);
     case 'status':
@@ -55,6 +63,33 @@ async function main(argv: string[]): Promise<number> {
     default:
       console.error(USAGE);
       return 2;
+  }
+}
+
+/**
+ * `dpo estimate`: the trainer's memory estimator (python -m dpo_trainer.estimate) on the resolved
+ * config, so it sees the same defaults the run would. It reads the model's config.json only.
+ */
+async function estimate(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { 'gpu-memory': { type: 'string' }, 'model-dir': { type: 'string' }, json: { type: 'boolean', default: false } },
+  });
+  const { config } = await loadConfigFile(requirePositional(positionals, 'config file'));
+  const dir = await mkdtemp(join(tmpdir(), 'dpo-estimate-'));
+  try {
+    const path = join(dir, 'config.json');
+    await writeFile(path, JSON.stringify(config));
+    const pyArgs = ['-m', 'dpo_trainer.estimate', '--config', path];
+    if (values['gpu-memory']) pyArgs.push('--gpu-memory', values['gpu-memory']);
+    if (values['model-dir']) pyArgs.push('--model-dir', values['model-dir']);
+    if (values.json) pyArgs.push('--json');
+    const child = spawnSync(trainerPython(), pyArgs, { stdio: 'inherit', env: { OMP_NUM_THREADS: '1', ...process.env } });
+    if (child.error) throw new Error(`cannot run the trainer's Python (${trainerPython()}): ${child.error.message}; run scripts/setup.sh`);
+    return child.status === 0 ? 0 : child.status === 65 ? 2 : 1;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -130,10 +130,23 @@ export const LoraSchema = z.strictObject({
 
 export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge', 'robust'] as const;
 
-export const TrainSchema = z.strictObject({
+export const TrainSchema = z
+  .strictObject({
   epochs: z.int().positive().default(1).describe('passes over the training shards'),
   max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
-  per_device_train_batch_size: z.int().positive().default(2).describe('pairs per micro-batch'),
+  per_device_train_batch_size: z
+    .union([z.int().positive(), z.literal('auto')])
+    .default(2)
+    .describe('pairs per micro-batch, or "auto": the trainer picks it at start from the GPU memory (dpo estimate); on CPU 8'),
+  total_train_batch_size: z
+    .int()
+    .positive()
+    .optional()
+    .describe('pairs per optimizer step; required with per_device_train_batch_size "auto" (the micro-batch then divides it)'),
+  precompute_ref_log_probs: z
+    .boolean()
+    .default(false)
+    .describe('compute the reference log-probs once in a cached `reference` stage (gpu queue) and skip the reference forward pass while training (TRL\'s name)'),
   gradient_accumulation_steps: z.int().positive().default(32).describe('micro-batches per optimizer step'),
   learning_rate: z.number().positive().default(5e-6).describe('peak AdamW learning rate'),
   lr_scheduler_type: z.enum(['cosine', 'linear', 'constant']).default('cosine'),
@@ -142,13 +155,29 @@ export const TrainSchema = z.strictObject({
   max_grad_norm: z.number().positive().default(1).describe('gradient clipping norm'),
   beta: z.number().positive().default(0.1).describe('DPO temperature'),
   loss_type: z.enum(LOSS_TYPES).default('sigmoid'),
-  label_smoothing: z.number().min(0).max(0.5).default(0).describe('conservative DPO / robust label noise'),
+  label_smoothing: z.number().min(0).lt(0.5).default(0).describe('assumed label-flip rate; robust loss only (as in TRL)'),
   lora: LoraSchema.prefault({}),
   dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
   gradient_checkpointing: z.boolean().default(false),
   checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
   seed: z.int().min(0).default(42),
-});
+  })
+  .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
+    message: 'required when per_device_train_batch_size is "auto"',
+    path: ['total_train_batch_size'],
+  })
+  .refine(
+    (t) =>
+      t.per_device_train_batch_size === 'auto' ||
+      t.total_train_batch_size === undefined ||
+      t.total_train_batch_size === t.per_device_train_batch_size * t.gradient_accumulation_steps,
+    { message: 'must equal per_device_train_batch_size x gradient_accumulation_steps', path: ['total_train_batch_size'] },
+  )
+  // TRL defines label smoothing for the robust loss only (and ignores it otherwise); refused, not ignored.
+  .refine((t) => t.label_smoothing === 0 || t.loss_type === 'robust', {
+    message: 'only loss_type "robust" takes label smoothing (as in TRL)',
+    path: ['label_smoothing'],
+  });
 
 export const EvaluateSchema = z.strictObject({
   batch_size: z.int().positive().default(16).describe('pairs per forward pass'),
@@ -172,7 +201,7 @@ const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|min
 
 export const StageDeclSchema = z.strictObject({
   id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)'),
-  kind: z.string().describe('download, format, tokenize, shard, train, adapter, evaluate or report'),
+  kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
   needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
   params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
   queue: z.string().min(1).optional().describe('task queue override'),

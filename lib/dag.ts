@@ -8,13 +8,15 @@ import { z } from 'zod';
 import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
 import { isSafeKeySegment } from './keys.js';
 
-export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'adapter' | 'metrics' | 'report';
+export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report';
 
 export interface StageKindSpec {
   /** Artifacts this kind needs from its dependencies, each from exactly one of them. */
   consumes: Artifact[];
   /** Artifacts consumed from any number (at least one) of dependencies. */
   consumesMany?: Artifact[];
+  /** Artifacts consumed from at most one dependency, when one provides them. */
+  consumesOptional?: Artifact[];
   produces: Artifact;
   /**
    * The config section a stage's `params` override (checked merged, with the section's schema),
@@ -33,7 +35,14 @@ export const STAGE_KINDS = {
   format: { consumes: ['dataset'], produces: 'formatted', params: 'format', queue: 'cpu' },
   tokenize: { consumes: ['formatted'], produces: 'tokens', params: 'tokenize', queue: 'cpu' },
   shard: { consumes: ['tokens'], produces: 'shards', params: 'shard', queue: 'cpu' },
-  train: { consumes: ['shards'], produces: 'adapter', params: 'train', queue: 'gpu' },
+  /** Reference log-probs of the base model on the train shards, computed once and cached by content. */
+  reference: {
+    consumes: ['shards'],
+    produces: 'reference',
+    params: z.strictObject({ batch_size: z.int().positive().default(8).describe('pairs per forward pass') }),
+    queue: 'gpu',
+  },
+  train: { consumes: ['shards'], consumesOptional: ['reference'], produces: 'adapter', params: 'train', queue: 'gpu' },
   /** An adapter trained elsewhere (or by an earlier run), for evaluation-only pipelines. */
   adapter: {
     consumes: [],
@@ -69,14 +78,19 @@ export class PlanError extends Error {
   }
 }
 
-/** The chain a config gets when it declares no stages. */
-export function standardChain(): StageDecl[] {
+/**
+ * The chain a config gets when it declares no stages; with `train.precompute_ref_log_probs` a
+ * `reference` stage sits between shard and train.
+ */
+export function standardChain(config?: Pick<PipelineConfig, 'train'>): StageDecl[] {
+  const reference = config?.train.precompute_ref_log_probs === true;
   const chain: Array<[string, StageKindName, string[]]> = [
     ['download', 'download', []],
     ['format', 'format', ['download']],
     ['tokenize', 'tokenize', ['format']],
     ['shard', 'shard', ['tokenize']],
-    ['train', 'train', ['shard']],
+    ...(reference ? [['reference', 'reference', ['shard']] as [string, StageKindName, string[]]] : []),
+    ['train', 'train', reference ? ['shard', 'reference'] : ['shard']],
     ['evaluate', 'evaluate', ['shard', 'train']],
     ['report', 'report', ['evaluate']],
   ];
@@ -136,6 +150,16 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
       const from = produced(artifact);
       if (from.length === 0) problems.push(`stage "${decl.id}" (${decl.kind}) needs at least one stage that produces ${artifact}; its dependencies produce ${describeProduced(deps)}`);
       else inputs[artifact] = from;
+    }
+    for (const artifact of spec.consumesOptional ?? []) {
+      const from = produced(artifact);
+      if (from.length > 1) problems.push(`stage "${decl.id}" (${decl.kind}) takes at most one ${artifact} but ${from.map((f) => `"${f}"`).join(' and ')} both produce one`);
+      else if (from.length === 1) inputs[artifact] = from;
+    }
+    if (decl.kind === 'train' && decl.kind in STAGE_KINDS) {
+      const precompute = stageSettingsSafe(config, decl.params)?.precompute_ref_log_probs;
+      if (precompute && !inputs.reference) problems.push(`stage "${decl.id}" (train): precompute_ref_log_probs is true but it needs no stage that produces reference (add a "reference" stage on its shards to needs)`);
+      if (!precompute && inputs.reference) problems.push(`stage "${decl.id}" (train): needs reference stage "${inputs.reference[0]}" but precompute_ref_log_probs is false`);
     }
     const used = new Set(Object.values(inputs).flat());
     for (const d of deps) {
@@ -200,6 +224,11 @@ export function planToMermaid(plan: PipelinePlan, states: Record<string, string>
 const mermaidId = (id: string) => `s_${id.replace(/[^A-Za-z0-9_]/g, '_')}`;
 
 /** The config section a stage's params override, merged and resolved (checked by the planner). */
+function stageSettingsSafe(config: PipelineConfig, params: Record<string, unknown>): PipelineConfig['train'] | undefined {
+  const parsed = TrainSchema.safeParse({ ...config.train, ...params });
+  return parsed.success ? parsed.data : undefined;
+}
+
 export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): PipelineConfig[K] {
   return SECTION_SCHEMAS[section].parse({ ...config[section], ...params }) as PipelineConfig[K];
 }

@@ -24,7 +24,7 @@ export function assertSafeKeySegment(segment: string, what: string): string {
   return segment;
 }
 
-export type StageKind = 'download' | 'format' | 'tokenize' | 'shard';
+export type StageKind = 'download' | 'format' | 'tokenize' | 'shard' | 'reference';
 
 export const MANIFEST_FILE = 'manifest.json';
 

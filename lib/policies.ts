@@ -17,7 +17,8 @@ export function replanAfterOom(current: TrainConfig): OomReplan | null {
     return { next: { ...current, gradient_checkpointing: true }, change: 'turned on gradient checkpointing' };
   }
   const micro = current.per_device_train_batch_size;
-  if (micro <= 1) return null;
+  // "auto": the trainer already chose the micro-batch for this GPU and backed off to 1 in-process.
+  if (micro === 'auto' || micro <= 1) return null;
   // The largest micro-batch at most half the current one that divides it keeps micro x accum exact.
   let smaller = Math.floor(micro / 2);
   while (micro % smaller !== 0) smaller--;

@@ -150,6 +150,20 @@ export interface TrainInput {
   train: TrainConfig;
   /** An earlier run whose checkpoints of this stage may be continued (resume). */
   resumeFromRunId?: string;
+  /** A `reference` stage's output: precomputed reference log-probs (precompute_ref_log_probs). */
+  reference?: StageResult;
+}
+
+export interface ReferenceInput {
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  trainSplit: string;
+  batchSize: number;
+  /** The train stage's dtype: the reference is scored in the precision training would use. */
+  dtype: TrainConfig['dtype'];
+  /** Part of the cache key (the shards already depend on them through their own hash). */
+  lengths: PipelineConfig['tokenize'];
 }
 
 export interface TrainResult {

@@ -30,6 +30,34 @@ describe('DAG planning', () => {
     expect(plan.stages.find((s) => s.id === 'evaluate')!.inputs).toEqual({ shards: ['shard'], adapter: ['train'] });
   });
 
+  it('puts a cached reference stage between shard and train when train.precompute_ref_log_probs is set', () => {
+    const cfg = config({ train: { precompute_ref_log_probs: true } });
+    const plan = planPipeline(standardChain(cfg), cfg);
+    expect(plan.stages.map((s) => s.id)).toEqual(['download', 'format', 'tokenize', 'shard', 'reference', 'train', 'evaluate', 'report']);
+    expect(plan.stages.find((s) => s.id === 'reference')!.inputs).toEqual({ shards: ['shard'] });
+    expect(plan.stages.find((s) => s.id === 'train')!.inputs).toEqual({ shards: ['shard'], reference: ['reference'] });
+  });
+
+  it('checks that precompute_ref_log_probs and a reference dependency go together', () => {
+    const withRef = [...data, stage('ref', 'reference', ['sh'], { batch_size: 4 })];
+    const mismatch = (decls: StageDecl[], cfg: PipelineConfig) => {
+      try {
+        planPipeline(decls, cfg);
+        return [];
+      } catch (err) {
+        return (err as PlanError).problems;
+      }
+    };
+    // A sweep: two train stages share one reference stage (computed once, cached by content).
+    const sweep = [...withRef, stage('ta', 'train', ['sh', 'ref'], { beta: 0.1 }), stage('tb', 'train', ['sh', 'ref'], { beta: 0.5 })];
+    expect(mismatch(sweep, config({ train: { precompute_ref_log_probs: true } }))).toEqual([]);
+    expect(mismatch([...withRef, stage('t', 'train', ['sh', 'ref'])], config())).toEqual([
+      'stage "t" (train): needs reference stage "ref" but precompute_ref_log_probs is false',
+    ]);
+    expect(mismatch([...data, stage('t', 'train', ['sh'], { precompute_ref_log_probs: true })], config())[0]).toMatch(/precompute_ref_log_probs is true but it needs no stage that produces reference/);
+    expect(mismatch([...data, stage('ref', 'reference', ['sh'], { batch_size: 0 })], config())[0]).toMatch(/stage "ref": params.batch_size/);
+  });
+
   it('orders parallel branches after what they share', () => {
     const plan = planPipeline(
       [
@@ -52,7 +80,7 @@ describe('DAG planning', () => {
 
   it('names the stage in each planning error', () => {
     expect(problemsOf([...data, stage('x', 'distill', ['sh'])])).toEqual([
-      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, train, adapter, evaluate, report)',
+      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, reference, train, adapter, evaluate, report)',
     ]);
     expect(problemsOf([...data, stage('t', 'train', ['nope'])])).toContain('stage "t": needs unknown stage "nope"');
     expect(problemsOf([...data, stage('sh', 'shard', ['tok'])])).toContain('stage "sh": duplicate id');

@@ -15,7 +15,7 @@ describe('replanAfterOom', () => {
     for (let plan = replanAfterOom(t); plan; plan = replanAfterOom(t)) {
       changes.push(plan.change);
       t = plan.next;
-      expect(t.per_device_train_batch_size * t.gradient_accumulation_steps).toBe(32);
+      expect((t.per_device_train_batch_size as number) * t.gradient_accumulation_steps).toBe(32);
     }
     expect(changes).toEqual([
       'turned on gradient checkpointing',
@@ -29,6 +29,11 @@ describe('replanAfterOom', () => {
     const plan = replanAfterOom(train({ per_device_train_batch_size: 6, gradient_accumulation_steps: 1, gradient_checkpointing: true }))!;
     expect(plan.next.per_device_train_batch_size).toBe(3);
     const again = replanAfterOom(plan.next)!;
-    expect(again.next.per_device_train_batch_size * again.next.gradient_accumulation_steps).toBe(6);
+    expect((again.next.per_device_train_batch_size as number) * again.next.gradient_accumulation_steps).toBe(6);
+  });
+
+  it('leaves an "auto" micro-batch to the trainer (it chose it for the GPU and backed off in-process)', () => {
+    const t = train({ per_device_train_batch_size: 'auto', total_train_batch_size: 64, gradient_checkpointing: true });
+    expect(replanAfterOom(t)).toBeNull();
   });
 });

@@ -107,7 +107,7 @@ function validateInput(input: unknown): PipelineConfig {
 
 function planOrFail(config: PipelineConfig): PipelinePlan {
   try {
-    return planPipeline(config.stages ?? standardChain(), config);
+    return planPipeline(config.stages ?? standardChain(config), config);
   } catch (err) {
     if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);
     throw err;

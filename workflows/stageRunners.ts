@@ -61,10 +61,13 @@ const TRAIN_OPTIONS: ActivityOptions = {
   },
 };
 
+/** The reference pass: one forward pass over the train shards on a GPU, no checkpoints. */
+const REFERENCE_OPTIONS: ActivityOptions = { ...DATA_STAGE_OPTIONS, startToCloseTimeout: '12 hours' };
+
 /** Activity options for one stage: its kind's defaults, then the stage's own overrides. */
 function activitiesFor(ctx: RunContext, stage: PlannedStage) {
   const spec = STAGE_KINDS[stage.kind];
-  const base = stage.kind === 'train' ? TRAIN_OPTIONS : DATA_STAGE_OPTIONS;
+  const base = stage.kind === 'train' ? TRAIN_OPTIONS : stage.kind === 'reference' ? REFERENCE_OPTIONS : DATA_STAGE_OPTIONS;
   const options: ActivityOptions = {
     ...base,
     taskQueue: stage.queue ?? ctx.config.queues[spec.queue],
@@ -85,7 +88,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const { config, runId } = ctx;
   const bucket = config.storage.bucket;
   const modelSource = config.model.source;
-  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'adapter' | 'metrics') =>
+  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
   const dataOutput = (r: StageResult): StageOutput => ({ data: r, cached: r.cached, summary: r.summary });
@@ -129,6 +132,22 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
     }
     case 'shard':
       return dataOutput(await acts.shardDataset({ bucket, upstream: data('tokens'), shard: stageSettings(config, 'shard', stage.params) }));
+    case 'reference': {
+      // Scored in the dtype of the train stage(s) that use it (the config's train section).
+      const train = config.train;
+      const { batch_size: batchSize } = STAGE_KINDS.reference.params.parse(stage.params);
+      return dataOutput(
+        await acts.computeReference({
+          bucket,
+          modelSource,
+          shards: data('shards'),
+          trainSplit: config.dataset.train_split,
+          batchSize,
+          dtype: train.dtype,
+          lengths: config.tokenize,
+        }),
+      );
+    }
     case 'train': {
       let train = stageSettings(config, 'train', stage.params);
       const replans: string[] = [];
@@ -143,6 +162,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
             trainSplit: config.dataset.train_split,
             train,
             resumeFromRunId: config.resume_from_run,
+            ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
           });
           return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
         } catch (err) {

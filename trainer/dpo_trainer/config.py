@@ -50,11 +50,24 @@ class TrainConfig:
     max_steps: int | None = field(
         default=None, metadata=doc("optimizer steps; overrides epochs when set", min=1)
     )
-    per_device_train_batch_size: int = field(
-        default=8, metadata=doc("preference pairs per forward pass (micro-batch, pairs)", min=1)
+    per_device_train_batch_size: Union[int, Literal["auto"]] = field(
+        default=8,
+        metadata=doc(
+            "preference pairs per forward pass (micro-batch, pairs), or 'auto': chosen at start from the"
+            " device's memory by the estimator (dpo_trainer.estimate); on CPU, 8",
+            min=1,
+        ),
     )
     gradient_accumulation_steps: int = field(
-        default=1, metadata=doc("micro-batches per optimizer step (count)", min=1)
+        default=1, metadata=doc("micro-batches per optimizer step (count); derived when the micro-batch is 'auto'", min=1)
+    )
+    total_train_batch_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "pairs per optimizer step; required with per_device_train_batch_size 'auto' (the micro-batch"
+            " then divides it), else optional and must equal micro-batch x accumulation",
+            min=1,
+        ),
     )
     learning_rate: float = field(default=1e-3, metadata=doc("peak AdamW learning rate", gt=0))
     lr_scheduler_type: SchedulerType = field(default="cosine", metadata=doc("decay after warmup"))
@@ -69,7 +82,7 @@ class TrainConfig:
     loss_type: LossType = field(default="sigmoid", metadata=doc("preference loss variant"))
     label_smoothing: float = field(
         default=0.0,
-        metadata=doc("assumed probability that a preference label is flipped (cDPO/robust)", min=0, lt=0.5),
+        metadata=doc("assumed probability that a preference label is flipped (robust DPO only)", min=0, lt=0.5),
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA adapter settings"))
     dtype: DType = field(default="float32", metadata=doc("base weights and autocast compute dtype"))
@@ -84,19 +97,50 @@ class TrainConfig:
     preemption_grace_seconds: float = field(
         default=30.0, metadata=doc("seconds between SIGTERM and SIGKILL the parent allows", gt=0)
     )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata=doc(
+            "TRL's switch: take the reference log-probs from ref_log_probs_files (written by"
+            " `python -m dpo_trainer.reference`) instead of a reference forward pass per step"
+        ),
+    )
+    ref_log_probs_files: list[str] = field(
+        default_factory=list,
+        metadata=doc("reference log-prob parquet files, each beside its manifest.json (absolute paths)"),
+    )
 
     @property
     def effective_batch_size(self) -> int:
         """Preference pairs per optimizer step; what resume and OOM backoff must keep fixed."""
+        if self.per_device_train_batch_size == "auto":
+            assert self.total_train_batch_size is not None
+            return self.total_train_batch_size
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def cross_field_problems(self) -> list[str]:
         problems: list[str] = []
         problems.extend(_device_problems(self.device))
-        if self.loss_type == "hinge" and self.label_smoothing > 0:
-            problems.append("label_smoothing: must be 0 for loss_type 'hinge' (it has no smoothed form)")
-        if self.loss_type == "ipo" and self.label_smoothing > 0:
-            problems.append("label_smoothing: must be 0 for loss_type 'ipo' (it has no smoothed form)")
+        if self.per_device_train_batch_size == "auto":
+            if self.total_train_batch_size is None:
+                problems.append("total_train_batch_size: required when per_device_train_batch_size is 'auto'")
+        elif self.total_train_batch_size is not None and self.total_train_batch_size != (
+            self.per_device_train_batch_size * self.gradient_accumulation_steps
+        ):
+            problems.append(
+                f"total_train_batch_size: {self.total_train_batch_size} is not per_device_train_batch_size x"
+                f" gradient_accumulation_steps ({self.per_device_train_batch_size} x {self.gradient_accumulation_steps})"
+            )
+        if self.precompute_ref_log_probs and not self.ref_log_probs_files:
+            problems.append("ref_log_probs_files: required when precompute_ref_log_probs is true")
+        if self.ref_log_probs_files and not self.precompute_ref_log_probs:
+            problems.append("ref_log_probs_files: given but precompute_ref_log_probs is false")
+        if self.label_smoothing > 0 and self.loss_type != "robust":
+            # TRL defines label smoothing for robust DPO (and EXO) only and ignores it otherwise;
+            # we refuse it rather than ignore it.
+            problems.append(
+                f"label_smoothing: must be 0 for loss_type {self.loss_type!r}; only 'robust' has a"
+                " label-noise form (as in TRL)"
+            )
         return problems
 
 
@@ -109,6 +153,19 @@ class EvalConfig:
     beta: float = field(default=0.1, metadata=doc("beta for the implicit reward", gt=0))
     device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
     dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype"))
+
+    def cross_field_problems(self) -> list[str]:
+        return _device_problems(self.device)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    model_dir: str = field(metadata=doc("base model folder (absolute path), the reference of the DPO run"))
+    shards: list[str] = field(metadata=doc("token shard parquet files to score", nonempty=True))
+    output_dir: str = field(metadata=doc("gets ref_logps.parquet and manifest.json"))
+    batch_size: int = field(default=8, metadata=doc("preference pairs per forward pass", min=1))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype; use the train run's"))
 
     def cross_field_problems(self) -> list[str]:
         return _device_problems(self.device)

@@ -62,6 +62,11 @@ class PreferenceDataset:
             digest.update(sample_id.encode("utf-8") + b"\0")
         return digest.hexdigest()
 
+    def max_sequence_length(self) -> int:
+        """Longest prompt + answer row, in tokens (what one forward pass may have to hold)."""
+        lengths = [pc.list_value_length(self.table.column(c)).to_numpy(zero_copy_only=False) for c in TOKEN_COLUMNS]
+        return int((lengths[0] + np.maximum(lengths[1], lengths[2])).max())
+
     def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
 

@@ -40,8 +40,9 @@ from .data import (
 )
 from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log
+from .estimate import auto_micro_batch
 from .faults import FaultHooks
-from .losses import preference_loss
+from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
     DTYPES,
     attach_lora,
@@ -52,17 +53,9 @@ from .modeling import (
     resolve_device,
 )
 from .preemption import PreemptionFlag, PreemptionRequested
+from .reference import ReferenceLogps, load_reference_logps
 
 STATE_FORMAT = 1
-METRIC_NAMES = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +169,7 @@ class StepContext:
     scaler: torch.amp.GradScaler
     faults: FaultHooks
     preemption: PreemptionFlag
+    reference: ReferenceLogps | None = None  # precomputed: no reference forward pass
 
 
 def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> dict[str, float]:
@@ -193,31 +187,28 @@ def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> di
     out_of_memory = False
     try:
         for start in range(0, n, micro_batch):
-            rows = ctx.dataset.rows(indices[start : start + micro_batch])
+            micro_indices = indices[start : start + micro_batch]
+            rows = ctx.dataset.rows(micro_indices)
             batch = collate(rows, ctx.pad_token_id, ctx.pixels).to(ctx.device)
             ctx.faults.before_forward(batch.pairs)
             with autocast(ctx.device, ctx.dtype):
                 # Reference first, without a graph: its activations are gone before the policy
                 # forward keeps its own for backward, which lowers peak memory.
-                with torch.no_grad(), ctx.model.disable_adapter():
-                    ref_logps, _ = completion_logps(ctx.model, batch)
+                if ctx.reference is not None:
+                    ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
+                else:
+                    with torch.no_grad(), ctx.model.disable_adapter():
+                        ref_logps, _ = completion_logps(ctx.model, batch)
                 policy_logps, lengths = completion_logps(ctx.model, batch)
-            if config.loss_type == "ipo":
-                # IPO is defined on length-averaged log-probs (TRL does the same).
-                policy_logps, ref_logps = policy_logps / lengths, ref_logps / lengths
             b = batch.pairs
             out = preference_loss(
                 policy_logps[:b], policy_logps[b:], ref_logps[:b], ref_logps[b:],
                 beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
             )
             ctx.scaler.scale(out.losses.sum() / n).backward()
-            sums["loss"] += out.losses.detach().sum().item()
-            sums["rewards/chosen"] += out.chosen_rewards.sum().item()
-            sums["rewards/rejected"] += out.rejected_rewards.sum().item()
-            sums["rewards/accuracies"] += (out.chosen_rewards > out.rejected_rewards).float().sum().item()
-            sums["rewards/margins"] += (out.chosen_rewards - out.rejected_rewards).sum().item()
-            sums["logps/chosen"] += policy_logps[:b].detach().sum().item()
-            sums["logps/rejected"] += policy_logps[b:].detach().sum().item()
+            for name, value in metric_sums(out, policy_logps[:b], policy_logps[b:]).items():
+                sums[name] += value
             tokens += batch.tokens
             if start + micro_batch < n and ctx.preemption.requested:
                 raise PreemptionRequested()
@@ -281,6 +272,11 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     torch.manual_seed(config.seed)  # seeds CUDA too; LoRA init below draws from it
     loaded = load_base_model(config.model_dir, dtype, device)
     validate_against_model(dataset, loaded.spec)
+    reference = (
+        load_reference_logps(config.ref_log_probs_files, dataset, config.model_dir, config.dtype)
+        if config.precompute_ref_log_probs
+        else None
+    )
     model = attach_lora(loaded.model, config.lora)
     model.train()
     gradient_checkpointing = config.gradient_checkpointing
@@ -337,9 +333,15 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         return ref
 
     micro_batch = config.per_device_train_batch_size
+    if micro_batch == "auto":
+        micro_batch, reason = auto_micro_batch(
+            model, step_samples, dataset.max_sequence_length(), device, config.dtype, gradient_checkpointing
+        )
+        log(f"per_device_train_batch_size auto -> {micro_batch} ({reason})")
     ctx = StepContext(
         model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
         loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
+        reference,
     )
     emit(
         "started",

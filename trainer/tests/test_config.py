@@ -49,6 +49,9 @@ def test_missing_required_fields():
 def test_cross_field_checks():
     with pytest.raises(InvalidInputError, match="label_smoothing"):
         parse_config(TrainConfig, {**MINIMAL, "loss_type": "hinge", "label_smoothing": 0.1})
+    with pytest.raises(InvalidInputError, match="only 'robust'"):
+        parse_config(TrainConfig, {**MINIMAL, "loss_type": "sigmoid", "label_smoothing": 0.1})
+    assert parse_config(TrainConfig, {**MINIMAL, "loss_type": "robust", "label_smoothing": 0.1}).label_smoothing == 0.1
     with pytest.raises(InvalidInputError, match="device"):
         parse_config(TrainConfig, {**MINIMAL, "device": "tpu"})
 

@@ -32,11 +32,11 @@ def test_sigmoid_is_dpo():
     assert losses("sigmoid") == pytest.approx([NLS_075, NLS_M1], abs=1e-6)
 
 
-def test_sigmoid_with_label_smoothing_is_cdpo():
-    # 0.9 * -log s(0.75) + 0.1 * -log s(-0.75), and -log s(-x) = -log s(x) + x:
-    #   0.9 * 0.386871 + 0.1 * (0.386871 + 0.75) = 0.386871 + 0.075
-    # pair 2: 0.9 * 1.313262 + 0.1 * (1.313262 - 1) = 1.313262 - 0.1
-    assert losses("sigmoid", 0.1) == pytest.approx([NLS_075 + 0.075, NLS_M1 - 0.1], abs=1e-6)
+def test_label_smoothing_only_for_robust():
+    # TRL 1.16 defines label smoothing for robust DPO only (cDPO's smoothed sigmoid is gone).
+    for loss_type in ("sigmoid", "ipo", "hinge"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            losses(loss_type, 0.1)
 
 
 def test_robust_dpo():
@@ -47,8 +47,16 @@ def test_robust_dpo():
 
 
 def test_ipo():
-    # (h - 1/(2 beta))^2 = (1.5 - 1)^2 and (-2 - 1)^2
-    assert losses("ipo") == pytest.approx([0.25, 9.0], abs=1e-6)
+    # On per-token averages: with lengths 1 it is (h - 1/(2 beta))^2 = (1.5 - 1)^2 and (-2 - 1)^2.
+    ones = torch.ones(2)
+    out = preference_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, BETA, "ipo",
+                          chosen_lengths=ones, rejected_lengths=ones)
+    assert out.losses.tolist() == pytest.approx([0.25, 9.0], abs=1e-6)
+    # Pair 1 with chosen length 2, rejected length 1: (1/2 - -0.5 - 1)^2 = 0; rewards stay on sums.
+    out = preference_loss(POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED, BETA, "ipo",
+                          chosen_lengths=torch.tensor([2.0, 1.0]), rejected_lengths=ones)
+    assert out.losses.tolist() == pytest.approx([0.0, 9.0], abs=1e-6)
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5, -0.5])
 
 
 def test_hinge():

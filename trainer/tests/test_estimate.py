@@ -1,0 +1,53 @@
+"""The memory estimator against the seed's published figures (HF blog "DPO for VLMs")."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_trainer.estimate import REPO_ROOT, estimate, load_pipeline_config, parse_memory, main
+
+GB = 1e9
+
+
+@pytest.fixture(scope="module")
+def idefics2():
+    return estimate(load_pipeline_config(str(REPO_ROOT / "configs" / "idefics2-8b.yaml")), gpu_memory="80GB")
+
+
+def test_reproduces_the_blogs_table(idefics2):
+    params = idefics2["parameters"]
+    # The blog's print_trainable_parameters(): "trainable params: 55,348,736 || all params:
+    # 8,458,116,848" (all = base + LoRA). Matching both checks the vendored config.json too.
+    assert params["lora_trainable"] == 55_348_736
+    assert params["total"] + params["lora_trainable"] == 8_458_116_848
+    assert params["rounded_as_in_blog"] == 8e9
+    assert idefics2["blog_tables_rounded"]["fp32 full DPO"]["total"] == pytest.approx(160 * GB)
+    assert round(idefics2["blog_tables_rounded"]["bf16 + LoRA"]["total"] / GB, 1) == 32.3
+    # With the exact count instead of "8B": 168.1 GB and 33.9 GB.
+    assert round(idefics2["blog_tables_exact"]["fp32 full DPO"]["total"] / GB, 1) == 168.1
+    assert round(idefics2["blog_tables_exact"]["bf16 + LoRA"]["total"] / GB, 1) == 33.9
+
+
+def test_activations_and_suggestion(idefics2):
+    assert idefics2["settings"]["micro_batch"] == 2 and idefics2["settings"]["gradient_checkpointing"]
+    assert idefics2["shapes"]["patches_per_image"] == 35 * 35  # 490 px thumbnails, 14 px patches
+    assert idefics2["activations"]["total"] > 0
+    suggested = idefics2["suggestion"]["micro_batch"]
+    assert suggested is not None and suggested >= 2 and suggested & (suggested - 1) == 0
+
+
+@pytest.mark.parametrize(
+    "config,total",
+    [("paligemma-3b.yaml", 2_923_466_480), ("llava-1.5-7b.yaml", 7_063_427_072)],
+)
+def test_vendored_configs_give_the_published_parameter_counts(config, total):
+    result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / config)), gpu_memory="24GB")
+    assert result["parameters"]["total"] == total
+
+
+def test_memory_sizes_and_missing_models(tmp_path, capsys):
+    assert parse_memory("80GB") == 80e9 and parse_memory("80 GiB") == 80 * 2**30 and parse_memory("40") == 40e9
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{ source: {tmp_path}/no-model }}\n")
+    assert main(["--config", str(config)]) == 65
+    assert "no config.json found" in capsys.readouterr().err
