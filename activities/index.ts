@@ -4,7 +4,7 @@
  */
 import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
-import { evaluateModel } from './evaluate.js';
+import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluate.js';
 import { formatDataset } from './format.js';
 import { writeReport } from './report.js';
 import { shardDataset } from './shard.js';
@@ -21,7 +21,11 @@ export function createCpuActivities(deps: ActivityDeps) {
     formatDataset: bind(formatDataset, deps),
     tokenizeDataset: bind(tokenizeDataset, deps),
     shardDataset: bind(shardDataset, deps),
-    evaluateModel: bind(evaluateModel, deps),
+    prepareEvaluation: bind(prepareEvaluation, deps),
+    scorePreferenceShard: bind(scorePreferenceShard, deps),
+    scoreAmberShard: bind(scoreAmberShard, deps),
+    generateExamples: bind(generateExamples, deps),
+    finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
   };
 }

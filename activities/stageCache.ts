@@ -18,6 +18,7 @@ export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   format: 1,
   tokenize: 1,
   shard: 1,
+  export: 1,
 };
 
 export function stageHash(kind: StageKind, inputs: unknown): string {
