@@ -11,7 +11,7 @@ export interface Series {
 
 const W = 640;
 const H = 320;
-const M = { left: 64, right: 16, top: 36, bottom: 44 };
+const M = { left: 64, right: 16, top: 52, bottom: 44 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
@@ -22,7 +22,10 @@ function ticks(min: number, max: number, count = 5): number[] {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw)!;
   const out: number[] = [];
-  for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
+  for (let i = Math.ceil(min / step); i * step <= max + step * 1e-9; i++) {
+    const v = i * step;
+    out.push(i === 0 ? 0 : Number(v.toPrecision(12)));
+  }
   return out;
 }
 
@@ -50,11 +53,11 @@ export function lineChartSvg(title: string, xLabel: string, series: Series[]): s
       ? `<polyline fill="none" stroke="${s.colour}" stroke-width="2" points="${pts.join(' ')}"/>`
       : pts.map((p) => `<circle cx="${p.split(',')[0]}" cy="${p.split(',')[1]}" r="3" fill="${s.colour}"/>`).join('');
   });
-  const legend = series.map((s, i) => `<rect x="${M.left + 8 + i * 150}" y="${M.top - 22}" width="12" height="4" fill="${s.colour}"/><text x="${M.left + 24 + i * 150}" y="${M.top - 16}">${esc(s.label)}</text>`);
+  const legend = series.map((s, i) => `<rect x="${M.left + 8 + i * 150}" y="${M.top - 20}" width="12" height="4" fill="${s.colour}"/><text x="${M.left + 24 + i * 150}" y="${M.top - 14}">${esc(s.label)}</text>`);
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="DejaVu Sans, Arial, sans-serif" font-size="11">`,
     `<rect width="100%" height="100%" fill="#fff"/>`,
-    `<text x="${W / 2}" y="16" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`,
+    `<text x="${W / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`,
     ...grid,
     `<line x1="${M.left}" x2="${M.left}" y1="${M.top}" y2="${H - M.bottom}" stroke="#444"/><line x1="${M.left}" x2="${W - M.right}" y1="${H - M.bottom}" y2="${H - M.bottom}" stroke="#444"/>`,
     `<text x="${(M.left + W - M.right) / 2}" y="${H - 8}" text-anchor="middle">${esc(xLabel)}</text>`,

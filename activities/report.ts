@@ -143,10 +143,9 @@ function evaluationRows(evaluations: ReportInput['evaluations']): { header: stri
     fmt(get(base.base)),
     ...entries.flatMap(([, e]) => [fmt(get(e.trained)), delta(get(e.trained) - get(e.base))]),
   ]);
-  const kinds = Object.keys(base.amber?.base ?? {});
-  for (const kind of kinds) {
+  // The overall AMBER numbers here; per question kind in amberTable.
+  for (const kind of base.amber ? ['overall'] : []) {
     for (const [name, get] of AMBER_ROWS) {
-      if (name === 'yes ratio' && kind !== 'overall') continue;
       const b = base.amber!.base[kind]!;
       rows.push([
         `AMBER ${kind} ${name}${kind === 'overall' && name === 'accuracy' ? ` (${b.questions} questions)` : ''}`,
@@ -160,6 +159,33 @@ function evaluationRows(evaluations: ReportInput['evaluations']): { header: stri
     }
   }
   return { header, rows };
+}
+
+/** AMBER per question kind, one table per evaluation: accuracy, precision, recall, F1, base vs DPO. */
+function amberRows(e: ReportInput['evaluations'][string]): { header: string[]; rows: string[][] } {
+  const header = ['question kind', 'questions', ...AMBER_ROWS.filter(([n]) => n !== 'yes ratio').flatMap(([n]) => [`${n} base`, `${n} DPO`, 'delta'])];
+  if (!e.amber) return { header, rows: [] };
+  const rows = Object.keys(e.amber.base).map((kind) => {
+    const b = e.amber!.base[kind]!;
+    const t = e.amber!.trained[kind]!;
+    return [kind, String(b.questions), ...AMBER_ROWS.filter(([n]) => n !== 'yes ratio').flatMap(([, get]) => [pct(get(b)), pct(get(t)), signedPct(get(t) - get(b))])];
+  });
+  return { header, rows };
+}
+
+function amberMarkdown(evaluations: ReportInput['evaluations']): string[] {
+  return Object.entries(evaluations).flatMap(([id, e]) => {
+    const { header, rows } = amberRows(e);
+    if (!rows.length) return [];
+    return [
+      `### AMBER-style yes/no suite (${id})`,
+      '',
+      `| ${header.join(' | ')} |`,
+      `| --- | ${header.slice(1).map(() => '---:').join(' | ')} |`,
+      ...rows.map((r) => `| ${r.join(' | ')} |`),
+      '',
+    ];
+  });
 }
 
 /** The evaluation table in Markdown (also used by tests and the CLI's report link). */
@@ -235,6 +261,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
     '',
     'AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class (a hallucinating model answers "Yes" to things that are not there).',
     '',
+    ...amberMarkdown(input.evaluations),
     ...evaluations.map(([id, e]) => `- ${id}: adapter \`${e.adapter}\`, metrics \`${s3(e.metricsKey)}\``),
     '',
     ...(generations.length
@@ -293,6 +320,10 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
     '<h2>Evaluation: base vs DPO</h2>',
     rows.length ? htmlTable(header, rows) : '<p>(no evaluation)</p>',
     '<p>AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class.</p>',
+    ...Object.entries(input.evaluations).flatMap(([id, e]) => {
+      const amber = amberRows(e);
+      return amber.rows.length ? [`<h3>AMBER-style yes/no suite (${h(id)})</h3>`, htmlTable(amber.header, amber.rows)] : [];
+    }),
     ...(generations.length
       ? [
           '<h2>Greedy answers, base vs DPO</h2>',
