@@ -4,7 +4,7 @@
  */
 import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
-import { evaluateModel } from './evaluate.js';
+import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluate.js';
 import { formatChunk, formatDataset, formatFinish } from './format.js';
 import { computeReference } from './reference.js';
 import { writeReport } from './report.js';
@@ -26,7 +26,11 @@ export function createCpuActivities(deps: ActivityDeps) {
     tokenizeChunk: bind(tokenizeChunk, deps),
     tokenizeFinish: bind(tokenizeFinish, deps),
     shardDataset: bind(shardDataset, deps),
-    evaluateModel: bind(evaluateModel, deps),
+    prepareEvaluation: bind(prepareEvaluation, deps),
+    scorePreferenceShard: bind(scorePreferenceShard, deps),
+    scoreAmberShard: bind(scoreAmberShard, deps),
+    generateExamples: bind(generateExamples, deps),
+    finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
   };
 }

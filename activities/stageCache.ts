@@ -19,6 +19,7 @@ export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   tokenize: 2,
   shard: 2,
   reference: 1,
+  export: 1,
 };
 
 export function stageHash(kind: StageKind, inputs: unknown): string {

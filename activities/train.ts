@@ -76,6 +76,10 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
     await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles), null, 2));
 
     const checkpointKeys: string[] = [];
+    // Learning curves (report): every step's metrics, stored with each checkpoint so a resumed
+    // run keeps the curve of the steps it does not redo.
+    const stepMetricsKey = keys.stepMetrics(runId, input.stageId);
+    const history = resume ? await loadStepHistory(storage, bucket, [stepMetricsKey, ...(input.resumeFromRunId ? [keys.stepMetrics(input.resumeFromRunId, input.stageId)] : [])], resume.step) : [];
     let uploads = Promise.resolve();
     let finished: TrainerEvent | undefined;
     progress.phase = 'loading';
@@ -97,6 +101,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
             progress.step = event.step as number;
             progress.metrics = event.metrics as TrainMetrics;
             progress.samplesPerSecond = event.samples_per_second as number;
+            history.push({ step: event.step as number, epoch: event.epoch as number, metrics: event.metrics as TrainMetrics });
             heartbeat(progress);
             break;
           case 'checkpoint_saved': {
@@ -105,6 +110,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
             // Uploads run in order, each with its manifest last; training does not wait for them.
             uploads = uploads.then(async () => {
               await storage.uploadDir(bucket, event.path as string, prefix, MANIFEST_FILE);
+              await storage.putJson(bucket, stepMetricsKey, history.filter((h) => h.step <= step));
               checkpointKeys.push(prefix);
               progress.checkpointKey = prefix;
               heartbeat(progress);
@@ -132,6 +138,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
     const finalDir = join(adapterDir, '..');
     const finalPrefix = keys.finalAdapterPrefix(runId, input.stageId);
     await storage.uploadDir(bucket, finalDir, finalPrefix, MANIFEST_FILE);
+    await storage.putJson(bucket, stepMetricsKey, history);
     await rm(attemptDir, { recursive: true, force: true });
     return {
       adapterBucket: bucket,
@@ -141,6 +148,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
       resumedFromStep: resume?.step ?? null,
       metrics: (finished.metrics as TrainMetrics) ?? progress.metrics,
       trainSeconds: (Date.now() - started) / 1000,
+      stepMetricsKey,
     };
   } finally {
     clearInterval(ticker);
@@ -267,4 +275,19 @@ async function checkpointIntact(dir: string): Promise<boolean> {
 
 function sha256(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
+}
+
+/** One optimizer step's metrics, as the trainer's `step` event reports them. */
+export interface StepRecord {
+  step: number;
+  epoch: number;
+  metrics: TrainMetrics;
+}
+
+/** The stored curve of the first of `candidates` that exists, cut at the resumed step. */
+async function loadStepHistory(storage: ActivityDeps['storage'], bucket: string, candidates: string[], upToStep: number): Promise<StepRecord[]> {
+  for (const key of candidates) {
+    if (await storage.exists(bucket, key)) return (await storage.getJson<StepRecord[]>(bucket, key)).filter((h) => h.step <= upToStep);
+  }
+  return [];
 }

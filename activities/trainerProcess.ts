@@ -70,7 +70,7 @@ export function parseTrainerEvent(line: string): TrainerEvent | null {
 
 export interface RunTrainerOptions {
   pythonBin: string;
-  module: 'dpo_trainer.train' | 'dpo_trainer.evaluate' | 'dpo_trainer.reference';
+  module: 'dpo_trainer.train' | 'dpo_trainer.evaluate' | 'dpo_trainer.reference' | 'dpo_trainer.export';
   configPath: string;
   onEvent: (event: TrainerEvent) => void;
   /** Aborting sends SIGTERM (the trainer checkpoints and exits), then SIGKILL after `killAfterMs`. */

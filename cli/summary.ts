@@ -16,6 +16,15 @@ export function renderSummary(result: PipelineResult): string {
       ['mean reward margin', base.reward_margin_mean, trained.reward_margin_mean, (x) => x.toFixed(4)],
       ['mean log-prob margin (chosen - rejected)', base.logp_margin_mean, trained.logp_margin_mean, (x) => x.toFixed(3)],
     ];
+    const overall = evaluation.amber;
+    if (overall) {
+      for (const kind of Object.keys(overall.base)) {
+        const b = overall.base[kind]!;
+        const t = overall.trained[kind]!;
+        const p = (x: number) => `${(x * 100).toFixed(1)}%`;
+        rows.push([`AMBER ${kind} accuracy`, b.accuracy, t.accuracy, p], [`AMBER ${kind} F1 ("no" positive)`, b.f1, t.f1, p]);
+      }
+    }
     const width = Math.max(...rows.map((r) => r[0].length));
     lines.push(
       `${id}: ${trained.samples} held-out pairs, adapter ${evaluation.adapter}`,
@@ -33,7 +42,10 @@ export function renderSummary(result: PipelineResult): string {
       `  ${'checkpoints'.padEnd(12)} ${checkpoints} (${t.checkpointKeys.length})`,
     );
   }
-  for (const r of Object.values(result.reports)) lines.push(`  ${'report'.padEnd(12)} ${s3(r.markdownKey)}`);
+  for (const r of Object.values(result.reports)) {
+    lines.push(`  ${'report'.padEnd(12)} ${s3(r.markdownKey)}`);
+    if (r.htmlKey) lines.push(`  ${'report HTML'.padEnd(12)} ${s3(r.htmlKey)}`);
+  }
   for (const e of Object.values(result.evaluations)) lines.push(`  ${'metrics'.padEnd(12)} ${s3(e.metricsKey)}`);
   const cached = result.timeline.filter((t) => t.cached).map((t) => t.id);
   if (cached.length) lines.push(`  ${'cached'.padEnd(12)} ${cached.join(', ')} (reused from an earlier run)`);

@@ -181,6 +181,15 @@ export const TrainSchema = z
 
 export const EvaluateSchema = z.strictObject({
   batch_size: z.int().positive().default(16).describe('pairs per forward pass'),
+  amber_suite: sourceUri
+    .optional()
+    .describe(
+      'AMBER-style yes/no hallucination suite: s3://bucket/prefix or a local folder holding Parquet with columns id, image, question, answer (yes|no), kind (existence|attribute|relation)',
+    ),
+  amber_questions_per_shard: z.int().positive().default(100).describe('questions per parallel scoring activity'),
+  generations: z.int().min(0).max(32).default(4).describe('held-out prompts answered greedily by base and DPO for the report'),
+  max_new_tokens: z.int().positive().max(256).default(16).describe('tokens per greedy answer'),
+  ort_threads: z.int().positive().max(64).default(1).describe('onnxruntime intra-op threads per scoring activity'),
 });
 
 export const QueuesSchema = z.strictObject({

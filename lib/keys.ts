@@ -24,7 +24,7 @@ export function assertSafeKeySegment(segment: string, what: string): string {
   return segment;
 }
 
-export type StageKind = 'download' | 'format' | 'tokenize' | 'shard' | 'reference';
+export type StageKind = 'download' | 'format' | 'tokenize' | 'shard' | 'reference' | 'export';
 
 export const MANIFEST_FILE = 'manifest.json';
 
@@ -41,6 +41,9 @@ export const keys = {
   finalAdapterPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}final/`,
   evalMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}metrics.json`,
   reportPrefix: (runId: string, stageId: string) => keys.runStagePrefix(runId, stageId),
+  /** The ONNX export of a run's adapter merged into the base (the base's own is a stage output). */
+  policyOnnxPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}onnx/policy/`,
+  stepMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}step-metrics.json`,
 };
 
 /** `step-00000100`: zero-padded so lexical order is step order. */

@@ -4,6 +4,7 @@
  */
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
+import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -175,17 +176,13 @@ export interface TrainResult {
   resumedFromStep: number | null;
   metrics: TrainMetrics;
   trainSeconds: number;
+  /** Step metrics (TRL names) of every optimizer step so far, for learning curves: JSON [{step, epoch, metrics}]. */
+  stepMetricsKey?: string;
   /** Changes the workflow made after out-of-memory failures, in order. */
   replans?: string[];
 }
 
-export interface EvalMetrics {
-  samples: number;
-  preference_accuracy: number;
-  reward_accuracy: number;
-  reward_margin_mean: number;
-  logp_margin_mean: number;
-}
+export type { EvalMetrics } from './evalMetrics.js';
 
 export interface EvaluateInput {
   runId: string;
@@ -196,16 +193,55 @@ export interface EvaluateInput {
   evalSplit: string;
   adapterBucket: string;
   adapterPrefix: string;
+  evaluate: PipelineConfig['evaluate'];
+  /** Thumbnail edge of the format stage, applied to the AMBER suite's images too. */
+  imageLongestEdge?: number;
+}
+
+/** What the evaluation fans out over: the ONNX exports and the shards to score with them. */
+export interface EvaluationPlan {
+  /** s3 prefixes (in `bucket`) of the two ONNX exports, each a folder with model.onnx. */
+  onnx: { base: string; trained: string };
+  /** True when the base model's export came from an earlier run (content-addressed). */
+  baseExportCached: boolean;
+  preferenceShards: Array<{ key: string; sha256: string; rows: number }>;
+  /** Row ranges of the AMBER suite file, one per scoring activity. */
+  amber: { key: string; ranges: Array<[start: number, end: number]> } | null;
+  imageLongestEdge: number;
+}
+
+export interface ScoreShardInput {
+  bucket: string;
+  modelSource: string;
+  onnx: EvaluationPlan['onnx'];
+  threads: number;
   batchSize: number;
-  beta: number;
+}
+
+export interface GeneratedExample {
+  sampleId: string;
+  question: string;
+  /** The held-out pair's chosen answer, for reference. */
+  chosen: string;
+  base: string;
+  trained: string;
+  /** The (thumbnailed) image in storage, for the report. */
+  imageKey: string | null;
 }
 
 export interface EvaluateResult {
   base: EvalMetrics;
   trained: EvalMetrics;
+  /** AMBER-style yes/no metrics ("no" is the positive class), overall and per question kind. */
+  amber?: { base: Record<string, YesNoMetrics>; trained: Record<string, YesNoMetrics> };
+  generations?: GeneratedExample[];
   metricsKey: string;
   /** s3:// location of the adapter that was evaluated. */
   adapter: string;
+  onnx?: EvaluationPlan['onnx'];
+  /** The base model's ONNX export was reused from an earlier run. */
+  baseExportCached?: boolean;
+  engine?: string;
 }
 
 /** One stage's line in the run's timeline. */
@@ -238,7 +274,10 @@ export interface ReportInput {
 
 export interface ReportResult {
   markdownKey: string;
+  htmlKey?: string;
   jsonKey: string;
+  /** Written last: the report is final only when this exists. */
+  manifestKey?: string;
 }
 
 /** What dpoPipeline returns: every reference a user needs after the run, by stage id. */

@@ -10,6 +10,7 @@ import { rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { writeAmberSuite } from '../datagen/amber.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { Storage } from '../activities/storage.js';
 import { REPO_ROOT, trainerPython } from '../activities/deps.js';
@@ -55,15 +56,19 @@ export interface DemoDatasetSpec {
   trainRows: number;
   testRows: number;
   seed: number;
+  /** Questions of the AMBER-style yes/no suite written to amber/ next to the data (0: none). */
+  amberQuestions?: number;
 }
 
 /** Generates the demo dataset into the cache (deterministic by spec) and returns its folder. */
 export async function ensureDemoDataset(spec: DemoDatasetSpec): Promise<string> {
   const generator = readFileSync(join(REPO_ROOT, 'datagen/demoShapes.ts'));
-  const version = createHash('sha256').update(generator).update(JSON.stringify(spec)).digest('hex').slice(0, 12);
+  const amber = readFileSync(join(REPO_ROOT, 'datagen/amber.ts'));
+  const version = createHash('sha256').update(generator).update(amber).update(JSON.stringify(spec)).digest('hex').slice(0, 12);
   const dir = join(CACHE, 'datasets', `demo-shapes-${version}`);
   if (existsSync(join(dir, '.complete'))) return dir;
-  await generateDemoDataset({ outDir: dir, ...spec });
+  await generateDemoDataset({ outDir: dir, trainRows: spec.trainRows, testRows: spec.testRows, seed: spec.seed });
+  if (spec.amberQuestions) await writeAmberSuite(dir, spec.amberQuestions, spec.seed + 2_000_003);
   await writeFile(join(dir, '.complete'), '');
   return dir;
 }

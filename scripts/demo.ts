@@ -25,7 +25,7 @@ say('building the tiny random-init LLaVA (cached after the first time)...');
 const modelDir = await ensureTinyModel();
 await publishFolder(deps.storage, 'dpo', 'models/tiny-llava-demo/', modelDir);
 say('generating the demo preference dataset (RLAIF-V layout, cached after the first time)...');
-const datasetDir = await ensureDemoDataset({ trainRows: 2000, testRows: 300, seed: 7 });
+const datasetDir = await ensureDemoDataset({ trainRows: 2000, testRows: 300, seed: 7, amberQuestions: 300 });
 await publishFolder(deps.storage, 'dpo', 'datasets/demo-shapes/', datasetDir);
 
 const { workers, connection } = await createWorkers({ temporal: temporalEnv(), queues: DEFAULT_QUEUES, serve: { cpu: true, gpu: true }, deps });

@@ -15,7 +15,10 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { FormatManifest } from '../activities/format.js';
 import type { ShardManifest } from '../activities/shard.js';
 import { storageEnvFromProcess } from '../activities/storage.js';
+import { writeAmberSuite } from '../datagen/amber.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
+import { trainerPython } from '../activities/deps.js';
+import type { ReportResult } from '../lib/stages.js';
 import type { PipelineConfigInput } from '../lib/config.js';
 import type { PipelineResult } from '../lib/stages.js';
 import { toolPath } from '../scripts/localStack.js';
@@ -43,6 +46,7 @@ beforeAll(async () => {
       return [...rows, a!, b!, c!];
     },
   });
+  await writeAmberSuite(datasetDir, 18, 5);
 });
 
 afterAll(async () => {
@@ -66,7 +70,7 @@ function smallConfig(overrides: Partial<PipelineConfigInput> = {}): PipelineConf
       checkpoint_every_steps: 5,
       seed: 3,
     },
-    evaluate: { batch_size: 16 },
+    evaluate: { batch_size: 16, amber_suite: join(datasetDir, 'amber'), amber_questions_per_shard: 10, generations: 2, max_new_tokens: 4 },
     queues: stack.queues,
     storage: { bucket: TEST_BUCKET },
     ...overrides,
@@ -131,9 +135,10 @@ describe('dpoPipeline end to end', () => {
     }
   });
 
-  it('evaluates base and trained models on the held-out split', async () => {
+  it('evaluates base and trained models with onnxruntime-node on the held-out split', async () => {
     const evaluation = result.evaluations.evaluate!;
     const { base, trained } = evaluation;
+    expect(evaluation.engine).toBe('onnxruntime-node');
     expect(base.samples).toBe(32);
     expect(trained.samples).toBe(32);
     for (const m of [base, trained]) {
@@ -146,15 +151,71 @@ describe('dpoPipeline end to end', () => {
     expect(trained.reward_margin_mean).not.toBe(0);
     const stored = await stack.deps.storage.getJson<{ base: unknown; trained: unknown }>(TEST_BUCKET, evaluation.metricsKey);
     expect(stored.trained).toEqual(trained);
-    const report = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
-    expect(report).toContain('preference accuracy (held-out)');
-    expect(report).toContain(result.trainings.train!.adapterPrefix);
-    expect(report).toContain('```mermaid');
+  });
+
+  it('agrees with the PyTorch evaluator on the same shards and adapter', async () => {
+    const evaluation = result.evaluations.evaluate!;
+    const work = await mkdtemp(join(tmpdir(), 'dpo-torch-eval-'));
+    const manifest = await stack.deps.storage.getJson<ShardManifest>(TEST_BUCKET, result.dataStages.shard!.manifestKey);
+    const shards: string[] = [];
+    for (const [i, s] of manifest.splits.test!.shards.entries()) {
+      shards.push(join(work, `shard-${i}.parquet`));
+      await stack.deps.storage.downloadFile(TEST_BUCKET, s.key, shards[i]!);
+    }
+    const adapterDir = join(work, 'adapter');
+    await stack.deps.storage.downloadPrefix(TEST_BUCKET, result.trainings.train!.adapterPrefix, adapterDir);
+    const torch = async (adapter: string | null) => {
+      const configPath = join(work, `eval-${adapter ? 'trained' : 'base'}.json`);
+      await writeFile(configPath, JSON.stringify({ model_dir: inject('modelDir'), adapter_dir: adapter, shards, batch_size: 16, beta: 0.1, device: 'cpu' }));
+      const { stdout } = await exec(trainerPython(), ['-m', 'dpo_trainer.evaluate', '--config', configPath], { env: { ...process.env, OMP_NUM_THREADS: '1' } });
+      return JSON.parse(stdout.trim().split('\n').at(-1)!).metrics as Record<string, number>;
+    };
+    for (const [name, ort] of [['base', evaluation.base], ['trained', evaluation.trained]] as const) {
+      const ref = await torch(name === 'base' ? null : adapterDir);
+      expect(ort.samples).toBe(ref.samples);
+      expect(ort.preference_accuracy).toBe(ref.preference_accuracy);
+      expect(ort.reward_accuracy).toBe(ref.reward_accuracy);
+      expect(ort.reward_margin_mean).toBeCloseTo(ref.reward_margin_mean!, 4);
+      expect(ort.logp_margin_mean).toBeCloseTo(ref.logp_margin_mean!, 3);
+    }
+  });
+
+  it('scores the AMBER-style yes/no suite, overall and per question kind', () => {
+    const amber = result.evaluations.evaluate!.amber!;
+    for (const side of [amber.base, amber.trained]) {
+      expect(Object.keys(side).sort()).toEqual(['attribute', 'existence', 'overall', 'relation']);
+      expect(side.overall!.questions).toBe(18);
+      expect(side.existence!.questions + side.attribute!.questions + side.relation!.questions).toBe(18);
+      for (const m of Object.values(side)) for (const v of [m.accuracy, m.precision, m.recall, m.f1]) expect(v).toBeGreaterThanOrEqual(0);
+    }
+  });
+
+  it('publishes a final report: Markdown, HTML, learning curves, timeline, manifest last', async () => {
+    const report: ReportResult = result.reports.report!;
+    const get = async (key: string) => (await stack.deps.storage.getBuffer(TEST_BUCKET, key)).toString();
+    const markdown = await get(report.markdownKey);
+    expect(markdown).toContain('preference accuracy (held-out)');
+    expect(markdown).toContain('AMBER overall F1');
+    expect(markdown).toMatch(/\| relation \| \d+ \| /);
+    expect(markdown).toContain('Greedy answers, base vs DPO');
+    expect(markdown).toContain(result.trainings.train!.adapterPrefix);
+    expect(markdown).toContain('```mermaid');
+    expect(markdown).toMatch(/\| evaluate \| evaluate \| done \|/);
+    const html = await get(report.htmlKey!);
+    expect(html).toContain('<table>');
+    expect(html).toContain('data:image/jpeg;base64,');
+    const manifest = await stack.deps.storage.getJson<{ files: Array<{ key: string }> }>(TEST_BUCKET, report.manifestKey!);
+    const charts = manifest.files.map((f) => f.key).filter((k) => k.endsWith('.png'));
+    expect(charts.map((k) => k.split('/').pop())).toEqual(expect.arrayContaining(['train-loss.png', 'train-rewards-accuracies.png', 'train-rewards-margins.png']));
+    const png = await stack.deps.storage.getBuffer(TEST_BUCKET, charts[0]!);
+    expect(png.subarray(1, 4).toString()).toBe('PNG');
+    for (const chart of charts) expect(markdown).toContain(chart.split('/').pop());
+    expect(result.evaluations.evaluate!.generations).toHaveLength(2);
   });
 
   it('shows every stage activity in `temporal workflow show`, and no secret in the history', async () => {
     const { stdout } = await exec(toolPath('temporal'), ['workflow', 'show', '--workflow-id', runId, '--address', '127.0.0.1:7233', '--output', 'json']);
-    for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'trainModel', 'evaluateModel', 'writeReport']) {
+    for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'trainModel', 'prepareEvaluation', 'scorePreferenceShard', 'scoreAmberShard', 'generateExamples', 'finishEvaluation', 'writeReport']) {
       expect(stdout).toContain(activity);
     }
     const history = JSON.stringify(await stack.client.workflow.getHandle(runId).fetchHistory());
@@ -174,6 +235,9 @@ describe('dpoPipeline end to end', () => {
     expect(Object.values(again.dataStages).map((s) => s.cached)).toEqual([true, true, true, true]);
     expect(Object.values(again.dataStages).map((s) => s.hash)).toEqual(Object.values(result.dataStages).map((s) => s.hash));
     expect(again.trainings.train!.finalStep).toBe(2);
+    // The base model's ONNX export is a content-addressed stage output: exported once.
+    expect(result.evaluations.evaluate!.baseExportCached).toBeTypeOf('boolean');
+    expect(again.evaluations.evaluate!.baseExportCached).toBe(true);
   });
 });
 

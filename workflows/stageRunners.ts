@@ -187,7 +187,10 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       const adapter = from.train ? { bucket: from.train.adapterBucket, prefix: from.train.adapterPrefix } : from.adapter!;
       const beta = from.train ? stageSettings(config, 'train', adapterStage(ctx, stage).params).beta : config.train.beta;
       const settings = stageSettings(config, 'evaluate', stage.params);
-      const evaluation = await acts.evaluateModel({
+      const adapterUri = `s3://${adapter.bucket}/${adapter.prefix}`;
+      // Export both models once, then score every shard (held-out pairs, yes/no suite) in
+      // parallel activities: more CPU workers, shorter evaluation.
+      const plan = await acts.prepareEvaluation({
         runId,
         stageId: stage.id,
         bucket,
@@ -196,12 +199,27 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         evalSplit: config.dataset.eval_split,
         adapterBucket: adapter.bucket,
         adapterPrefix: adapter.prefix,
-        batchSize: settings.batch_size,
-        beta,
+        evaluate: settings,
+        imageLongestEdge: stageSettings(config, 'format', {}).image_longest_edge,
       });
+      const scoring = { bucket, modelSource, onnx: plan.onnx, threads: settings.ort_threads, batchSize: settings.batch_size };
+      const [preference, amber, generations] = await Promise.all([
+        Promise.all(plan.preferenceShards.map((shard) => acts.scorePreferenceShard({ ...scoring, shard, beta }))),
+        plan.amber ? Promise.all(plan.amber.ranges.map((range) => acts.scoreAmberShard({ ...scoring, suiteKey: plan.amber!.key, range }))) : Promise.resolve(null),
+        settings.generations > 0 && plan.preferenceShards.length
+          ? acts.generateExamples({ ...scoring, runId, stageId: stage.id, shard: plan.preferenceShards[0]!, count: settings.generations, maxNewTokens: settings.max_new_tokens })
+          : Promise.resolve([]),
+      ]);
+      const evaluation = await acts.finishEvaluation({ runId, stageId: stage.id, bucket, adapter: adapterUri, onnx: plan.onnx, baseExportCached: plan.baseExportCached, preference, amber, generations });
       return {
         evaluation,
-        summary: { base_accuracy: evaluation.base.preference_accuracy, dpo_accuracy: evaluation.trained.preference_accuracy },
+        cached: false,
+        summary: {
+          base_accuracy: evaluation.base.preference_accuracy,
+          dpo_accuracy: evaluation.trained.preference_accuracy,
+          ...(evaluation.amber && { base_amber_f1: evaluation.amber.base.overall!.f1, dpo_amber_f1: evaluation.amber.trained.overall!.f1 }),
+          base_export: plan.baseExportCached ? 'cached' : 'exported',
+        },
       };
     }
     case 'report': {

@@ -1,0 +1,152 @@
+/**
+ * An exported model (trainer/dpo_trainer/export.py) loaded into onnxruntime-node, with the three
+ * ways the evaluator uses it: completion log-probs of preference pairs, next-token scores (yes/no
+ * questions) and greedy decoding. Inputs are right-padded batches; see export.py for the signature.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+
+export interface OnnxSignature {
+  format: string;
+  inputs: Record<string, { dtype: string; shape: Array<string | number> }>;
+  vocab_size: number;
+  pad_token_id: number;
+  image_token_id: number | null;
+}
+
+/** The export in `dir` is missing or onnxruntime cannot load it: no retry can fix that. */
+export class OnnxLoadError extends Error {
+  constructor(
+    readonly model: string,
+    reason: string,
+  ) {
+    super(`cannot load the ONNX export of ${model}: ${reason}`);
+    this.name = 'OnnxLoadError';
+  }
+}
+
+export interface ScoredRow {
+  /** Token ids of the whole sequence (prompt + completion). */
+  ids: number[];
+  /** Index of the first completion token; tokens before it are the prompt. */
+  completionStart: number;
+  /** pixel_values of the row's image, [3, H, W], or null for text-only rows. */
+  pixels: Float32Array | null;
+}
+
+export class OnnxModel {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly signature: OnnxSignature,
+    readonly label: string,
+  ) {}
+
+  /** `label` names the model in errors (e.g. "base model s3://..." or "adapter s3://..."). */
+  static async load(dir: string, label: string, threads = 1): Promise<OnnxModel> {
+    let signature: OnnxSignature;
+    try {
+      signature = JSON.parse(await readFile(join(dir, 'signature.json'), 'utf8')) as OnnxSignature;
+    } catch (err) {
+      throw new OnnxLoadError(label, `no readable signature.json in ${dir} (${(err as Error).message})`);
+    }
+    if (signature.format !== 'dpo-onnx-export/1') throw new OnnxLoadError(label, `unknown export format "${signature.format}" in ${dir}/signature.json`);
+    try {
+      const session = await ort.InferenceSession.create(join(dir, 'model.onnx'), {
+        intraOpNumThreads: threads,
+        interOpNumThreads: 1,
+        executionMode: 'sequential',
+        graphOptimizationLevel: 'all',
+      });
+      return new OnnxModel(session, signature, label);
+    } catch (err) {
+      throw new OnnxLoadError(label, `onnxruntime rejected ${join(dir, 'model.onnx')}: ${(err as Error).message.slice(0, 600)}`);
+    }
+  }
+
+  get hasVision(): boolean {
+    return 'pixel_values' in this.signature.inputs;
+  }
+
+  /** Runs one right-padded batch and returns the requested outputs. */
+  async run(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, fetch: Array<'token_logps' | 'last_logits' | 'logits'>) {
+    const width = Math.max(...rows.map((r) => r.ids.length));
+    const ids = new BigInt64Array(rows.length * width).fill(BigInt(this.signature.pad_token_id));
+    const mask = new BigInt64Array(rows.length * width);
+    rows.forEach((r, i) => {
+      for (let t = 0; t < r.ids.length; t++) {
+        ids[i * width + t] = BigInt(r.ids[t]!);
+        mask[i * width + t] = 1n;
+      }
+    });
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [rows.length, width]),
+      attention_mask: new ort.Tensor('int64', mask, [rows.length, width]),
+    };
+    if (this.hasVision) {
+      const shape = this.signature.inputs.pixel_values!.shape.slice(1).map(Number);
+      const plane = shape.reduce((a, b) => a * b, 1);
+      const pixels = new Float32Array(rows.length * plane);
+      rows.forEach((r, i) => {
+        if (!r.pixels || r.pixels.length !== plane) throw new Error(`row ${i}: pixel_values of ${r.pixels?.length ?? 0} values, the model takes ${plane}`);
+        pixels.set(r.pixels, i * plane);
+      });
+      feeds.pixel_values = new ort.Tensor('float32', pixels, [rows.length, ...shape]);
+    }
+    const out = await this.session.run(feeds, fetch);
+    return { width, out: Object.fromEntries(fetch.map((name) => [name, out[name]!.data as Float32Array])) as Record<(typeof fetch)[number], Float32Array> };
+  }
+
+  /** Sum of log p(token) over each row's completion tokens (trainer's completion_logps). */
+  async completionLogps(rows: ScoredRow[]): Promise<number[]> {
+    const { width, out } = await this.run(rows, ['token_logps']);
+    const logps = out.token_logps;
+    return rows.map((r, i) => {
+      let sum = 0;
+      // token_logps[t - 1] is log p(ids[t] | ids[:t]).
+      for (let t = r.completionStart; t < r.ids.length; t++) sum += logps[i * (width - 1) + t - 1]!;
+      return sum;
+    });
+  }
+
+  /** Log-softmax of the next-token logits after each row, restricted to `tokenIds`. */
+  async nextTokenLogprobs(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, tokenIds: number[]): Promise<number[][]> {
+    const { out } = await this.run(rows, ['last_logits']);
+    const vocab = out.last_logits.length / rows.length;
+    return rows.map((_, i) => {
+      const logits = out.last_logits.subarray(i * vocab, (i + 1) * vocab);
+      const lse = logSumExp(logits);
+      return tokenIds.map((id) => logits[id]! - lse);
+    });
+  }
+
+  /**
+   * Greedy decoding without a KV cache (the export has none): each step reruns the sequence, so
+   * this is for a handful of short answers in the report, not for bulk generation.
+   */
+  async greedy(prompt: number[], pixels: Float32Array | null, maxNewTokens: number, eosTokenId: number): Promise<number[]> {
+    const ids = [...prompt];
+    const generated: number[] = [];
+    for (let i = 0; i < maxNewTokens; i++) {
+      const { out } = await this.run([{ ids, pixels }], ['last_logits']);
+      let best = 0;
+      for (let v = 1; v < out.last_logits.length; v++) if (out.last_logits[v]! > out.last_logits[best]!) best = v;
+      if (best === eosTokenId) break;
+      ids.push(best);
+      generated.push(best);
+    }
+    return generated;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+function logSumExp(xs: Float32Array): number {
+  let max = -Infinity;
+  for (const x of xs) if (x > max) max = x;
+  let sum = 0;
+  for (const x of xs) sum += Math.exp(x - max);
+  return max + Math.log(sum);
+}

@@ -1,0 +1,243 @@
+"""Export a model (base, or base + merged LoRA adapter) to ONNX for CPU scoring in Node.
+
+    python -m dpo_trainer.export --config CONFIG.json
+
+CONFIG.json: {"model_dir": "/abs/model", "adapter_dir": null | "/abs/adapter", "out_dir": "/abs/out"}
+
+The adapter is merged into the weights (`merge_and_unload`), so the exported graph is one plain
+model: the evaluator in Node never needs PEFT. Signature (also written to out_dir/signature.json):
+
+  inputs   input_ids       int64   [batch, seq]         right-padded token ids
+           attention_mask  int64   [batch, seq]         1 for real tokens, 0 for padding
+           pixel_values    float32 [batch, 3, H, W]     vision models only; the image processor's output
+  outputs  token_logps     float32 [batch, seq - 1]     log p(input_ids[:, t + 1] | input_ids[:, :t + 1])
+           last_logits     float32 [batch, vocab]       logits after the last real token (next-token scores)
+           logits          float32 [batch, seq, vocab]  full logits (parity checks; callers that do not
+                                                        fetch it only pay for the copy they skip)
+
+Scoring a completion is a sum of `token_logps` under its mask; a yes/no answer or a greedy step
+reads `last_logits`. Both keep what crosses the ORT boundary small for real vocabularies.
+
+Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`. The dynamo exporter needs
+onnx + onnxscript (not dependencies of the trainer) and the TorchScript path traces the tiny LLaVA
+on CPU without them. Weights over 2 GB go to external data files next to model.onnx (the exporter
+does that by itself); every file written is listed in out_dir/manifest.json, written last.
+
+Writes: model.onnx (+ external data), signature.json, manifest.json. Exit statuses as train/evaluate;
+a model that cannot be loaded or exported ends as ModelLoadError (exit 65) naming the model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cli import run_command
+from .config import doc, load_config
+from .errors import ExitCode, ModelLoadError
+from .evaluate import load_adapter
+from .events import claim_stdout
+from .modeling import load_base_model
+
+SIGNATURE_FORMAT = "dpo-onnx-export/1"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model_dir: str = field(metadata=doc("base model folder (absolute path)"))
+    out_dir: str = field(metadata=doc("folder the ONNX export is written to (created; must not hold an export)"))
+    adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder merged before export; null exports the base"))
+
+    def cross_field_problems(self) -> list[str]:
+        return []
+
+
+class ScoringGraph(torch.nn.Module):
+    """The exported function: the model's forward plus the log-prob reductions Node needs."""
+
+    def __init__(self, model: Any, has_vision: bool):
+        super().__init__()
+        self.model = model
+        self.has_vision = has_vision
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None):
+        inputs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+        if self.has_vision and self.model.config.model_type == "llava":
+            inputs["inputs_embeds"] = self.llava_embeddings(input_ids, pixel_values)
+        elif self.has_vision:
+            # Other families go through their own forward; tracing may fix shapes it branches on,
+            # which the parity test (at untraced shapes) would catch for any family added here.
+            inputs.update(input_ids=input_ids, pixel_values=pixel_values)
+        else:
+            inputs["input_ids"] = input_ids
+        logits = self.model(**inputs).logits.float()
+        shifted = logits[:, :-1, :]
+        # Same reduction as modeling.completion_logps: gather - logsumexp == log_softmax at the target.
+        token_logps = shifted.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) - shifted.logsumexp(-1)
+        last = attention_mask.sum(-1) - 1
+        last_logits = logits[torch.arange(logits.shape[0]), last]
+        return token_logps, last_logits, logits
+
+
+    def llava_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """LlavaModel's image merge, written so a trace stays valid at every batch size.
+
+        transformers splits the image features into a per-image Python list and masked_scatters
+        them; the TorchScript tracer records that list at the traced batch size (the ONNX graph
+        then fails on any other batch). Here the k-th <image> token of the batch takes the k-th
+        image feature row by a cumsum index -- the same placement, as tensor ops."""
+        config = self.model.config
+        llava = self.model.model
+        embeds = llava.get_input_embeddings()(input_ids)
+        vision = llava.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        layer = config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ModelLoadError("export supports a single vision_feature_layer (LLaVA-1.5); this model selects several")
+        features = vision.hidden_states[layer]
+        if config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+        features = llava.multi_modal_projector(features).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        is_image = input_ids == config.image_token_id
+        order = (is_image.reshape(-1).long().cumsum(0) - 1).clamp(min=0).reshape(input_ids.shape)
+        return torch.where(is_image.unsqueeze(-1), features[order], embeds)
+
+
+def example_inputs(loaded: Any, model: Any) -> dict[str, torch.Tensor]:
+    """A batch of two right-padded rows (one image each) to trace with."""
+    spec = loaded.spec
+    prompt = [1] if spec.image_token_id is None else [1] + [spec.image_token_id] * (spec.image_tokens_per_image or 1)
+    length = len(prompt) + 6
+    ids = torch.full((2, length), spec.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((2, length), dtype=torch.long)
+    for row, extra in enumerate((6, 3)):
+        tokens = prompt + [10 + i for i in range(extra)]
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if spec.has_vision:
+        size = loaded.image_processor.crop_size if hasattr(loaded.image_processor, "crop_size") else None
+        height = int(size["height"]) if size else int(model.config.vision_config.image_size)
+        width = int(size["width"]) if size else height
+        inputs["pixel_values"] = torch.randn(2, 3, height, width)
+    return inputs
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def export(config: ExportConfig) -> dict[str, Any]:
+    out = Path(config.out_dir)
+    if (out / "manifest.json").exists():
+        raise ModelLoadError(f"out_dir {out} already holds a complete export; choose an empty folder")
+    what = f"{config.model_dir}" + (f" + adapter {config.adapter_dir}" if config.adapter_dir else "")
+    loaded = load_base_model(config.model_dir, torch.float32, torch.device("cpu"))
+    model = loaded.model
+    if config.adapter_dir:
+        model = load_adapter(model, config.adapter_dir).merge_and_unload()
+    model.eval()
+    graph = ScoringGraph(model, loaded.spec.has_vision).eval()
+    inputs = example_inputs(loaded, model)
+    names = list(inputs)
+    dynamic_axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "seq"},
+        "token_logps": {0: "batch", 1: "seq_minus_1"},
+        "last_logits": {0: "batch"},
+        "logits": {0: "batch", 1: "seq"},
+    }
+    if "pixel_values" in inputs:
+        dynamic_axes["pixel_values"] = {0: "batch"}
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.time()
+    try:
+        torch.onnx.export(
+            graph,
+            tuple(inputs[n] for n in names),
+            str(tmp / "model.onnx"),
+            dynamo=False,
+            input_names=names,
+            output_names=["token_logps", "last_logits", "logits"],
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    except Exception as exc:  # the exporter raises many types for unsupported operators
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelLoadError(f"cannot export {what} to ONNX: {type(exc).__name__}: {str(exc)[:800]}") from None
+    spec = loaded.spec
+    signature = {
+        "format": SIGNATURE_FORMAT,
+        "opset": OPSET,
+        "model_type": model.config.model_type,
+        "merged_adapter": config.adapter_dir is not None,
+        "inputs": {
+            "input_ids": {"dtype": "int64", "shape": ["batch", "seq"]},
+            "attention_mask": {"dtype": "int64", "shape": ["batch", "seq"]},
+            **(
+                {"pixel_values": {"dtype": "float32", "shape": ["batch", *list(inputs["pixel_values"].shape[1:])]}}
+                if "pixel_values" in inputs
+                else {}
+            ),
+        },
+        "outputs": {
+            "token_logps": {"dtype": "float32", "shape": ["batch", "seq - 1"]},
+            "last_logits": {"dtype": "float32", "shape": ["batch", "vocab"]},
+            "logits": {"dtype": "float32", "shape": ["batch", "seq", "vocab"]},
+        },
+        "vocab_size": spec.vocab_size,
+        "pad_token_id": spec.pad_token_id,
+        "image_token_id": spec.image_token_id,
+        "image_tokens_per_image": spec.image_tokens_per_image,
+        "export_seconds": round(time.time() - started, 3),
+    }
+    (tmp / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest = {
+        "format": SIGNATURE_FORMAT,
+        "created_at": int(time.time()),
+        "files": [{"path": str(p.relative_to(tmp)), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files],
+    }
+    # Manifest last, then one rename: a reader never sees a half-written export.
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    return signature
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="export a model (optionally with a merged adapter) to ONNX")
+    parser.add_argument("--config", required=True, help="path of the export config JSON")
+    args = parser.parse_args(argv)
+    claim_stdout()
+
+    def body() -> int:
+        signature = export(load_config(ExportConfig, args.config))
+        print(json.dumps({"export": "done", "onnx_bytes": signature.get("export_seconds")}), file=sys.stderr)
+        return int(ExitCode.FINISHED)
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
