@@ -6,6 +6,7 @@ import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
 import { evaluateModel } from './evaluate.js';
 import { formatDataset } from './format.js';
+import { recordRun, resolveInitFrom } from './lineage.js';
 import { writeReport } from './report.js';
 import { shardDataset } from './shard.js';
 import { tokenizeDataset } from './tokenize.js';
@@ -23,6 +24,9 @@ export function createCpuActivities(deps: ActivityDeps) {
     shardDataset: bind(shardDataset, deps),
     evaluateModel: bind(evaluateModel, deps),
     writeReport: bind(writeReport, deps),
+    // Run lifecycle (issue 7): init_from and the run manifest.
+    resolveInitFrom: bind(resolveInitFrom, deps),
+    recordRun: bind(recordRun, deps),
   };
 }
 

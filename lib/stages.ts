@@ -4,6 +4,8 @@
  */
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
+import type { RunLineage } from './lineage.js';
+import type { SweepRow } from './sweep.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -58,6 +60,11 @@ export interface TrainInput {
   train: TrainConfig;
   /** An earlier run whose checkpoints of this stage may be continued (resume). */
   resumeFromRunId?: string;
+  /**
+   * An adapter the trainer loads as its initial LoRA weights when there is no checkpoint to resume
+   * (`init_from`, issue 7): s3://<bucket>/<prefix> of a PEFT adapter folder.
+   */
+  initAdapter?: { bucket: string; prefix: string };
 }
 
 export interface TrainResult {
@@ -71,6 +78,8 @@ export interface TrainResult {
   trainSeconds: number;
   /** Changes the workflow made after out-of-memory failures, in order. */
   replans?: string[];
+  /** s3:// location of the adapter training started from (`init_from`), when there was one. */
+  initAdapter?: string;
 }
 
 export interface EvalMetrics {
@@ -128,6 +137,8 @@ export interface ReportInput {
   trainings: Record<string, TrainResult>;
   /** The evaluations this report compares, by stage id. */
   evaluations: Record<string, EvaluateResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
 }
 
 export interface ReportResult {
@@ -144,4 +155,8 @@ export interface PipelineResult {
   trainings: Record<string, TrainResult>;
   evaluations: Record<string, EvaluateResult>;
   reports: Record<string, ReportResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
+  /** Parent run, schedule, dataset revision, config hash (issue 7). */
+  lineage?: RunLineage;
 }
