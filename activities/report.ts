@@ -5,6 +5,7 @@
  */
 import type { EvalMetrics, ReportInput, ReportResult } from '../lib/stages.js';
 import { keys } from '../lib/keys.js';
+import { renderSweepTable } from '../lib/sweep.js';
 import type { ActivityDeps } from './deps.js';
 
 export async function writeReport(deps: ActivityDeps, input: ReportInput): Promise<ReportResult> {
@@ -20,6 +21,7 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
     dataStages: input.dataStages,
     trainings: input.trainings,
     evaluations: input.evaluations,
+    ...(input.sweep && { sweep: input.sweep }),
     config: input.config,
   };
   // JSON first, Markdown last: the Markdown report's presence means the report is complete.
@@ -71,6 +73,8 @@ function renderMarkdown(input: ReportInput): string {
     '',
     ...evaluations.map(([id, e]) => `- ${id}: adapter \`${e.adapter}\`, metrics \`${s3(e.metricsKey)}\``),
     '',
+    // issue 7: a sweep ends in one comparison table, one row per branch.
+    ...(input.sweep?.length ? ['## Sweep', '', ...renderSweepTable(input.sweep, 'markdown'), ''] : []),
     '## Training',
     '',
     ...Object.entries(input.trainings).flatMap(([id, t]) => [
