@@ -250,6 +250,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
 }
 
 export function formatConfigProblems(problems: ConfigProblem[]): string {
+  if (problems.length === 1) return `invalid pipeline config: ${problems[0]!.path}: ${problems[0]!.message}`;
   const lines = problems.map((p) => `  - ${p.path}: ${p.message}`);
   return `invalid pipeline config (${problems.length} problem${problems.length > 1 ? 's' : ''}):\n${lines.join('\n')}`;
 }
