@@ -121,6 +121,8 @@ export async function historyLog(handle: WorkflowHandle): Promise<LogEntry[]> {
   return entries;
 }
 
+/** One line per entry; long failure messages are cut (`--json` has them whole). */
 export function renderLogLine(e: LogEntry): string {
-  return `${e.time}  ${e.stage.padEnd(16)} ${e.event.padEnd(10)} ${e.detail ?? ''}`.trimEnd();
+  const detail = e.detail && e.detail.length > 400 ? `${e.detail.slice(0, 400)}...` : (e.detail ?? '');
+  return `${e.time}  ${e.stage.padEnd(16)} ${e.event.padEnd(10)} ${detail}`.trimEnd();
 }

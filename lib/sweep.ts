@@ -102,7 +102,7 @@ function withSweptParams(params: Record<string, unknown>, values: Record<string,
 function branchLabels(combos: Array<Record<string, SweepValue>>): string[] {
   const readable = combos.map((c) =>
     Object.entries(c)
-      .map(([field, v]) => `${field.split('.').at(-1)}-${String(v).replace(/[^A-Za-z0-9.]+/g, '')}`)
+      .map(([field, v]) => `${field.split('.').at(-1)}-${String(v).replace(/[^A-Za-z0-9.-]+/g, '')}`)
       .join('_'),
   );
   const ok = new Set(readable).size === readable.length && readable.every((l) => l.length <= 60 && /^[A-Za-z0-9._-]+$/.test(l));
