@@ -85,7 +85,8 @@ export function expandSweep(decls: StageDecl[], sweep: PipelineConfig['sweep']):
 
 /** Stage params with the swept values set (`train.lora.r` -> params.lora.r), over the stage's own. */
 function withSweptParams(params: Record<string, unknown>, values: Record<string, SweepValue>): Record<string, unknown> {
-  const out = structuredClone(params);
+  // JSON copy: structuredClone is not available in the workflow sandbox.
+  const out = JSON.parse(JSON.stringify(params)) as Record<string, unknown>;
   for (const [field, value] of Object.entries(values)) {
     const path = field.split('.').slice(1);
     let node = out;
