@@ -35,7 +35,8 @@ import { keys } from '../lib/keys.js';
 import type { EvaluateInput, EvaluateResult, EvaluationPlan, GeneratedExample, ScoreShardInput } from '../lib/stages.js';
 import { ChatTokenizer } from './chatTokenizer.js';
 import { REPO_ROOT, type ActivityDeps } from './deps.js';
-import { thumbnail } from './format.js';
+import { FormatSchema } from '../lib/config.js';
+import { thumbnail } from './formatRows.js';
 import { loadImageProcessorConfig, pixelValues, type ImageProcessorConfig } from './imageProcessor.js';
 import { isTokenizerFile, stageModel } from './models.js';
 import { exportOnnx, OnnxExportError } from './onnxExport.js';
@@ -133,6 +134,9 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
 }
 
 /** Reads the suite (every row checked), thumbnails its images like the format stage, stores one file. */
+/** The format stage's image guards and quality, applied to the AMBER suite's images too. */
+const FORMAT_DEFAULTS = FormatSchema.parse({});
+
 async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: number): Promise<EvaluationPlan['amber']> {
   const source = input.evaluate.amber_suite!;
   const files: Array<{ name: string; bytes: Uint8Array }> = [];
@@ -160,7 +164,7 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
   }
   for (const q of questions) {
     try {
-      q.image = { ...q.image, bytes: await thumbnail(q.image.bytes, edge) };
+      q.image = { ...q.image, bytes: await thumbnail(q.image.bytes, { edge, maxPixels: FORMAT_DEFAULTS.max_image_pixels, jpegQuality: FORMAT_DEFAULTS.jpeg_quality }) };
     } catch (err) {
       throw ApplicationFailure.nonRetryable(`evaluate.amber_suite: question ${q.id}: image cannot be decoded (${(err as Error).message})`, FailureType.InvalidDataset);
     }

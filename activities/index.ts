@@ -7,6 +7,7 @@ import { downloadDataset } from './download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluate.js';
 import { formatChunk, formatDataset, formatFinish } from './format.js';
 import { computeReference } from './reference.js';
+import { recordRun, resolveInitFrom } from './lineage.js';
 import { writeReport } from './report.js';
 import { shardDataset } from './shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './tokenize.js';
@@ -32,6 +33,9 @@ export function createCpuActivities(deps: ActivityDeps) {
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
+    // Run lifecycle (issue 7): init_from and the run manifest.
+    resolveInitFrom: bind(resolveInitFrom, deps),
+    recordRun: bind(recordRun, deps),
   };
 }
 

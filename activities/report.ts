@@ -13,6 +13,7 @@ import type { EvalMetrics, YesNoMetrics } from '../lib/evalMetrics.js';
 import { keys } from '../lib/keys.js';
 import type { GeneratedExample, ReportInput, ReportResult, StageTimeline } from '../lib/stages.js';
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
+import { renderSweepTable } from '../lib/sweep.js';
 import type { ActivityDeps } from './deps.js';
 import type { StepRecord } from './train.js';
 
@@ -274,6 +275,8 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
           '',
         ]
       : []),
+    // issue 7: a sweep ends in one comparison table, one row per branch.
+    ...(input.sweep?.length ? ['## Sweep', '', ...renderSweepTable(input.sweep, 'markdown'), ''] : []),
     '## Training',
     '',
     ...Object.entries(input.trainings).flatMap(([id, t]) => [

@@ -70,10 +70,12 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
     }
 
     const referenceFiles = input.reference ? await stageReference(deps, bucket, input.reference.manifestKey, join(attemptDir, 'reference')) : [];
+    // init_from (issue 7): a fresh start loads an earlier run's adapter; a checkpoint already holds it.
+    const initAdapterDir = !resume && input.initAdapter ? await stageInitAdapter(deps, input.initAdapter, join(attemptDir, 'init-adapter')) : null;
 
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
-    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles), null, 2));
+    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles, initAdapterDir), null, 2));
 
     const checkpointKeys: string[] = [];
     // Learning curves (report): every step's metrics, stored with each checkpoint so a resumed
@@ -149,19 +151,21 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
       metrics: (finished.metrics as TrainMetrics) ?? progress.metrics,
       trainSeconds: (Date.now() - started) / 1000,
       stepMetricsKey,
+      ...(input.initAdapter && { initAdapter: `s3://${input.initAdapter.bucket}/${input.initAdapter.prefix}` }),
     };
   } finally {
     clearInterval(ticker);
   }
 }
 
-function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[]) {
+function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[], initAdapter: string | null = null) {
   const t = input.train;
   return {
     model_dir: modelDir,
     train_shards: shards,
     output_dir: outputDir,
     resume_from: resumeFrom,
+    init_adapter: initAdapter,
     seed: t.seed,
     epochs: t.epochs,
     max_steps: t.max_steps,
@@ -206,6 +210,16 @@ function failureFor(outcome: Awaited<ReturnType<typeof runTrainer>>): Error {
         'TrainerCrash',
       );
   }
+}
+
+/** init_from (issue 7): downloads the adapter folder training starts from. */
+async function stageInitAdapter(deps: ActivityDeps, from: { bucket: string; prefix: string }, dir: string): Promise<string> {
+  await rm(dir, { recursive: true, force: true });
+  const files = await deps.storage.downloadPrefix(from.bucket, from.prefix, dir);
+  if (!files.some((f) => f.endsWith('adapter_config.json'))) {
+    throw ApplicationFailure.nonRetryable(`init_from: s3://${from.bucket}/${from.prefix} holds no PEFT adapter (adapter_config.json)`, FailureType.InvalidConfig);
+  }
+  return dir;
 }
 
 /** Downloads the split's shards into a content-addressed local cache, checking their sha256. */

@@ -7,7 +7,9 @@ import { readFile } from 'node:fs/promises';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
+import { PlanError, planPipeline, standardChain } from '../lib/dag.js';
 import { causeMessages } from '../lib/errors.js';
+import { expandSweep, SweepError } from '../lib/sweep.js';
 import type { PipelineResult } from '../lib/stages.js';
 import type { TrainProgress } from '../activities/train.js';
 import { temporalEnv } from '../worker/connection.js';
@@ -29,9 +31,24 @@ export async function loadConfigFile(path: string): Promise<{ raw: unknown; conf
   } catch (err) {
     throw new ConfigFileError(`${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message}`);
   }
+  return { raw, config: checkConfig(raw, path) };
+}
+
+/**
+ * Validates a config the way the workflow will (schema, sweep expansion, DAG plan), so a bad one
+ * starts nothing. `where` prefixes messages (the file name).
+ */
+export function checkConfig(raw: unknown, where?: string): PipelineConfig {
+  const prefix = where ? `${where}: ` : '';
   const parsed = parsePipelineConfig(raw);
-  if (!parsed.ok) throw new ConfigFileError(`${path}: ${formatConfigProblems(parsed.problems)}`);
-  return { raw, config: parsed.config };
+  if (!parsed.ok) throw new ConfigFileError(`${prefix}${formatConfigProblems(parsed.problems)}`);
+  try {
+    planPipeline(expandSweep(parsed.config.stages ?? standardChain(), parsed.config.sweep).decls, parsed.config);
+  } catch (err) {
+    if (err instanceof PlanError || err instanceof SweepError) throw new ConfigFileError(`${prefix}${err.message}`);
+    throw err;
+  }
+  return parsed.config;
 }
 
 export async function connectClient(): Promise<Client> {
@@ -97,7 +114,7 @@ export async function followPipeline(
 }
 
 /** Heartbeat details of every running train activity, by activity id. */
-async function trainProgress(handle: WorkflowHandle): Promise<Map<string, TrainProgress>> {
+export async function trainProgress(handle: WorkflowHandle): Promise<Map<string, TrainProgress>> {
   const raw = (await handle.describe()).raw;
   const out = new Map<string, TrainProgress>();
   for (const a of raw.pendingActivities ?? []) {
@@ -120,7 +137,7 @@ function describeStage(id: string, s: PipelineStatus['stages'][string]): string 
   return `  ${pad} ${s.cached ? 'cached' : 'done'}${seconds}${summary}`;
 }
 
-function describeTrainProgress(p: TrainProgress): string {
+export function describeTrainProgress(p: TrainProgress): string {
   const of = p.totalSteps ? `/${p.totalSteps}` : '';
   const m = p.metrics;
   const metric = (name: string) => (m[name] !== undefined ? ` ${name}=${m[name]!.toFixed(4)}` : '');

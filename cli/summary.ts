@@ -1,5 +1,6 @@
 /** The table printed at the end of a run: base vs DPO per evaluation, and where everything is. */
 import type { PipelineResult } from '../lib/stages.js';
+import { renderSweepTable } from '../lib/sweep.js';
 
 export function webUiUrl(runId: string, namespace = process.env.TEMPORAL_NAMESPACE ?? 'default'): string {
   const base = process.env.DPO_TEMPORAL_UI_URL ?? `http://127.0.0.1:${process.env.DPO_TEMPORAL_UI_PORT ?? 8233}`;
@@ -34,6 +35,7 @@ export function renderSummary(result: PipelineResult): string {
       '',
     );
   }
+  if (result.sweep?.length) lines.push('sweep (one row per branch):', '', ...renderSweepTable(result.sweep, 'text'), '');
   for (const [id, t] of Object.entries(result.trainings)) {
     const checkpoints = t.checkpointKeys.length ? s3(t.checkpointKeys[0]!.replace(/step-\d+\/$/, '')) : '(none)';
     lines.push(
@@ -49,6 +51,9 @@ export function renderSummary(result: PipelineResult): string {
   for (const e of Object.values(result.evaluations)) lines.push(`  ${'metrics'.padEnd(12)} ${s3(e.metricsKey)}`);
   const cached = result.timeline.filter((t) => t.cached).map((t) => t.id);
   if (cached.length) lines.push(`  ${'cached'.padEnd(12)} ${cached.join(', ')} (reused from an earlier run)`);
+  const l = result.lineage;
+  if (l?.parentRun) lines.push(`  ${(l.parentRelation === 'resume' ? 'resumed' : 'init from').padEnd(12)} ${l.parentRun}`);
+  if (l) lines.push(`  ${'lineage'.padEnd(12)} dataset revision ${l.datasetRevision ?? '-'}, config ${l.configHash}${l.schedule ? `, schedule ${l.schedule}` : ''}`);
   lines.push(`  ${'Temporal UI'.padEnd(12)} ${webUiUrl(result.runId)}`, '');
   return lines.join('\n');
 }

@@ -226,6 +226,47 @@ export const StageDeclSchema = z.strictObject({
     .optional(),
 });
 
+/**
+ * A sweep: dotted paths into the train section, each with the values to try. Only train settings
+ * can be swept, so every branch shares the data stages (their outputs are cached once).
+ */
+export const SweepSchema = z
+  .record(z.string(), z.array(z.union([z.number(), z.string(), z.boolean()])).min(1, 'list at least one value'))
+  .superRefine((sweep, ctx) => {
+    if (!Object.keys(sweep).length) ctx.addIssue({ code: 'custom', message: 'name at least one field, e.g. {"train.beta": [0.05, 0.1]}' });
+    for (const field of Object.keys(sweep)) {
+      const problem = sweepFieldProblem(field);
+      if (problem) ctx.addIssue({ code: 'custom', path: [field], message: problem });
+    }
+  });
+
+/** Why a sweep key is not a sweepable field, or null when it is (e.g. `train.beta`, `train.lora.r`). */
+export function sweepFieldProblem(field: string): string | null {
+  const [section, ...rest] = field.split('.');
+  const hint = `sweepable fields are train.<field>: ${Object.keys(TrainSchema.shape).join(', ')}`;
+  if (section !== 'train' || !rest.length) return `unknown sweep field "${field}": ${hint}`;
+  let shape: Record<string, z.ZodType> = TrainSchema.shape;
+  for (const [i, key] of rest.entries()) {
+    const node = shape[key];
+    if (!node) return `unknown sweep field "${field}": ${hint}`;
+    const inner = unwrapObject(node);
+    if (i < rest.length - 1) {
+      if (!inner) return `unknown sweep field "${field}": "${rest.slice(0, i + 1).join('.')}" has no sub-fields`;
+      shape = inner;
+    }
+  }
+  return null;
+}
+
+function unwrapObject(node: z.ZodType): Record<string, z.ZodType> | null {
+  let t: unknown = node;
+  for (let i = 0; i < 4 && t; i++) {
+    if (t instanceof z.ZodObject) return t.shape as Record<string, z.ZodType>;
+    t = (t as { def?: { innerType?: unknown } }).def?.innerType;
+  }
+  return null;
+}
+
 export const PipelineConfigSchema = z.strictObject({
   name: safeName.describe('human name of the run; used in workflow ids'),
   model: ModelSchema,
@@ -240,6 +281,16 @@ export const PipelineConfigSchema = z.strictObject({
   resume_from_run: safeName
     .optional()
     .describe('id of an earlier run of this config: train stages continue from its newest complete checkpoints'),
+  // -- run lifecycle (issue 7): sweeps and schedule lineage --------------------------------------
+  sweep: SweepSchema.optional().describe(
+    'train settings to sweep, e.g. {"train.beta": [0.05, 0.1]}: one train (and evaluate) branch per combination, sharing the data stages',
+  ),
+  init_from: z
+    .union([z.literal('previous'), safeName])
+    .optional()
+    .describe(
+      'train stages start from an earlier adapter: "previous" (the last successful run of the schedule that started this run) or a run id',
+    ),
   stages: z
     .array(StageDeclSchema)
     .min(1)
@@ -281,6 +332,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
 }
 
 export function formatConfigProblems(problems: ConfigProblem[]): string {
+  if (problems.length === 1) return `invalid pipeline config: ${problems[0]!.path}: ${problems[0]!.message}`;
   const lines = problems.map((p) => `  - ${p.path}: ${p.message}`);
   return `invalid pipeline config (${problems.length} problem${problems.length > 1 ? 's' : ''}):\n${lines.join('\n')}`;
 }

@@ -5,6 +5,8 @@
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
 import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
+import type { RunLineage } from './lineage.js';
+import type { SweepRow } from './sweep.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -153,6 +155,11 @@ export interface TrainInput {
   resumeFromRunId?: string;
   /** A `reference` stage's output: precomputed reference log-probs (precompute_ref_log_probs). */
   reference?: StageResult;
+  /**
+   * An adapter the trainer loads as its initial LoRA weights when there is no checkpoint to resume
+   * (`init_from`, issue 7): s3://<bucket>/<prefix> of a PEFT adapter folder.
+   */
+  initAdapter?: { bucket: string; prefix: string };
 }
 
 export interface ReferenceInput {
@@ -180,6 +187,8 @@ export interface TrainResult {
   stepMetricsKey?: string;
   /** Changes the workflow made after out-of-memory failures, in order. */
   replans?: string[];
+  /** s3:// location of the adapter training started from (`init_from`), when there was one. */
+  initAdapter?: string;
 }
 
 export type { EvalMetrics } from './evalMetrics.js';
@@ -270,6 +279,8 @@ export interface ReportInput {
   trainings: Record<string, TrainResult>;
   /** The evaluations this report compares, by stage id. */
   evaluations: Record<string, EvaluateResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
 }
 
 export interface ReportResult {
@@ -289,4 +300,8 @@ export interface PipelineResult {
   trainings: Record<string, TrainResult>;
   evaluations: Record<string, EvaluateResult>;
   reports: Record<string, ReportResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
+  /** Parent run, schedule, dataset revision, config hash (issue 7). */
+  lineage?: RunLineage;
 }

@@ -140,7 +140,32 @@ export async function stackUp(log: (line: string) => void = () => {}): Promise<S
     await waitFor(svc.ready, svc.name, 90_000);
     status.started.push(svc.name);
   }
+  await registerSearchAttributes(log);
   return status;
+}
+
+/**
+ * Registers the custom search attributes dpoPipeline sets (lib/lineage.ts), on a server started
+ * here or reused. Idempotent. Production clusters do this once with
+ * `temporal operator search-attribute create` (README, "Schedules and lineage").
+ */
+export async function registerSearchAttributes(log: (line: string) => void = () => {}): Promise<void> {
+  const { Connection } = await import('@temporalio/client');
+  const { SEARCH_ATTRIBUTES } = await import('../lib/lineage.js');
+  const namespace = process.env.TEMPORAL_NAMESPACE ?? 'default';
+  const connection = await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233' });
+  try {
+    const existing = await connection.operatorService.listSearchAttributes({ namespace });
+    const missing = Object.values(SEARCH_ATTRIBUTES)
+      .map((k) => k.name)
+      .filter((name) => !(name in (existing.customAttributes ?? {})));
+    if (!missing.length) return;
+    const keyword = 2; // IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD (@temporalio/proto, not a direct dependency)
+    await connection.operatorService.addSearchAttributes({ namespace, searchAttributes: Object.fromEntries(missing.map((n) => [n, keyword])) });
+    log(`temporal: registered search attributes ${missing.join(', ')}`);
+  } finally {
+    await connection.close();
+  }
 }
 
 /** Stops the services this stack started (those with a pid file), nothing else. */

@@ -9,8 +9,11 @@
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
 import { ApplicationFailure, defineQuery, setHandler, workflowInfo } from '@temporalio/workflow';
+import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
+import { storageRunId } from '../lib/lineage.js';
+import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../lib/sweep.js';
 import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
@@ -31,14 +34,15 @@ export const statusQuery = defineQuery<PipelineStatus>('status');
 
 export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   const config = validateInput(input);
-  const runId = workflowInfo().workflowId;
+  // Scheduled runs' workflow ids end in a timestamp with ":" (see storageRunId).
+  const runId = storageRunId(workflowInfo().workflowId);
   if (!isSafeKeySegment(runId)) {
     throw ApplicationFailure.nonRetryable(
       `workflow id "${runId}" cannot name a run's storage folder: use 1-128 letters, digits, ".", "_" or "-"`,
       FailureType.InvalidConfig,
     );
   }
-  const plan = planOrFail(config);
+  const { plan, branches } = planOrFail(config);
   const status: PipelineStatus = {
     runId,
     name: config.name,
@@ -48,6 +52,8 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     stages: Object.fromEntries(plan.stages.map((s) => [s.id, { id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }])),
   };
   setHandler(statusQuery, () => status);
+  // Lineage (issue 7): parent run, schedule, config hash as memo + search attributes; init_from.
+  const lineage = await startLineage(config, runId, plan);
 
   const outputs = new Map<string, StageOutput>();
   const failures = new Map<string, unknown>();
@@ -58,6 +64,8 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     outputs,
     timeline: () => Object.values(status.stages),
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
+    sweepBranches: branches,
+    initFromRun: lineage.parentRelation === 'init_from' ? (lineage.parentRun ?? undefined) : undefined,
   };
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
@@ -83,6 +91,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
       const output = await runStage(ctx, stage);
       outputs.set(stage.id, output);
       Object.assign(entry, { state: 'done', finishedAt: Date.now(), cached: output.cached, summary: output.summary });
+      if (stage.kind === 'download' && output.data) noteDatasetRevision(lineage, output.data);
     } catch (err) {
       failures.set(stage.id, err);
       Object.assign(entry, { state: 'failed', finishedAt: Date.now(), error: describeError(err) });
@@ -92,8 +101,11 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     }
   }
 
+  await finishLineage(config, lineage, failures.size ? 'failed' : 'completed');
   if (failures.size) throw failureOf(failures, status);
-  return collectResult(runId, config, plan, outputs, Object.values(status.stages));
+  const result = collectResult(runId, config, plan, outputs, Object.values(status.stages));
+  if (branches.length) result.sweep = sweepRows(branches, Object.fromEntries(plan.stages.map((s) => [s.id, s.kind])), result.trainings, result.evaluations);
+  return { ...result, lineage };
 }
 
 function validateInput(input: unknown): PipelineConfig {
@@ -105,11 +117,14 @@ function validateInput(input: unknown): PipelineConfig {
   return parsed.config;
 }
 
-function planOrFail(config: PipelineConfig): PipelinePlan {
+function planOrFail(config: PipelineConfig): { plan: PipelinePlan; branches: SweepBranch[] } {
   try {
-    return planPipeline(config.stages ?? standardChain(config), config);
+    // A sweep copies the train branches before planning, so shared data stages are planned once.
+    const { decls, branches } = expandSweep(config.stages ?? standardChain(), config.sweep);
+    return { plan: planPipeline(decls, config), branches };
   } catch (err) {
     if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);
+    if (err instanceof SweepError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig);
     throw err;
   }
 }

@@ -8,6 +8,8 @@ import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type Plan
 import { FailureType, NON_RETRYABLE_FAILURES } from '../lib/errors.js';
 import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
 import type { PipelineConfig } from '../lib/config.js';
+import { keys } from '../lib/keys.js';
+import { sweepRows, type SweepBranch } from '../lib/sweep.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
@@ -30,6 +32,10 @@ export interface RunContext {
   timeline: () => StageTimeline[];
   /** Records a change the workflow made to a running stage's plan (shown in status and report). */
   noteReplan: (stageId: string, change: string) => void;
+  /** A sweep's branches (issue 7): the report ends in their comparison table. */
+  sweepBranches?: SweepBranch[];
+  /** init_from (issue 7): train stages start from this run's final adapter of the same stage id. */
+  initFromRun?: string;
 }
 
 /** Data stages: minutes of CPU work, heartbeating per chunk. Bad data fails fast. */
@@ -163,6 +169,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
             train,
             resumeFromRunId: config.resume_from_run,
             ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
+            ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
           });
           return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
         } catch (err) {
@@ -240,10 +247,17 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         dataStages,
         trainings,
         evaluations,
+        ...(ctx.sweepBranches?.length && {
+          sweep: sweepRows(ctx.sweepBranches, Object.fromEntries(ctx.plan.stages.map((s) => [s.id, s.kind])), trainings, allEvaluations(ctx)),
+        }),
       });
       return { report };
     }
   }
+}
+
+function allEvaluations(ctx: RunContext): Record<string, EvaluateResult> {
+  return Object.fromEntries([...ctx.outputs].filter(([, o]) => o.evaluation).map(([id, o]) => [id, o.evaluation!]));
 }
 
 function hasFailureType(err: unknown, type: string): boolean {

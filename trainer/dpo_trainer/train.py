@@ -111,6 +111,23 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset) -> dict[str
     }
 
 
+def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
+    """issue 7 (init_from): start from an earlier run's LoRA weights instead of PEFT's fresh init.
+    The reference model stays the base model (adapter disabled)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights_file = folder / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise InvalidInputError(f"init_adapter: {weights_file} does not exist")
+    result = set_peft_model_state_dict(model, load_file(weights_file, device=str(device)))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise InvalidInputError(f"init_adapter: {folder} does not fit the model and lora settings (missing {missing[:3]},"
+                                f" unexpected {list(result.unexpected_keys)[:3]})")
+    log(f"initialized the adapter from {folder}")
+
+
 def restore_checkpoint(
     folder: Path, fingerprint: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer,
     scheduler: Any, scaler: torch.amp.GradScaler, device: torch.device,
@@ -278,6 +295,8 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         else None
     )
     model = attach_lora(loaded.model, config.lora)
+    if config.init_adapter and not config.resume_from:
+        load_init_adapter(model, Path(config.init_adapter), device)  # issue 7: init_from
     model.train()
     gradient_checkpointing = config.gradient_checkpointing
     if gradient_checkpointing:

@@ -1,0 +1,82 @@
+/**
+ * Lineage of a dpoPipeline run (issue 7): resolves `init_from`, and records parent run, schedule,
+ * dataset revision and config hash in the memo, as search attributes (findable in the Web UI) and
+ * in the run manifest. Orchestration only.
+ */
+import { CancellationScope, log, proxyActivities, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import type { Activities } from '../activities/index.js';
+import type { PipelineConfig } from '../lib/config.js';
+import type { PipelinePlan } from '../lib/dag.js';
+import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
+import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../lib/lineage.js';
+import type { StageResult } from '../lib/stages.js';
+
+/** Small storage reads and writes. */
+const lineageActivities = (config: PipelineConfig) =>
+  proxyActivities<Activities>({
+    taskQueue: config.queues.cpu,
+    startToCloseTimeout: '2 minutes',
+    retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES },
+  });
+
+export async function startLineage(config: PipelineConfig, runId: string, plan: PipelinePlan): Promise<RunLineage> {
+  const attrs = workflowInfo().typedSearchAttributes;
+  // `dpo schedule create` sets DpoSchedule; a schedule made with the Temporal CLI still has the server's own.
+  const schedule = attrs.get(SEARCH_ATTRIBUTES.schedule) ?? attrs.get(SCHEDULED_BY_ID) ?? null;
+  const lineage: RunLineage = {
+    runId,
+    name: config.name,
+    model: config.model.source,
+    dataset: config.dataset.source,
+    datasetRevision: null,
+    configHash: configHash(config),
+    parentRun: config.resume_from_run ?? null,
+    parentRelation: config.resume_from_run ? 'resume' : null,
+    schedule,
+  };
+  if (!config.resume_from_run && config.init_from) {
+    const parent = await lineageActivities(config).resolveInitFrom({
+      bucket: config.storage.bucket,
+      initFrom: config.init_from,
+      scheduleId: schedule,
+      trainStageIds: plan.stages.filter((s) => s.kind === 'train').map((s) => s.id),
+    });
+    if (parent) Object.assign(lineage, { parentRun: parent, parentRelation: 'init_from' });
+    else log.info('init_from: previous: this is the schedule\'s first successful run; training starts fresh', { schedule });
+  }
+  publish(lineage);
+  return lineage;
+}
+
+/** The dataset revision is what the download stage read: the revision it records, else its input hash (file fingerprints). */
+export function noteDatasetRevision(lineage: RunLineage, download: StageResult): void {
+  if (lineage.datasetRevision) return;
+  lineage.datasetRevision = String(download.summary.revision ?? download.hash);
+  publish(lineage);
+}
+
+export async function finishLineage(config: PipelineConfig, lineage: RunLineage, outcome: 'completed' | 'failed'): Promise<void> {
+  // Also after a cancellation: the manifest says how the run ended.
+  await CancellationScope.nonCancellable(async () => {
+    try {
+      await lineageActivities(config).recordRun({ bucket: config.storage.bucket, lineage, outcome });
+    } catch (err) {
+      // A completed run that cannot be recorded would be invisible to `init_from: previous`.
+      if (outcome === 'completed') throw err;
+      log.warn('could not write the run manifest of a failed run', { error: String(err) });
+    }
+  });
+}
+
+function publish(lineage: RunLineage): void {
+  upsertMemo({ lineage });
+  const pairs = [
+    { key: SEARCH_ATTRIBUTES.model, value: lineage.model },
+    { key: SEARCH_ATTRIBUTES.dataset, value: lineage.dataset },
+    { key: SEARCH_ATTRIBUTES.configHash, value: lineage.configHash },
+    ...(lineage.datasetRevision ? [{ key: SEARCH_ATTRIBUTES.datasetRevision, value: lineage.datasetRevision }] : []),
+    ...(lineage.parentRun ? [{ key: SEARCH_ATTRIBUTES.parentRun, value: lineage.parentRun }] : []),
+    ...(lineage.schedule ? [{ key: SEARCH_ATTRIBUTES.schedule, value: lineage.schedule }] : []),
+  ];
+  upsertSearchAttributes(pairs);
+}
