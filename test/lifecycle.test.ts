@@ -86,7 +86,7 @@ async function activityResults(handle: WorkflowHandle): Promise<Map<string, unkn
     const s = e.activityTaskScheduledEventAttributes;
     if (s) typeOf.set(String(e.eventId), s.activityType!.name!);
     const c = e.activityTaskCompletedEventAttributes;
-    if (c?.result?.payloads?.[0]?.data) {
+    if (c?.result?.payloads?.[0]?.data?.length) {
       const type = typeOf.get(String(c.scheduledEventId))!;
       out.set(type, [...(out.get(type) ?? []), JSON.parse(Buffer.from(c.result!.payloads![0]!.data!).toString())]);
     }
