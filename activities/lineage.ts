@@ -53,17 +53,38 @@ export async function resolveInitFrom(deps: ActivityDeps, input: ResolveInitFrom
   return parent;
 }
 
+/**
+ * The runs a resume may continue, newest first: `runId`, the run it resumed, that run's own
+ * parent... (from the run manifests), so resuming a resumed run that failed before its first
+ * checkpoint still finds the older checkpoints.
+ */
+export async function resumeChain(deps: ActivityDeps, bucket: string, runId: string, maxDepth = 20): Promise<string[]> {
+  const chain = [runId];
+  for (let i = 0; i < maxDepth; i++) {
+    const key = lineageKeys.runManifest(chain.at(-1)!);
+    if (!(await deps.storage.exists(bucket, key))) break;
+    const manifest = await deps.storage.getJson<Partial<RunLineage>>(bucket, key);
+    if (manifest.parentRelation !== 'resume' || !manifest.parentRun || chain.includes(manifest.parentRun)) break;
+    chain.push(manifest.parentRun);
+  }
+  return chain;
+}
+
 export interface RecordRunInput {
   bucket: string;
   lineage: RunLineage;
-  outcome: 'completed' | 'failed';
+  outcome: 'running' | 'completed' | 'failed';
 }
 
 /** Writes the run manifest; a scheduled run that completed becomes its schedule's `previous`. */
 export async function recordRun(deps: ActivityDeps, input: RecordRunInput): Promise<void> {
   const { lineage, bucket } = input;
   const finishedAt = new Date().toISOString();
-  await deps.storage.putJson(bucket, lineageKeys.runManifest(lineage.runId), { ...lineage, outcome: input.outcome, finishedAt });
+  await deps.storage.putJson(bucket, lineageKeys.runManifest(lineage.runId), {
+    ...lineage,
+    outcome: input.outcome,
+    ...(input.outcome === 'running' ? { startedAt: finishedAt } : { finishedAt }),
+  });
   if (input.outcome === 'completed' && lineage.schedule) {
     const pointer: ScheduleLastSuccess = { runId: lineage.runId, finishedAt };
     await deps.storage.putJson(bucket, lineageKeys.scheduleLastSuccess(lineage.schedule), pointer);

@@ -11,6 +11,7 @@ import { FailureType } from '../lib/errors.js';
 import { keys, MANIFEST_FILE, parseCheckpointName } from '../lib/keys.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
+import { resumeChain } from './lineage.js';
 import { stageModel } from './models.js';
 import { stageReference } from './reference.js';
 import type { ShardManifest } from './shard.js';
@@ -57,12 +58,13 @@ export async function trainModel(deps: ActivityDeps, input: TrainInput): Promise
 
     const modelDir = await stageModel(deps, input.modelSource);
     const shardPaths = await stageShards(deps, bucket, input.shards.manifestKey, input.trainSplit);
-    // This run's own checkpoints first (a retried attempt), then those of the run it resumes.
-    const resume =
-      (await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(runId, input.stageId), join(attemptDir, 'resume'))) ??
-      (input.resumeFromRunId
-        ? await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(input.resumeFromRunId, input.stageId), join(attemptDir, 'resume'))
-        : null);
+    // This run's own checkpoints first (a retried attempt), then those of the run it resumes, and
+    // that run's own resume parents (issue 7: resuming a resumed run).
+    let resume = await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(runId, input.stageId), join(attemptDir, 'resume'));
+    for (const earlier of input.resumeFromRunId && !resume ? await resumeChain(deps, bucket, input.resumeFromRunId) : []) {
+      resume = await stageNewestCheckpoint(deps, bucket, keys.checkpointsPrefix(earlier, input.stageId), join(attemptDir, 'resume'));
+      if (resume) break;
+    }
     if (resume) {
       progress.step = resume.step;
       progress.checkpointKey = resume.key;

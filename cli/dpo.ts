@@ -297,6 +297,12 @@ async function resume(args: string[]): Promise<number> {
     for (const assignment of values.set) applyOverride(raw, assignment);
     // Checkpoints live under the run's storage name (scheduled runs' ids lose their ":").
     raw.resume_from_run = storageRunId(previous);
+    // The resumed run is not started by the schedule: pin `previous` to the adapter the old run used.
+    if (raw.init_from === 'previous') {
+      const initFromRun = (description.memo?.lineage as RunLineage | undefined)?.initFromRun;
+      if (initFromRun) raw.init_from = initFromRun;
+      else delete raw.init_from;
+    }
     const config = checkConfig(raw, `resume ${previous}`);
     const next = await startPipeline(client, raw, config, values['run-id']);
     console.log(`resuming ${previous} as ${next.workflowId}: finished data stages are reused, training continues from the newest checkpoint`);

@@ -34,9 +34,11 @@ export interface RunLineage {
   datasetRevision: string | null;
   /** Hash of the resolved config without its lineage fields: equal hashes, equal recipe. */
   configHash: string;
-  /** The run this one continues (resume) or starts from (init_from). */
+  /** The run this one continues (resume) or, without one, starts from (init_from). */
   parentRun: string | null;
   parentRelation: 'resume' | 'init_from' | null;
+  /** The run whose adapters the train stages start from (`init_from`), if any. */
+  initFromRun: string | null;
   /** The Temporal Schedule that started this run. */
   schedule: string | null;
 }

@@ -86,7 +86,7 @@ async function activityResults(handle: WorkflowHandle): Promise<Map<string, unkn
     const s = e.activityTaskScheduledEventAttributes;
     if (s) typeOf.set(String(e.eventId), s.activityType!.name!);
     const c = e.activityTaskCompletedEventAttributes;
-    if (c?.result?.payloads?.[0]?.data) {
+    if (c?.result?.payloads?.[0]?.data?.length) {
       const type = typeOf.get(String(c.scheduledEventId))!;
       out.set(type, [...(out.get(type) ?? []), JSON.parse(Buffer.from(c.result!.payloads![0]!.data!).toString())]);
     }
@@ -131,7 +131,8 @@ describe('resume', () => {
     const result: PipelineResult = await handle.result();
     expect(result.trainings.train!.resumedFromStep).toBe(6);
     expect(result.trainings.train!.finalStep).toBe(8);
-    expect(result.lineage).toMatchObject({ parentRun: failedRun, parentRelation: 'resume' });
+    expect(result.lineage).toMatchObject({ parentRun: failedRun, parentRelation: 'resume', initFromRun: null });
+    expect(await stack.deps.storage.getJson(TEST_BUCKET, lineageKeys.runManifest(failedRun))).toMatchObject({ outcome: 'failed' });
 
     // From the history: each data activity ran once and reported a cache hit (no work redone).
     const results = await activityResults(handle);
@@ -258,7 +259,7 @@ describe('schedule', () => {
 
     expect(first.lineage).toMatchObject({ schedule: scheduleId, parentRun: null });
     expect(first.trainings.train!.metrics['rewards/margins']).toBe(0);
-    expect(second.lineage).toMatchObject({ schedule: scheduleId, parentRun: first.runId, parentRelation: 'init_from' });
+    expect(second.lineage).toMatchObject({ schedule: scheduleId, parentRun: first.runId, parentRelation: 'init_from', initFromRun: first.runId });
     expect(second.trainings.train!.initAdapter).toBe(`s3://${TEST_BUCKET}/runs/${first.runId}/train/final/adapter/`);
     // It really started from that adapter: its first step already prefers what the first run learned.
     expect(second.trainings.train!.metrics['rewards/margins']).not.toBe(0);

@@ -32,19 +32,23 @@ export async function startLineage(config: PipelineConfig, runId: string, plan: 
     configHash: configHash(config),
     parentRun: config.resume_from_run ?? null,
     parentRelation: config.resume_from_run ? 'resume' : null,
+    initFromRun: null,
     schedule,
   };
-  if (!config.resume_from_run && config.init_from) {
+  if (config.init_from) {
     const parent = await lineageActivities(config).resolveInitFrom({
       bucket: config.storage.bucket,
       initFrom: config.init_from,
       scheduleId: schedule,
       trainStageIds: plan.stages.filter((s) => s.kind === 'train').map((s) => s.id),
     });
-    if (parent) Object.assign(lineage, { parentRun: parent, parentRelation: 'init_from' });
-    else log.info('init_from: previous: this is the schedule\'s first successful run; training starts fresh', { schedule });
+    lineage.initFromRun = parent;
+    if (parent && !lineage.parentRun) Object.assign(lineage, { parentRun: parent, parentRelation: 'init_from' });
+    if (!parent) log.info('init_from: previous: this is the schedule\'s first successful run; training starts fresh', { schedule });
   }
   publish(lineage);
+  // The manifest exists from the start: a run that is terminated still names its parent (resume chains).
+  await lineageActivities(config).recordRun({ bucket: config.storage.bucket, lineage, outcome: 'running' });
   return lineage;
 }
 

@@ -65,7 +65,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     timeline: () => Object.values(status.stages),
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
     sweepBranches: branches,
-    initFromRun: lineage.parentRelation === 'init_from' ? (lineage.parentRun ?? undefined) : undefined,
+    initFromRun: lineage.initFromRun ?? undefined,
   };
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
