@@ -45,6 +45,7 @@ from .faults import FaultHooks
 from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
     DTYPES,
+    check_dtype_supported,
     attach_lora,
     autocast,
     completion_logps,
@@ -261,6 +262,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     faults = FaultHooks.from_env()
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
+    check_dtype_supported(device, config.dtype)
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(output_dir)
