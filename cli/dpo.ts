@@ -25,8 +25,9 @@ import { parseArgs } from 'node:util';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { Client } from '@temporalio/client';
 import YAML from 'yaml';
-import { trainerPython } from '../activities/deps.js';
-import { pipelineConfigJsonSchema } from '../lib/config.js';
+import { depsFromEnv, trainerPython } from '../activities/deps.js';
+import { parseS3Uri } from '../activities/storage.js';
+import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../lib/config.js';
 import { storageRunId, type RunLineage } from '../lib/lineage.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
 import { historyLog, renderLogLine } from './logs.js';
@@ -107,7 +108,18 @@ async function estimate(args: string[]): Promise<number> {
     await writeFile(path, JSON.stringify(config));
     const pyArgs = ['-m', 'dpo_trainer.estimate', '--config', path];
     if (values['gpu-memory']) pyArgs.push('--gpu-memory', values['gpu-memory']);
-    if (values['model-dir']) pyArgs.push('--model-dir', values['model-dir']);
+    let modelDir = values['model-dir'];
+    if (!modelDir && config.model.source.startsWith('s3://')) {
+      // The estimator needs config.json only: fetch it from object storage.
+      const { bucket, prefix } = parseS3Uri(config.model.source);
+      modelDir = join(dir, 'model');
+      await depsFromEnv()
+        .storage.downloadFile(bucket, `${prefix}config.json`, join(modelDir, 'config.json'))
+        .catch((err: Error) => {
+          throw new Error(`cannot read ${config.model.source}config.json from object storage: ${err.message}`);
+        });
+    }
+    if (modelDir) pyArgs.push('--model-dir', modelDir);
     if (values.json) pyArgs.push('--json');
     const child = spawnSync(trainerPython(), pyArgs, { stdio: 'inherit', env: { OMP_NUM_THREADS: '1', ...process.env } });
     if (child.error) throw new Error(`cannot run the trainer's Python (${trainerPython()}): ${child.error.message}; run scripts/setup.sh`);

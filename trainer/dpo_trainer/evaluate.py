@@ -21,7 +21,7 @@ from .data import PixelCache, collate, load_shards, validate_against_model
 from .cli import run_command
 from .errors import ExitCode, ModelLoadError
 from .events import claim_stdout, emit
-from .modeling import DTYPES, autocast, completion_logps, load_base_model, resolve_device
+from .modeling import DTYPES, check_dtype_supported, autocast, completion_logps, load_base_model, resolve_device
 
 
 def load_adapter(model: Any, adapter_dir: str) -> Any:
@@ -39,6 +39,7 @@ def load_adapter(model: Any, adapter_dir: str) -> Any:
 def evaluate(config: EvalConfig) -> dict[str, float | int]:
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
+    check_dtype_supported(device, config.dtype)
     dataset = load_shards(config.shards)
     loaded = load_base_model(config.model_dir, dtype, device)
     validate_against_model(dataset, loaded.spec)

@@ -16,6 +16,13 @@ import time
 from typing import Any, TextIO
 
 _stream: TextIO | None = None
+_muted = False
+
+
+def mute() -> None:
+    """Ranks other than 0 of a multi-process run: the event stream is rank 0's alone."""
+    global _muted
+    _muted = True
 
 
 def claim_stdout() -> None:
@@ -43,6 +50,8 @@ def _finite(value: Any) -> Any:
 def emit(event: str, **fields: Any) -> dict[str, Any]:
     """Write one event line and flush it, so the parent sees it immediately."""
     record = {"event": event, "time": time.time(), **_finite(fields)}
+    if _muted:
+        return record
     stream = _stream or sys.stdout
     stream.write(json.dumps(record, allow_nan=False) + "\n")
     stream.flush()

@@ -5,6 +5,8 @@
     DPO_FAULT_SLEEP_PER_STEP=S         sleep S seconds at the start of every optimizer step, so a
                                        test can signal or kill the process mid-run
     DPO_FAULT_CRASH_AT_STEP=N          raise RuntimeError when optimizer step N (1-based) starts
+    DPO_FAULT_DTYPE_UNSUPPORTED=D      the dtype probe (modeling.check_dtype_supported) fails for
+                                       dtype D (e.g. bfloat16) as on a device without it
 
 Unset variables inject nothing. They are documented in trainer/README.md.
 """

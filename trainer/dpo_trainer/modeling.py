@@ -31,6 +31,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_dtype_supported(device: torch.device, dtype_name: str) -> None:
+    """Refuse a dtype the device cannot compute in, before loading gigabytes of weights: a CUDA
+    GPU without bfloat16 (before Ampere), or a CPU whose kernels fail on it. The CPU check runs a
+    tiny linear layer forward and backward under the same autocast training uses."""
+    import os
+
+    if dtype_name == "float32":
+        return
+    dtype = DTYPES[dtype_name]
+    hint = f"use dtype float32{' or float16' if dtype_name == 'bfloat16' and device.type == 'cuda' else ''}"
+    if os.environ.get("DPO_FAULT_DTYPE_UNSUPPORTED") == dtype_name:  # faults.py: tests of this path
+        raise InvalidInputError(f"dtype: {dtype_name} is not supported on {device} (DPO_FAULT_DTYPE_UNSUPPORTED); {hint}")
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+            name = torch.cuda.get_device_name(device)
+            raise InvalidInputError(f"dtype: bfloat16 is not supported by {name} (needs compute capability 8.0+); {hint}")
+        return
+    try:
+        # No nn.Linear: its random init would shift the seeded RNG stream of the run.
+        weight = torch.ones(4, 4, device=device, dtype=dtype, requires_grad=True)
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            torch.nn.functional.linear(torch.ones(2, 4, device=device, dtype=dtype), weight).float().sum().backward()
+    except (RuntimeError, NotImplementedError) as exc:
+        raise InvalidInputError(f"dtype: {dtype_name} is not supported on {device} ({exc}); {hint}") from None
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision for bf16/fp16; float32 runs without autocast (bitwise-reproducible)."""
     if dtype == torch.float32:

@@ -38,7 +38,7 @@ from .config import ReferenceConfig, load_config
 from .data import PixelCache, PreferenceDataset, collate, load_shards, validate_against_model
 from .errors import ExitCode, InvalidInputError
 from .events import claim_stdout, emit, log
-from .modeling import DTYPES, autocast, completion_logps, load_base_model, resolve_device
+from .modeling import DTYPES, check_dtype_supported, autocast, completion_logps, load_base_model, resolve_device
 
 FORMAT = "dpo-reference-logps/1"
 FILE = "ref_logps.parquet"
@@ -54,6 +54,7 @@ def model_config_sha256(model_dir: str) -> str:
 def compute(config: ReferenceConfig) -> dict:
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
+    check_dtype_supported(device, config.dtype)
     dataset = load_shards(config.shards)
     loaded = load_base_model(config.model_dir, dtype, device)
     validate_against_model(dataset, loaded.spec)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import random
 import resource
 import sys
@@ -39,12 +38,14 @@ from .data import (
     validate_against_model,
 )
 from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
-from .events import claim_stdout, emit, log
+from .events import claim_stdout, emit, log, mute
 from .estimate import auto_micro_batch
+from .distributed import Distributed, init_distributed
 from .faults import FaultHooks
 from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
     DTYPES,
+    check_dtype_supported,
     attach_lora,
     autocast,
     completion_logps,
@@ -89,7 +90,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset) -> dict[str, Any]:
+def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset, step_samples: int) -> dict[str, Any]:
     """Settings a resumed run must share with the run that wrote the checkpoint: they decide
     which samples each step sees and what the optimizer does with them. The micro-batch split is
     deliberately absent -- halving it and doubling accumulation is allowed."""
@@ -97,7 +98,7 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset) -> dict[str
         "seed": config.seed,
         "epochs": config.epochs,
         "max_steps": config.max_steps,
-        "effective_batch_size": config.effective_batch_size,
+        "effective_batch_size": step_samples,  # pairs per optimizer step over all processes
         "learning_rate": config.learning_rate,
         "lr_scheduler_type": config.lr_scheduler_type,
         "warmup_ratio": config.warmup_ratio,
@@ -187,23 +188,26 @@ class StepContext:
     faults: FaultHooks
     preemption: PreemptionFlag
     reference: ReferenceLogps | None = None  # precomputed: no reference forward pass
+    dist: Distributed = field(default_factory=Distributed)
 
 
-def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> dict[str, float]:
+def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int, step_pairs: int | None = None) -> dict[str, float]:
     """Accumulate gradients over micro-batches of `indices`, then apply one optimizer step.
 
     The loss is the mean over all pairs of the step (sum of each micro-batch's per-pair losses
     divided by the step's pair count), so the update does not depend on how the step is split
     into micro-batches -- which is what makes OOM backoff and resume with a halved micro-batch
-    land on the same numbers.
+    land on the same numbers. With several processes `indices` is this rank's share and
+    `step_pairs` the step's pair count over all ranks; gradients and metrics are summed across
+    ranks after the local accumulation (distributed.py).
     """
     config = ctx.config
-    n = len(indices)
+    n = step_pairs or len(indices)
     sums = dict.fromkeys(METRIC_NAMES, 0.0)
     tokens = 0
     out_of_memory = False
     try:
-        for start in range(0, n, micro_batch):
+        for start in range(0, len(indices), micro_batch):
             micro_indices = indices[start : start + micro_batch]
             rows = ctx.dataset.rows(micro_indices)
             batch = collate(rows, ctx.pad_token_id, ctx.pixels).to(ctx.device)
@@ -227,16 +231,21 @@ def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int) -> di
             for name, value in metric_sums(out, policy_logps[:b], policy_logps[b:]).items():
                 sums[name] += value
             tokens += batch.tokens
-            if start + micro_batch < n and ctx.preemption.requested:
+            # Between micro-batches only in a single process: ranks agree at step boundaries.
+            if start + micro_batch < len(indices) and ctx.dist.world_size == 1 and ctx.preemption.requested:
                 raise PreemptionRequested()
     except torch.OutOfMemoryError as exc:
         log(f"out of memory with micro-batch {micro_batch}: {exc}")
         out_of_memory = True
-    if out_of_memory:
+    if ctx.dist.any(out_of_memory):  # every rank backs off together
         raise StepOutOfMemory()
 
-    ctx.scaler.unscale_(ctx.optimizer)
     params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+    ctx.dist.sum_gradients(params)
+    totals = ctx.dist.sum({**sums, "_tokens": float(tokens)})
+    tokens = int(totals.pop("_tokens"))
+    sums = totals
+    ctx.scaler.unscale_(ctx.optimizer)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     learning_rate = ctx.scheduler.get_last_lr()[0]  # the rate this step uses
@@ -269,18 +278,18 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Several processes would each train on all data and write the same checkpoints.
-        raise InvalidInputError(
-            "WORLD_SIZE > 1: this trainer runs one process per host; do not launch it with torchrun"
-            " or accelerate launch"
-        )
+    dist = init_distributed(config.device)  # accelerate launch / torchrun: WORLD_SIZE > 1
+    if not dist.is_main:
+        mute()
     faults = FaultHooks.from_env()
-    device = resolve_device(config.device)
+    device = dist.device or resolve_device(config.device)
     dtype = DTYPES[config.dtype]
+    check_dtype_supported(device, config.dtype)
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(output_dir)
+    if dist.is_main:
+        ckpt.remove_stale_temporaries(output_dir)
+    dist.barrier()
 
     # -- data and model ------------------------------------------------------------------------
     dataset = load_shards(config.train_shards)
@@ -304,7 +313,13 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    step_samples = config.effective_batch_size
+    # Pairs per optimizer step over all processes: per-device micro-batch x accumulation x world
+    # size (as in transformers), or total_train_batch_size with an 'auto' micro-batch.
+    step_samples = config.effective_batch_size * (1 if config.per_device_train_batch_size == "auto" else dist.world_size)
+    if step_samples % dist.world_size:
+        raise InvalidInputError(
+            f"total_train_batch_size: {step_samples} does not split evenly over {dist.world_size} processes"
+        )
     total_steps = config.max_steps or steps_until_epoch(DataCursor(), len(dataset), step_samples, config.epochs)
     scheduler = get_scheduler(
         {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler_type],
@@ -314,7 +329,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     )
     # Loss scaling only matters for float16, whose small exponent range underflows gradients.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    fingerprint = run_fingerprint(config, dataset)
+    fingerprint = run_fingerprint(config, dataset, step_samples)
     progress = Progress()
 
     # -- resume: the same objects as a fresh start, overwritten with the checkpoint's state ------
@@ -347,31 +362,37 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         }
 
     def save(rng: dict[str, Any]) -> ckpt.CheckpointRef:
-        ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng))
-        emit("checkpoint_saved", step=ref.step, path=str(ref.path), files=ref.files, manifest=ckpt.MANIFEST)
+        # Rank 0 writes (the adapter and optimizer state are identical on every rank).
+        if dist.is_main:
+            ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng))
+            emit("checkpoint_saved", step=ref.step, path=str(ref.path), files=ref.files, manifest=ckpt.MANIFEST)
+        else:
+            ref = ckpt.CheckpointRef(progress.step, output_dir / "checkpoints" / ckpt.step_folder_name(progress.step), [])
+        dist.barrier()
         return ref
 
     micro_batch = config.per_device_train_batch_size
+    rank_samples = step_samples // dist.world_size  # each rank's share of a step
     if micro_batch == "auto":
         micro_batch, reason = auto_micro_batch(
-            model, step_samples, dataset.max_sequence_length(), device, config.dtype, gradient_checkpointing
+            model, rank_samples, dataset.max_sequence_length(), device, config.dtype, gradient_checkpointing
         )
         log(f"per_device_train_batch_size auto -> {micro_batch} ({reason})")
     ctx = StepContext(
         model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
         loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
-        reference,
+        reference, dist,
     )
     emit(
         "started",
         total_steps=total_steps,
         start_step=progress.step,
         samples=len(dataset),
-        world_size=1,
+        world_size=dist.world_size,
         device=str(device),
         dtype=config.dtype,
         micro_batch=micro_batch,
-        grad_accum=math.ceil(step_samples / micro_batch),
+        grad_accum=math.ceil(rank_samples / micro_batch),
     )
 
     # -- the loop: one optimizer step per iteration ---------------------------------------------
@@ -380,15 +401,16 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     warned_slow = False
     while progress.step < total_steps:
         rng_at_step_start = capture_rng()
-        if preemption.requested:
+        if dist.any(preemption.requested):
             return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
-        indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
+        step_indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
+        indices = dist.shard(step_indices)
         started = time.perf_counter()
         try:
             faults.before_step(progress.step + 1, lambda: preemption.requested)
-            if preemption.requested:
+            if dist.any(preemption.requested):
                 raise PreemptionRequested()
-            metrics = optimizer_step(ctx, indices, micro_batch)
+            metrics = optimizer_step(ctx, indices, micro_batch, len(step_indices))
         except PreemptionRequested:
             free_memory(ctx)  # the partial accumulation is dropped; the step is redone on resume
             return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
@@ -408,13 +430,13 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
                 "oom_backoff",
                 step=progress.step + 1,
                 micro_batch=micro_batch,
-                grad_accum=math.ceil(step_samples / micro_batch),
+                grad_accum=math.ceil(rank_samples / micro_batch),
                 gradient_checkpointing=gradient_checkpointing,
             )
             continue
         elapsed = time.perf_counter() - started
         tokens = int(metrics.pop("_tokens"))
-        micro_step_seconds = elapsed / math.ceil(len(indices) / micro_batch)
+        micro_step_seconds = elapsed / max(1, math.ceil(len(indices) / micro_batch))
         if micro_step_seconds > config.preemption_grace_seconds / 2 and not warned_slow:
             warned_slow = True
             log(
@@ -424,7 +446,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         progress.step += 1
         progress.cursor = cursor_after
         epoch = progress.cursor.epoch_progress(len(dataset))
-        progress.history.append({"step": progress.step, "epoch": epoch, "samples": len(indices), **metrics})
+        progress.history.append({"step": progress.step, "epoch": epoch, "samples": len(step_indices), **metrics})
         last_metrics = metrics
         if progress.step % config.log_every_steps == 0 or progress.step == total_steps:
             emit(
@@ -432,17 +454,20 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
                 step=progress.step,
                 epoch=epoch,
                 metrics=metrics,
-                samples_per_second=len(indices) / elapsed,
+                samples_per_second=len(step_indices) / elapsed,
                 tokens_per_second=tokens / elapsed,
                 peak_memory_bytes=peak_memory_bytes(device),
             )
         if progress.step % config.checkpoint_every_steps == 0:
             last_checkpoint = save(capture_rng())
 
-    final = ckpt.save_final_adapter(output_dir, progress.step, model)
+    final_path = output_dir / "final"
+    if dist.is_main:
+        final_path = ckpt.save_final_adapter(output_dir, progress.step, model).path
+    dist.barrier()
     if not last_metrics and progress.history:
         last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}
-    emit("finished", step=progress.step, adapter_path=str(final.path / ckpt.ADAPTER_DIR), metrics=last_metrics)
+    emit("finished", step=progress.step, adapter_path=str(final_path / ckpt.ADAPTER_DIR), metrics=last_metrics)
     return ExitCode.FINISHED
 
 
