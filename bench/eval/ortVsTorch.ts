@@ -73,11 +73,13 @@ try {
   for (const b of batches) {
     ortLogps.push(...(await model.completionLogps(b))); // warm-up, and the values for the cross-check
   }
-  const start = performance.now();
-  for (let r = 0; r < repeats; r++) for (const b of batches) await model.completionLogps(b);
-  const ortSeconds = (performance.now() - start) / 1000;
-  await model.release();
-  const ortRate = (pairs * repeats) / ortSeconds;
+  const timeOrt = async () => {
+    const start = performance.now();
+    for (let r = 0; r < repeats; r++) for (const b of batches) await model.completionLogps(b);
+    return (pairs * repeats) / ((performance.now() - start) / 1000);
+  };
+  // ORT is timed before and after PyTorch, so a change in the machine's load shows as a spread.
+  const ortBefore = await timeOrt();
 
   // PyTorch, same inputs and batches
   const { stdout } = await exec(trainerPython(), ['bench/eval/torch_score.py', modelDir, join(work, 'inputs.json'), String(threads), String(repeats)], {
@@ -86,12 +88,15 @@ try {
     maxBuffer: 64 << 20,
   });
   const torch = JSON.parse(stdout.trim().split('\n').at(-1)!) as { pairs_per_second: number; logps: number[] };
+  const ortAfter = await timeOrt();
+  await model.release();
+  const ortRate = (ortBefore + ortAfter) / 2;
   const maxDiff = Math.max(...torch.logps.map((v, i) => Math.abs(v - ortLogps[i]!)));
   if (!(maxDiff < 1e-3)) throw new Error(`ORT and PyTorch log-probs differ by ${maxDiff}: the comparison would be meaningless`);
 
   console.log(`log-prob agreement: max |ORT - PyTorch| = ${maxDiff.toExponential(2)} over ${torch.logps.length} sequences`);
   console.log(`PyTorch ${torch.pairs_per_second.toFixed(1)} pairs/s`);
-  console.log(`ORT     ${ortRate.toFixed(1)} pairs/s`);
+  console.log(`ORT     ${ortRate.toFixed(1)} pairs/s (before PyTorch ${ortBefore.toFixed(1)}, after ${ortAfter.toFixed(1)})`);
   console.log(`ratio ORT / PyTorch: ${(ortRate / torch.pairs_per_second).toFixed(2)}x (goal >= 1.5x)`);
 } finally {
   await rm(work, { recursive: true, force: true });
