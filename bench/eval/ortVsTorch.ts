@@ -1,7 +1,11 @@
 /**
  * Benchmark: scoring held-out preference pairs with onnxruntime-node on the ONNX export vs
  * PyTorch on the same model (the trainer's evaluator path), same inputs, same batches, CPU,
- * in one run. Prints pairs/s of both and the ratio (goal: ORT >= 1.5x).
+ * in one run. Prints pairs/s of both and the ratios (goal: ORT >= 1.5x):
+ *   - one model, one forward per batch (like for like);
+ *   - a base-vs-DPO evaluation: the trainer's evaluator runs base, policy (LoRA unmerged) and
+ *     reference (adapter disabled) forwards; the ORT evaluator runs the base export (also the
+ *     reference) and the merged-adapter export.
  *
  *   OMP_NUM_THREADS=1 npx tsx bench/eval/ortVsTorch.ts [pairs=96] [batch=16] [threads=1] [repeats=3]
  *
@@ -31,7 +35,11 @@ try {
   console.log(`model ${modelDir}; ${pairs} pairs, batch ${batchSize} pairs, ${threads} thread(s), ${repeats} timed passes; ${cpus().length} cores`);
   const t0 = Date.now();
   const onnxDir = await exportOnnx({ pythonBin: trainerPython(), modelDir, adapterDir: null, outDir: join(work, 'onnx'), stageId: 'bench', modelLabel: 'tiny LLaVA' });
-  console.log(`export: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  // A LoRA adapter with non-zero weights, as training would leave it, and its merged export.
+  const adapterDir = join(work, 'adapter');
+  await exec(trainerPython(), ['test/fixtures/onnx_reference.py', 'adapter', modelDir, adapterDir], { cwd: REPO_ROOT });
+  const mergedDir = await exportOnnx({ pythonBin: trainerPython(), modelDir, adapterDir, outDir: join(work, 'onnx-merged'), stageId: 'bench', modelLabel: 'tiny LLaVA + adapter' });
+  console.log(`exports: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
   // The pairs: demo questions with chosen/rejected answers, thumbnailed like the format stage.
   const chat = await ChatTokenizer.load(modelDir);
@@ -80,24 +88,42 @@ try {
   };
   // ORT is timed before and after PyTorch, so a change in the machine's load shows as a spread.
   const ortBefore = await timeOrt();
+  const merged = await OnnxModel.load(mergedDir, 'tiny LLaVA + adapter', threads);
+  const timeOrtEvaluation = async () => {
+    for (const b of batches) await merged.completionLogps(b); // warm-up
+    const start = performance.now();
+    for (let r = 0; r < repeats; r++) {
+      for (const b of batches) {
+        await model.completionLogps(b); // base metrics, and the reference of the DPO model
+        await merged.completionLogps(b);
+      }
+    }
+    return (pairs * repeats) / ((performance.now() - start) / 1000);
+  };
+  const ortEvalBefore = await timeOrtEvaluation();
 
   // PyTorch, same inputs and batches
-  const { stdout } = await exec(trainerPython(), ['bench/eval/torch_score.py', modelDir, join(work, 'inputs.json'), String(threads), String(repeats)], {
+  const { stdout } = await exec(trainerPython(), ['bench/eval/torch_score.py', modelDir, join(work, 'inputs.json'), String(threads), String(repeats), adapterDir], {
     cwd: REPO_ROOT,
     env: { ...process.env, OMP_NUM_THREADS: String(threads) },
     maxBuffer: 64 << 20,
   });
-  const torch = JSON.parse(stdout.trim().split('\n').at(-1)!) as { pairs_per_second: number; logps: number[] };
+  const torch = JSON.parse(stdout.trim().split('\n').at(-1)!) as { pairs_per_second: number; evaluation_pairs_per_second: number; logps: number[] };
   const ortAfter = await timeOrt();
+  const ortEvalAfter = await timeOrtEvaluation();
   await model.release();
+  await merged.release();
   const ortRate = (ortBefore + ortAfter) / 2;
+  const ortEvalRate = (ortEvalBefore + ortEvalAfter) / 2;
   const maxDiff = Math.max(...torch.logps.map((v, i) => Math.abs(v - ortLogps[i]!)));
   if (!(maxDiff < 1e-3)) throw new Error(`ORT and PyTorch log-probs differ by ${maxDiff}: the comparison would be meaningless`);
 
   console.log(`log-prob agreement: max |ORT - PyTorch| = ${maxDiff.toExponential(2)} over ${torch.logps.length} sequences`);
   console.log(`PyTorch ${torch.pairs_per_second.toFixed(1)} pairs/s`);
   console.log(`ORT     ${ortRate.toFixed(1)} pairs/s (before PyTorch ${ortBefore.toFixed(1)}, after ${ortAfter.toFixed(1)})`);
-  console.log(`ratio ORT / PyTorch: ${(ortRate / torch.pairs_per_second).toFixed(2)}x (goal >= 1.5x)`);
+  console.log(`ratio ORT / PyTorch, one model: ${(ortRate / torch.pairs_per_second).toFixed(2)}x`);
+  console.log(`base-vs-DPO evaluation: PyTorch ${torch.evaluation_pairs_per_second.toFixed(1)} pairs/s, ORT ${ortEvalRate.toFixed(1)} pairs/s (before ${ortEvalBefore.toFixed(1)}, after ${ortEvalAfter.toFixed(1)})`);
+  console.log(`ratio ORT / PyTorch, evaluation: ${(ortEvalRate / torch.evaluation_pairs_per_second).toFixed(2)}x (goal >= 1.5x)`);
 } finally {
   await rm(work, { recursive: true, force: true });
 }

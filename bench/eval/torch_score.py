@@ -1,9 +1,12 @@
 """PyTorch side of bench/eval/ortVsTorch.ts: scores the same preference pairs with the same model.
 
-    python bench/eval/torch_score.py MODEL_DIR INPUTS.json THREADS REPEATS
+    python bench/eval/torch_score.py MODEL_DIR INPUTS.json THREADS REPEATS [ADAPTER_DIR]
 
 Times what the trainer's evaluator does per batch (forward + completion log-probs, fp32, CPU,
-no autograd) after one warm-up pass; prints {"pairs_per_second": ..., "logps": [...]} on stdout.
+no autograd) after one warm-up pass and prints {"pairs_per_second": ..., "logps": [...]}.
+With ADAPTER_DIR it also times a base-vs-DPO evaluation as trainer/dpo_trainer/evaluate.py runs
+it: the base model's pass, then the adapter's pass with the reference (adapter disabled) --
+three forwards per batch -- as "evaluation_pairs_per_second".
 """
 
 import json
@@ -45,4 +48,27 @@ for _ in range(repeats):
         score(*b)
 seconds = time.perf_counter() - start
 pairs = sum(len(b[0]) for b in prepared) // 2 * repeats
-print(json.dumps({"pairs_per_second": pairs / seconds, "seconds": seconds, "logps": torch.cat(logps).tolist()}))
+result = {"pairs_per_second": pairs / seconds, "seconds": seconds, "logps": torch.cat(logps).tolist()}
+if len(sys.argv) > 5:
+    from dpo_trainer.evaluate import load_adapter
+
+    base_model = model
+    peft = load_adapter(load_base_model(model_dir, torch.float32, torch.device("cpu")).model, sys.argv[5]).eval()
+
+    def evaluation_pass() -> None:
+        global model
+        for b in prepared:  # evaluate.py with adapter_dir null: the base is its own reference
+            model = base_model
+            score(*b)
+        for b in prepared:  # evaluate.py with the adapter: policy, then reference with it disabled
+            model = peft
+            score(*b)
+            with peft.disable_adapter():
+                score(*b)
+
+    evaluation_pass()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        evaluation_pass()
+    result["evaluation_pairs_per_second"] = pairs / (time.perf_counter() - start)
+print(json.dumps(result))
