@@ -12,7 +12,7 @@
  *
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
@@ -181,15 +181,14 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
 async function loadModels(deps: ActivityDeps, input: ScoreShardInput): Promise<{ base: OnnxModel; trained: OnnxModel }> {
   const load = async (prefix: string, label: string) => {
     const dir = join(deps.workDir, 'onnx', sha256(Buffer.from(`${input.bucket}/${prefix}`)).slice(0, 24));
-    if (!(await stat(join(dir, 'manifest.json')).catch(() => null))) {
-      const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-      const files = await deps.storage.downloadPrefix(input.bucket, prefix, tmp);
-      if (!files.some((f) => f.endsWith('manifest.json'))) {
-        await rm(tmp, { recursive: true, force: true });
-        throw ApplicationFailure.nonRetryable(`no complete ONNX export of ${label} under s3://${input.bucket}/${prefix}`, FailureType.ModelLoadError);
-      }
-      await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
+    // Parallel scoring activities in one worker share one download of each export.
+    let staged = stagingExports.get(dir);
+    if (!staged) {
+      staged = stageExport(deps, input.bucket, prefix, dir, label);
+      stagingExports.set(dir, staged);
+      staged.catch(() => stagingExports.delete(dir));
     }
+    await staged;
     try {
       return await OnnxModel.load(dir, `${label} (s3://${input.bucket}/${prefix})`, input.threads);
     } catch (err) {
@@ -199,6 +198,20 @@ async function loadModels(deps: ActivityDeps, input: ScoreShardInput): Promise<{
   };
   const [base, trained] = await Promise.all([load(input.onnx.base, 'the base model'), load(input.onnx.trained, 'the DPO model')]);
   return { base, trained };
+}
+
+const stagingExports = new Map<string, Promise<void>>();
+
+async function stageExport(deps: ActivityDeps, bucket: string, prefix: string, dir: string, label: string): Promise<void> {
+  if (await stat(join(dir, 'manifest.json')).catch(() => null)) return;
+  const tmp = `${dir}.tmp-${process.pid}-${randomUUID()}`;
+  const files = await deps.storage.downloadPrefix(bucket, prefix, tmp);
+  if (!files.some((f) => f.endsWith('manifest.json'))) {
+    await rm(tmp, { recursive: true, force: true });
+    throw ApplicationFailure.nonRetryable(`no complete ONNX export of ${label} under s3://${bucket}/${prefix}`, FailureType.ModelLoadError);
+  }
+  // Another worker process may have staged it meanwhile: folders are renamed whole.
+  await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
 }
 
 interface ShardRow {

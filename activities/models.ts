@@ -2,7 +2,7 @@
  * Stages a model folder (as written by save_pretrained) onto local disk: from s3://bucket/prefix
  * into a cache keyed by the objects' etags, or used in place when it is a local folder.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
@@ -42,7 +42,8 @@ export async function stageModel(deps: ActivityDeps, source: string, only?: (fil
     .slice(0, 24);
   const dir = join(deps.workDir, 'models', fingerprint);
   if (await exists(join(dir, COMPLETE_MARKER))) return dir;
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  // Unique per call: parallel activities in one worker may stage the same model in the same millisecond.
+  const tmp = `${dir}.tmp-${process.pid}-${randomUUID()}`;
   await mkdir(tmp, { recursive: true });
   for (const o of objects) await deps.storage.downloadFile(bucket, o.key, join(tmp, ...o.key.slice(prefix.length).split('/')));
   await writeFile(join(tmp, COMPLETE_MARKER), source);

@@ -68,9 +68,14 @@ export class OnnxModel {
     return 'pixel_values' in this.signature.inputs;
   }
 
-  /** Runs one right-padded batch and returns the requested outputs. */
-  async run(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, fetch: Array<'token_logps' | 'last_logits' | 'logits'>) {
+  /**
+   * Runs one right-padded batch and returns the requested outputs. Logits are computed from
+   * position `firstScored - 1` on (export.py): callers pass the first position they need.
+   */
+  async run(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, fetch: Array<'token_logps' | 'last_logits' | 'logits'>, firstScored = 1) {
     const width = Math.max(...rows.map((r) => r.ids.length));
+    const shortest = Math.min(...rows.map((r) => r.ids.length));
+    if (!(firstScored >= 1 && firstScored <= shortest)) throw new Error(`firstScored ${firstScored} must be in 1..${shortest} (the shortest row)`);
     const ids = new BigInt64Array(rows.length * width).fill(BigInt(this.signature.pad_token_id));
     const mask = new BigInt64Array(rows.length * width);
     rows.forEach((r, i) => {
@@ -82,6 +87,7 @@ export class OnnxModel {
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', ids, [rows.length, width]),
       attention_mask: new ort.Tensor('int64', mask, [rows.length, width]),
+      first_scored: new ort.Tensor('int64', BigInt64Array.from([BigInt(firstScored)]), []),
     };
     if (this.hasVision) {
       const shape = this.signature.inputs.pixel_values!.shape.slice(1).map(Number);
@@ -99,19 +105,20 @@ export class OnnxModel {
 
   /** Sum of log p(token) over each row's completion tokens (trainer's completion_logps). */
   async completionLogps(rows: ScoredRow[]): Promise<number[]> {
-    const { width, out } = await this.run(rows, ['token_logps']);
+    const first = Math.max(1, Math.min(...rows.map((r) => r.completionStart)));
+    const { width, out } = await this.run(rows, ['token_logps'], first);
     const logps = out.token_logps;
     return rows.map((r, i) => {
       let sum = 0;
-      // token_logps[t - 1] is log p(ids[t] | ids[:t]).
-      for (let t = r.completionStart; t < r.ids.length; t++) sum += logps[i * (width - 1) + t - 1]!;
+      // token_logps[:, t - first] is log p(ids[t] | ids[:t]).
+      for (let t = Math.max(r.completionStart, 1); t < r.ids.length; t++) sum += logps[i * (width - first) + t - first]!;
       return sum;
     });
   }
 
   /** Log-softmax of the next-token logits after each row, restricted to `tokenIds`. */
   async nextTokenLogprobs(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, tokenIds: number[]): Promise<number[][]> {
-    const { out } = await this.run(rows, ['last_logits']);
+    const { out } = await this.run(rows, ['last_logits'], Math.min(...rows.map((r) => r.ids.length)));
     const vocab = out.last_logits.length / rows.length;
     return rows.map((_, i) => {
       const logits = out.last_logits.subarray(i * vocab, (i + 1) * vocab);
@@ -128,7 +135,7 @@ export class OnnxModel {
     const ids = [...prompt];
     const generated: number[] = [];
     for (let i = 0; i < maxNewTokens; i++) {
-      const { out } = await this.run([{ ids, pixels }], ['last_logits']);
+      const { out } = await this.run([{ ids, pixels }], ['last_logits'], ids.length);
       let best = 0;
       for (let v = 1; v < out.last_logits.length; v++) if (out.last_logits[v]! > out.last_logits[best]!) best = v;
       if (best === eosTokenId) break;

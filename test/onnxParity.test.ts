@@ -16,6 +16,7 @@ import { loadImageProcessorConfig, pixelValues } from '../activities/imageProces
 import { OnnxLoadError, OnnxModel } from '../activities/onnxModel.js';
 import { exportOnnx, OnnxExportError } from '../activities/onnxExport.js';
 import { generateRows } from '../datagen/demoShapes.js';
+import sharp from 'sharp';
 
 const exec = promisify(execFile);
 const env = { ...process.env, OMP_NUM_THREADS: '1' };
@@ -59,11 +60,19 @@ describe('ONNX export parity with PyTorch', () => {
       await writeFile(imagePaths[i]!, row.image.bytes);
       pixels.push(await pixelValues(row.image.bytes, imageConfig));
     }
+    const prompts = rows.map((row) => chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: row.question }] }])));
     const sequences = rows.map((row, i) => {
-      const prompt = chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: row.question }] }]));
       const answer = chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: i === 1 ? row.rejected : `${row.chosen} ${row.chosen}` }] }]));
-      return [...prompt, ...answer];
+      return [...prompts[i]!, ...answer];
     });
+    // A non-square, larger image as well: resize by the shortest edge, then center crop.
+    const wide = await sharp({ create: { width: 130, height: 70, channels: 3, background: '#3a7' } })
+      .composite([{ input: Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="130" height="70"><circle cx="40" cy="30" r="20" fill="#e6194b"/></svg>') }])
+      .jpeg()
+      .toBuffer();
+    imagePaths.push(join(work, 'wide.jpg'));
+    await writeFile(imagePaths.at(-1)!, wide);
+    const widePixels = await pixelValues(wide, imageConfig);
     const width = Math.max(...sequences.map((s) => s.length));
     const pad = (s: number[], fill: number) => [...s, ...Array<number>(width - s.length).fill(fill)];
     const plane = pixels[0]!.length;
@@ -86,12 +95,34 @@ describe('ONNX export parity with PyTorch', () => {
       await exec(trainerPython(), ['test/fixtures/onnx_reference.py', 'logits', modelDir, adapter, inputsPath, out], { env, maxBuffer: 16 << 20 });
       const reference = asFloat32(await readFile(out));
       const model = await OnnxModel.load(onnxDir, onnxDir);
-      const { out: ort } = await model.run(sequences.map((ids, i) => ({ ids, pixels: pixels[i]! })), ['logits']);
-      await model.release();
+      const batch = sequences.map((ids, i) => ({ ids, pixels: pixels[i]! }));
+      const { out: ort } = await model.run(batch, ['logits']);
       expect(maxAbsDiff(ort.logits, reference)).toBeLessThanOrEqual(1e-4);
+
+      // The scoring outputs, with logits only from the shortest prompt on: log-probs of every
+      // scored token and each row's last logits, against PyTorch's logits.
+      const vocab = model.signature.vocab_size;
+      const first = Math.min(...prompts.map((p) => p.length));
+      const { out: scored } = await model.run(batch, ['token_logps', 'last_logits'], first);
+      const refLogps: number[] = [];
+      const refLast: number[] = [];
+      sequences.forEach((ids, b) => {
+        for (let t = first; t < width; t++) {
+          const row = reference.subarray((b * width + t - 1) * vocab, (b * width + t) * vocab);
+          const max = Math.max(...row);
+          const lse = max + Math.log(row.reduce((acc, x) => acc + Math.exp(x - max), 0));
+          refLogps.push(row[t < ids.length ? ids[t]! : 3]! - lse);
+        }
+        refLast.push(...reference.subarray((b * width + ids.length - 1) * vocab, (b * width + ids.length) * vocab));
+      });
+      expect(maxAbsDiff(scored.token_logps, Float32Array.from(refLogps))).toBeLessThanOrEqual(1e-4);
+      expect(maxAbsDiff(scored.last_logits, Float32Array.from(refLast))).toBeLessThanOrEqual(1e-4);
+      await model.release();
       if (adapter === '-') {
         // Node's pixel_values are the image processor's (PIL bicubic resize in fixed point).
-        expect(maxAbsDiff(flatPixels, asFloat32(await readFile(`${out}.pixels`)))).toBeLessThanOrEqual(1e-6);
+        const refPixels = asFloat32(await readFile(`${out}.pixels`));
+        expect(maxAbsDiff(flatPixels, refPixels.subarray(0, flatPixels.length))).toBeLessThanOrEqual(1e-6);
+        expect(maxAbsDiff(widePixels, refPixels.subarray(flatPixels.length))).toBeLessThanOrEqual(1e-6);
       }
     }
   }, 300_000);

@@ -260,6 +260,38 @@ describe('bad input', () => {
     expect(scheduled).toHaveLength(0);
   });
 
+  it('fails with ModelLoadError naming the stage and the model when the adapter cannot be exported', async () => {
+    // An "adapter" whose config names a base it does not fit: PEFT refuses it at export time.
+    const prefix = `${uniqueId('broken-adapter')}/adapter/`;
+    await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_config.json`, JSON.stringify({ peft_type: 'LORA', r: 4, target_modules: ['no_such_module'] }));
+    await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_model.safetensors`, 'not safetensors');
+    const err = await stack.client.workflow
+      .execute('dpoPipeline', {
+        taskQueue: stack.queues.cpu,
+        workflowId: uniqueId('bad-adapter'),
+        args: [
+          smallConfig({
+            evaluate: { batch_size: 16, generations: 0 },
+            stages: [
+              { id: 'download', kind: 'download' },
+              { id: 'format', kind: 'format', needs: ['download'] },
+              { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
+              { id: 'shard', kind: 'shard', needs: ['tokenize'] },
+              { id: 'adapter', kind: 'adapter', params: { source: `s3://${TEST_BUCKET}/${prefix}` } },
+              { id: 'eval-broken', kind: 'evaluate', needs: ['shard', 'adapter'] },
+            ],
+          }),
+        ],
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    let cause: unknown = (err as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('ModelLoadError');
+    expect((cause as ApplicationFailure).message).toContain('stage "eval-broken": cannot export');
+    expect((cause as ApplicationFailure).message).toContain(`with adapter s3://${TEST_BUCKET}/${prefix}`);
+  });
+
   it('fails with InvalidDataset naming a missing column', async () => {
     const err = await stack.client.workflow
       .execute('dpoPipeline', {
