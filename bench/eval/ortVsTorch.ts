@@ -44,9 +44,10 @@ try {
   // The pairs: demo questions with chosen/rejected answers, thumbnailed like the format stage.
   const chat = await ChatTokenizer.load(modelDir);
   const imageConfig = await loadImageProcessorConfig(modelDir);
-  const { thumbnail } = await import('../../activities/format.js');
+  const { thumbnail } = await import('../../activities/formatRows.js');
+  const thumb = { edge: 48, maxPixels: 50_000_000, jpegQuality: 95 };
   const rows = await generateRows('bench', pairs, 3);
-  const pixels = await Promise.all(rows.map(async (r) => pixelValues(await thumbnail(r.image.bytes, 48), imageConfig)));
+  const pixels = await Promise.all(rows.map(async (r) => pixelValues(await thumbnail(r.image.bytes, thumb), imageConfig)));
   const encoded = rows.map((r) => {
     const prompt = chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: r.question }] }]));
     const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }]));
