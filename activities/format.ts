@@ -22,7 +22,7 @@ import type { ActivityDeps } from './deps.js';
 import type { DownloadManifest } from './download.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from './formatRows.js';
 import { isTokenizerFile, stageModel } from './models.js';
-import { readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
+import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
 import { countRows, localCopy, readRowRange } from './sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
@@ -147,7 +147,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     progress({ chunk: chunk.index, rows: start + batch.length, of: rows.length });
   }
   const prefix = partPrefix(input.hash, chunk.split, chunk.index);
-  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out))));
+  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out), IMAGE_COLUMN_OPTIONS)));
   await storage.putJson(input.bucket, `${prefix}.keys.json`, out.keys);
   return {
     split: chunk.split,
@@ -242,7 +242,7 @@ async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, k
     rejected: rejected as string[],
     images: images as Uint8Array[],
   });
-  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept)));
+  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept, IMAGE_COLUMN_OPTIONS)));
   return kept.numRows;
 }
 

@@ -43,10 +43,19 @@ export interface RawRow {
 export async function localCopy(deps: ActivityDeps, bucket: string, key: string): Promise<string> {
   const name = createHash('sha256').update(`${bucket}/${key}`).digest('hex').slice(0, 32);
   const path = join(deps.workDir, 'inputs', `${name}-${key.split('/').pop()}`);
-  if (await access(path).then(() => true, () => false)) return path;
-  await deps.storage.downloadFile(bucket, key, path);
-  return path;
+  // Chunks of one file often start together on a worker: they share one download.
+  let copy = inFlight.get(path);
+  if (!copy) {
+    copy = (async () => {
+      if (!(await access(path).then(() => true, () => false))) await deps.storage.downloadFile(bucket, key, path);
+      return path;
+    })().finally(() => inFlight.delete(path));
+    inFlight.set(path, copy);
+  }
+  return copy;
 }
+
+const inFlight = new Map<string, Promise<string>>();
 
 /** Rows in a file, from the Parquet footer or by counting JSONL lines. */
 export async function countRows(path: string, format: FileFormat): Promise<number> {

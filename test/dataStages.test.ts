@@ -131,14 +131,15 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 from datasets import load_dataset
 paths = json.loads(sys.argv[1])
-out = {"pyarrow": [], "codec": set()}
+out = {"pyarrow": [], "codec": {}}
 for p in paths:
     f = pq.ParquetFile(p)
     out["pyarrow"].append(f.metadata.num_rows)
     for rg in range(f.metadata.num_row_groups):
         for c in range(f.metadata.num_columns):
-            out["codec"].add(f.metadata.row_group(rg).column(c).compression)
-out["codec"] = sorted(out["codec"])
+            col = f.metadata.row_group(rg).column(c)
+            out["codec"].setdefault(col.path_in_schema, set()).add(col.compression)
+out["codec"] = {k: sorted(v) for k, v in out["codec"].items()}
 files = ", ".join(repr(p) for p in paths)
 out["duckdb"] = duckdb.sql(
     f"select count(*), sum(len(prompt_input_ids) + len(chosen_input_ids) + len(rejected_input_ids)) from read_parquet([{files}])"
@@ -148,9 +149,16 @@ out["datasets"] = [ds.num_rows, sorted(ds.column_names), sum(len(x) for x in ds[
 print(json.dumps(out))
 `;
     const { stdout } = await exec(trainerPython(), ['-c', script, JSON.stringify(paths), join(dir, 'hf-cache')], { env: { ...process.env, HF_DATASETS_OFFLINE: '1' } });
-    const read = JSON.parse(stdout.trim().split('\n').pop()!) as { pyarrow: number[]; codec: string[]; duckdb: [number, number]; datasets: [number, string[], number] };
+    const read = JSON.parse(stdout.trim().split('\n').pop()!) as { pyarrow: number[]; codec: Record<string, string[]>; duckdb: [number, number]; datasets: [number, string[], number] };
     expect(read.pyarrow).toEqual(train.shards.map((s) => s.rows));
-    expect(read.codec).toEqual(['ZSTD']);
+    // zstd, except the JPEG bytes, which it cannot shrink.
+    expect(read.codec).toEqual({
+      sample_id: ['ZSTD'],
+      'prompt_input_ids.list.item': ['ZSTD'],
+      'chosen_input_ids.list.item': ['ZSTD'],
+      'rejected_input_ids.list.item': ['ZSTD'],
+      image: ['UNCOMPRESSED'],
+    });
     expect(read.duckdb).toEqual([train.rows, train.tokens]);
     expect(read.datasets[0]).toBe(train.rows);
     expect(read.datasets[1]).toEqual(['chosen_input_ids', 'image', 'prompt_input_ids', 'rejected_input_ids', 'sample_id']);
