@@ -7,18 +7,21 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { temporalEnv } from '../worker/connection.js';
+import { createWorkers } from '../worker/createWorkers.js';
 import { trainerPython } from '../activities/deps.js';
 import type { ShardManifest } from '../activities/shard.js';
 import { truncateSample, type TokenizeManifest } from '../activities/tokenize.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { PipelineResult } from '../lib/stages.js';
 import { dataConfig, runPipeline } from './dataFixtures.js';
-import { startTestStack, TEST_BUCKET, type TestStack } from './harness.js';
+import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from './harness.js';
 
 const exec = promisify(execFile);
 let stack: TestStack;
@@ -188,5 +191,44 @@ print(json.dumps(out))
       ['tokenize', false],
       ['shard', false],
     ]);
+  });
+});
+
+describe('fan-out', () => {
+  it('spreads one stage\'s chunks over every CPU worker on the queue', async () => {
+    // A second worker process's worth of workers on the same queues, with its own scratch space.
+    const workDir = await mkdtemp(join(tmpdir(), 'dpo-worker2-'));
+    const { workers, connection } = await createWorkers({
+      temporal: temporalEnv(),
+      queues: stack.queues,
+      serve: { cpu: true, gpu: false },
+      deps: { ...stack.deps, workDir },
+      workflowBundle: { code: await readFile(inject('workflowBundlePath'), 'utf8') },
+      cpuSlots: 2,
+    });
+    const running = Promise.all(workers.map((w: Worker) => w.run()));
+    try {
+      const dir = await mkdtemp(join(tmpdir(), 'dpo-fanout-'));
+      await generateDemoDataset({ outDir: dir, trainRows: 64, testRows: 8, seed: 33 });
+      const workflowId = uniqueId('fanout');
+      const started = Date.now() - 1000;
+      const config = dataConfig(stack, inject('modelSource'), dir, { format: { image_longest_edge: 48, chunk_rows: 4 } });
+      await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config] });
+      const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
+      const chunks = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'formatChunk');
+      expect(chunks.length).toBe(18);
+      // Both workers copied this run's source files for their chunks into their own scratch space.
+      const copiedSince = async (d: string) => {
+        const names = await readdir(join(d, 'inputs')).catch(() => [] as string[]);
+        const times = await Promise.all(names.map(async (n) => (await stat(join(d, 'inputs', n))).mtimeMs));
+        return times.filter((t) => t >= started).length;
+      };
+      expect(await copiedSince(workDir)).toBeGreaterThan(0);
+      expect(await copiedSince(stack.deps.workDir)).toBeGreaterThan(0);
+    } finally {
+      for (const w of workers) w.shutdown();
+      await running;
+      await connection.close();
+    }
   });
 });
