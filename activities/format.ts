@@ -24,7 +24,7 @@ import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from './
 import { isTokenizerFile, stageModel } from './models.js';
 import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
-import { countRows, localCopy, readRowRange } from './sourceRows.js';
+import { countStoredRows, localCopy, readRowRange } from './sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
 export type { DropReason } from './formatRows.js';
@@ -109,7 +109,7 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
     let index = 0;
     for (const [fileIndex, file] of upstream.files.filter((f) => f.split === split).entries()) {
       if (remaining <= 0) break;
-      const rows = Math.min(remaining, await countRows(await localCopy(deps, input.bucket, file.key), file.format));
+      const rows = Math.min(remaining, await countStoredRows(deps, input.bucket, file.key, file.format));
       remaining -= rows;
       for (let offset = 0; offset < rows; offset += chunkRows) {
         chunks.push({

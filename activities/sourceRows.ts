@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, openAsBlob } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as arrow from 'apache-arrow';
@@ -57,10 +57,13 @@ export async function localCopy(deps: ActivityDeps, bucket: string, key: string)
 
 const inFlight = new Map<string, Promise<string>>();
 
-/** Rows in a file, from the Parquet footer or by counting JSONL lines. */
-export async function countRows(path: string, format: FileFormat): Promise<number> {
+/**
+ * Rows of a stored file without copying it: a Parquet file's footer through HTTP range requests
+ * (a short-lived presigned URL, used here only), JSONL lines by streaming.
+ */
+export async function countStoredRows(deps: ActivityDeps, bucket: string, key: string, format: FileFormat): Promise<number> {
   if (format === 'parquet') {
-    const file = await ParquetFile.fromFile(await openAsBlob(path));
+    const file = await ParquetFile.fromUrl(await deps.storage.client.presignedGetObject(bucket, key, 15 * 60));
     try {
       return Number(file.metadata().fileMetadata().numRows());
     } finally {
@@ -68,8 +71,15 @@ export async function countRows(path: string, format: FileFormat): Promise<numbe
     }
   }
   let n = 0;
-  for await (const line of jsonlLines(path)) if (line.length) n++;
-  return n;
+  let last = 10;
+  for await (const chunk of await deps.storage.client.getObject(bucket, key)) {
+    const buf = chunk as Buffer;
+    for (let i = buf.indexOf(10); i >= 0; i = buf.indexOf(10, i + 1)) n++;
+    if (buf.length) last = buf[buf.length - 1]!;
+  }
+  // A last line without "\n" still counts; empty lines are not rows, but JSONL has none between
+  // rows in practice, and a chunk past the end simply reads fewer rows.
+  return last === 10 ? n : n + 1;
 }
 
 export interface ReadRange {
@@ -182,8 +192,4 @@ async function readJsonlRange(range: ReadRange, columns: ColumnMapping): Promise
     });
   }
   return rows;
-}
-
-export async function fileSize(path: string): Promise<number> {
-  return (await stat(path)).size;
 }
