@@ -4,9 +4,9 @@
  * Python pipeline (bench/data/seed_pipeline.py: datasets.map with the processor's chat template
  * and PIL thumbnail, num_proc=2, then Parquet), on the same generated inputs, same machine, one
  * run each, one after the other. Peak memory: the sampled sum of RSS over each side's process
- * tree (Node: this process, which hosts the worker; Python: the script and its map workers).
+ * trees (Node: the CPU worker processes; Python: the script and its map workers).
  *
- *     npx tsx bench/data/run.ts [--rows 5000] [--processor test/fixtures/processors/idefics2]
+ *     npx tsx bench/data/run.ts [--rows 5000] [--workers 2] [--processor test/fixtures/processors/idefics2]
  *
  * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio.
  */
@@ -16,12 +16,10 @@ import { mkdir, readFile, readdir, rm, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, DefaultLogger, Runtime } from '@temporalio/worker';
-import { depsFromEnv, REPO_ROOT, trainerPython } from '../../activities/deps.js';
+import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
 import type { PipelineConfigInput } from '../../lib/config.js';
 import type { PipelineResult } from '../../lib/stages.js';
 import { temporalEnv } from '../../worker/connection.js';
-import { createWorkers, WORKFLOWS_PATH } from '../../worker/createWorkers.js';
 import { ensureBenchDataset } from './generate.js';
 
 const { values } = parseArgs({
@@ -30,6 +28,7 @@ const { values } = parseArgs({
     'test-rows': { type: 'string', default: '100' },
     images: { type: 'string', default: '500' },
     processor: { type: 'string', default: 'test/fixtures/processors/idefics2' },
+    workers: { type: 'string', default: '2' },
     'skip-python': { type: 'boolean', default: false },
   },
 });
@@ -72,21 +71,36 @@ function sampleTreeRss(rootPid: number): { stop: () => Promise<number> } {
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 
-async function runNode(datasetDir: string): Promise<{ seconds: number; rows: number; stages: Record<string, number>; peakRss: number; download: number }> {
-  Runtime.install({ logger: new DefaultLogger('WARN') });
+/**
+ * The Node side as deployed: `workers` CPU worker processes (`worker/main.ts --queues cpu`, the
+ * product's way to scale out; 2 mirrors the anchor's num_proc=2) polling one queue; this process
+ * only starts the workflow. Peak memory is the sum over the worker processes.
+ */
+async function runNode(datasetDir: string, workers: number): Promise<{ seconds: number; rows: number; stages: Record<string, number>; peakRss: number; download: number }> {
   const suffix = randomBytes(4).toString('hex');
   const queues = { cpu: `bench-cpu-${suffix}`, gpu: `bench-gpu-${suffix}` };
-  const deps = { ...depsFromEnv(), workDir: join(REPO_ROOT, '.dpo/bench/work', suffix) };
-  const bundle = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: new DefaultLogger('WARN') });
-  const { workers, connection } = await createWorkers({
-    temporal: temporalEnv(),
-    queues,
-    serve: { cpu: true, gpu: false },
-    deps,
-    workflowBundle: { code: bundle.code },
-    cpuSlots: Number(process.env.DPO_CPU_SLOTS ?? 4),
-  });
-  const running = Promise.all(workers.map((w) => w.run()));
+  const children = Array.from({ length: workers }, (_, i) =>
+    spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'worker/main.ts'), '--queues', 'cpu'], {
+      cwd: REPO_ROOT,
+      env: {
+        ...process.env,
+        DPO_CPU_QUEUE: queues.cpu,
+        DPO_GPU_QUEUE: queues.gpu,
+        DPO_WORK_DIR: join(REPO_ROOT, '.dpo/bench/work', `${suffix}-${i}`),
+        DPO_CPU_SLOTS: process.env.DPO_CPU_SLOTS ?? '4',
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((ready, fail) => {
+          c.stdout!.on('data', (d: Buffer) => d.toString().includes('worker: connected') && ready());
+          c.on('exit', (code) => fail(new Error(`worker exited with ${code}`)));
+        }),
+    ),
+  );
   const client = new Client({ connection: await Connection.connect({ address: temporalEnv().address }) });
   // A fresh path each run: the download (and so every stage after it) is recomputed, not cached.
   const source = join(benchDir, `run-${suffix}`);
@@ -104,14 +118,14 @@ async function runNode(datasetDir: string): Promise<{ seconds: number; rows: num
       { id: 'shard', kind: 'shard', needs: ['tokenize'] },
     ],
   };
-  const sampler = sampleTreeRss(process.pid);
+  const samplers = children.map((c) => sampleTreeRss(c.pid!));
   const result: PipelineResult = await client.workflow.execute('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-data-${suffix}`, args: [config] });
-  const peakRss = await sampler.stop();
-  for (const w of workers) w.shutdown();
-  await running;
-  await connection.close();
+  // Peaks of the processes need not coincide: their sum is an upper bound of the true peak.
+  const peakRss = (await Promise.all(samplers.map((s) => s.stop()))).reduce((a, b) => a + b, 0);
+  for (const c of children) c.kill('SIGTERM');
+  await Promise.all(children.map((c) => new Promise((r) => c.on('close', r))));
   await rm(source, { force: true });
-  await rm(deps.workDir, { recursive: true, force: true });
+  await rm(join(REPO_ROOT, '.dpo/bench/work'), { recursive: true, force: true });
   const at = Object.fromEntries(result.timeline.map((t) => [t.id, t]));
   const stages = Object.fromEntries(['download', 'format', 'tokenize', 'shard'].map((id) => [id, (at[id]!.finishedAt! - at[id]!.startedAt!) / 1000]));
   const seconds = (at.shard!.finishedAt! - at.format!.startedAt!) / 1000;
@@ -144,9 +158,9 @@ await mkdir(benchDir, { recursive: true });
 const datasetDir = await ensureBenchDataset(benchDir, { trainRows: rows, testRows, distinctImages: Number(values.images), rowsPerFile: 1000, seed: 5 });
 console.log(`dataset: ${datasetDir} (${rows} + ${testRows} rows, ${values.images} distinct ~1000x800 JPEGs); processor: ${values.processor}`);
 
-const node = await runNode(datasetDir);
+const node = await runNode(datasetDir, Number(values.workers));
 console.log(
-  `node   format+tokenize+shard: ${node.seconds.toFixed(1)} s for ${node.rows} rows = ${(node.rows / node.seconds).toFixed(1)} samples/s ` +
+  `node   (${values.workers} CPU worker processes) format+tokenize+shard: ${node.seconds.toFixed(1)} s for ${node.rows} rows = ${(node.rows / node.seconds).toFixed(1)} samples/s ` +
     `(format ${node.stages.format!.toFixed(1)} s, tokenize ${node.stages.tokenize!.toFixed(1)} s, shard ${node.stages.shard!.toFixed(1)} s; ` +
     `download into MinIO ${node.download.toFixed(1)} s not counted); peak RSS ${mib(node.peakRss)}`,
 );
