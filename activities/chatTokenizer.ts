@@ -22,6 +22,12 @@ export interface ChatMessage {
 
 const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma];
 
+/**
+ * Model folders are content-addressed (staged by fingerprint) or local folders that do not change
+ * under a running worker, so a folder's tokenizer can be reused. Bounded: a worker sees few models.
+ */
+const loadedTokenizers = new Map<string, Promise<ChatTokenizer>>();
+
 export class ChatTokenizer {
   /** Token ids that belong to an image block: truncation must never cut one. */
   readonly imageRelatedTokenIds: ReadonlySet<number>;
@@ -48,7 +54,18 @@ export class ChatTokenizer {
     return this.family?.imageTokensPerImage ?? 0;
   }
 
-  static async load(modelDir: string): Promise<ChatTokenizer> {
+  /** Loads once per folder and process: chunk activities of one stage share it. */
+  static load(modelDir: string): Promise<ChatTokenizer> {
+    let loaded = loadedTokenizers.get(modelDir);
+    if (!loaded) {
+      loaded = ChatTokenizer.loadUncached(modelDir);
+      loaded.catch(() => loadedTokenizers.delete(modelDir));
+      loadedTokenizers.set(modelDir, loaded);
+    }
+    return loaded;
+  }
+
+  private static async loadUncached(modelDir: string): Promise<ChatTokenizer> {
     const tokenizerJson = await readJson(join(modelDir, 'tokenizer.json'));
     const configs = await loadProcessorConfigs(modelDir);
     const tokenizer = new Tokenizer(tokenizerJson, configs.tokenizerConfig);

@@ -22,9 +22,9 @@ import type { ActivityDeps } from './deps.js';
 import type { DownloadManifest } from './download.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from './formatRows.js';
 import { isTokenizerFile, stageModel } from './models.js';
-import { readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
+import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
-import { countRows, localCopy, readRowRange } from './sourceRows.js';
+import { countStoredRows, localCopy, readRowRange } from './sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
 export type { DropReason } from './formatRows.js';
@@ -55,7 +55,27 @@ export interface FormatManifest extends StageManifestBase {
   splits: Record<string, FormattedSplit>;
 }
 
-const IMAGE_CONCURRENCY = 4;
+const IMAGE_CONCURRENCY = 6;
+
+/**
+ * Runs `f` on at most `window` items at a time, in order; returns one promise per item, so the
+ * caller can consume results in order while later items are already running.
+ */
+function orderedMap<T, R>(items: T[], window: number, f: (item: T) => Promise<R>): Array<Promise<R> | undefined> {
+  const settle: Array<(r: Promise<R>) => void> = [];
+  const out: Array<Promise<R> | undefined> = items.map(() => new Promise<R>((resolve) => settle.push(resolve)));
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      const result = f(items[i]!);
+      settle[i]!(result);
+      await result.catch(() => undefined);
+    }
+  };
+  for (let k = 0; k < Math.min(window, items.length); k++) void lane();
+  return out;
+}
 const EXAMPLES_PER_REASON = 3;
 
 /** Plans the stage: the cached output if these inputs were formatted before, else the chunks. */
@@ -89,7 +109,7 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
     let index = 0;
     for (const [fileIndex, file] of upstream.files.filter((f) => f.split === split).entries()) {
       if (remaining <= 0) break;
-      const rows = Math.min(remaining, await countRows(await localCopy(deps, input.bucket, file.key), file.format));
+      const rows = Math.min(remaining, await countStoredRows(deps, input.bucket, file.key, file.format));
       remaining -= rows;
       for (let offset = 0; offset < rows; offset += chunkRows) {
         chunks.push({
@@ -127,27 +147,33 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     if (droppedExamples.filter((e) => e.reason === reason).length < EXAMPLES_PER_REASON) droppedExamples.push({ sampleId, reason, detail });
   };
   const seen = new Set<string>();
-  for (let start = 0; start < rows.length; start += IMAGE_CONCURRENCY) {
-    const batch = rows.slice(start, start + IMAGE_CONCURRENCY);
-    const results = await Promise.all(batch.map((row) => formatRow(row, chat, options, resolveImage)));
-    results.forEach((r, j) => {
-      const row = batch[j]!;
-      if ('reason' in r) return drop(row.sampleId, r.reason, r.detail);
-      if (input.format.dedupe) {
-        if (seen.has(r.dedupKey)) return drop(row.sampleId, 'duplicate');
-        seen.add(r.dedupKey);
+  // A sliding window keeps sharp's threads busy (a batch would wait for its slowest image);
+  // results are consumed in row order, so the output order is deterministic.
+  const results = orderedMap(rows, IMAGE_CONCURRENCY, (row) => formatRow(row, chat, options, resolveImage));
+  for (const [i, row] of rows.entries()) {
+    const r = await results[i]!;
+    results[i] = undefined;
+    if (i % 64 === 0) progress({ chunk: chunk.index, rows: i, of: rows.length });
+    if ('reason' in r) {
+      drop(row.sampleId, r.reason, r.detail);
+      continue;
+    }
+    if (input.format.dedupe) {
+      if (seen.has(r.dedupKey)) {
+        drop(row.sampleId, 'duplicate');
+        continue;
       }
-      out.ids.push(row.sampleId);
-      out.prompts.push(r.prompt);
-      out.chosen.push(r.chosen);
-      out.rejected.push(r.rejected);
-      out.images.push(r.image);
-      out.keys.push(r.dedupKey);
-    });
-    progress({ chunk: chunk.index, rows: start + batch.length, of: rows.length });
+      seen.add(r.dedupKey);
+    }
+    out.ids.push(row.sampleId);
+    out.prompts.push(r.prompt);
+    out.chosen.push(r.chosen);
+    out.rejected.push(r.rejected);
+    out.images.push(r.image);
+    out.keys.push(r.dedupKey);
   }
   const prefix = partPrefix(input.hash, chunk.split, chunk.index);
-  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out))));
+  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out), IMAGE_COLUMN_OPTIONS)));
   await storage.putJson(input.bucket, `${prefix}.keys.json`, out.keys);
   return {
     split: chunk.split,
@@ -242,7 +268,7 @@ async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, k
     rejected: rejected as string[],
     images: images as Uint8Array[],
   });
-  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept)));
+  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept, IMAGE_COLUMN_OPTIONS)));
   return kept.numRows;
 }
 

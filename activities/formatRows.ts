@@ -132,6 +132,7 @@ export async function thumbnail(bytes: Uint8Array, options: FormatOptions): Prom
     .flatten({ background: '#ffffff' })
     .resize({ width: options.edge, height: options.edge, fit: 'inside', withoutEnlargement: true })
     .toColourspace('srgb')
-    .jpeg({ quality: options.jpegQuality })
+    // Huffman-table optimisation would cost ~2x the encode time for ~5% smaller files.
+    .jpeg({ quality: options.jpegQuality, optimiseCoding: false })
     .toBuffer();
 }

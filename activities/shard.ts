@@ -1,5 +1,5 @@
 /**
- * shard: the tokenized parts, in order, into Parquet shards (zstd) closed at
+ * shard: the tokenized parts, in order, into Parquet shards (zstd; the JPEG bytes stored as they are) closed at
  * `shard.samples_per_shard` rows or before their rows pass `shard.max_shard_bytes`, whichever
  * comes first. Assignment depends only on the ordered rows and these two settings, so it is
  * deterministic. The manifest lists per shard its rows, tokens, bytes and sha256. Memory holds
@@ -10,7 +10,7 @@ import * as arrow from 'apache-arrow';
 import { keys } from '../lib/keys.js';
 import type { ShardInput, StageResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
-import { readParquetTable, writeParquetTable } from './parquet.js';
+import { IMAGE_COLUMN_OPTIONS, readParquetTable, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 import type { TokenizeManifest } from './tokenize.js';
@@ -48,7 +48,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
     const flush = async () => {
       if (!pendingRows) return;
       const table = new arrow.Table(pending.flatMap((t) => t.batches));
-      const bytes = Buffer.from(writeParquetTable(table));
+      const bytes = Buffer.from(writeParquetTable(table, IMAGE_COLUMN_OPTIONS));
       const key = `${keys.stagePrefix('shard', hash)}${split}/shard-${String(shards.length).padStart(5, '0')}.parquet`;
       await storage.putBuffer(input.bucket, key, bytes);
       const ids = table.getChild('sample_id')!;

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, openAsBlob } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as arrow from 'apache-arrow';
@@ -43,15 +43,27 @@ export interface RawRow {
 export async function localCopy(deps: ActivityDeps, bucket: string, key: string): Promise<string> {
   const name = createHash('sha256').update(`${bucket}/${key}`).digest('hex').slice(0, 32);
   const path = join(deps.workDir, 'inputs', `${name}-${key.split('/').pop()}`);
-  if (await access(path).then(() => true, () => false)) return path;
-  await deps.storage.downloadFile(bucket, key, path);
-  return path;
+  // Chunks of one file often start together on a worker: they share one download.
+  let copy = inFlight.get(path);
+  if (!copy) {
+    copy = (async () => {
+      if (!(await access(path).then(() => true, () => false))) await deps.storage.downloadFile(bucket, key, path);
+      return path;
+    })().finally(() => inFlight.delete(path));
+    inFlight.set(path, copy);
+  }
+  return copy;
 }
 
-/** Rows in a file, from the Parquet footer or by counting JSONL lines. */
-export async function countRows(path: string, format: FileFormat): Promise<number> {
+const inFlight = new Map<string, Promise<string>>();
+
+/**
+ * Rows of a stored file without copying it: a Parquet file's footer through HTTP range requests
+ * (a short-lived presigned URL, used here only), JSONL lines by streaming.
+ */
+export async function countStoredRows(deps: ActivityDeps, bucket: string, key: string, format: FileFormat): Promise<number> {
   if (format === 'parquet') {
-    const file = await ParquetFile.fromFile(await openAsBlob(path));
+    const file = await ParquetFile.fromUrl(await deps.storage.client.presignedGetObject(bucket, key, 15 * 60));
     try {
       return Number(file.metadata().fileMetadata().numRows());
     } finally {
@@ -59,8 +71,15 @@ export async function countRows(path: string, format: FileFormat): Promise<numbe
     }
   }
   let n = 0;
-  for await (const line of jsonlLines(path)) if (line.length) n++;
-  return n;
+  let last = 10;
+  for await (const chunk of await deps.storage.client.getObject(bucket, key)) {
+    const buf = chunk as Buffer;
+    for (let i = buf.indexOf(10); i >= 0; i = buf.indexOf(10, i + 1)) n++;
+    if (buf.length) last = buf[buf.length - 1]!;
+  }
+  // A last line without "\n" still counts; empty lines are not rows, but JSONL has none between
+  // rows in practice, and a chunk past the end simply reads fewer rows.
+  return last === 10 ? n : n + 1;
 }
 
 export interface ReadRange {
@@ -173,8 +192,4 @@ async function readJsonlRange(range: ReadRange, columns: ColumnMapping): Promise
     });
   }
   return rows;
-}
-
-export async function fileSize(path: string): Promise<number> {
-  return (await stat(path)).size;
 }

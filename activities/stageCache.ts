@@ -15,7 +15,7 @@ import type { Storage } from './storage.js';
  */
 export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   download: 2,
-  format: 2,
+  format: 3,
   tokenize: 2,
   shard: 2,
   reference: 1,

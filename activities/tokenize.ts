@@ -16,7 +16,7 @@ import { ChatTokenizer } from './chatTokenizer.js';
 import type { ActivityDeps } from './deps.js';
 import type { FormatManifest } from './format.js';
 import { isTokenizerFile, stageModel } from './models.js';
-import { int32List, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
+import { IMAGE_COLUMN_OPTIONS, int32List, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
@@ -111,7 +111,7 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
     rejected_input_ids: { type: int32List(), values: cols.rejected },
     image: { type: new arrow.Binary(), values: cols.image },
   });
-  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out)));
+  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out, IMAGE_COLUMN_OPTIONS)));
   await storage.putJson(input.bucket, `${base}.lengths.json`, lengths);
   return {
     split: chunk.split,

@@ -183,7 +183,8 @@ export function rowsToParquet(rows: DemoRow[]): Uint8Array {
     },
     { huggingface: HF_FEATURES },
   );
-  return writeParquetTable(table);
+  // 100-row groups, as `datasets` writes image datasets.
+  return writeParquetTable(table, { rowGroupRows: 100, incompressible: ['image.bytes'] });
 }
 
 export interface GenerateOptions {

@@ -73,7 +73,7 @@ export const FormatSchema = z.strictObject({
   chunk_rows: z
     .int()
     .positive()
-    .default(1000)
+    .default(256)
     .describe('rows per parallel chunk activity (format and tokenize fan out over CPU workers)'),
 });
 

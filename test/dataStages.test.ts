@@ -7,18 +7,21 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { temporalEnv } from '../worker/connection.js';
+import { createWorkers } from '../worker/createWorkers.js';
 import { trainerPython } from '../activities/deps.js';
 import type { ShardManifest } from '../activities/shard.js';
 import { truncateSample, type TokenizeManifest } from '../activities/tokenize.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { PipelineResult } from '../lib/stages.js';
 import { dataConfig, runPipeline } from './dataFixtures.js';
-import { startTestStack, TEST_BUCKET, type TestStack } from './harness.js';
+import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from './harness.js';
 
 const exec = promisify(execFile);
 let stack: TestStack;
@@ -131,14 +134,15 @@ import json, sys
 import duckdb, pyarrow.parquet as pq
 from datasets import load_dataset
 paths = json.loads(sys.argv[1])
-out = {"pyarrow": [], "codec": set()}
+out = {"pyarrow": [], "codec": {}}
 for p in paths:
     f = pq.ParquetFile(p)
     out["pyarrow"].append(f.metadata.num_rows)
     for rg in range(f.metadata.num_row_groups):
         for c in range(f.metadata.num_columns):
-            out["codec"].add(f.metadata.row_group(rg).column(c).compression)
-out["codec"] = sorted(out["codec"])
+            col = f.metadata.row_group(rg).column(c)
+            out["codec"].setdefault(col.path_in_schema, set()).add(col.compression)
+out["codec"] = {k: sorted(v) for k, v in out["codec"].items()}
 files = ", ".join(repr(p) for p in paths)
 out["duckdb"] = duckdb.sql(
     f"select count(*), sum(len(prompt_input_ids) + len(chosen_input_ids) + len(rejected_input_ids)) from read_parquet([{files}])"
@@ -148,9 +152,16 @@ out["datasets"] = [ds.num_rows, sorted(ds.column_names), sum(len(x) for x in ds[
 print(json.dumps(out))
 `;
     const { stdout } = await exec(trainerPython(), ['-c', script, JSON.stringify(paths), join(dir, 'hf-cache')], { env: { ...process.env, HF_DATASETS_OFFLINE: '1' } });
-    const read = JSON.parse(stdout.trim().split('\n').pop()!) as { pyarrow: number[]; codec: string[]; duckdb: [number, number]; datasets: [number, string[], number] };
+    const read = JSON.parse(stdout.trim().split('\n').pop()!) as { pyarrow: number[]; codec: Record<string, string[]>; duckdb: [number, number]; datasets: [number, string[], number] };
     expect(read.pyarrow).toEqual(train.shards.map((s) => s.rows));
-    expect(read.codec).toEqual(['ZSTD']);
+    // zstd, except the JPEG bytes, which it cannot shrink.
+    expect(read.codec).toEqual({
+      sample_id: ['ZSTD'],
+      'prompt_input_ids.list.item': ['ZSTD'],
+      'chosen_input_ids.list.item': ['ZSTD'],
+      'rejected_input_ids.list.item': ['ZSTD'],
+      image: ['UNCOMPRESSED'],
+    });
     expect(read.duckdb).toEqual([train.rows, train.tokens]);
     expect(read.datasets[0]).toBe(train.rows);
     expect(read.datasets[1]).toEqual(['chosen_input_ids', 'image', 'prompt_input_ids', 'rejected_input_ids', 'sample_id']);
@@ -180,5 +191,44 @@ print(json.dumps(out))
       ['tokenize', false],
       ['shard', false],
     ]);
+  });
+});
+
+describe('fan-out', () => {
+  it('spreads one stage\'s chunks over every CPU worker on the queue', async () => {
+    // A second worker process's worth of workers on the same queues, with its own scratch space.
+    const workDir = await mkdtemp(join(tmpdir(), 'dpo-worker2-'));
+    const { workers, connection } = await createWorkers({
+      temporal: temporalEnv(),
+      queues: stack.queues,
+      serve: { cpu: true, gpu: false },
+      deps: { ...stack.deps, workDir },
+      workflowBundle: { code: await readFile(inject('workflowBundlePath'), 'utf8') },
+      cpuSlots: 2,
+    });
+    const running = Promise.all(workers.map((w: Worker) => w.run()));
+    try {
+      const dir = await mkdtemp(join(tmpdir(), 'dpo-fanout-'));
+      await generateDemoDataset({ outDir: dir, trainRows: 64, testRows: 8, seed: 33 });
+      const workflowId = uniqueId('fanout');
+      const started = Date.now() - 1000;
+      const config = dataConfig(stack, inject('modelSource'), dir, { format: { image_longest_edge: 48, chunk_rows: 4 } });
+      await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config] });
+      const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
+      const chunks = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'formatChunk');
+      expect(chunks.length).toBe(18);
+      // Both workers copied this run's source files for their chunks into their own scratch space.
+      const copiedSince = async (d: string) => {
+        const names = await readdir(join(d, 'inputs')).catch(() => [] as string[]);
+        const times = await Promise.all(names.map(async (n) => (await stat(join(d, 'inputs', n))).mtimeMs));
+        return times.filter((t) => t >= started).length;
+      };
+      expect(await copiedSince(workDir)).toBeGreaterThan(0);
+      expect(await copiedSince(stack.deps.workDir)).toBeGreaterThan(0);
+    } finally {
+      for (const w of workers) w.shutdown();
+      await running;
+      await connection.close();
+    }
   });
 });

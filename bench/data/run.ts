@@ -1,0 +1,178 @@
+/**
+ * bench/data: samples/s of format + tokenize + shard, the Node data stages (fanned out as
+ * activities on a real Temporal worker, reading from and writing to MinIO) against the seed's
+ * Python pipeline (bench/data/seed_pipeline.py: datasets.map with the processor's chat template
+ * and PIL thumbnail, num_proc=2, then Parquet), on the same generated inputs, same machine, one
+ * run each, one after the other. Peak memory: the sampled sum of RSS over each side's process
+ * trees (Node: the CPU worker processes; Python: the script and its map workers).
+ *
+ *     npx tsx bench/data/run.ts [--rows 5000] [--workers 2] [--processor test/fixtures/processors/idefics2]
+ *
+ * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rm, symlink } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Client, Connection } from '@temporalio/client';
+import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
+import type { PipelineConfigInput } from '../../lib/config.js';
+import type { PipelineResult } from '../../lib/stages.js';
+import { temporalEnv } from '../../worker/connection.js';
+import { ensureBenchDataset } from './generate.js';
+
+const { values } = parseArgs({
+  options: {
+    rows: { type: 'string', default: '5000' },
+    'test-rows': { type: 'string', default: '100' },
+    images: { type: 'string', default: '500' },
+    processor: { type: 'string', default: 'test/fixtures/processors/idefics2' },
+    workers: { type: 'string', default: '2' },
+    'skip-python': { type: 'boolean', default: false },
+  },
+});
+const rows = Number(values.rows);
+const testRows = Number(values['test-rows']);
+const processorDir = resolve(REPO_ROOT, values.processor!);
+const benchDir = resolve(REPO_ROOT, '.dpo/bench/data');
+
+/** Samples the summed RSS of a process and its descendants every 100 ms; returns the peak. */
+function sampleTreeRss(rootPid: number): { stop: () => Promise<number> } {
+  let peak = 0;
+  const rssOf = async (pid: number): Promise<number> => {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+    const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+    let children: number[] = [];
+    for (const t of tasks) {
+      const list = await readFile(`/proc/${pid}/task/${t}/children`, 'utf8').catch(() => '');
+      children = children.concat(list.split(' ').filter(Boolean).map(Number));
+    }
+    let total = kb * 1024;
+    for (const c of children) total += await rssOf(c);
+    return total;
+  };
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      peak = Math.max(peak, await rssOf(rootPid));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      return peak;
+    },
+  };
+}
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+
+/**
+ * The Node side as deployed: `workers` CPU worker processes (`worker/main.ts --queues cpu`, the
+ * product's way to scale out; 2 mirrors the anchor's num_proc=2) polling one queue; this process
+ * only starts the workflow. Peak memory is the sum over the worker processes.
+ */
+async function runNode(datasetDir: string, workers: number): Promise<{ seconds: number; rows: number; stages: Record<string, number>; peakRss: number; download: number }> {
+  const suffix = randomBytes(4).toString('hex');
+  const queues = { cpu: `bench-cpu-${suffix}`, gpu: `bench-gpu-${suffix}` };
+  const children = Array.from({ length: workers }, (_, i) =>
+    spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'worker/main.ts'), '--queues', 'cpu'], {
+      cwd: REPO_ROOT,
+      env: {
+        ...process.env,
+        DPO_CPU_QUEUE: queues.cpu,
+        DPO_GPU_QUEUE: queues.gpu,
+        DPO_WORK_DIR: join(REPO_ROOT, '.dpo/bench/work', `${suffix}-${i}`),
+        DPO_CPU_SLOTS: process.env.DPO_CPU_SLOTS ?? '4',
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((ready, fail) => {
+          c.stdout!.on('data', (d: Buffer) => d.toString().includes('worker: connected') && ready());
+          c.on('exit', (code) => fail(new Error(`worker exited with ${code}`)));
+        }),
+    ),
+  );
+  const client = new Client({ connection: await Connection.connect({ address: temporalEnv().address }) });
+  // A fresh path each run: the download (and so every stage after it) is recomputed, not cached.
+  const source = join(benchDir, `run-${suffix}`);
+  await symlink(datasetDir, source);
+  const config: PipelineConfigInput = {
+    name: 'bench-data',
+    model: { source: processorDir },
+    dataset: { source },
+    queues,
+    storage: { bucket: 'dpo-bench' },
+    stages: [
+      { id: 'download', kind: 'download' },
+      { id: 'format', kind: 'format', needs: ['download'] },
+      { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
+      { id: 'shard', kind: 'shard', needs: ['tokenize'] },
+    ],
+  };
+  const samplers = children.map((c) => sampleTreeRss(c.pid!));
+  const result: PipelineResult = await client.workflow.execute('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-data-${suffix}`, args: [config] });
+  // Peaks of the processes need not coincide: their sum is an upper bound of the true peak.
+  const peakRss = (await Promise.all(samplers.map((s) => s.stop()))).reduce((a, b) => a + b, 0);
+  for (const c of children) c.kill('SIGTERM');
+  await Promise.all(children.map((c) => new Promise((r) => c.on('close', r))));
+  await rm(source, { force: true });
+  await rm(join(REPO_ROOT, '.dpo/bench/work'), { recursive: true, force: true });
+  const at = Object.fromEntries(result.timeline.map((t) => [t.id, t]));
+  const stages = Object.fromEntries(['download', 'format', 'tokenize', 'shard'].map((id) => [id, (at[id]!.finishedAt! - at[id]!.startedAt!) / 1000]));
+  const seconds = (at.shard!.finishedAt! - at.format!.startedAt!) / 1000;
+  const out = Number(result.dataStages.format!.summary.train_rows) + Number(result.dataStages.format!.summary.test_rows);
+  return { seconds, rows: out, stages, peakRss, download: stages.download! };
+}
+
+async function runPython(datasetDir: string): Promise<{ seconds: number; rows: number; phases: Record<string, number>; peakRss: number }> {
+  const out = join(benchDir, 'python-out');
+  await rm(out, { recursive: true, force: true });
+  await mkdir(out, { recursive: true });
+  const child = spawn(trainerPython(), [join(REPO_ROOT, 'bench/data/seed_pipeline.py'), '--data', datasetDir, '--model', processorDir, '--out', out], {
+    env: { ...process.env, OMP_NUM_THREADS: '1', HF_DATASETS_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const sampler = sampleTreeRss(child.pid!);
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise<number>((r) => child.on('close', (c) => r(c ?? 1)));
+  const peakRss = await sampler.stop();
+  if (code !== 0) throw new Error(`seed_pipeline.py exited with ${code}: ${stderr.slice(-2000)}`);
+  const report = JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, number>;
+  await rm(out, { recursive: true, force: true });
+  return { seconds: report.pipeline_seconds!, rows: report.rows!, phases: report, peakRss };
+}
+
+await mkdir(benchDir, { recursive: true });
+const datasetDir = await ensureBenchDataset(benchDir, { trainRows: rows, testRows, distinctImages: Number(values.images), rowsPerFile: 1000, seed: 5 });
+console.log(`dataset: ${datasetDir} (${rows} + ${testRows} rows, ${values.images} distinct ~1000x800 JPEGs); processor: ${values.processor}`);
+
+const node = await runNode(datasetDir, Number(values.workers));
+console.log(
+  `node   (${values.workers} CPU worker processes) format+tokenize+shard: ${node.seconds.toFixed(1)} s for ${node.rows} rows = ${(node.rows / node.seconds).toFixed(1)} samples/s ` +
+    `(format ${node.stages.format!.toFixed(1)} s, tokenize ${node.stages.tokenize!.toFixed(1)} s, shard ${node.stages.shard!.toFixed(1)} s; ` +
+    `download into MinIO ${node.download.toFixed(1)} s not counted); peak RSS ${mib(node.peakRss)}`,
+);
+if (!values['skip-python']) {
+  const py = await runPython(datasetDir);
+  const p = py.phases;
+  console.log(
+    `python format+tokenize+parquet: ${py.seconds.toFixed(1)} s for ${py.rows} rows = ${(py.rows / py.seconds).toFixed(1)} samples/s ` +
+      `(format ${p.format_seconds!.toFixed(1)} s, tokenize ${p.tokenize_seconds!.toFixed(1)} s, parquet ${p.parquet_seconds!.toFixed(1)} s; ` +
+      `load_dataset ${p.load_seconds!.toFixed(1)} s not counted); peak RSS ${mib(py.peakRss)}`,
+  );
+  const ratio = node.rows / node.seconds / (py.rows / py.seconds);
+  console.log(`ratio node/python samples/s: ${ratio.toFixed(2)}x (goal >= 2x); peak RSS node ${mib(node.peakRss)} vs python ${mib(py.peakRss)}`);
+}
+process.exit(0);
