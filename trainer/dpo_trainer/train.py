@@ -40,6 +40,7 @@ from .data import (
 )
 from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log
+from .control import ControlFile
 from .faults import FaultHooks
 from .losses import preference_loss
 from .modeling import (
@@ -52,6 +53,7 @@ from .modeling import (
     resolve_device,
 )
 from .preemption import PreemptionFlag, PreemptionRequested
+from .watchdog import ParentWatchdog
 
 STATE_FORMAT = 1
 METRIC_NAMES = (
@@ -268,6 +270,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             " or accelerate launch"
         )
     faults = FaultHooks.from_env()
+    control = ControlFile.from_env()
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     output_dir = Path(config.output_dir).resolve()
@@ -361,6 +364,15 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         rng_at_step_start = capture_rng()
         if preemption.requested:
             return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+        # The worker's control file (control.py): pause here, between steps, or end a segment.
+        if control.poll().paused:
+            if progress.step > 0 and (last_checkpoint is None or last_checkpoint.step != progress.step):
+                last_checkpoint = save(rng_at_step_start)  # a long pause risks nothing
+            log(f"paused after step {progress.step}")
+            control.wait_while_paused(lambda: preemption.requested)
+            continue
+        if control.current.stop_at_step is not None and progress.step >= control.current.stop_at_step:
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
         indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
         started = time.perf_counter()
         try:
@@ -415,7 +427,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
                 tokens_per_second=tokens / elapsed,
                 peak_memory_bytes=peak_memory_bytes(device),
             )
-        if progress.step % config.checkpoint_every_steps == 0:
+        if progress.step % control.checkpoint_every(config.checkpoint_every_steps) == 0:
             last_checkpoint = save(capture_rng())
 
     final = ckpt.save_final_adapter(output_dir, progress.step, model)
@@ -437,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path of the train config JSON")
     args = parser.parse_args(argv)
     claim_stdout()
+    ParentWatchdog().start()  # never outlive the worker (watchdog.py)
     preemption = PreemptionFlag().install()
     code = run_command(lambda: train(load_config(TrainConfig, args.config), preemption))
     # The outcome is decided and reported; a SIGTERM arriving while the interpreter shuts down
