@@ -69,8 +69,10 @@ export interface TrainResult {
   resumedFromStep: number | null;
   metrics: TrainMetrics;
   trainSeconds: number;
-  /** Changes the workflow made after out-of-memory failures, in order. */
+  /** Changes made after out-of-memory failures (the trainer's own backoff, then the workflow's), in order. */
   replans?: string[];
+  /** The memory settings training finished with (they differ from the config after replans). */
+  finalMemorySettings?: { per_device_train_batch_size: number; gradient_accumulation_steps: number; gradient_checkpointing: boolean };
 }
 
 export interface EvalMetrics {

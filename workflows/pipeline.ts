@@ -8,13 +8,14 @@
  * Orchestration only: every stage is an activity (workflows/stageRunners.ts), payloads are object
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
-import { ApplicationFailure, defineQuery, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
 import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
+import { pauseTrainingSignal, resumeTrainingSignal, setCheckpointIntervalSignal, trainingReplannedSignal } from './training.js';
 
 export interface PipelineStatus {
   runId: string;
@@ -24,6 +25,8 @@ export interface PipelineStatus {
   mermaid: string;
   /** Ids of the stages running now. */
   running: string[];
+  /** Training controls in force (signals pauseTraining / resumeTraining / setCheckpointInterval). */
+  training?: { paused: boolean; checkpointEverySteps: number | null };
   stages: Record<string, StageTimeline & { summary?: Record<string, number | string> }>;
 }
 
@@ -47,7 +50,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     running: [],
     stages: Object.fromEntries(plan.stages.map((s) => [s.id, { id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }])),
   };
-  setHandler(statusQuery, () => status);
+  setHandler(statusQuery, () => ({ ...status, training: { paused: ctx.training.paused, checkpointEverySteps: ctx.training.checkpointEverySteps } }));
 
   const outputs = new Map<string, StageOutput>();
   const failures = new Map<string, unknown>();
@@ -58,7 +61,28 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     outputs,
     timeline: () => Object.values(status.stages),
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
+    training: { paused: false, checkpointEverySteps: null, children: new Set() },
   };
+  // Training controls: kept for train stages not started yet, forwarded to the running ones.
+  const forward = (send: (id: string) => Promise<void>) => {
+    for (const id of ctx.training.children) send(id).catch((err) => log.warn('could not forward a training signal', { id, error: String(err) }));
+  };
+  setHandler(pauseTrainingSignal, () => {
+    ctx.training.paused = true;
+    forward((id) => getExternalWorkflowHandle(id).signal(pauseTrainingSignal));
+  });
+  setHandler(resumeTrainingSignal, () => {
+    ctx.training.paused = false;
+    forward((id) => getExternalWorkflowHandle(id).signal(resumeTrainingSignal));
+  });
+  setHandler(setCheckpointIntervalSignal, (steps: number) => {
+    if (!Number.isInteger(steps) || steps <= 0) return void log.warn('ignoring a checkpoint interval that is not a positive integer', { steps });
+    ctx.training.checkpointEverySteps = steps;
+    forward((id) => getExternalWorkflowHandle(id).signal(setCheckpointIntervalSignal, steps));
+  });
+  setHandler(trainingReplannedSignal, ({ stageId, change }) => {
+    if (status.stages[stageId]) ctx.noteReplan(stageId, change);
+  });
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();

@@ -2,13 +2,13 @@
  * How each stage kind runs: which activity, on which queue, with which timeouts and retries, and
  * what it hands to the stages that need it. Orchestration only (no I/O): bundled into workflows.
  */
-import { ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import { FailureType, NON_RETRYABLE_FAILURES } from '../lib/errors.js';
-import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
+import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
 import type { PipelineConfig } from '../lib/config.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
+import { dpoTraining, trainingWorkflowId } from './training.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {
@@ -30,6 +30,8 @@ export interface RunContext {
   timeline: () => StageTimeline[];
   /** Records a change the workflow made to a running stage's plan (shown in status and report). */
   noteReplan: (stageId: string, change: string) => void;
+  /** Pause and checkpoint interval for training children, and the ones running now. */
+  training: { paused: boolean; checkpointEverySteps: number | null; children: Set<string> };
 }
 
 /** Data stages: minutes of CPU work, heartbeating per chunk. Bad data fails fast. */
@@ -46,12 +48,13 @@ const DATA_STAGE_OPTIONS: ActivityOptions = {
 };
 
 /**
- * Training: hours on a GPU. The heartbeat timeout notices a dead worker quickly; a retry
- * resumes from the newest complete checkpoint, so a lost worker costs one checkpoint interval.
+ * One training segment: up to hours on a GPU. The activity heartbeats every few seconds and per
+ * step, so a 20 s heartbeat timeout notices a dead worker well under a minute; a retry resumes
+ * from the newest complete checkpoint, so a lost worker costs one checkpoint interval.
  */
 const TRAIN_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '24 hours',
-  heartbeatTimeout: '30 seconds',
+  heartbeatTimeout: '20 seconds',
   retry: {
     initialInterval: '1 second',
     backoffCoefficient: 2,
@@ -62,7 +65,7 @@ const TRAIN_OPTIONS: ActivityOptions = {
 };
 
 /** Activity options for one stage: its kind's defaults, then the stage's own overrides. */
-function activitiesFor(ctx: RunContext, stage: PlannedStage) {
+function activityOptionsFor(ctx: RunContext, stage: PlannedStage): ActivityOptions {
   const spec = STAGE_KINDS[stage.kind];
   const base = stage.kind === 'train' ? TRAIN_OPTIONS : DATA_STAGE_OPTIONS;
   const options: ActivityOptions = {
@@ -77,7 +80,11 @@ function activitiesFor(ctx: RunContext, stage: PlannedStage) {
       ...(stage.retry?.maximum_interval !== undefined && { maximumInterval: stage.retry.maximum_interval as '1s' }),
     },
   };
-  return proxyActivities<Activities>(options);
+  return options;
+}
+
+function activitiesFor(ctx: RunContext, stage: PlannedStage) {
+  return proxyActivities<Activities>(activityOptionsFor(ctx, stage));
 }
 
 export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<StageOutput> {
@@ -112,32 +119,37 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
     case 'shard':
       return dataOutput(await acts.shardDataset({ bucket, upstream: data('tokens'), shard: stageSettings(config, 'shard', stage.params) }));
     case 'train': {
-      let train = stageSettings(config, 'train', stage.params);
-      const replans: string[] = [];
-      for (;;) {
-        try {
-          const result = await acts.trainModel({
-            runId,
-            stageId: stage.id,
-            bucket,
-            modelSource,
-            shards: data('shards'),
-            trainSplit: config.dataset.train_split,
-            train,
-            resumeFromRunId: config.resume_from_run,
-          });
-          return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
-        } catch (err) {
-          if (!hasFailureType(err, FailureType.OutOfMemory)) throw err;
-          // The trainer backed off in its own process and still ran out of memory: restart it from
-          // the last checkpoint with a smaller footprint and the same effective batch.
-          const plan = replanAfterOom(train);
-          if (!plan) throw ApplicationFailure.nonRetryable(oomGiveUpMessage(stage.id, replans, train), FailureType.OutOfMemory);
-          log.warn('out of memory: replanning the train stage', { stage: stage.id, change: plan.change });
-          replans.push(plan.change);
-          ctx.noteReplan(stage.id, plan.change);
-          train = plan.next;
-        }
+      // A child workflow drives the training in segments and replans after out-of-memory
+      // failures (workflows/training.ts); its replans reach this run's status by signal.
+      const train = stageSettings(config, 'train', stage.params);
+      const workflowId = trainingWorkflowId(runId, stage.id);
+      ctx.training.children.add(workflowId);
+      try {
+        const result = await executeChild(dpoTraining, {
+          workflowId,
+          args: [
+            {
+              train: {
+                runId,
+                stageId: stage.id,
+                bucket,
+                modelSource,
+                shards: data('shards'),
+                trainSplit: config.dataset.train_split,
+                train,
+                resumeFromRunId: config.resume_from_run,
+              },
+              activity: activityOptionsFor(ctx, stage),
+              control: {
+                paused: ctx.training.paused,
+                checkpoint_every_steps: ctx.training.checkpointEverySteps ?? train.checkpoint_every_steps,
+              },
+            },
+          ],
+        });
+        return { train: result, summary: { step: result.finalStep, ...result.metrics } };
+      } finally {
+        ctx.training.children.delete(workflowId);
       }
     }
     case 'adapter': {
@@ -188,13 +200,6 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       return { report };
     }
   }
-}
-
-function hasFailureType(err: unknown, type: string): boolean {
-  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
-    if (e instanceof ApplicationFailure && e.type === type) return true;
-  }
-  return false;
 }
 
 /** The stage that produced the adapter an evaluate stage scores. */
