@@ -3,7 +3,7 @@
  * validated against schemas/trainer-events.schema.json (the schema the Python side also uses).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ApplicationFailure } from '@temporalio/common';
@@ -116,6 +116,8 @@ export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
     let killTimer: NodeJS.Timeout | undefined;
 
     running.add(child);
+    // Diagnostics (fault tests, bench/): every event of every trainer, one JSON line each.
+    const eventsFile = process.env.DPO_TRAINER_EVENTS_FILE;
     const onAbort = () => {
       if (opts.signal?.reason === 'kill') {
         child.kill('SIGKILL');
@@ -132,6 +134,7 @@ export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
         const event = parseTrainerEvent(line.trim());
         if (!event) return;
         if (event.event === 'error') error = event;
+        if (eventsFile) appendFileSync(eventsFile, `${JSON.stringify({ pid: child.pid, ...event })}\n`);
         opts.onEvent(event);
       } catch (err) {
         protocolError ??= err as Error;
