@@ -139,9 +139,10 @@ describe('fault injection: memory, storage and zombies', () => {
   it('a worker SIGSTOPped past the heartbeat timeout, then SIGCONT while a retry runs elsewhere: its trainer stops, nothing it writes is used', async () => {
     const t = tag();
     const runId = uniqueId('faults-zombie');
-    const zombie = await gpuWorker(`zombie-${t}`, join(datasetDir, `zombie-${t}.jsonl`));
+    // Slow steps, so its trainer is still mid-run when the worker wakes up.
+    const zombie = await gpuWorker(`zombie-${t}`, join(datasetDir, `zombie-${t}.jsonl`), { DPO_FAULT_SLEEP_PER_STEP: '3' });
     const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
-    await waitFor(async () => trainerRuns(await readEvents(join(datasetDir, `zombie-${t}.jsonl`))).some((r) => r.lastStep >= 4), 180_000, 'step 4');
+    await waitFor(async () => trainerRuns(await readEvents(join(datasetDir, `zombie-${t}.jsonl`))).some((r) => r.lastStep >= 2), 180_000, 'step 2');
     const zombieFence = (await listFences(stack.deps.storage, TEST_BUCKET, runId, 'train')).at(-1)!.token;
     const zombieTrainers = await trainerPids(workRoot(`zombie-${t}`));
     expect(zombieTrainers).toHaveLength(1);
