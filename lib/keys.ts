@@ -71,3 +71,8 @@ export function parseFencedCheckpointName(name: string): { step: number; token: 
   const m = /^step-(\d{8})(?:\.f(\d{15}))?$/.exec(name);
   return m ? { step: Number(m[1]), token: m[2] ? Number(m[2]) : null } : undefined;
 }
+
+/** The training child workflow's id (workflows/training.ts): one per pipeline run and train stage. */
+export function trainingWorkflowId(runId: string, stageId: string): string {
+  return `${runId}.train.${stageId}`;
+}

@@ -8,7 +8,8 @@ import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type Plan
 import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
 import type { PipelineConfig } from '../lib/config.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
-import { dpoTraining, trainingWorkflowId } from './training.js';
+import { trainingWorkflowId } from '../lib/keys.js';
+import { dpoTraining } from './training.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {

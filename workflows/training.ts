@@ -208,8 +208,3 @@ export function hasFailureType(err: unknown, type: string): boolean {
   }
   return false;
 }
-
-/** The training child's workflow id: one per pipeline run and train stage. */
-export function trainingWorkflowId(runId: string, stageId: string): string {
-  return `${runId}.train.${stageId}`;
-}
