@@ -27,6 +27,40 @@ afterAll(async () => {
   await stack?.stop();
 });
 
+describe('pausing a run and changing its checkpoint interval', () => {
+  it('pauseTraining holds the trainer between steps; setCheckpointInterval applies while it runs; resumeTraining finishes', async () => {
+    const t = randomBytes(3).toString('hex');
+    const eventsFile = join(datasetDir, `pause-${t}.jsonl`);
+    const w = await startGpuWorker({ queues: stack.queues, workDir: workRoot(`pause-${t}`), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5' } });
+    const config = faultPipelineConfig({ datasetDir, modelSource: inject('modelSource'), queues: stack.queues, bucket: TEST_BUCKET, train: { checkpoint_every_steps: 5 } });
+    const runId = uniqueId('faults-pause');
+    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config] });
+    const steps = async () => (await readEvents(eventsFile)).filter((e) => e.event === 'step').map((e) => e.step!);
+    await waitFor(async () => (await steps()).length >= 2, 180_000, 'step 2');
+    await handle.signal('pauseTraining');
+    await handle.signal('setCheckpointInterval', 2);
+    // The segment reads the controls every few seconds; then no step runs while paused.
+    await new Promise((r) => setTimeout(r, 8_000));
+    const pausedAt = (await steps()).length;
+    await new Promise((r) => setTimeout(r, 6_000));
+    expect((await steps()).length).toBe(pausedAt);
+    expect(pausedAt).toBeLessThan(16);
+    const status = await stack.client.workflow.getHandle(`${runId}.train.train`).query<{ paused: boolean; checkpointEverySteps: number }>('trainingStatus');
+    expect(status).toMatchObject({ paused: true, checkpointEverySteps: 2 });
+    await handle.signal('resumeTraining');
+    const result = (await handle.result()) as { trainings: Record<string, { finalStep: number }> };
+    w.child.kill('SIGTERM');
+    await w.exited;
+    expect(result.trainings.train!.finalStep).toBe(16);
+    // After the pause, checkpoints come every 2 steps (the pause itself checkpointed its step).
+    const saves = (await readEvents(eventsFile)).filter((e) => e.event === 'checkpoint_saved').map((e) => e.step!);
+    const after = saves.filter((s) => s > pausedAt);
+    expect(after.length).toBeGreaterThan(0);
+    expect(after.every((s) => s % 2 === 0)).toBe(true);
+    expect(saves).toContain(pausedAt);
+  });
+});
+
 describe('fault injection: stopping a run', () => {
   it('terminate, then cancel, mid-training: the trainer stops and the slot serves the next run at once', async () => {
     const t = randomBytes(3).toString('hex');
