@@ -32,6 +32,8 @@ export interface ObjectInfo {
   key: string;
   size: number;
   etag: string;
+  /** The server's time of the last write (fencing compares these, never local clocks). */
+  lastModified?: Date;
 }
 
 export class Storage {
@@ -84,8 +86,8 @@ export class Storage {
   async list(bucket: string, prefix: string): Promise<ObjectInfo[]> {
     const out: ObjectInfo[] = [];
     const stream = this.client.listObjectsV2(bucket, prefix, true);
-    for await (const item of stream as AsyncIterable<{ name?: string; size: number; etag: string }>) {
-      if (item.name) out.push({ key: item.name, size: item.size, etag: item.etag });
+    for await (const item of stream as AsyncIterable<{ name?: string; size: number; etag: string; lastModified?: Date }>) {
+      if (item.name) out.push({ key: item.name, size: item.size, etag: item.etag, lastModified: item.lastModified });
     }
     return out.sort((a, b) => a.key.localeCompare(b.key));
   }

@@ -2,8 +2,8 @@
  * Runs a `dpo_trainer` command as a child process and relays its JSON-line events, each
  * validated against schemas/trainer-events.schema.json (the schema the Python side also uses).
  */
-import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ApplicationFailure } from '@temporalio/common';
@@ -73,7 +73,10 @@ export interface RunTrainerOptions {
   module: 'dpo_trainer.train' | 'dpo_trainer.evaluate' | 'dpo_trainer.reference' | 'dpo_trainer.export';
   configPath: string;
   onEvent: (event: TrainerEvent) => void;
-  /** Aborting sends SIGTERM (the trainer checkpoints and exits), then SIGKILL after `killAfterMs`. */
+  /**
+   * Aborting sends SIGTERM (the trainer checkpoints and exits), then SIGKILL after `killAfterMs`;
+   * aborting with the reason `'kill'` sends SIGKILL at once (nothing it writes could be used).
+   */
   signal?: AbortSignal;
   killAfterMs?: number;
   extraEnv?: Record<string, string>;
@@ -85,6 +88,18 @@ export function trainerEnv(extra: Record<string, string> = {}): NodeJS.ProcessEn
   const env: NodeJS.ProcessEnv = { ...process.env, PYTHONUNBUFFERED: '1', ...extra };
   for (const name of Object.keys(env)) if (/^(DPO_S3_|AWS_|MINIO_)/.test(name)) delete env[name];
   return env;
+}
+
+const running = new Set<ChildProcess>();
+
+/**
+ * Preemption of the whole host (the GPU worker got SIGTERM): every trainer checkpoints now,
+ * instead of after the worker's drain. The activities then report `Preempted` and Temporal
+ * retries them elsewhere, resuming from those checkpoints.
+ */
+export function preemptRunningTrainers(): number {
+  for (const child of running) child.kill('SIGTERM');
+  return running.size;
 }
 
 export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
@@ -100,7 +115,14 @@ export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
     let protocolError: Error | undefined;
     let killTimer: NodeJS.Timeout | undefined;
 
+    running.add(child);
+    // Diagnostics (fault tests, bench/): every event of every trainer, one JSON line each.
+    const eventsFile = process.env.DPO_TRAINER_EVENTS_FILE;
     const onAbort = () => {
+      if (opts.signal?.reason === 'kill') {
+        child.kill('SIGKILL');
+        return;
+      }
       child.kill('SIGTERM');
       killTimer = setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs ?? 60_000);
     };
@@ -112,6 +134,7 @@ export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
         const event = parseTrainerEvent(line.trim());
         if (!event) return;
         if (event.event === 'error') error = event;
+        if (eventsFile) appendFileSync(eventsFile, `${JSON.stringify({ pid: child.pid, ...event })}\n`);
         opts.onEvent(event);
       } catch (err) {
         protocolError ??= err as Error;
@@ -123,7 +146,9 @@ export function runTrainer(opts: RunTrainerOptions): Promise<TrainerOutcome> {
       if (process.env.DPO_TRAINER_LOG === '1') process.stderr.write(chunk);
     });
     child.on('error', reject);
+    child.on('exit', () => running.delete(child));
     child.on('close', (exitCode, signal) => {
+      running.delete(child);
       clearTimeout(killTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       if (protocolError) reject(protocolError);

@@ -189,7 +189,8 @@ async function status(args: string[]): Promise<number> {
     const { handle, description } = await describeRun(client, runId);
     const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
     const state = await handle.query<PipelineStatus>('status').catch(() => null);
-    const progress = description.status.name === 'RUNNING' ? [...(await trainProgress(handle)).values()] : [];
+    const trainIds = state ? state.running.filter((id) => state.stages[id]?.kind === 'train') : [];
+    const progress = description.status.name === 'RUNNING' ? [...(await trainProgress(handle, trainIds)).values()] : [];
     if (!state) {
       // Queries are answered by a worker of the run's task queue.
       const message = `no worker polls task queue "${description.taskQueue}" to answer the status query; start one with \`npm run worker\``;

@@ -63,6 +63,8 @@ export async function historyLog(handle: WorkflowHandle): Promise<LogEntry[]> {
   const history = await handle.fetchHistory();
   const entries: LogEntry[] = [];
   const stageOf = new Map<string, string>();
+  // Train stages run as child workflows (workflows/training.ts): their segments are read below.
+  const children: Array<{ workflowId: string; stage: string }> = [];
   for (const e of history.events ?? []) {
     const time = isoTime(e.eventTime as Time);
     const id = String(e.eventId);
@@ -91,6 +93,12 @@ export async function historyLog(handle: WorkflowHandle): Promise<LogEntry[]> {
       push(stageOf.get(String(a.scheduledEventId)) ?? '?', 'timed out', messages(a.failure as Failure));
     } else if (e.activityTaskCanceledEventAttributes) {
       push(stageOf.get(String(e.activityTaskCanceledEventAttributes.scheduledEventId)) ?? '?', 'cancelled');
+    } else if (e.startChildWorkflowExecutionInitiatedEventAttributes) {
+      const c = e.startChildWorkflowExecutionInitiatedEventAttributes;
+      const input = decode(c.input) as { train?: { stageId?: string } } | undefined;
+      const stage = input?.train?.stageId ?? c.workflowType?.name ?? 'child';
+      if (c.workflowId) children.push({ workflowId: c.workflowId, stage });
+      push(stage, 'scheduled', `${c.workflowType?.name ?? 'child workflow'} ${c.workflowId ?? ''}`.trim());
     } else if (e.workflowExecutionCompletedEventAttributes) {
       push('run', 'completed');
     } else if (e.workflowExecutionFailedEventAttributes) {
@@ -118,7 +126,12 @@ export async function historyLog(handle: WorkflowHandle): Promise<LogEntry[]> {
     ].filter(Boolean);
     entries.push({ time: isoTime(a.lastHeartbeatTime as Time), stage, event: 'running', detail: parts.join(', ') });
   }
-  return entries;
+  for (const child of children) {
+    const sub = await historyLog(handle.client.getHandle(child.workflowId)).catch(() => []);
+    // The child's own start/end lines are the stage's; its segments are already named by stage.
+    entries.push(...sub.filter((e) => !(e.stage === 'run' && e.event === 'started')).map((e) => (e.stage === 'run' ? { ...e, stage: child.stage } : e)));
+  }
+  return entries.sort((a, b) => a.time.localeCompare(b.time));
 }
 
 /** One line per entry; long failure messages are cut (`--json` has them whole). */

@@ -10,6 +10,7 @@ import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '
 import { PlanError, planPipeline, standardChain } from '../lib/dag.js';
 import { causeMessages } from '../lib/errors.js';
 import { expandSweep, SweepError } from '../lib/sweep.js';
+import { trainingWorkflowId } from '../lib/keys.js';
 import type { PipelineResult } from '../lib/stages.js';
 import type { TrainProgress } from '../activities/train.js';
 import { temporalEnv } from '../worker/connection.js';
@@ -98,7 +99,8 @@ export async function followPipeline(
         print(describeStage(id, s));
       }
       if (status.running.some((id) => status.stages[id]?.kind === 'train') && Date.now() - lastPrint > 2000) {
-        for (const [activityId, progress] of await trainProgress(handle)) {
+        const trainIds = status.running.filter((id) => status.stages[id]?.kind === 'train');
+        for (const [activityId, progress] of await trainProgress(handle, trainIds)) {
           if (progress.step === lastStep.get(activityId)) continue;
           lastStep.set(activityId, progress.step);
           lastPrint = Date.now();
@@ -113,14 +115,17 @@ export async function followPipeline(
   return result;
 }
 
-/** Heartbeat details of every running train activity, by activity id. */
-export async function trainProgress(handle: WorkflowHandle): Promise<Map<string, TrainProgress>> {
-  const raw = (await handle.describe()).raw;
+/** Heartbeat details of every running train activity (in the stages' training child workflows), by stage and activity id. */
+export async function trainProgress(handle: WorkflowHandle, trainStageIds: string[]): Promise<Map<string, TrainProgress>> {
   const out = new Map<string, TrainProgress>();
-  for (const a of raw.pendingActivities ?? []) {
-    const data = a.heartbeatDetails?.payloads?.[0]?.data;
-    if (a.activityType?.name !== 'trainModel' || !data) continue;
-    out.set(a.activityId ?? '', JSON.parse(Buffer.from(data).toString('utf8')) as TrainProgress);
+  for (const stageId of trainStageIds) {
+    const child = handle.client.getHandle(trainingWorkflowId(handle.workflowId, stageId));
+    const raw = (await child.describe().catch(() => null))?.raw;
+    for (const a of raw?.pendingActivities ?? []) {
+      const data = a.heartbeatDetails?.payloads?.[0]?.data;
+      if (a.activityType?.name !== 'trainModel' || !data) continue;
+      out.set(`${stageId}/${a.activityId ?? ''}`, JSON.parse(Buffer.from(data).toString('utf8')) as TrainProgress);
+    }
   }
   return out;
 }

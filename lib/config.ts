@@ -160,6 +160,12 @@ export const TrainSchema = z
   dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
   gradient_checkpointing: z.boolean().default(false),
   checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
+  segment_steps: z
+    .int()
+    .positive()
+    .nullable()
+    .default(null)
+    .describe('optimizer steps per training activity (the training workflow chains them); null: one epoch'),
   seed: z.int().min(0).default(42),
   })
   .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {

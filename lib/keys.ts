@@ -38,6 +38,15 @@ export const keys = {
   checkpointsPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}checkpoints/`,
   checkpointPrefix: (runId: string, stageId: string, step: number) =>
     `${keys.checkpointsPrefix(runId, stageId)}${checkpointName(step)}/`,
+  /**
+   * A checkpoint written by the attempt holding fence `token` (see fencesPrefix): attempts never
+   * share a folder, so a stale attempt cannot overwrite a newer one's files.
+   */
+  fencedCheckpointPrefix: (runId: string, stageId: string, step: number, token: number) =>
+    `${keys.checkpointsPrefix(runId, stageId)}${checkpointName(step)}.f${fenceName(token)}/`,
+  /** One empty-ish object per train attempt, named by its fence token (durability: README). */
+  fencesPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}fences/`,
+  fence: (runId: string, stageId: string, token: number) => `${keys.fencesPrefix(runId, stageId)}${fenceName(token)}`,
   finalAdapterPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}final/`,
   evalMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}metrics.json`,
   reportPrefix: (runId: string, stageId: string) => keys.runStagePrefix(runId, stageId),
@@ -52,6 +61,21 @@ export function checkpointName(step: number): string {
 }
 
 export function parseCheckpointName(name: string): number | undefined {
-  const m = /^step-(\d{8})$/.exec(name);
-  return m ? Number(m[1]) : undefined;
+  return parseFencedCheckpointName(name)?.step;
+}
+
+/** Fence tokens are the server's schedule time of an attempt (ms): zero-padded, sortable. */
+export function fenceName(token: number): string {
+  return String(token).padStart(15, '0');
+}
+
+/** `step-00000100` (unfenced, older runs) or `step-00000100.f<token>`. */
+export function parseFencedCheckpointName(name: string): { step: number; token: number | null } | undefined {
+  const m = /^step-(\d{8})(?:\.f(\d{15}))?$/.exec(name);
+  return m ? { step: Number(m[1]), token: m[2] ? Number(m[2]) : null } : undefined;
+}
+
+/** The training child workflow's id (workflows/training.ts): one per pipeline run and train stage. */
+export function trainingWorkflowId(runId: string, stageId: string): string {
+  return `${runId}.train.${stageId}`;
 }

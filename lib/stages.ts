@@ -185,10 +185,12 @@ export interface TrainResult {
   trainSeconds: number;
   /** Step metrics (TRL names) of every optimizer step so far, for learning curves: JSON [{step, epoch, metrics}]. */
   stepMetricsKey?: string;
-  /** Changes the workflow made after out-of-memory failures, in order. */
-  replans?: string[];
   /** s3:// location of the adapter training started from (`init_from`), when there was one. */
   initAdapter?: string;
+  /** Changes made after out-of-memory failures (the trainer's own backoff, then the workflow's), in order. */
+  replans?: string[];
+  /** The memory settings training finished with (they differ from the config after replans). */
+  finalMemorySettings?: { per_device_train_batch_size: number | 'auto'; gradient_accumulation_steps: number; gradient_checkpointing: boolean };
 }
 
 export type { EvalMetrics } from './evalMetrics.js';

@@ -103,15 +103,16 @@ describe('a DAG with two branches, one failing', () => {
     const scheduled = new Map<number, string>();
     for (const e of events) {
       const id = Number(e.eventId);
-      const attrs = e.activityTaskScheduledEventAttributes;
-      if (attrs?.activityType?.name === 'trainModel') {
-        const input = JSON.parse(Buffer.from(attrs.input!.payloads![0]!.data!).toString()) as { stageId: string };
-        scheduled.set(id, input.stageId);
+      // Each train stage is a dpoTraining child workflow (workflows/training.ts).
+      const attrs = e.startChildWorkflowExecutionInitiatedEventAttributes;
+      if (attrs?.workflowType?.name === 'dpoTraining') {
+        const input = JSON.parse(Buffer.from(attrs.input!.payloads![0]!.data!).toString()) as { train: { stageId: string } };
+        scheduled.set(id, input.train.stageId);
       }
-      const started = e.activityTaskStartedEventAttributes;
-      if (started && scheduled.has(Number(started.scheduledEventId))) spans.set(scheduled.get(Number(started.scheduledEventId))!, { start: seconds(e.eventTime) });
-      const ended = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes;
-      if (ended && scheduled.has(Number(ended.scheduledEventId))) spans.get(scheduled.get(Number(ended.scheduledEventId))!)!.end = seconds(e.eventTime);
+      const started = e.childWorkflowExecutionStartedEventAttributes;
+      if (started && scheduled.has(Number(started.initiatedEventId))) spans.set(scheduled.get(Number(started.initiatedEventId))!, { start: seconds(e.eventTime) });
+      const ended = e.childWorkflowExecutionCompletedEventAttributes ?? e.childWorkflowExecutionFailedEventAttributes;
+      if (ended && scheduled.has(Number(ended.initiatedEventId))) spans.get(scheduled.get(Number(ended.initiatedEventId))!)!.end = seconds(e.eventTime);
     }
     const ok = spans.get('train-ok')!;
     const bad = spans.get('train-bad')!;

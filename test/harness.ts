@@ -20,7 +20,7 @@ export interface TestStack {
   stop: () => Promise<void>;
 }
 
-export async function startTestStack(options: { gpuSlots?: number } = {}): Promise<TestStack> {
+export async function startTestStack(options: { gpuSlots?: number; serveGpu?: boolean } = {}): Promise<TestStack> {
   if (!runtimeInstalled) {
     // Keep test output readable: only warnings and errors from the SDK.
     Runtime.install({ logger: new (await import('@temporalio/worker')).DefaultLogger('WARN') });
@@ -33,7 +33,8 @@ export async function startTestStack(options: { gpuSlots?: number } = {}): Promi
   const { workers, connection } = await createWorkers({
     temporal: temporalEnv(),
     queues,
-    serve: { cpu: true, gpu: true },
+    // Fault tests run the GPU worker as a separate process (test/faults/) so they can kill it.
+    serve: { cpu: true, gpu: options.serveGpu ?? true },
     deps,
     workflowBundle: { code },
     gpuSlots: options.gpuSlots,

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { depsFromEnv } from '../activities/deps.js';
+import { preemptRunningTrainers } from '../activities/trainerProcess.js';
 import { DEFAULT_QUEUES, temporalEnv } from './connection.js';
 import { createWorkers } from './createWorkers.js';
 
@@ -15,6 +16,12 @@ for (const q of served) {
     console.error(`worker: unknown queue kind "${q}" in --queues (expected cpu, gpu or cpu,gpu)`);
     process.exit(2);
   }
+}
+
+if (served.has('gpu')) {
+  // Preemption notice (SIGTERM) or Ctrl-C: trainers checkpoint now, while the worker drains
+  // (shutdownGraceTime); their activities then fail as Preempted and resume on any GPU worker.
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => void preemptRunningTrainers());
 }
 
 const temporal = temporalEnv();

@@ -8,7 +8,7 @@
  * Orchestration only: every stage is an activity (workflows/stageRunners.ts), payloads are object
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
-import { ApplicationFailure, defineQuery, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
@@ -18,6 +18,7 @@ import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
+import { pauseTrainingSignal, resumeTrainingSignal, setCheckpointIntervalSignal, trainingReplannedSignal } from './training.js';
 
 export interface PipelineStatus {
   runId: string;
@@ -27,6 +28,8 @@ export interface PipelineStatus {
   mermaid: string;
   /** Ids of the stages running now. */
   running: string[];
+  /** Training controls in force (signals pauseTraining / resumeTraining / setCheckpointInterval). */
+  training?: { paused: boolean; checkpointEverySteps: number | null };
   stages: Record<string, StageTimeline & { summary?: Record<string, number | string> }>;
 }
 
@@ -51,7 +54,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     running: [],
     stages: Object.fromEntries(plan.stages.map((s) => [s.id, { id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }])),
   };
-  setHandler(statusQuery, () => status);
+  setHandler(statusQuery, () => ({ ...status, training: { paused: ctx.training.paused, checkpointEverySteps: ctx.training.checkpointEverySteps } }));
   // Lineage (issue 7): parent run, schedule, config hash as memo + search attributes; init_from.
   const lineage = await startLineage(config, runId, plan);
 
@@ -66,7 +69,28 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
     sweepBranches: branches,
     initFromRun: lineage.initFromRun ?? undefined,
+    training: { paused: false, checkpointEverySteps: null, children: new Set() },
   };
+  // Training controls: kept for train stages not started yet, forwarded to the running ones.
+  const forward = (send: (id: string) => Promise<void>) => {
+    for (const id of ctx.training.children) send(id).catch((err) => log.warn('could not forward a training signal', { id, error: String(err) }));
+  };
+  setHandler(pauseTrainingSignal, () => {
+    ctx.training.paused = true;
+    forward((id) => getExternalWorkflowHandle(id).signal(pauseTrainingSignal));
+  });
+  setHandler(resumeTrainingSignal, () => {
+    ctx.training.paused = false;
+    forward((id) => getExternalWorkflowHandle(id).signal(resumeTrainingSignal));
+  });
+  setHandler(setCheckpointIntervalSignal, (steps: number) => {
+    if (!Number.isInteger(steps) || steps <= 0) return void log.warn('ignoring a checkpoint interval that is not a positive integer', { steps });
+    ctx.training.checkpointEverySteps = steps;
+    forward((id) => getExternalWorkflowHandle(id).signal(setCheckpointIntervalSignal, steps));
+  });
+  setHandler(trainingReplannedSignal, ({ stageId, change }) => {
+    if (status.stages[stageId]) ctx.noteReplan(stageId, change);
+  });
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();

@@ -2,15 +2,15 @@
  * How each stage kind runs: which activity, on which queue, with which timeouts and retries, and
  * what it hands to the stages that need it. Orchestration only (no I/O): bundled into workflows.
  */
-import { ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import { FailureType, NON_RETRYABLE_FAILURES } from '../lib/errors.js';
-import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
+import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
 import type { PipelineConfig } from '../lib/config.js';
-import { keys } from '../lib/keys.js';
 import { sweepRows, type SweepBranch } from '../lib/sweep.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
+import { keys, trainingWorkflowId } from '../lib/keys.js';
+import { dpoTraining } from './training.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {
@@ -36,6 +36,8 @@ export interface RunContext {
   sweepBranches?: SweepBranch[];
   /** init_from (issue 7): train stages start from this run's final adapter of the same stage id. */
   initFromRun?: string;
+  /** Pause and checkpoint interval for training children, and the ones running now. */
+  training: { paused: boolean; checkpointEverySteps: number | null; children: Set<string> };
 }
 
 /** Data stages: minutes of CPU work, heartbeating per chunk. Bad data fails fast. */
@@ -52,12 +54,13 @@ const DATA_STAGE_OPTIONS: ActivityOptions = {
 };
 
 /**
- * Training: hours on a GPU. The heartbeat timeout notices a dead worker quickly; a retry
- * resumes from the newest complete checkpoint, so a lost worker costs one checkpoint interval.
+ * One training segment: up to hours on a GPU. The activity heartbeats every few seconds and per
+ * step, so a 20 s heartbeat timeout notices a dead worker well under a minute; a retry resumes
+ * from the newest complete checkpoint, so a lost worker costs one checkpoint interval.
  */
 const TRAIN_OPTIONS: ActivityOptions = {
   startToCloseTimeout: '24 hours',
-  heartbeatTimeout: '30 seconds',
+  heartbeatTimeout: '20 seconds',
   retry: {
     initialInterval: '1 second',
     backoffCoefficient: 2,
@@ -71,7 +74,7 @@ const TRAIN_OPTIONS: ActivityOptions = {
 const REFERENCE_OPTIONS: ActivityOptions = { ...DATA_STAGE_OPTIONS, startToCloseTimeout: '12 hours' };
 
 /** Activity options for one stage: its kind's defaults, then the stage's own overrides. */
-function activitiesFor(ctx: RunContext, stage: PlannedStage) {
+function activityOptionsFor(ctx: RunContext, stage: PlannedStage): ActivityOptions {
   const spec = STAGE_KINDS[stage.kind];
   const base = stage.kind === 'train' ? TRAIN_OPTIONS : stage.kind === 'reference' ? REFERENCE_OPTIONS : DATA_STAGE_OPTIONS;
   const options: ActivityOptions = {
@@ -86,7 +89,11 @@ function activitiesFor(ctx: RunContext, stage: PlannedStage) {
       ...(stage.retry?.maximum_interval !== undefined && { maximumInterval: stage.retry.maximum_interval as '1s' }),
     },
   };
-  return proxyActivities<Activities>(options);
+  return options;
+}
+
+function activitiesFor(ctx: RunContext, stage: PlannedStage) {
+  return proxyActivities<Activities>(activityOptionsFor(ctx, stage));
 }
 
 export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<StageOutput> {
@@ -155,34 +162,39 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       );
     }
     case 'train': {
-      let train = stageSettings(config, 'train', stage.params);
-      const replans: string[] = [];
-      for (;;) {
-        try {
-          const result = await acts.trainModel({
-            runId,
-            stageId: stage.id,
-            bucket,
-            modelSource,
-            shards: data('shards'),
-            trainSplit: config.dataset.train_split,
-            train,
-            resumeFromRunId: config.resume_from_run,
-            ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
-            ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
-          });
-          return { train: { ...result, replans }, summary: { step: result.finalStep, ...result.metrics } };
-        } catch (err) {
-          if (!hasFailureType(err, FailureType.OutOfMemory)) throw err;
-          // The trainer backed off in its own process and still ran out of memory: restart it from
-          // the last checkpoint with a smaller footprint and the same effective batch.
-          const plan = replanAfterOom(train);
-          if (!plan) throw ApplicationFailure.nonRetryable(oomGiveUpMessage(stage.id, replans, train), FailureType.OutOfMemory);
-          log.warn('out of memory: replanning the train stage', { stage: stage.id, change: plan.change });
-          replans.push(plan.change);
-          ctx.noteReplan(stage.id, plan.change);
-          train = plan.next;
-        }
+      // A child workflow drives the training in segments and replans after out-of-memory
+      // failures (workflows/training.ts); its replans reach this run's status by signal.
+      const train = stageSettings(config, 'train', stage.params);
+      const workflowId = trainingWorkflowId(runId, stage.id);
+      ctx.training.children.add(workflowId);
+      try {
+        const result = await executeChild(dpoTraining, {
+          workflowId,
+          args: [
+            {
+              train: {
+                runId,
+                stageId: stage.id,
+                bucket,
+                modelSource,
+                shards: data('shards'),
+                trainSplit: config.dataset.train_split,
+                train,
+                resumeFromRunId: config.resume_from_run,
+                ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
+                ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
+              },
+              activity: activityOptionsFor(ctx, stage),
+              control: {
+                paused: ctx.training.paused,
+                checkpoint_every_steps: ctx.training.checkpointEverySteps ?? train.checkpoint_every_steps,
+              },
+            },
+          ],
+        });
+        return { train: result, summary: { step: result.finalStep, ...result.metrics } };
+      } finally {
+        ctx.training.children.delete(workflowId);
       }
     }
     case 'adapter': {
@@ -258,13 +270,6 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
 
 function allEvaluations(ctx: RunContext): Record<string, EvaluateResult> {
   return Object.fromEntries([...ctx.outputs].filter(([, o]) => o.evaluation).map(([id, o]) => [id, o.evaluation!]));
-}
-
-function hasFailureType(err: unknown, type: string): boolean {
-  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
-    if (e instanceof ApplicationFailure && e.type === type) return true;
-  }
-  return false;
 }
 
 /** The stage that produced the adapter an evaluate stage scores. */

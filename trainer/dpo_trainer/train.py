@@ -41,6 +41,7 @@ from .errors import ExitCode, InvalidInputError, OutOfMemoryGaveUp
 from .events import claim_stdout, emit, log, mute
 from .estimate import auto_micro_batch
 from .distributed import Distributed, init_distributed
+from .control import ControlFile
 from .faults import FaultHooks
 from .losses import METRIC_NAMES, metric_sums, preference_loss
 from .modeling import (
@@ -55,6 +56,7 @@ from .modeling import (
 )
 from .preemption import PreemptionFlag, PreemptionRequested
 from .reference import ReferenceLogps, load_reference_logps
+from .watchdog import ParentWatchdog
 
 STATE_FORMAT = 1
 
@@ -282,6 +284,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     if not dist.is_main:
         mute()
     faults = FaultHooks.from_env()
+    control = ControlFile.from_env()
     device = dist.device or resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     check_dtype_supported(device, config.dtype)
@@ -403,6 +406,15 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         rng_at_step_start = capture_rng()
         if dist.any(preemption.requested):
             return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+        # The worker's control file (control.py): pause here, between steps, or end a segment.
+        if control.poll().paused:
+            if progress.step > 0 and (last_checkpoint is None or last_checkpoint.step != progress.step):
+                last_checkpoint = save(rng_at_step_start)  # a long pause risks nothing
+            log(f"paused after step {progress.step}")
+            control.wait_while_paused(lambda: preemption.requested)
+            continue
+        if control.current.stop_at_step is not None and progress.step >= control.current.stop_at_step:
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
         step_indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
         indices = dist.shard(step_indices)
         started = time.perf_counter()
@@ -458,7 +470,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
                 tokens_per_second=tokens / elapsed,
                 peak_memory_bytes=peak_memory_bytes(device),
             )
-        if progress.step % config.checkpoint_every_steps == 0:
+        if progress.step % control.checkpoint_every(config.checkpoint_every_steps) == 0:
             last_checkpoint = save(capture_rng())
 
     final_path = output_dir / "final"
@@ -483,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path of the train config JSON")
     args = parser.parse_args(argv)
     claim_stdout()
+    ParentWatchdog().start()  # never outlive the worker (watchdog.py)
     preemption = PreemptionFlag().install()
     code = run_command(lambda: train(load_config(TrainConfig, args.config), preemption))
     # The outcome is decided and reported; a SIGTERM arriving while the interpreter shuts down

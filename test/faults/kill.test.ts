@@ -1,0 +1,140 @@
+/**
+ * Lost and preempted GPU workers, on the real stack: kill -9 three times in one run; SIGTERM
+ * (the emergency checkpoint is used, no step redone). The GPU worker is its own process.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { generateDemoDataset } from '../../datagen/demoShapes.js';
+import type { PipelineResult } from '../../lib/stages.js';
+import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import {
+  adapterSha256,
+  faultPipelineConfig,
+  publishedCheckpoints,
+  readEvents,
+  startGpuWorker,
+  trainerPids,
+  trainerRuns,
+  waitFor,
+  workRoot,
+  type GpuWorkerProcess,
+} from './faultKit.js';
+
+const EVERY = 3; // checkpoint interval (steps)
+const STEPS = 16; // 64 pairs / micro-batch 4
+let stack: TestStack;
+let datasetDir: string;
+const workers: GpuWorkerProcess[] = [];
+
+beforeAll(async () => {
+  stack = await startTestStack({ serveGpu: false });
+  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-faults-'));
+  await generateDemoDataset({ outDir: datasetDir, trainRows: 64, testRows: 8, seed: 21 });
+});
+
+afterAll(async () => {
+  for (const w of workers) w.child.kill('SIGKILL');
+  await stack?.stop();
+});
+
+function config(train: Record<string, unknown> = {}) {
+  return faultPipelineConfig({
+    datasetDir,
+    modelSource: inject('modelSource'),
+    queues: stack.queues,
+    bucket: TEST_BUCKET,
+    train: { checkpoint_every_steps: EVERY, segment_steps: 8, ...train },
+  });
+}
+
+async function gpuWorker(name: string, eventsFile: string, env: Record<string, string> = {}) {
+  const w = await startGpuWorker({ queues: stack.queues, workDir: workRoot(name), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5', ...env } });
+  workers.push(w);
+  return w;
+}
+
+/** Each test's workers leave with it, so the next test's tasks go to the next test's worker. */
+async function stopWorker(w: GpuWorkerProcess) {
+  w.child.kill('SIGTERM');
+  await w.exited;
+}
+
+describe('fault injection: lost and preempted GPU workers', () => {
+  let reference: PipelineResult;
+
+  it('an uninterrupted run (the reference)', async () => {
+    const suffix = randomBytes(3).toString('hex');
+    const w = await gpuWorker(`ref-${suffix}`, join(datasetDir, `ref-${suffix}.jsonl`));
+    reference = await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId('faults-ref'), args: [config()] });
+    await stopWorker(w);
+    expect(reference.trainings.train!.finalStep).toBe(STEPS);
+  });
+
+  it('kill -9 of the GPU worker three times: completes, same adapter, at most one interval redone per kill', async () => {
+    const suffix = randomBytes(3).toString('hex');
+    const workName = `kill-${suffix}`;
+    const eventsFile = join(datasetDir, `kill-${suffix}.jsonl`);
+    const runId = uniqueId('faults-kill');
+    let worker = await gpuWorker(workName, eventsFile);
+    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config()] });
+    const kills: Array<{ newestPublished: number }> = [];
+    for (const target of [2, 7, 11]) {
+      // Kill at a random moment after step `target` has run.
+      await waitFor(async () => trainerRuns(await readEvents(eventsFile)).some((r) => r.lastStep >= target), 180_000, `step ${target}`);
+      await new Promise((r) => setTimeout(r, Math.random() * 1000));
+      worker.child.kill('SIGKILL');
+      await worker.exited;
+      const published = await publishedCheckpoints(stack.deps, TEST_BUCKET, runId, 'train');
+      kills.push({ newestPublished: published.at(-1)?.step ?? 0 });
+      // The trainer dies with its worker (trainer/dpo_trainer/watchdog.py).
+      await waitFor(async () => (await trainerPids(workRoot(workName))).length === 0, 5_000, 'orphaned trainer to exit');
+      worker = await gpuWorker(workName, eventsFile);
+    }
+    const result: PipelineResult = await handle.result();
+    const train = result.trainings.train!;
+    await stopWorker(worker);
+    expect(train.finalStep).toBe(STEPS);
+    expect(await adapterSha256(stack.deps, TEST_BUCKET, train.adapterPrefix)).toBe(
+      await adapterSha256(stack.deps, TEST_BUCKET, reference.trainings.train!.adapterPrefix),
+    );
+    // Each killed trainer's successor resumed from the newest published checkpoint: at most one
+    // interval behind the last step the killed one completed.
+    const runs = trainerRuns(await readEvents(eventsFile));
+    const killed = runs.filter((r) => !r.exit);
+    expect(killed).toHaveLength(3);
+    for (const [i, dead] of killed.entries()) {
+      const next = runs[runs.indexOf(dead) + 1]!;
+      expect(next.startStep).toBeGreaterThanOrEqual(kills[i]!.newestPublished);
+      expect(dead.lastStep - next.startStep).toBeLessThanOrEqual(EVERY);
+      expect(dead.lastStep - next.startStep).toBeGreaterThanOrEqual(0);
+    }
+  });
+
+  it('SIGTERM of the GPU worker: the emergency checkpoint is used and no step is redone', async () => {
+    const suffix = randomBytes(3).toString('hex');
+    const eventsFile = join(datasetDir, `term-${suffix}.jsonl`);
+    const runId = uniqueId('faults-term');
+    let worker = await gpuWorker(`term-${suffix}`, eventsFile);
+    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config()] });
+    await waitFor(async () => trainerRuns(await readEvents(eventsFile)).some((r) => r.lastStep >= 4), 180_000, 'step 4');
+    worker.child.kill('SIGTERM');
+    expect(await worker.exited).toBe(0); // drained: the activity reported before the worker exited
+    expect(await trainerPids(workRoot(`term-${suffix}`))).toEqual([]);
+    worker = await gpuWorker(`term2-${suffix}`, eventsFile);
+    const result: PipelineResult = await handle.result();
+    await stopWorker(worker);
+    expect(result.trainings.train!.finalStep).toBe(STEPS);
+    const events = await readEvents(eventsFile);
+    const preempted = events.find((e) => e.event === 'preempted' && e.step! < 8)!;
+    expect(preempted).toBeDefined();
+    const runs = trainerRuns(events);
+    const stopped = runs.find((r) => r.pid === preempted.pid)!;
+    const next = runs[runs.indexOf(stopped) + 1]!;
+    // The emergency checkpoint holds the last completed step, and the retry starts right there.
+    expect(preempted.step).toBe(stopped.lastStep);
+    expect(next.startStep).toBe(stopped.lastStep);
+  });
+});
