@@ -94,12 +94,16 @@ async function activityResults(handle: WorkflowHandle): Promise<Map<string, unkn
   return out;
 }
 
+/** Inputs of every `type` activity the run scheduled, its training child workflows' included. */
 async function scheduledInputs(handle: WorkflowHandle, type: string): Promise<Array<Record<string, unknown>>> {
-  const history = await handle.fetchHistory();
-  return (history.events ?? [])
+  const events = (await handle.fetchHistory()).events ?? [];
+  const own = events
     .map((e) => e.activityTaskScheduledEventAttributes)
     .filter((s) => s?.activityType?.name === type)
     .map((s) => JSON.parse(Buffer.from(s!.input!.payloads![0]!.data!).toString()) as Record<string, unknown>);
+  const children = events.map((e) => e.startChildWorkflowExecutionInitiatedEventAttributes?.workflowId).filter((id): id is string => !!id);
+  for (const id of children) own.push(...(await scheduledInputs(handle.client.getHandle(id), type)));
+  return own;
 }
 
 describe('resume', () => {
@@ -116,7 +120,8 @@ describe('resume', () => {
       delete process.env.DPO_FAULT_CRASH_AT_STEP;
     }
     const keys = (await stack.deps.storage.list(TEST_BUCKET, `runs/${failedRun}/train/checkpoints/`)).map((o) => o.key);
-    expect(keys).toEqual(expect.arrayContaining([`runs/${failedRun}/train/checkpoints/step-00000006/manifest.json`]));
+    // Checkpoint folders carry their attempt's fence token (README "Durability").
+    expect(keys.some((k) => new RegExp(`^runs/${failedRun}/train/checkpoints/step-00000006(\\.f\\d+)?/manifest\\.json$`).test(k))).toBe(true);
   });
 
   it('`dpo resume` reuses every data stage and continues from step 6 with a smaller micro-batch', async () => {
@@ -138,7 +143,9 @@ describe('resume', () => {
     const results = await activityResults(handle);
     for (const type of DATA_ACTIVITIES) {
       expect(results.get(type)).toHaveLength(1);
-      expect(results.get(type)![0]).toMatchObject({ cached: true });
+      // format and tokenize plan their chunks first: a cache hit returns the stored output at once.
+      const result = results.get(type)![0] as { cached: boolean | { cached: boolean } };
+      expect(result.cached === true || (typeof result.cached === 'object' && result.cached.cached)).toBe(true);
     }
     // The trainer was asked for the override and started from the old run's checkpoint.
     const [train] = await scheduledInputs(handle, 'trainModel');
