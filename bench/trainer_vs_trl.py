@@ -1,0 +1,213 @@
+"""Our DPO trainer vs TRL's DPOTrainer on CPU: training samples/s and peak RSS, in one run.
+
+    OMP_NUM_THREADS=1 trainer/.venv/bin/python bench/trainer_vs_trl.py [--pairs 256 --steps 12]
+
+Same tiny random-init LLaVA (dpo_trainer.build_tiny_model, seed 0), same generated demo pairs
+(trainer/tests/demo_data.py: our trainer reads them as token shards, TRL as conversational
+prompt/chosen/rejected rows with the same 48 px JPEG thumbnail as `images`, through the model's own
+processor), same micro-batch, gradient accumulation, LoRA (r 16, alpha 32, dropout 0, all linear
+layers except the LM head), optimizer steps, learning rate (constant, no warmup), fp32, seed, no
+gradient checkpointing, no checkpoints written during the timed steps. Each trainer runs in its own
+child process, one after the other (ours as the worker runs it: `python -m dpo_trainer.train`), so
+that peak RSS is per process (os.wait4's ru_maxrss of that child).
+
+What is timed: the steady-state training loop -- wall time from the end of optimizer step 1 to the
+end of the last step, divided into the pairs of steps 2..N. Step 1 (first kernels, caches) and
+everything before it (imports, model load, dataset preparation) are excluded on both sides. Ours:
+the `time` field of the `step` events (emitted right after each optimizer step); TRL: a
+TrainerCallback's on_step_end timestamps. Both include data collation and image processing inside
+the loop, the policy and the reference (adapters disabled) forward passes, backward, clipping and
+AdamW. Peak RSS is the whole child process (imports and model load included), the same for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER = REPO / "trainer"
+sys.path.insert(0, str(TRAINER / "tests"))
+
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def run_child(argv: list[str], log: Path) -> tuple[int, float, str]:
+    """Run a child to completion; return (exit code, peak RSS in MiB of that child alone, stdout)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=TRAINER, text=True)
+        stdout = proc.stdout.read()  # type: ignore[union-attr]
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024, stdout  # Linux: ru_maxrss in KiB
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def steady_rate(end_times: list[float], pairs_per_step: int) -> float:
+    """Pairs/s over steps 2..N from the end-of-step timestamps of steps 1..N."""
+    if len(end_times) < 2:
+        raise SystemExit("need at least 2 steps to time the steady state")
+    return (len(end_times) - 1) * pairs_per_step / (end_times[-1] - end_times[0])
+
+
+def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
+    config = {
+        "model_dir": str(model), "train_shards": [str(p) for p in shards], "output_dir": str(work / "ours"),
+        "seed": args.seed, "max_steps": args.steps, "per_device_train_batch_size": args.micro_batch,
+        "gradient_accumulation_steps": args.grad_accum, "learning_rate": args.learning_rate,
+        "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "beta": 0.1, "loss_type": "sigmoid",
+        "max_grad_norm": 1.0, "lora": LORA, "dtype": "float32", "device": "cpu",
+        "gradient_checkpointing": False, "checkpoint_every_steps": 1_000_000,
+    }
+    path = work / "ours.json"
+    path.write_text(json.dumps(config))
+    code, rss, stdout = run_child([sys.executable, "-m", "dpo_trainer.train", "--config", str(path)], work / "ours.stderr")
+    events = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    if code != 0:
+        raise SystemExit(f"our trainer exited {code}: {events[-1] if events else ''} (see {work / 'ours.stderr'})")
+    steps = [e for e in events if e["event"] == "step"]
+    from safetensors import safe_open
+
+    with safe_open(str(work / "ours" / "final" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        trainable = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    return {
+        "trainable_params": trainable,
+        "end_times": [e["time"] for e in steps], "losses": [e["metrics"]["loss"] for e in steps],
+        "peak_rss_mib": rss,
+    }
+
+
+def run_trl(work: Path, model: Path, args) -> dict:
+    spec = {
+        "model_dir": str(model), "output_dir": str(work / "trl"), "pairs": args.pairs, "data_seed": args.data_seed,
+        "seed": args.seed, "steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
+        "learning_rate": args.learning_rate, "result": str(work / "trl-result.json"),
+    }
+    path = work / "trl-spec.json"
+    path.write_text(json.dumps(spec))
+    code, rss, _ = run_child([sys.executable, str(Path(__file__).resolve()), "--trl-child", str(path)], work / "trl.stderr")
+    if code != 0:
+        tail = (work / "trl.stderr").read_text()[-3000:]
+        raise SystemExit(f"TRL child exited {code}:\n{tail}")
+    result = json.loads((work / "trl-result.json").read_text())
+    result["peak_rss_mib"] = rss
+    return result
+
+
+def trl_child(spec_path: str) -> None:
+    """The TRL side, in its own process: DPOTrainer on the same pairs, conversational VLM format."""
+    import io
+
+    import torch
+    from datasets import Dataset
+    from demo_data import generate_pairs
+    from peft import LoraConfig
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.manual_seed(spec["seed"])
+    pairs = generate_pairs(spec["pairs"], spec["data_seed"], "train")
+
+    def rows():
+        for p in pairs:
+            yield {
+                "images": [Image.open(io.BytesIO(p.image_jpeg)).convert("RGB")],
+                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.question}]}],
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
+            }
+
+    dataset = Dataset.from_generator(rows)
+    processor = AutoProcessor.from_pretrained(spec["model_dir"])
+    model = AutoModelForImageTextToText.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    end_times: list[float] = []
+    losses: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+            end_times.append(time.time())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    config = DPOConfig(
+        output_dir=spec["output_dir"], report_to=[], use_cpu=True, bf16=False, fp16=False,
+        per_device_train_batch_size=spec["micro_batch"], gradient_accumulation_steps=spec["grad_accum"],
+        max_steps=spec["steps"], learning_rate=spec["learning_rate"], lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], seed=spec["seed"],
+        gradient_checkpointing=False, logging_steps=1, save_strategy="no", max_length=None,
+        dataloader_num_workers=0, remove_unused_columns=False,
+    )
+    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear")
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
+                         peft_config=peft, callbacks=[StepTimes()])
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainer.train()
+    Path(spec["result"]).write_text(json.dumps({"end_times": end_times, "losses": losses, "trainable_params": trainable}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--trl-child", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.trl_child:
+        trl_child(args.trl_child)
+        return
+
+    from demo_data import write_demo_shards
+
+    from dpo_trainer.build_tiny_model import write_tiny_llava
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vs-trl-"))
+    model = write_tiny_llava(work / "model", seed=0)
+    shards, _ = write_demo_shards(model, work / "shards", args.pairs, 8, seed=args.data_seed, shard_size=args.pairs)
+    pairs_per_step = args.micro_batch * args.grad_accum
+    ours = run_ours(work, model, shards, args)
+    trl = run_trl(work, model, args)
+    o_rate, t_rate = steady_rate(ours["end_times"], pairs_per_step), steady_rate(trl["end_times"], pairs_per_step)
+    threads = os.environ.get("OMP_NUM_THREADS", "(unset)")
+    print(f"tiny LLaVA, {args.pairs} pairs, {args.steps} steps of {pairs_per_step} pairs "
+          f"(micro-batch {args.micro_batch} x accumulation {args.grad_accum}), fp32 CPU, OMP_NUM_THREADS={threads}")
+    print("timed: steps 2..N of the training loop (model load, data preparation and step 1 excluded)")
+    print(f"{'':24}{'ours':>12}{'TRL 1.16':>12}{'ours/TRL':>10}")
+    print(f"{'train pairs/s':24}{o_rate:12.1f}{t_rate:12.1f}{o_rate / t_rate:9.2f}x")
+    print(f"{'peak RSS (MiB)':24}{ours['peak_rss_mib']:12.0f}{trl['peak_rss_mib']:12.0f}"
+          f"{ours['peak_rss_mib'] / trl['peak_rss_mib']:9.2f}x")
+    print(f"first/last step loss: ours {ours['losses'][0]:.4f}/{ours['losses'][-1]:.4f}, "
+          f"TRL {trl['losses'][0]:.4f}/{trl['losses'][-1]:.4f} (different data order; both start at ln 2 = 0.6931)")
+    print(f"LoRA parameters: ours {ours['trainable_params']:,}, TRL {trl['trainable_params']:,}")
+    print(f"goal (>= 1.0x throughput at <= 1.0x memory): "
+          f"{'met' if o_rate >= t_rate and ours['peak_rss_mib'] <= trl['peak_rss_mib'] else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "pairs_per_step": pairs_per_step, "steps": args.steps, "omp_num_threads": threads,
+            "ours": {"pairs_per_second": o_rate, **ours}, "trl": {"pairs_per_second": t_rate, **trl},
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
