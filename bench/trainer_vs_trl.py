@@ -25,28 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TRAINER = REPO / "trainer"
+BENCH = Path(__file__).resolve().parent
+TRAINER = BENCH.parent / "trainer"
 sys.path.insert(0, str(TRAINER / "tests"))
+sys.path.insert(0, str(BENCH))
+
+from trl_runner import run_child, steady_rate, write_pairs_file  # noqa: E402
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-
-
-def run_child(argv: list[str], log: Path) -> tuple[int, float, str]:
-    """Run a child to completion; return (exit code, peak RSS in MiB of that child alone, stdout)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=TRAINER, text=True)
-        stdout = proc.stdout.read()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, stdout  # Linux: ru_maxrss in KiB
 
 
 def _numel(shape: list[int]) -> int:
@@ -54,13 +44,6 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def steady_rate(end_times: list[float], pairs_per_step: int) -> float:
-    """Pairs/s over steps 2..N from the end-of-step timestamps of steps 1..N."""
-    if len(end_times) < 2:
-        raise SystemExit("need at least 2 steps to time the steady state")
-    return (len(end_times) - 1) * pairs_per_step / (end_times[-1] - end_times[0])
 
 
 def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
@@ -74,7 +57,9 @@ def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
     }
     path = work / "ours.json"
     path.write_text(json.dumps(config))
-    code, rss, stdout = run_child([sys.executable, "-m", "dpo_trainer.train", "--config", str(path)], work / "ours.stderr")
+    code, rss, stdout = run_child(
+        [sys.executable, "-m", "dpo_trainer.train", "--config", str(path)], TRAINER, work / "ours.stderr"
+    )
     events = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     if code != 0:
         raise SystemExit(f"our trainer exited {code}: {events[-1] if events else ''} (see {work / 'ours.stderr'})")
@@ -91,75 +76,28 @@ def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
 
 
 def run_trl(work: Path, model: Path, args) -> dict:
+    from demo_data import generate_pairs
+
+    pairs = generate_pairs(args.pairs, args.data_seed, "train")  # what write_demo_shards tokenized
+    pairs_file = write_pairs_file(work / "trl-pairs.parquet", [
+        {"question": p.question, "chosen": p.chosen, "rejected": p.rejected, "image": p.image_jpeg} for p in pairs
+    ])
     spec = {
-        "model_dir": str(model), "output_dir": str(work / "trl"), "pairs": args.pairs, "data_seed": args.data_seed,
-        "seed": args.seed, "steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.grad_accum,
-        "learning_rate": args.learning_rate, "result": str(work / "trl-result.json"),
+        "model_dir": str(model), "pairs_file": str(pairs_file), "output_dir": str(work / "trl"),
+        "result": str(work / "trl-result.json"), "seed": args.seed, "steps": args.steps,
+        "micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "learning_rate": args.learning_rate,
+        "lr_scheduler_type": "constant", "dtype": "float32", "gradient_checkpointing": False, "device": "cpu",
+        "lora": LORA,
     }
     path = work / "trl-spec.json"
     path.write_text(json.dumps(spec))
-    code, rss, _ = run_child([sys.executable, str(Path(__file__).resolve()), "--trl-child", str(path)], work / "trl.stderr")
+    code, rss, _ = run_child([sys.executable, str(BENCH / "trl_runner.py"), str(path)], TRAINER, work / "trl.stderr")
     if code != 0:
         tail = (work / "trl.stderr").read_text()[-3000:]
         raise SystemExit(f"TRL child exited {code}:\n{tail}")
     result = json.loads((work / "trl-result.json").read_text())
     result["peak_rss_mib"] = rss
     return result
-
-
-def trl_child(spec_path: str) -> None:
-    """The TRL side, in its own process: DPOTrainer on the same pairs, conversational VLM format."""
-    import io
-
-    import torch
-    from datasets import Dataset
-    from demo_data import generate_pairs
-    from peft import LoraConfig
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
-    spec = json.loads(Path(spec_path).read_text())
-    torch.manual_seed(spec["seed"])
-    pairs = generate_pairs(spec["pairs"], spec["data_seed"], "train")
-
-    def rows():
-        for p in pairs:
-            yield {
-                "images": [Image.open(io.BytesIO(p.image_jpeg)).convert("RGB")],
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.question}]}],
-                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": p.chosen}]}],
-                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": p.rejected}]}],
-            }
-
-    dataset = Dataset.from_generator(rows)
-    processor = AutoProcessor.from_pretrained(spec["model_dir"])
-    model = AutoModelForImageTextToText.from_pretrained(spec["model_dir"], dtype=torch.float32)
-    end_times: list[float] = []
-    losses: list[float] = []
-
-    class StepTimes(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
-            end_times.append(time.time())
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    config = DPOConfig(
-        output_dir=spec["output_dir"], report_to=[], use_cpu=True, bf16=False, fp16=False,
-        per_device_train_batch_size=spec["micro_batch"], gradient_accumulation_steps=spec["grad_accum"],
-        max_steps=spec["steps"], learning_rate=spec["learning_rate"], lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], seed=spec["seed"],
-        gradient_checkpointing=False, logging_steps=1, save_strategy="no", max_length=None,
-        dataloader_num_workers=0, remove_unused_columns=False,
-    )
-    peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules="all-linear")
-    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor,
-                         peft_config=peft, callbacks=[StepTimes()])
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    trainer.train()
-    Path(spec["result"]).write_text(json.dumps({"end_times": end_times, "losses": losses, "trainable_params": trainable}))
 
 
 def main() -> None:
@@ -171,12 +109,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--data-seed", type=int, default=1)
-    parser.add_argument("--trl-child", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    if args.trl_child:
-        trl_child(args.trl_child)
-        return
 
     from demo_data import write_demo_shards
 
