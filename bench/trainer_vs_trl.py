@@ -1,6 +1,6 @@
 """Our DPO trainer vs TRL's DPOTrainer on CPU: training samples/s and peak RSS, in one run.
 
-    OMP_NUM_THREADS=1 trainer/.venv/bin/python bench/trainer_vs_trl.py [--pairs 256 --steps 12]
+    OMP_NUM_THREADS=1 trainer/.venv/bin/python bench/trainer_vs_trl.py [--pairs 256 --steps 20 --repeats 3]
 
 Same tiny random-init LLaVA (dpo_trainer.build_tiny_model, seed 0), same generated demo pairs
 (trainer/tests/demo_data.py: our trainer reads them as token shards, TRL as conversational
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +45,10 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def pairs_per_step(args) -> int:
+    return args.micro_batch * args.grad_accum
 
 
 def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
@@ -71,6 +76,8 @@ def run_ours(work: Path, model: Path, shards: list[Path], args) -> dict:
     return {
         "trainable_params": trainable,
         "end_times": [e["time"] for e in steps], "losses": [e["metrics"]["loss"] for e in steps],
+        # non-padding tokens (image tokens included) of each step, as TRL's num_tokens counts them
+        "step_tokens": [e["tokens_per_second"] / e["samples_per_second"] * pairs_per_step(args) for e in steps],
         "peak_rss_mib": rss,
     }
 
@@ -103,12 +110,13 @@ def run_trl(work: Path, model: Path, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="ours/TRL pairs, alternating which runs first")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -119,29 +127,53 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-vs-trl-"))
     model = write_tiny_llava(work / "model", seed=0)
     shards, _ = write_demo_shards(model, work / "shards", args.pairs, 8, seed=args.data_seed, shard_size=args.pairs)
-    pairs_per_step = args.micro_batch * args.grad_accum
-    ours = run_ours(work, model, shards, args)
-    trl = run_trl(work, model, args)
-    o_rate, t_rate = steady_rate(ours["end_times"], pairs_per_step), steady_rate(trl["end_times"], pairs_per_step)
+    per_step = pairs_per_step(args)
+    runs: list[dict] = []
+    for r in range(args.repeats):
+        # Alternate the order (ours first, then TRL first, ...) so drift in the machine's load
+        # does not always favour the same side.
+        if r % 2 == 0:
+            ours, trl = run_ours(work, model, shards, args), run_trl(work, model, args)
+        else:
+            trl = run_trl(work, model, args)
+            ours = run_ours(work, model, shards, args)
+        o_span = ours["end_times"][-1] - ours["end_times"][0]
+        t_span = trl["end_times"][-1] - trl["end_times"][0]
+        runs.append({
+            "ours": {"pairs_per_second": steady_rate(ours["end_times"], per_step),
+                     "tokens_per_second": sum(ours["step_tokens"][1:]) / o_span, **ours},
+            "trl": {"pairs_per_second": steady_rate(trl["end_times"], per_step),
+                    "tokens_per_second": (trl["num_tokens"][-1] - trl["num_tokens"][0]) / t_span, **trl},
+        })
     threads = os.environ.get("OMP_NUM_THREADS", "(unset)")
-    print(f"tiny LLaVA, {args.pairs} pairs, {args.steps} steps of {pairs_per_step} pairs "
-          f"(micro-batch {args.micro_batch} x accumulation {args.grad_accum}), fp32 CPU, OMP_NUM_THREADS={threads}")
+    print(f"tiny LLaVA, {args.pairs} pairs, {args.steps} steps of {per_step} pairs "
+          f"(micro-batch {args.micro_batch} x accumulation {args.grad_accum}), fp32 CPU, OMP_NUM_THREADS={threads}, "
+          f"{args.repeats} repeat(s) in alternating order")
     print("timed: steps 2..N of the training loop (model load, data preparation and step 1 excluded)")
-    print(f"{'':24}{'ours':>12}{'TRL 1.16':>12}{'ours/TRL':>10}")
-    print(f"{'train pairs/s':24}{o_rate:12.1f}{t_rate:12.1f}{o_rate / t_rate:9.2f}x")
-    print(f"{'peak RSS (MiB)':24}{ours['peak_rss_mib']:12.0f}{trl['peak_rss_mib']:12.0f}"
-          f"{ours['peak_rss_mib'] / trl['peak_rss_mib']:9.2f}x")
-    print(f"first/last step loss: ours {ours['losses'][0]:.4f}/{ours['losses'][-1]:.4f}, "
-          f"TRL {trl['losses'][0]:.4f}/{trl['losses'][-1]:.4f} (different data order; both start at ln 2 = 0.6931)")
-    print(f"LoRA parameters: ours {ours['trainable_params']:,}, TRL {trl['trainable_params']:,}")
-    print(f"goal (>= 1.0x throughput at <= 1.0x memory): "
-          f"{'met' if o_rate >= t_rate and ours['peak_rss_mib'] <= trl['peak_rss_mib'] else 'NOT met'}")
+    print(f"{'':18}{'ours':>10}{'TRL 1.16':>10}{'ours/TRL':>10}")
+    ratios: dict[str, list[float]] = {"pairs_per_second": [], "tokens_per_second": [], "peak_rss_mib": []}
+    for i, run in enumerate(runs, 1):
+        o, t = run["ours"], run["trl"]
+        for key, label, fmt in (("pairs_per_second", "pairs/s", ".1f"), ("tokens_per_second", "tokens/s", ".0f"),
+                                ("peak_rss_mib", "peak RSS MiB", ".0f")):
+            ratios[key].append(o[key] / t[key])
+            print(f"{f'#{i} {label}':18}{o[key]:10{fmt}}{t[key]:10{fmt}}{o[key] / t[key]:9.2f}x")
+    median = {k: statistics.median(v) for k, v in ratios.items()}
+    print("median ratio ours/TRL: " + ", ".join(f"{k} {v:.2f}x" for k, v in median.items()))
+    o, t = runs[-1]["ours"], runs[-1]["trl"]
+    print(f"tokens per pair: ours {o['tokens_per_second'] / o['pairs_per_second']:.1f}, "
+          f"TRL {t['tokens_per_second'] / t['pairs_per_second']:.1f} (same text; ours tokenized per CONTRACT.md "
+          "with <s> and </s>, TRL by its own chat-template split, which adds neither)")
+    print(f"first/last step loss: ours {o['losses'][0]:.4f}/{o['losses'][-1]:.4f}, "
+          f"TRL {t['losses'][0]:.4f}/{t['losses'][-1]:.4f} (different data order; both start at ln 2 = 0.6931)")
+    print(f"LoRA parameters: ours {o['trainable_params']:,}, TRL {t['trainable_params']:,}")
+    met = median["pairs_per_second"] >= 1.0 and median["peak_rss_mib"] <= 1.0
+    print(f"goal (>= 1.0x throughput at <= 1.0x peak RSS, medians): {'met' if met else 'NOT met'}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "pairs_per_step": pairs_per_step, "steps": args.steps, "omp_num_threads": threads,
-            "ours": {"pairs_per_second": o_rate, **ours}, "trl": {"pairs_per_second": t_rate, **trl},
+            "pairs_per_step": per_step, "steps": args.steps, "omp_num_threads": threads,
+            "median_ratios": median, "runs": runs,
         }, indent=2))
-
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ format (prompt/chosen/rejected messages + `images`) with the model folder's own 
 tokenizes and processes the images itself, inside its training loop's collator.
 
 Result: end_times (unix time at the end of each optimizer step, from a TrainerCallback),
-losses, trainable_params, peak_gpu_bytes (torch.cuda.max_memory_allocated over the whole process, as our trainer's
+losses, num_tokens (cumulative non-padding tokens, TRL's own log), trainable_params, peak_gpu_bytes (torch.cuda.max_memory_allocated over the whole process, as our trainer's
 peak_memory_bytes on cuda; null on cpu).
 """
 
@@ -85,6 +85,7 @@ def main(spec_path: str) -> None:
     cuda = spec["device"] == "cuda"
     end_times: list[float] = []
     losses: list[float] = []
+    num_tokens: list[float] = []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
@@ -95,6 +96,8 @@ def main(spec_path: str) -> None:
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+            if logs and "num_tokens" in logs:  # cumulative attention-mask sum (image tokens included)
+                num_tokens.append(float(logs["num_tokens"]))
 
     config = DPOConfig(
         output_dir=spec["output_dir"], report_to=[], use_cpu=not cuda,
@@ -112,7 +115,7 @@ def main(spec_path: str) -> None:
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     Path(spec["result"]).write_text(json.dumps({
-        "end_times": end_times, "losses": losses, "trainable_params": trainable,
+        "end_times": end_times, "losses": losses, "num_tokens": num_tokens, "trainable_params": trainable,
         "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
     }))
 
