@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from .config import EvalConfig, load_config
-from .data import PixelCache, collate, load_shards, validate_against_model
+from .data import PixelCache, collate
 from .cli import run_command
 from .errors import ExitCode, ModelLoadError
 from .events import claim_stdout, emit
-from .modeling import DTYPES, check_dtype_supported, autocast, completion_logps, load_base_model, resolve_device
+from .modeling import autocast, completion_logps, load_for_scoring
 
 
 def load_adapter(model: Any, adapter_dir: str) -> Any:
@@ -37,12 +37,7 @@ def load_adapter(model: Any, adapter_dir: str) -> Any:
 
 @torch.no_grad()
 def evaluate(config: EvalConfig) -> dict[str, float | int]:
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    check_dtype_supported(device, config.dtype)
-    dataset = load_shards(config.shards)
-    loaded = load_base_model(config.model_dir, dtype, device)
-    validate_against_model(dataset, loaded.spec)
+    dataset, loaded, device, dtype = load_for_scoring(config.model_dir, config.shards, config.device, config.dtype)
     model = loaded.model
     if config.adapter_dir:
         model = load_adapter(model, config.adapter_dir)

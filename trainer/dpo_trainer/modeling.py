@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .config import LoraSettings
-from .data import ModelInputSpec, PreferenceBatch
+from .data import ModelInputSpec, PreferenceBatch, PreferenceDataset, load_shards, validate_against_model
 from .errors import InvalidInputError, ModelLoadError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -160,3 +160,17 @@ def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, 
     # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def load_for_scoring(
+    model_dir: str, shards: list[str], device_name: str, dtype_name: str
+) -> tuple[PreferenceDataset, LoadedModel, torch.device, torch.dtype]:
+    """The start of every scoring command (evaluate, reference): device and dtype checked, shards
+    and base model loaded, shards validated against the model -- all before any forward pass."""
+    device = resolve_device(device_name)
+    dtype = DTYPES[dtype_name]
+    check_dtype_supported(device, dtype_name)
+    dataset = load_shards(shards)
+    loaded = load_base_model(model_dir, dtype, device)
+    validate_against_model(dataset, loaded.spec)
+    return dataset, loaded, device, dtype

@@ -35,10 +35,10 @@ import torch
 from .checkpoint import MANIFEST, sha256_file
 from .cli import run_command
 from .config import ReferenceConfig, load_config
-from .data import PixelCache, PreferenceDataset, collate, load_shards, validate_against_model
+from .data import PixelCache, PreferenceDataset, collate
 from .errors import ExitCode, InvalidInputError
 from .events import claim_stdout, emit, log
-from .modeling import DTYPES, check_dtype_supported, autocast, completion_logps, load_base_model, resolve_device
+from .modeling import autocast, completion_logps, load_for_scoring
 
 FORMAT = "dpo-reference-logps/1"
 FILE = "ref_logps.parquet"
@@ -52,12 +52,7 @@ def model_config_sha256(model_dir: str) -> str:
 
 @torch.no_grad()
 def compute(config: ReferenceConfig) -> dict:
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    check_dtype_supported(device, config.dtype)
-    dataset = load_shards(config.shards)
-    loaded = load_base_model(config.model_dir, dtype, device)
-    validate_against_model(dataset, loaded.spec)
+    dataset, loaded, device, dtype = load_for_scoring(config.model_dir, config.shards, config.device, config.dtype)
     model = loaded.model
     # Dropout off: the reference is a fixed function (training runs the reference with dropout
     # too when the base model has any; the demo and seed models have none).
