@@ -166,6 +166,11 @@ export const TrainSchema = z
     .nullable()
     .default(null)
     .describe('optimizer steps per training activity (the training workflow chains them); null: one epoch'),
+  segments_per_workflow_run: z
+    .int()
+    .positive()
+    .default(50)
+    .describe('training activities per run of the training workflow before it continues as new (bounds its history)'),
   seed: z.int().min(0).default(42),
   })
   .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {

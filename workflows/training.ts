@@ -84,7 +84,7 @@ export const setCheckpointIntervalSignal = defineSignal<[number]>('setCheckpoint
 export const trainingReplannedSignal = defineSignal<[ReplanNotice]>('trainingReplanned');
 
 /** Segments per workflow run before continue-as-new (each adds ~10 history events). */
-const SEGMENTS_PER_RUN = 50;
+const DEFAULT_SEGMENTS_PER_RUN = 50;
 
 export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
   const stageId = input.train.stageId;
@@ -190,7 +190,8 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
       state.train = plan.next;
       await notifyParent({ stageId, change: plan.change });
     }
-    if (segmentsThisRun >= SEGMENTS_PER_RUN || workflowInfo().continueAsNewSuggested) {
+    const segmentsPerRun = state.train.segments_per_workflow_run ?? DEFAULT_SEGMENTS_PER_RUN;
+    if (segmentsThisRun >= segmentsPerRun || workflowInfo().continueAsNewSuggested) {
       await continueAsNew<typeof dpoTraining>({ ...input, control, carried: state });
     }
   }
