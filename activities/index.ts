@@ -2,6 +2,7 @@
  * The activities a worker registers, bound to their host's dependencies. Workflows import the
  * type only (`typeof activities`), so none of this reaches the workflow bundle.
  */
+import { Context } from '@temporalio/activity';
 import type { ActivityDeps } from './deps.js';
 import { downloadDataset } from './download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluate.js';
@@ -13,9 +14,22 @@ import { shardDataset } from './shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './tokenize.js';
 import { trainModel } from './train.js';
 
-type Bound<F> = F extends (deps: ActivityDeps, ...args: infer A) => infer R ? (...args: A) => R : never;
-const bind = <F extends (deps: ActivityDeps, ...args: never[]) => unknown>(f: F, deps: ActivityDeps) =>
-  ((...args: never[]) => f(deps, ...args)) as Bound<F>;
+/** An object result also says which attempt produced it (the run's timeline counts retries: lib/attempts.ts). */
+type WithAttempt<T> = T extends readonly unknown[] ? T : T extends object ? T & { attempt?: number } : T;
+type Bound<F> = F extends (deps: ActivityDeps, ...args: infer A) => Promise<infer R> ? (...args: A) => Promise<WithAttempt<R>> : never;
+const bind = <F extends (deps: ActivityDeps, ...args: never[]) => Promise<unknown>>(f: F, deps: ActivityDeps) =>
+  (async (...args: never[]) => withAttempt(await f(deps, ...args))) as Bound<F>;
+
+function withAttempt<T>(result: T): T {
+  if (!result || typeof result !== 'object' || Array.isArray(result)) return result;
+  let attempt: number;
+  try {
+    attempt = Context.current().info.attempt;
+  } catch {
+    return result; // called outside an activity (a benchmark calling the function directly)
+  }
+  return { ...result, attempt };
+}
 
 export function createCpuActivities(deps: ActivityDeps) {
   return {

@@ -11,7 +11,8 @@
  */
 import type { EvalMetrics, YesNoMetrics } from '../lib/evalMetrics.js';
 import { keys } from '../lib/keys.js';
-import type { GeneratedExample, ReportInput, ReportResult, StageTimeline } from '../lib/stages.js';
+import { attemptCells } from '../lib/attempts.js';
+import type { GeneratedExample, ReportInput, ReportResult } from '../lib/stages.js';
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
 import { renderSweepTable } from '../lib/sweep.js';
 import type { ActivityDeps } from './deps.js';
@@ -202,19 +203,27 @@ interface TimelineRow {
   state: string;
   cached: string;
   seconds: string;
+  /** Failed attempts Temporal retried, with why where known (lib/attempts.ts). */
+  retries: string;
+  preemptions: string;
+  /** Out-of-memory replans of a train stage: how many (the changes are in the notes). */
+  replans: string;
   notes: string;
 }
 
-function timelineRows(input: ReportInput): TimelineRow[] {
+const TIMELINE_HEADER = ['stage', 'kind', 'state', 'cached', 'seconds', 'retries', 'preemptions', 'OOM replans', 'notes'];
+
+/** The timeline's rows (exported for tests: what the Markdown and HTML tables show). */
+export function timelineRows(input: Pick<ReportInput, 'timeline' | 'dataStages' | 'trainings'>): TimelineRow[] {
   return input.timeline.map((stage) => {
-    const t = stage as StageTimeline & Record<string, unknown>;
+    const t = stage;
     const data = input.dataStages[t.id];
     const notes: string[] = [];
     if (data) notes.push(Object.entries(data.summary).map(([k, v]) => `${k}=${v}`).join(', '));
     const train = input.trainings[t.id];
     if (train?.resumedFromStep != null) notes.push(`resumed from step ${train.resumedFromStep}`);
-    // Retries and preemptions, where the workflow recorded them.
-    for (const field of ['attempts', 'retries', 'preemptions'] as const) if (typeof t[field] === 'number' && t[field]) notes.push(`${field}: ${t[field]}`);
+    // A train stage's attempts come with its result (the run's timeline has them from there too).
+    const attempts = attemptCells(t.activities ? t : (train?.attempts ?? {}));
     const replans = t.replans ?? train?.replans ?? [];
     if (replans.length) notes.push(`out-of-memory replans: ${replans.join('; ')}`);
     if (t.error) notes.push(`error: ${t.error}`);
@@ -224,6 +233,8 @@ function timelineRows(input: ReportInput): TimelineRow[] {
       state: t.state,
       cached: t.cached ? 'cache hit' : '',
       seconds: t.startedAt && t.finishedAt ? ((t.finishedAt - t.startedAt) / 1000).toFixed(1) : '',
+      ...attempts,
+      replans: t.kind === 'train' && (t.state === 'done' || t.state === 'failed') ? String(replans.length) : '',
       notes: notes.join('; '),
     };
   });
@@ -296,9 +307,9 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
     input.dagMermaid,
     '```',
     '',
-    '| stage | kind | state | cached | seconds | notes |',
-    '| --- | --- | --- | --- | ---: | --- |',
-    ...timelineRows(input).map((r) => `| ${r.stage} | ${r.kind} | ${r.state} | ${r.cached} | ${r.seconds} | ${mdCell(r.notes)} |`),
+    '| stage | kind | state | cached | seconds | retries | preemptions | OOM replans | notes |',
+    '| --- | --- | --- | --- | ---: | --- | ---: | ---: | --- |',
+    ...timelineRows(input).map((r) => `| ${[r.stage, r.kind, r.state, r.cached, r.seconds, r.retries, r.preemptions, r.replans, r.notes].map(mdCell).join(' | ')} |`),
     '',
   ];
   return lines.join('\n');
@@ -352,8 +363,8 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
     ]),
     '<h2>Pipeline timeline</h2>',
     htmlTable(
-      ['stage', 'kind', 'state', 'cached', 'seconds', 'notes'],
-      timelineRows(input).map((r) => [r.stage, r.kind, r.state, r.cached, r.seconds, r.notes]),
+      TIMELINE_HEADER,
+      timelineRows(input).map((r) => [r.stage, r.kind, r.state, r.cached, r.seconds, r.retries, r.preemptions, r.replans, r.notes]),
     ),
     `<pre class="mermaid">${h(input.dagMermaid)}</pre>`,
     `<p>metrics: ${Object.values(input.evaluations).map((e) => `<code>${h(s3(e.metricsKey))}</code>`).join(', ')}</p>`,

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { readFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat, log } from '@temporalio/activity';
+import { countInterruptions, type AttemptMark, type Interruptions } from '../lib/attempts.js';
 import { FailureType } from '../lib/errors.js';
 import { fenceName, keys, MANIFEST_FILE, parseFencedCheckpointName } from '../lib/keys.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
@@ -22,8 +23,11 @@ import { runTrainer, TrainerExit, type TrainerEvent } from './trainerProcess.js'
 const HEARTBEAT_EVERY_MS = 5_000;
 
 
-/** What the activity heartbeats: enough for progress displays and for the next attempt. */
-export interface TrainProgress {
+/**
+ * What the activity heartbeats: enough for progress displays and for the next attempt (where to
+ * resume; how the earlier attempts ended, lib/attempts.ts).
+ */
+export interface TrainProgress extends AttemptMark {
   stageId: string;
   step: number;
   /** Pairs per optimizer step (micro-batch x accumulation), for ETAs. */
@@ -69,6 +73,8 @@ export interface TrainSegmentResult {
   stepMetricsKey?: string;
   /** s3:// location of the adapter training started from (`init_from`), when there was one. */
   initAdapter?: string;
+  /** How this segment's earlier attempts ended (preempted, worker lost, failed). */
+  interruptions: Interruptions;
   /** The trainer's own out-of-memory backoff in this segment: the settings it ended with. */
   backoff?: { micro_batch: number; grad_accum: number; gradient_checkpointing: boolean };
 }
@@ -89,6 +95,9 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     metrics: {},
     checkpointKey: null,
     phase: 'staging',
+    attempt: ctx.info.attempt,
+    // The previous attempts' last heartbeat says how they ended (lib/attempts.ts).
+    prior: countInterruptions(ctx.info.attempt, ctx.info.heartbeatDetails),
   };
   // Heartbeat on a timer too: model loading can outlast the heartbeat timeout on its own.
   const every = Math.min(HEARTBEAT_EVERY_MS, (ctx.info.heartbeatTimeoutMs ?? 4 * HEARTBEAT_EVERY_MS) / 4);
@@ -246,6 +255,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       );
     }
     const common = {
+      interruptions: progress.prior,
       checkpointKey: progress.checkpointKey,
       checkpointKeys,
       resumedFromStep: resume?.step ?? null,
@@ -276,6 +286,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       adapterPrefix: `${finalPrefix}adapter/`,
       ...common,
     };
+  } catch (err) {
+    // Say why this attempt stops, for the next one to count (a killed worker says nothing).
+    progress.stopping = hasPreempted(err) ? 'preempted' : 'failed';
+    heartbeat(progress);
+    throw err;
   } finally {
     clearInterval(ticker);
     clearInterval(controlTimer);
@@ -332,6 +347,10 @@ async function withStorageRetries<T>(op: () => Promise<T>, tries = 6): Promise<T
       await new Promise((r) => setTimeout(r, 500 * 2 ** i));
     }
   }
+}
+
+function hasPreempted(err: unknown): boolean {
+  return err instanceof ApplicationFailure && err.type === FailureType.Preempted;
 }
 
 function isFencedOut(err: unknown): boolean {

@@ -7,6 +7,7 @@ import type { StageKind } from './keys.js';
 import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
 import type { RunLineage } from './lineage.js';
 import type { SweepRow } from './sweep.js';
+import type { StageAttempts } from './attempts.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -191,6 +192,8 @@ export interface TrainResult {
   replans?: string[];
   /** The memory settings training finished with (they differ from the config after replans). */
   finalMemorySettings?: { per_device_train_batch_size: number | 'auto'; gradient_accumulation_steps: number; gradient_checkpointing: boolean };
+  /** Segment activities, their attempts, preemptions and lost workers (lib/attempts.ts). */
+  attempts?: StageAttempts;
 }
 
 export type { EvalMetrics } from './evalMetrics.js';
@@ -255,8 +258,11 @@ export interface EvaluateResult {
   engine?: string;
 }
 
-/** One stage's line in the run's timeline. */
-export interface StageTimeline {
+/**
+ * One stage's line in the run's timeline. The attempt counts (lib/attempts.ts) are set once the
+ * stage's activities report them: live for data stages, at the end for train stages.
+ */
+export interface StageTimeline extends Partial<StageAttempts> {
   id: string;
   kind: string;
   needs: string[];

@@ -14,6 +14,7 @@ import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
 import { storageRunId } from '../lib/lineage.js';
 import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../lib/sweep.js';
+import { addAttempt, emptyAttempts, pickAttempts } from '../lib/attempts.js';
 import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
@@ -67,6 +68,10 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     outputs,
     timeline: () => Object.values(status.stages),
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
+    noteAttempt: (stageId, attempt) => {
+      const entry = status.stages[stageId]!;
+      Object.assign(entry, addAttempt({ ...emptyAttempts(), ...pickAttempts(entry) }, attempt));
+    },
     sweepBranches: branches,
     initFromRun: lineage.initFromRun ?? undefined,
     training: { paused: false, checkpointEverySteps: null, children: new Set() },
@@ -114,7 +119,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     try {
       const output = await runStage(ctx, stage);
       outputs.set(stage.id, output);
-      Object.assign(entry, { state: 'done', finishedAt: Date.now(), cached: output.cached, summary: output.summary });
+      Object.assign(entry, { state: 'done', finishedAt: Date.now(), cached: output.cached, summary: output.summary }, output.attempts);
       if (stage.kind === 'download' && output.data) noteDatasetRevision(lineage, output.data);
     } catch (err) {
       failures.set(stage.id, err);

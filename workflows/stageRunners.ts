@@ -5,6 +5,7 @@
 import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
+import type { StageAttempts } from '../lib/attempts.js';
 import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
 import type { PipelineConfig } from '../lib/config.js';
 import { sweepRows, type SweepBranch } from '../lib/sweep.js';
@@ -22,6 +23,8 @@ export interface StageOutput {
   report?: ReportResult;
   cached?: boolean;
   summary?: Record<string, number | string>;
+  /** Attempts counted by the stage itself (train: its child workflow's segments, lib/attempts.ts). */
+  attempts?: StageAttempts;
 }
 
 export interface RunContext {
@@ -30,6 +33,8 @@ export interface RunContext {
   plan: PipelinePlan;
   outputs: Map<string, StageOutput>;
   timeline: () => StageTimeline[];
+  /** Records that one of the stage's activities returned, produced by its `attempt`-th attempt. */
+  noteAttempt: (stageId: string, attempt: number | undefined) => void;
   /** Records a change the workflow made to a running stage's plan (shown in status and report). */
   noteReplan: (stageId: string, change: string) => void;
   /** A sweep's branches (issue 7): the report ends in their comparison table. */
@@ -92,8 +97,27 @@ function activityOptionsFor(ctx: RunContext, stage: PlannedStage): ActivityOptio
   return options;
 }
 
-function activitiesFor(ctx: RunContext, stage: PlannedStage) {
-  return proxyActivities<Activities>(activityOptionsFor(ctx, stage));
+/**
+ * The stage's activities; each result's `attempt` (activities/index.ts) is counted for the
+ * stage's timeline line and taken off, so payloads stay what the stages exchange.
+ */
+function activitiesFor(ctx: RunContext, stage: PlannedStage): Activities {
+  const acts = proxyActivities<Activities>(activityOptionsFor(ctx, stage));
+  return new Proxy(acts, {
+    get(target, name: string) {
+      const call = target[name as keyof Activities] as (...args: unknown[]) => Promise<unknown>;
+      return async (...args: unknown[]) => {
+        const result = await call(...args);
+        let attempt: number | undefined;
+        if (result && typeof result === 'object' && 'attempt' in result) {
+          attempt = (result as { attempt?: number }).attempt;
+          delete (result as { attempt?: number }).attempt;
+        }
+        ctx.noteAttempt(stage.id, attempt);
+        return result;
+      };
+    },
+  });
 }
 
 export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<StageOutput> {
@@ -192,7 +216,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
             },
           ],
         });
-        return { train: result, summary: { step: result.finalStep, ...result.metrics } };
+        return { train: result, summary: { step: result.finalStep, ...result.metrics }, ...(result.attempts && { attempts: result.attempts }) };
       } finally {
         ctx.training.children.delete(workflowId);
       }

@@ -28,6 +28,7 @@ import {
 import type { GpuActivities } from '../activities/index.js';
 import type { TrainingControl, TrainSegmentResult } from '../activities/train.js';
 import type { TrainConfig } from '../lib/config.js';
+import { addAttempt, emptyAttempts, type StageAttempts } from '../lib/attempts.js';
 import { FailureType } from '../lib/errors.js';
 import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
@@ -53,6 +54,8 @@ interface TrainingCarried {
   resumedFromStep: number | null;
   trainSeconds: number;
   metrics: TrainMetrics;
+  /** Segment attempts, preemptions, lost workers (optional: state carried by an older version). */
+  attempts?: StageAttempts;
 }
 
 export interface TrainingStatus {
@@ -68,6 +71,7 @@ export interface TrainingStatus {
   microBatch: number | 'auto';
   gradientAccumulation: number;
   gradientCheckpointing: boolean;
+  attempts: StageAttempts;
 }
 
 export interface ReplanNotice {
@@ -101,6 +105,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
     trainSeconds: 0,
     metrics: {},
   };
+  const attempts = (state.attempts ??= emptyAttempts(true));
   setHandler(trainingControlQuery, () => control);
   setHandler(trainingStatusQuery, () => ({
     stageId,
@@ -114,6 +119,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
     microBatch: state.train.per_device_train_batch_size,
     gradientAccumulation: state.train.gradient_accumulation_steps,
     gradientCheckpointing: state.train.gradient_checkpointing,
+    attempts,
   }));
   setHandler(pauseTrainingSignal, () => void (control.paused = true));
   setHandler(resumeTrainingSignal, () => void (control.paused = false));
@@ -150,6 +156,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
         controlWorkflowId: workflowInfo().workflowId,
         control: { ...control },
       });
+      addAttempt(attempts, r.attempt, r.interruptions);
       state.segments++;
       segmentsThisRun++;
       state.step = r.step;
@@ -170,6 +177,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
           metrics: r.metrics,
           trainSeconds: state.trainSeconds,
           replans: state.replans,
+          attempts,
           ...(r.stepMetricsKey && { stepMetricsKey: r.stepMetricsKey }),
           ...(r.initAdapter && { initAdapter: r.initAdapter }),
           finalMemorySettings: {
@@ -181,6 +189,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
       }
     } catch (err) {
       if (!hasFailureType(err, FailureType.OutOfMemory)) throw err;
+      addAttempt(attempts, undefined);
       // The trainer backed off in its own process and still ran out of memory: restart it from
       // the last checkpoint with a smaller footprint and the same effective batch.
       const plan = replanAfterOom(state.train);
