@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
+import { writeReport } from '../../activities/report.js';
+import { parsePipelineConfig } from '../../lib/config.js';
 import type { PipelineResult } from '../../lib/stages.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import {
@@ -113,6 +115,13 @@ describe('fault injection: lost and preempted GPU workers', () => {
       expect(dead.lastStep - next.startStep).toBeLessThanOrEqual(EVERY);
       expect(dead.lastStep - next.startStep).toBeGreaterThanOrEqual(0);
     }
+    // The timeline counts the three lost workers as retries of the train stage, none a preemption,
+    // and the report shows them.
+    expect(train.attempts).toMatchObject({ activities: 2, retries: 3, workerLosses: 3, preemptions: 0 });
+    const row = await reportTrainRow(runId, result);
+    expect(row.retries).toBe('3 (3 workers lost)');
+    expect(row.preemptions).toBe('0');
+    expect(result.timeline.find((t) => t.id === 'format')).toMatchObject({ retries: 0 });
   });
 
   it('SIGTERM of the GPU worker: the emergency checkpoint is used and no step is redone', async () => {
@@ -138,5 +147,38 @@ describe('fault injection: lost and preempted GPU workers', () => {
     // The emergency checkpoint holds the last completed step, and the retry starts right there.
     expect(preempted.step).toBe(stopped.lastStep);
     expect(next.startStep).toBe(stopped.lastStep);
+    // One preemption, no lost worker: in the run's timeline and in its report (Markdown and HTML).
+    expect(result.timeline.find((t) => t.id === 'train')).toMatchObject({ activities: 2, retries: 1, preemptions: 1, workerLosses: 0 });
+    const row = await reportTrainRow(runId, result);
+    expect(row).toMatchObject({ retries: '1 (1 preempted)', preemptions: '1', replans: '0' });
   });
 });
+
+/**
+ * Writes the run's report from its result (the fault runs have no evaluate/report stage, to stay
+ * short) to storage, then reads the train stage's timeline row back from report.md and report.html.
+ */
+async function reportTrainRow(runId: string, result: PipelineResult): Promise<{ retries: string; preemptions: string; replans: string }> {
+  const parsed = parsePipelineConfig(config());
+  if (!parsed.ok) throw new Error('fault config does not parse');
+  const report = await writeReport(stack.deps, {
+    runId,
+    stageId: 'report',
+    bucket: TEST_BUCKET,
+    config: parsed.config,
+    dagMermaid: 'flowchart LR',
+    timeline: result.timeline,
+    dataStages: result.dataStages,
+    trainings: result.trainings,
+    evaluations: {},
+  });
+  const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, report.markdownKey)).toString('utf8');
+  const header = markdown.split('\n').find((l) => l.startsWith('| stage | kind |'))!.split(' | ');
+  const cells = markdown.split('\n').find((l) => l.startsWith('| train | train |'))!.split(' | ');
+  const cell = (name: string) => cells[header.indexOf(name)]!.trim();
+  const html = (await stack.deps.storage.getBuffer(TEST_BUCKET, report.htmlKey!)).toString('utf8');
+  expect(html).toContain(`<td>train</td><td>train</td><td>done</td><td></td>`);
+  expect(html).toContain(`<th>preemptions</th>`);
+  expect(html).toContain(`<td>${cell('retries')}</td><td>${cell('preemptions')}</td>`);
+  return { retries: cell('retries'), preemptions: cell('preemptions'), replans: cell('OOM replans') };
+}
