@@ -27,6 +27,7 @@ import type { Client } from '@temporalio/client';
 import YAML from 'yaml';
 import { depsFromEnv, trainerPython } from '../activities/deps.js';
 import { parseS3Uri } from '../activities/storage.js';
+import { attemptCells } from '../lib/attempts.js';
 import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../lib/config.js';
 import { storageRunId, type RunLineage } from '../lib/lineage.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
@@ -206,7 +207,8 @@ async function status(args: string[]): Promise<number> {
     for (const { id } of state.plan) {
       const s = state.stages[id]!;
       const seconds = s.startedAt ? `${(((s.finishedAt ?? Date.now()) - s.startedAt) / 1000).toFixed(0)}s` : '';
-      const extra = [s.cached ? 'cached' : '', s.error ?? '', ...(s.replans ?? []).map((r) => `replan: ${r}`)].filter(Boolean).join('; ');
+      const retried = s.retries ? `retries: ${attemptCells(s).retries}` : '';
+      const extra = [s.cached ? 'cached' : '', retried, s.error ?? '', ...(s.replans ?? []).map((r) => `replan: ${r}`)].filter(Boolean).join('; ');
       console.log(`  ${id.padEnd(16)} ${s.kind.padEnd(9)} ${s.state.padEnd(8)} ${seconds.padStart(6)}  ${extra}`);
     }
     for (const p of progress) console.log(describeTrainProgress(p));

@@ -4,7 +4,9 @@
  *
  * A failed attempt cannot return anything, so the counts come from what succeeds after it:
  * - every activity returns the attempt that produced its result (`attempt`, Temporal's
- *   info.attempt: 1 = first try); retries = attempts - activities;
+ *   info.attempt: 1 = first try; activities/index.ts adds it to object results, a list result --
+ *   generateExamples -- counts as a first try); retries = attempts - activities, summed over
+ *   every activity of the stage (plan, chunks, finish of a fan-out stage);
  * - a training segment's attempt heartbeats an `AttemptMark` (its own attempt number, what its
  *   earlier attempts were, and -- just before it throws -- why it stops); the next attempt reads
  *   the last mark (info.heartbeatDetails) and tells a preemption (the worker drained on SIGTERM
