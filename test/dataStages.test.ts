@@ -213,10 +213,13 @@ describe('fan-out', () => {
       const workflowId = uniqueId('fanout');
       const started = Date.now() - 1000;
       const config = dataConfig(stack, inject('modelSource'), dir, { format: { image_longest_edge: 48, chunk_rows: 4 } });
-      await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config] });
+      const result: PipelineResult = await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config] });
       const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
       const chunks = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'formatChunk');
       expect(chunks.length).toBe(18);
+      // The timeline counts every activity of the fan-out (plan, 18 chunks, finish) and their attempts.
+      expect(result.timeline.find((t) => t.id === 'format')).toMatchObject({ activities: 20, attempts: 20, retries: 0 });
+      expect(result.dataStages.format).not.toHaveProperty('attempt'); // taken off the payloads
       // Both workers copied this run's source files for their chunks into their own scratch space.
       const copiedSince = async (d: string) => {
         const names = await readdir(join(d, 'inputs')).catch(() => [] as string[]);

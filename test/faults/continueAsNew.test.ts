@@ -73,6 +73,8 @@ describe('continue-as-new of the training workflow', () => {
     const steps = train.checkpointKeys.map((k) => Number(/step-(\d+)/.exec(k)![1]));
     expect(steps).toEqual([...steps].sort((a, b) => a - b));
     for (const end of [4, 8, 12]) expect(steps).toContain(end);
+    // Attempt counts carry over too: four segments, one attempt each.
+    expect(train.attempts).toEqual({ activities: 4, attempts: 4, retries: 0, preemptions: 0, workerLosses: 0 });
     // Segments after the signal checkpoint every 2 steps (before it: multiples of 4 only).
     const saved = (await readEvents(eventsFile)).filter((e) => e.event === 'checkpoint_saved').map((e) => e.step!);
     expect(saved.filter((s) => s <= signalledAtStep).every((s) => s % 4 === 0)).toBe(true);
