@@ -215,8 +215,7 @@ const TIMELINE_HEADER = ['stage', 'kind', 'state', 'cached', 'seconds', 'retries
 
 /** The timeline's rows (exported for tests: what the Markdown and HTML tables show). */
 export function timelineRows(input: Pick<ReportInput, 'timeline' | 'dataStages' | 'trainings'>): TimelineRow[] {
-  return input.timeline.map((stage) => {
-    const t = stage;
+  return input.timeline.map((t) => {
     const data = input.dataStages[t.id];
     const notes: string[] = [];
     if (data) notes.push(Object.entries(data.summary).map(([k, v]) => `${k}=${v}`).join(', '));
