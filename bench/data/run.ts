@@ -8,7 +8,10 @@
  *
  *     npx tsx bench/data/run.ts [--rows 5000] [--workers 2] [--processor test/fixtures/processors/idefics2]
  *
- * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio.
+ * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio, and the CPU time
+ * per sample of each side (Node: the worker processes from the start of format to the end of
+ * shard, per stage, and apart the shared MinIO server's; Python: its whole process tree). Extra
+ * node flags for the workers (e.g. `--cpu-prof --cpu-prof-dir=...`): BENCH_WORKER_NODE_ARGS.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
