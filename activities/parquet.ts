@@ -5,8 +5,9 @@
 import * as arrow from 'apache-arrow';
 import { Compression, readParquet, Table as WasmTable, WriterPropertiesBuilder, writeParquet } from 'parquet-wasm';
 
-export function readParquetTable(bytes: Uint8Array): arrow.Table {
-  return arrow.tableFromIPC(readParquet(bytes).intoIPCStream());
+/** The whole file, or only `columns` (the others are neither decoded nor copied out of wasm). */
+export function readParquetTable(bytes: Uint8Array, columns?: string[]): arrow.Table {
+  return arrow.tableFromIPC(readParquet(bytes, columns ? { columns } : undefined).intoIPCStream());
 }
 
 export interface ParquetWriteOptions {

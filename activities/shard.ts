@@ -1,5 +1,6 @@
 /**
- * shard: the tokenized parts, in order, into Parquet shards (zstd; the JPEG bytes stored as they are) closed at
+ * shard: the tokenized parts, in order, joined with their images (taken from the formatted part
+ * each token part came from, by sample id), into Parquet shards (zstd; the JPEG bytes stored as they are) closed at
  * `shard.samples_per_shard` rows or before their rows pass `shard.max_shard_bytes`, whichever
  * comes first. Assignment depends only on the ordered rows and these two settings, so it is
  * deterministic. The manifest lists per shard its rows, tokens, bytes and sha256. Memory holds
@@ -66,7 +67,11 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
       progress({ split, shards: shards.length });
     };
     for (const part of tokenized.parts) {
-      const table = readParquetTable(await storage.getBuffer(input.bucket, part.key));
+      const table = withImages(
+        readParquetTable(await storage.getBuffer(input.bucket, part.key)),
+        readParquetTable(await storage.getBuffer(input.bucket, part.formatKey), ['sample_id', 'image']),
+        part.formatKey,
+      );
       const sizes = rowSizes(table);
       let start = 0;
       for (let i = 0; i < table.numRows; i++) {
@@ -94,6 +99,28 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
   const summary: Record<string, number> = {};
   for (const [split, s] of Object.entries(splits)) summary[`${split}_shards`] = s.shards.length;
   return writeStageManifest<ShardManifest>(storage, input.bucket, 'shard', hash, { splits, summary });
+}
+
+/**
+ * The token rows with an `image` column from their formatted part. Tokenize keeps the formatted
+ * rows' order and only drops rows, so one forward walk matches every id.
+ */
+function withImages(tokens: arrow.Table, formatted: arrow.Table, formatKey: string): arrow.Table {
+  const formattedIds = formatted.getChild('sample_id')!;
+  const formattedImages = formatted.getChild('image')!;
+  const ids = tokens.getChild('sample_id')!;
+  const images: Uint8Array[] = [];
+  let j = 0;
+  for (let i = 0; i < tokens.numRows; i++) {
+    const id = ids.get(i) as string;
+    while (j < formatted.numRows && formattedIds.get(j) !== id) j++;
+    if (j === formatted.numRows) throw new Error(`shard: sample ${id} is not in its formatted part ${formatKey}`);
+    images.push(formattedImages.get(j++) as Uint8Array);
+  }
+  const columns: Record<string, arrow.Vector> = {};
+  for (const field of tokens.schema.fields) columns[field.name] = tokens.getChild(field.name)!;
+  columns.image = arrow.vectorFromArray(images, new arrow.Binary());
+  return new arrow.Table(columns);
 }
 
 /** Per row: tokens, and an estimate of its stored bytes (image + 4 bytes a token + id). */

@@ -113,16 +113,16 @@ async function readParquetRange(range: ReadRange, columns: ColumnMapping): Promi
   const file = await ParquetFile.fromFile(await openAsBlob(range.path));
   let table: arrow.Table;
   try {
-    table = arrow.tableFromIPC((await file.read({ offset: range.offset, limit: range.limit })).intoIPCStream());
+    // Only the mapped columns: the others (RLAIF-V has five more) are neither decoded nor copied.
+    const schema = arrow.tableFromIPC(file.schema().intoIPCStream()).schema;
+    const names = schema.fields.map((f) => f.name);
+    for (const role of ROLES) if (!names.includes(columns[role])) throw missingColumn(range.sourcePath, role, columns, names);
+    const wanted = [...new Set(ROLES.map((role) => columns[role]))];
+    table = arrow.tableFromIPC((await file.read({ offset: range.offset, limit: range.limit, columns: wanted })).intoIPCStream());
   } finally {
     file.free();
   }
-  const names = table.schema.fields.map((f) => f.name);
-  const vectors = ROLES.map((role) => {
-    const v = table.getChild(columns[role]);
-    if (!v) throw missingColumn(range.sourcePath, role, columns, names);
-    return v;
-  });
+  const vectors = ROLES.map((role) => table.getChild(columns[role])!);
   const [image, question, chosen, rejected] = vectors as [arrow.Vector, arrow.Vector, arrow.Vector, arrow.Vector];
   const rows: RawRow[] = [];
   for (let i = 0; i < table.numRows; i++) {

@@ -16,8 +16,9 @@ import type { Storage } from './storage.js';
 export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   download: 2,
   format: 3,
-  tokenize: 2,
-  shard: 2,
+  // 3: token parts hold no images; shard takes them from the format parts.
+  tokenize: 3,
+  shard: 3,
   reference: 1,
   export: 1,
 };

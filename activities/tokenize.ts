@@ -16,7 +16,7 @@ import { ChatTokenizer } from './chatTokenizer.js';
 import type { ActivityDeps } from './deps.js';
 import type { FormatManifest } from './format.js';
 import { isTokenizerFile, stageModel } from './models.js';
-import { IMAGE_COLUMN_OPTIONS, int32List, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
+import { int32List, readParquetTable, tableFromColumns, writeParquetTable } from './parquet.js';
 import { progress } from './progress.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from './stageCache.js';
 
@@ -31,7 +31,10 @@ export interface LengthStats {
 }
 
 export interface TokenizedPart {
+  /** Token ids (sample_id and the three token lists; no images). */
   key: string;
+  /** The formatted part the rows come from, which holds their images (read by shard). */
+  formatKey: string;
   rows: number;
 }
 
@@ -72,9 +75,12 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
   const { storage } = deps;
   const { chunk } = input;
   const chat = await ChatTokenizer.load(await stageModel(deps, input.modelSource, isTokenizerFile));
-  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key));
-  const [sid, prompt, chosen, rejected, image] = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'].map((c) => table.getChild(c)!);
-  const cols = { ids: [] as string[], prompt: [] as number[][], chosen: [] as number[][], rejected: [] as number[][], image: [] as Uint8Array[] };
+  // Only the texts: images stay in the format part, where shard takes them from (carrying them
+  // through a token part would cost a Parquet write, an upload and a read per image).
+  const textColumns = ['sample_id', 'prompt', 'chosen', 'rejected'];
+  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key), textColumns);
+  const [sid, prompt, chosen, rejected] = textColumns.map((c) => table.getChild(c)!);
+  const cols = { ids: [] as string[], prompt: [] as number[][], chosen: [] as number[][], rejected: [] as number[][] };
   const lengths = { prompt: [] as number[], chosen: [] as number[], rejected: [] as number[] };
   const dropped: Partial<Record<TokenizeDropReason, number>> = {};
   let tokens = 0;
@@ -97,7 +103,6 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
     cols.prompt.push(result.prompt);
     cols.chosen.push(result.chosen);
     cols.rejected.push(result.rejected);
-    cols.image.push(image!.get(i) as Uint8Array);
     lengths.prompt.push(result.prompt.length);
     lengths.chosen.push(result.chosen.length);
     lengths.rejected.push(result.rejected.length);
@@ -109,14 +114,14 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
     prompt_input_ids: { type: int32List(), values: cols.prompt },
     chosen_input_ids: { type: int32List(), values: cols.chosen },
     rejected_input_ids: { type: int32List(), values: cols.rejected },
-    image: { type: new arrow.Binary(), values: cols.image },
   });
-  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out, IMAGE_COLUMN_OPTIONS)));
+  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out)));
   await storage.putJson(input.bucket, `${base}.lengths.json`, lengths);
   return {
     split: chunk.split,
     index: chunk.index,
     key: `${base}.parquet`,
+    formatKey: chunk.key,
     lengthsKey: `${base}.lengths.json`,
     inputRows: table.numRows,
     rows: cols.ids.length,
@@ -140,7 +145,7 @@ export async function tokenizeFinish(deps: ActivityDeps, input: TokenizeFinishIn
       s.truncated += c.truncated;
       for (const [reason, n] of Object.entries(c.dropped)) s.dropped[reason as TokenizeDropReason] = (s.dropped[reason as TokenizeDropReason] ?? 0) + n;
       if (c.rows) {
-        s.parts.push({ key: c.key, rows: c.rows });
+        s.parts.push({ key: c.key, formatKey: c.formatKey, rows: c.rows });
         const l = await storage.getJson<typeof all>(input.bucket, c.lengthsKey);
         for (const k of ['prompt', 'chosen', 'rejected'] as const) for (const v of l[k]) all[k].push(v);
       }

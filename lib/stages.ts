@@ -119,6 +119,8 @@ export interface TokenizeChunkResult {
   split: string;
   index: number;
   key: string;
+  /** The formatted part these rows come from: it holds their images (token parts do not). */
+  formatKey: string;
   /** Side file with the kept rows' prompt/chosen/rejected lengths, for the manifest's statistics. */
   lengthsKey: string;
   inputRows: number;

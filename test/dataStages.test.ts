@@ -16,6 +16,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { temporalEnv } from '../worker/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
 import { trainerPython } from '../activities/deps.js';
+import type { FormatManifest } from '../activities/format.js';
+import { readParquetTable } from '../activities/parquet.js';
 import type { ShardManifest } from '../activities/shard.js';
 import { truncateSample, type TokenizeManifest } from '../activities/tokenize.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
@@ -165,6 +167,29 @@ print(json.dumps(out))
     expect(read.duckdb).toEqual([train.rows, train.tokens]);
     expect(read.datasets[0]).toBe(train.rows);
     expect(read.datasets[1]).toEqual(['chosen_input_ids', 'image', 'prompt_input_ids', 'rejected_input_ids', 'sample_id']);
+  });
+
+  it('joins each sample with its own formatted image in the shards (token parts carry none)', async () => {
+    const { storage } = stack.deps;
+    const formatted = await storage.getJson<FormatManifest>(TEST_BUCKET, first.dataStages.format!.manifestKey);
+    const imageOf = new Map<string, string>();
+    for (const part of formatted.splits.train!.parts) {
+      const t = readParquetTable(await storage.getBuffer(TEST_BUCKET, part.key));
+      for (let i = 0; i < t.numRows; i++) imageOf.set(t.getChild('sample_id')!.get(i) as string, createHash('sha256').update(t.getChild('image')!.get(i) as Uint8Array).digest('hex'));
+    }
+    const tokenized = await storage.getJson<TokenizeManifest>(TEST_BUCKET, first.dataStages.tokenize!.manifestKey);
+    const tokenPart = readParquetTable(await storage.getBuffer(TEST_BUCKET, tokenized.splits.train!.parts[0]!.key));
+    expect(tokenPart.schema.fields.map((f) => f.name)).toEqual(['sample_id', 'prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids']);
+    const shards = await storage.getJson<ShardManifest>(TEST_BUCKET, first.dataStages.shard!.manifestKey);
+    let checked = 0;
+    for (const s of shards.splits.train!.shards) {
+      const t = readParquetTable(await storage.getBuffer(TEST_BUCKET, s.key));
+      for (let i = 0; i < t.numRows; i++, checked++) {
+        const id = t.getChild('sample_id')!.get(i) as string;
+        expect(createHash('sha256').update(t.getChild('image')!.get(i) as Uint8Array).digest('hex'), id).toBe(imageOf.get(id));
+      }
+    }
+    expect(checked).toBe(tokenized.splits.train!.rows);
   });
 
   it('reuses everything on a rerun, and recomputes only from the stage whose parameter changed', async () => {

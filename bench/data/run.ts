@@ -8,7 +8,10 @@
  *
  *     npx tsx bench/data/run.ts [--rows 5000] [--workers 2] [--processor test/fixtures/processors/idefics2]
  *
- * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio.
+ * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio, and the CPU time
+ * per sample of each side (Node: the worker processes from the start of format to the end of
+ * shard, per stage, and apart the shared MinIO server's; Python: its whole process tree). Extra
+ * node flags for the workers (e.g. `--cpu-prof --cpu-prof-dir=...`): BENCH_WORKER_NODE_ARGS.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -37,11 +40,31 @@ const testRows = Number(values['test-rows']);
 const processorDir = resolve(REPO_ROOT, values.processor!);
 const benchDir = resolve(REPO_ROOT, '.dpo/bench/data');
 
-/** Samples the summed RSS of a process and its descendants every 100 ms; returns the peak. */
-function sampleTreeRss(rootPid: number): { stop: () => Promise<number> } {
+/**
+ * Samples the summed RSS of a process and its descendants every 100 ms; returns the peak, and the
+ * CPU seconds (user + sys) the tree used, from the last sample of each process (processes that
+ * live under 100 ms are missed, as is the last 100 ms of each: a slight undercount on both sides).
+ */
+function sampleTreeRss(
+  rootPid: number,
+  { cpuSinceStart = false } = {},
+): { stop: () => Promise<number>; cpuSeconds: () => number; cpuBetween: (from: number, to: number) => number } {
   let peak = 0;
+  // (time, CPU seconds so far) after each sample, to attribute CPU to the stages' time windows.
+  const series: Array<[number, number]> = [];
+  const total = () => [...cpuTicks].reduce((a, [pid, t]) => a + t - startTicks.get(pid)!, 0) / 100;
+  const cpuTicks = new Map<number, number>();
+  const startTicks = new Map<number, number>();
   const rssOf = async (pid: number): Promise<number> => {
     const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    // Fields after the command name: state is field 3, utime and stime are fields 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields.length > 13) {
+      const ticks = Number(fields[11]) + Number(fields[12]);
+      cpuTicks.set(pid, ticks);
+      if (!startTicks.has(pid)) startTicks.set(pid, cpuSinceStart ? ticks : 0);
+    }
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
     let children: number[] = [];
@@ -57,6 +80,7 @@ function sampleTreeRss(rootPid: number): { stop: () => Promise<number> } {
   const loop = (async () => {
     while (running) {
       peak = Math.max(peak, await rssOf(rootPid));
+      series.push([Date.now(), total()]);
       await new Promise((r) => setTimeout(r, 100));
     }
   })();
@@ -66,7 +90,25 @@ function sampleTreeRss(rootPid: number): { stop: () => Promise<number> } {
       await loop;
       return peak;
     },
+    // Clock ticks are 1/100 s on Linux.
+    // With cpuSinceStart, only what processes already running at the start used after it.
+    cpuSeconds: total,
+    cpuBetween: (from, to) => {
+      const at = (t: number) => series.find(([time]) => time >= t)?.[1] ?? series[series.length - 1]?.[1] ?? 0;
+      return at(to) - at(from);
+    },
   };
+}
+
+/** The local MinIO server's pid (`minio server`), if one runs on this machine. */
+async function minioProcess(): Promise<number | null> {
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmd = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    const [exe, sub] = cmd.split('\0');
+    if (exe?.endsWith('minio') && sub === 'server') return Number(entry);
+  }
+  return null;
 }
 
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
@@ -76,11 +118,11 @@ const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
  * product's way to scale out; 2 mirrors the anchor's num_proc=2) polling one queue; this process
  * only starts the workflow. Peak memory is the sum over the worker processes.
  */
-async function runNode(datasetDir: string, workers: number): Promise<{ seconds: number; rows: number; stages: Record<string, number>; peakRss: number; download: number }> {
+async function runNode(datasetDir: string, workers: number): Promise<{ seconds: number; rows: number; stages: Record<string, number>; peakRss: number; download: number; cpu: number; minioCpu: number | null; stageCpu: Record<string, number> }> {
   const suffix = randomBytes(4).toString('hex');
   const queues = { cpu: `bench-cpu-${suffix}`, gpu: `bench-gpu-${suffix}` };
   const children = Array.from({ length: workers }, (_, i) =>
-    spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'worker/main.ts'), '--queues', 'cpu'], {
+    spawn(process.execPath, [...(process.env.BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx', join(REPO_ROOT, 'worker/main.ts'), '--queues', 'cpu'], {
       cwd: REPO_ROOT,
       env: {
         ...process.env,
@@ -118,22 +160,32 @@ async function runNode(datasetDir: string, workers: number): Promise<{ seconds: 
       { id: 'shard', kind: 'shard', needs: ['tokenize'] },
     ],
   };
-  const samplers = children.map((c) => sampleTreeRss(c.pid!));
+  // Worker start-up (module loading) is not counted: CPU from here on.
+  const samplers = children.map((c) => sampleTreeRss(c.pid!, { cpuSinceStart: true }));
+  // MinIO is the stack's shared server (other users' requests count too): reported apart.
+  const minioPid = await minioProcess();
+  const minio = minioPid ? sampleTreeRss(minioPid, { cpuSinceStart: true }) : null;
   const result: PipelineResult = await client.workflow.execute('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-data-${suffix}`, args: [config] });
   // Peaks of the processes need not coincide: their sum is an upper bound of the true peak.
   const peakRss = (await Promise.all(samplers.map((s) => s.stop()))).reduce((a, b) => a + b, 0);
+  const at = Object.fromEntries(result.timeline.map((t) => [t.id, t]));
+  // CPU of the workers from the start of format to the end of shard (the download is not counted).
+  const cpuIn = (id: string) => samplers.reduce((a, s) => a + s.cpuBetween(at[id]!.startedAt!, at[id]!.finishedAt!), 0);
+  const stageCpu = Object.fromEntries(['format', 'tokenize', 'shard'].map((id) => [id, cpuIn(id)]));
+  const cpu = samplers.reduce((a, s) => a + s.cpuBetween(at.format!.startedAt!, at.shard!.finishedAt!), 0);
+  await minio?.stop();
+  const minioCpu = minio ? minio.cpuBetween(at.format!.startedAt!, at.shard!.finishedAt!) : null;
   for (const c of children) c.kill('SIGTERM');
   await Promise.all(children.map((c) => new Promise((r) => c.on('close', r))));
   await rm(source, { force: true });
   await rm(join(REPO_ROOT, '.dpo/bench/work'), { recursive: true, force: true });
-  const at = Object.fromEntries(result.timeline.map((t) => [t.id, t]));
   const stages = Object.fromEntries(['download', 'format', 'tokenize', 'shard'].map((id) => [id, (at[id]!.finishedAt! - at[id]!.startedAt!) / 1000]));
   const seconds = (at.shard!.finishedAt! - at.format!.startedAt!) / 1000;
   const out = Number(result.dataStages.format!.summary.train_rows) + Number(result.dataStages.format!.summary.test_rows);
-  return { seconds, rows: out, stages, peakRss, download: stages.download! };
+  return { seconds, rows: out, stages, peakRss, download: stages.download!, cpu, minioCpu, stageCpu };
 }
 
-async function runPython(datasetDir: string): Promise<{ seconds: number; rows: number; phases: Record<string, number>; peakRss: number }> {
+async function runPython(datasetDir: string): Promise<{ seconds: number; rows: number; phases: Record<string, number>; peakRss: number; cpu: number }> {
   const out = join(benchDir, 'python-out');
   await rm(out, { recursive: true, force: true });
   await mkdir(out, { recursive: true });
@@ -148,10 +200,11 @@ async function runPython(datasetDir: string): Promise<{ seconds: number; rows: n
   child.stderr.on('data', (d) => (stderr += d));
   const code = await new Promise<number>((r) => child.on('close', (c) => r(c ?? 1)));
   const peakRss = await sampler.stop();
+  const cpu = sampler.cpuSeconds();
   if (code !== 0) throw new Error(`seed_pipeline.py exited with ${code}: ${stderr.slice(-2000)}`);
   const report = JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, number>;
   await rm(out, { recursive: true, force: true });
-  return { seconds: report.pipeline_seconds!, rows: report.rows!, phases: report, peakRss };
+  return { seconds: report.pipeline_seconds!, rows: report.rows!, phases: report, peakRss, cpu };
 }
 
 await mkdir(benchDir, { recursive: true });
@@ -162,7 +215,10 @@ const node = await runNode(datasetDir, Number(values.workers));
 console.log(
   `node   (${values.workers} CPU worker processes) format+tokenize+shard: ${node.seconds.toFixed(1)} s for ${node.rows} rows = ${(node.rows / node.seconds).toFixed(1)} samples/s ` +
     `(format ${node.stages.format!.toFixed(1)} s, tokenize ${node.stages.tokenize!.toFixed(1)} s, shard ${node.stages.shard!.toFixed(1)} s; ` +
-    `download into MinIO ${node.download.toFixed(1)} s not counted); peak RSS ${mib(node.peakRss)}`,
+    `download into MinIO ${node.download.toFixed(1)} s not counted); peak RSS ${mib(node.peakRss)}; ` +
+    `CPU ${node.cpu.toFixed(1)} s = ${((node.cpu / node.rows) * 1000).toFixed(1)} ms/sample in the workers ` +
+    `(format ${node.stageCpu.format!.toFixed(1)} s, tokenize ${node.stageCpu.tokenize!.toFixed(1)} s, shard ${node.stageCpu.shard!.toFixed(1)} s)` +
+    (node.minioCpu != null ? ` + ${node.minioCpu.toFixed(1)} s in MinIO (shared with other users)` : ''),
 );
 if (!values['skip-python']) {
   const py = await runPython(datasetDir);
@@ -170,7 +226,8 @@ if (!values['skip-python']) {
   console.log(
     `python format+tokenize+parquet: ${py.seconds.toFixed(1)} s for ${py.rows} rows = ${(py.rows / py.seconds).toFixed(1)} samples/s ` +
       `(format ${p.format_seconds!.toFixed(1)} s, tokenize ${p.tokenize_seconds!.toFixed(1)} s, parquet ${p.parquet_seconds!.toFixed(1)} s; ` +
-      `load_dataset ${p.load_seconds!.toFixed(1)} s not counted); peak RSS ${mib(py.peakRss)}`,
+      `load_dataset ${p.load_seconds!.toFixed(1)} s not counted); peak RSS ${mib(py.peakRss)}; ` +
+      `CPU ${py.cpu.toFixed(1)} s = ${((py.cpu / py.rows) * 1000).toFixed(1)} ms/sample (imports and load_dataset included)`,
   );
   const ratio = node.rows / node.seconds / (py.rows / py.seconds);
   console.log(`ratio node/python samples/s: ${ratio.toFixed(2)}x (goal >= 2x); peak RSS node ${mib(node.peakRss)} vs python ${mib(py.peakRss)}`);
