@@ -9,19 +9,27 @@ model: the evaluator in Node never needs PEFT. Signature (also written to out_di
 
   inputs   input_ids       int64   [batch, seq]            right-padded token ids
            attention_mask  int64   [batch, seq]            1 for real tokens, 0 for padding
+           segment_ids     int64   [batch, seq]            0 = shared prefix; k > 0 = the k-th packed branch
+                                                           (all 0: a plain causal row; see packed_attention)
            pixel_values    float32 [batch, 3, H, W]        vision models only; the image processor's output
            first_scored    int64   []                      first position f (1 <= f <= every row's length)
                                                            whose token is scored; logits are only computed
                                                            from position f - 1 on
-  outputs  token_logps     float32 [batch, seq - f]        [:, j] = log p(input_ids[:, f + j] | input_ids[:, :f + j])
+  outputs  token_logps     float32 [batch, seq - f]        [:, j] = log p(input_ids[:, f + j] | the tokens it sees:
+                                                           input_ids[:, :f + j] in a plain row)
            last_logits     float32 [batch, vocab]          logits after each row's last real token
            logits          float32 [batch, seq - f + 1, vocab]  logits of positions f - 1 .. seq - 1
 
 Scoring completions: f = the shortest prompt of the batch, then sum `token_logps` over each
-row's completion. A yes/no answer or a greedy step reads `last_logits` (f = the shortest row).
-Prompts (image tokens included) are most of a sequence, so skipping their vocabulary projection
+row's completion. Packing: a pair's chosen and rejected completions share prompt and image, so
+Node sends prompt + chosen (segment 1) + rejected (segment 2) as one row; each branch attends to
+the prompt and to itself, with positions continuing the prompt's -- the values of two plain rows,
+while the prompt, its image and the vision tower are computed once instead of twice. A yes/no answer or a greedy step reads `last_logits` (f = the shortest row).
+The graph builds its own 4-D attention mask and position ids from attention_mask and segment_ids,
+and tabulates the rotary embedding per position (RotaryTable). Prompts (image tokens included) are most of a sequence, so skipping their vocabulary projection
 and log-softmax is most of the output layer's cost; f = 1 gives every position (parity tests).
-The attention is exported in its eager form (fewer mask ops in the graph than the SDPA path).
+The attention is exported in its eager form (it takes the packed 4-D mask as it is). onnxruntime's
+fused com.microsoft MultiHeadAttention was tried in its place: no faster on CPU at these sizes.
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`. The dynamo exporter needs
 onnx + onnxscript (not dependencies of the trainer) and the TorchScript path traces the tiny LLaVA
