@@ -1,8 +1,9 @@
 /**
  * Benchmark: scoring held-out preference pairs with onnxruntime-node on the ONNX export vs
  * PyTorch on the same model (the trainer's evaluator path), same inputs, same batches, CPU,
- * in one run. Prints pairs/s of both and the ratios (goal: ORT >= 1.5x):
- *   - one model, one forward per batch (like for like);
+ * in one run. Prints pairs/s and CPU ms per pair of both, and the ratios (goal: ORT >= 1.5x):
+ *   - one model, one forward per batch (like for like; the ORT evaluator packs each pair's two
+ *     completions after their shared prompt and image, onnxModel.ts completionLogps);
  *   - a base-vs-DPO evaluation: the trainer's evaluator runs base, policy (LoRA unmerged) and
  *     reference (adapter disabled) forwards; the ORT evaluator runs the base export (also the
  *     reference) and the merged-adapter export.
