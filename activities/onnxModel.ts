@@ -72,16 +72,18 @@ export class OnnxModel {
    * Runs one right-padded batch and returns the requested outputs. Logits are computed from
    * position `firstScored - 1` on (export.py): callers pass the first position they need.
    */
-  async run(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, fetch: Array<'token_logps' | 'last_logits' | 'logits'>, firstScored = 1) {
+  async run(rows: Array<{ ids: number[]; pixels: Float32Array | null; segments?: number[] }>, fetch: Array<'token_logps' | 'last_logits' | 'logits'>, firstScored = 1) {
     const width = Math.max(...rows.map((r) => r.ids.length));
     const shortest = Math.min(...rows.map((r) => r.ids.length));
     if (!(firstScored >= 1 && firstScored <= shortest)) throw new Error(`firstScored ${firstScored} must be in 1..${shortest} (the shortest row)`);
     const ids = new BigInt64Array(rows.length * width).fill(BigInt(this.signature.pad_token_id));
     const mask = new BigInt64Array(rows.length * width);
+    const segments = new BigInt64Array(rows.length * width);
     rows.forEach((r, i) => {
       for (let t = 0; t < r.ids.length; t++) {
         ids[i * width + t] = BigInt(r.ids[t]!);
         mask[i * width + t] = 1n;
+        if (r.segments) segments[i * width + t] = BigInt(r.segments[t]!);
       }
     });
     const feeds: Record<string, ort.Tensor> = {
@@ -89,6 +91,8 @@ export class OnnxModel {
       attention_mask: new ort.Tensor('int64', mask, [rows.length, width]),
       first_scored: new ort.Tensor('int64', BigInt64Array.from([BigInt(firstScored)]), []),
     };
+    if (this.packs) feeds.segment_ids = new ort.Tensor('int64', segments, [rows.length, width]);
+    else if (rows.some((r) => r.segments)) throw new Error(`${this.label}: this export predates packed rows (no segment_ids input)`);
     if (this.hasVision) {
       const shape = this.signature.inputs.pixel_values!.shape.slice(1).map(Number);
       const plane = shape.reduce((a, b) => a * b, 1);
@@ -103,17 +107,33 @@ export class OnnxModel {
     return { width, out: Object.fromEntries(fetch.map((name) => [name, out[name]!.data as Float32Array])) as Record<(typeof fetch)[number], Float32Array> };
   }
 
-  /** Sum of log p(token) over each row's completion tokens (trainer's completion_logps). */
+  /** Whether the export takes `segment_ids` (packed rows); exports made before it do not. */
+  get packs(): boolean {
+    return 'segment_ids' in this.signature.inputs;
+  }
+
+  /**
+   * Sum of log p(token) over each row's completion tokens (trainer's completion_logps).
+   * Rows with the same prompt and the same image (the same `pixels` array: a pair's chosen and
+   * rejected rows) run as one packed sequence, prompt + completion 1 + completion 2 + ..., each
+   * completion attending to the prompt and to itself only (export.py, packed_attention): the
+   * prompt and its image are encoded once instead of once per row, same values.
+   */
   async completionLogps(rows: ScoredRow[]): Promise<number[]> {
-    const first = Math.max(1, Math.min(...rows.map((r) => r.completionStart)));
-    const { width, out } = await this.run(rows, ['token_logps'], first);
+    const packed = this.packs ? packRows(rows) : rows.map((r, i) => ({ ids: r.ids, pixels: r.pixels, segments: undefined, spans: [{ row: i, start: r.completionStart, end: r.ids.length }] }));
+    const first = Math.max(1, Math.min(...packed.map((p) => p.spans[0]!.start)));
+    const { width, out } = await this.run(packed, ['token_logps'], first);
     const logps = out.token_logps;
-    return rows.map((r, i) => {
-      let sum = 0;
-      // token_logps[:, t - first] is log p(ids[t] | ids[:t]).
-      for (let t = Math.max(r.completionStart, 1); t < r.ids.length; t++) sum += logps[i * (width - first) + t - first]!;
-      return sum;
+    const sums = new Array<number>(rows.length).fill(0);
+    packed.forEach((p, i) => {
+      for (const span of p.spans) {
+        let sum = 0;
+        // token_logps[:, t - first] is log p(ids[t] | what token t sees).
+        for (let t = Math.max(span.start, 1); t < span.end; t++) sum += logps[i * (width - first) + t - first]!;
+        sums[span.row] = sum;
+      }
     });
+    return sums;
   }
 
   /** Log-softmax of the next-token logits after each row, restricted to `tokenIds`. */
@@ -148,6 +168,41 @@ export class OnnxModel {
   async release(): Promise<void> {
     await this.session.release();
   }
+}
+
+interface PackedRow {
+  ids: number[];
+  pixels: Float32Array | null;
+  segments: number[] | undefined;
+  /** Where each original row's completion lies in `ids`. */
+  spans: Array<{ row: number; start: number; end: number }>;
+}
+
+/** Groups rows by (prompt tokens, pixels array) into one sequence per group (see completionLogps). */
+function packRows(rows: ScoredRow[]): PackedRow[] {
+  const imageIds = new Map<Float32Array, number>();
+  const groups = new Map<string, PackedRow>();
+  const out: PackedRow[] = [];
+  rows.forEach((r, row) => {
+    const prompt = r.ids.slice(0, r.completionStart);
+    const image = r.pixels ? (imageIds.get(r.pixels) ?? imageIds.set(r.pixels, imageIds.size).get(r.pixels)!) : -1;
+    const key = `${image}:${prompt.join(',')}`;
+    const group = r.completionStart >= 1 ? groups.get(key) : undefined;
+    if (!group) {
+      const fresh: PackedRow = { ids: [...r.ids], pixels: r.pixels, segments: r.ids.map((_, t) => (t < r.completionStart ? 0 : 1)), spans: [{ row, start: r.completionStart, end: r.ids.length }] };
+      if (r.completionStart >= 1) groups.set(key, fresh);
+      out.push(fresh);
+      return;
+    }
+    const start = group.ids.length;
+    const branch = group.spans.length + 1;
+    for (const id of r.ids.slice(r.completionStart)) {
+      group.ids.push(id);
+      group.segments!.push(branch);
+    }
+    group.spans.push({ row, start, end: group.ids.length });
+  });
+  return out;
 }
 
 function logSumExp(xs: Float32Array): number {

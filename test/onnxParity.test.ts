@@ -65,6 +65,12 @@ describe('ONNX export parity with PyTorch', () => {
       const answer = chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: i === 1 ? row.rejected : `${row.chosen} ${row.chosen}` }] }]));
       return [...prompts[i]!, ...answer];
     });
+    // A fourth row: row 0's prompt and image with another answer, so that the pair (rows 0 and 3)
+    // is scored packed (one sequence, shared prompt) by completionLogps.
+    const otherAnswer = chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: rows[0]!.rejected }] }]));
+    sequences.push([...prompts[0]!, ...otherAnswer]);
+    prompts.push(prompts[0]!);
+    const rowPixels = [...pixels, pixels[0]!];
     // A non-square, larger image as well: resize by the shortest edge, then center crop.
     const wide = await sharp({ create: { width: 130, height: 70, channels: 3, background: '#3a7' } })
       .composite([{ input: Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="130" height="70"><circle cx="40" cy="30" r="20" fill="#e6194b"/></svg>') }])
@@ -78,14 +84,16 @@ describe('ONNX export parity with PyTorch', () => {
     const plane = pixels[0]!.length;
     const flatPixels = new Float32Array(rows.length * plane);
     pixels.forEach((p, i) => flatPixels.set(p, i * plane));
+    const batchPixels = new Float32Array(rowPixels.length * plane);
+    rowPixels.forEach((p, i) => batchPixels.set(p, i * plane));
     const inputsPath = join(work, 'inputs.json');
     await writeFile(
       inputsPath,
       JSON.stringify({
         input_ids: sequences.map((s) => pad(s, 3)),
         attention_mask: sequences.map((s) => pad(s.map(() => 1), 0)),
-        pixel_values: Array.from(flatPixels),
-        pixel_shape: [rows.length, 3, imageConfig.crop.height, imageConfig.crop.width],
+        pixel_values: Array.from(batchPixels),
+        pixel_shape: [rowPixels.length, 3, imageConfig.crop.height, imageConfig.crop.width],
         images: imagePaths,
       }),
     );
@@ -95,7 +103,7 @@ describe('ONNX export parity with PyTorch', () => {
       await exec(trainerPython(), ['test/fixtures/onnx_reference.py', 'logits', modelDir, adapter, inputsPath, out], { env, maxBuffer: 16 << 20 });
       const reference = asFloat32(await readFile(out));
       const model = await OnnxModel.load(onnxDir, onnxDir);
-      const batch = sequences.map((ids, i) => ({ ids, pixels: pixels[i]! }));
+      const batch = sequences.map((ids, i) => ({ ids, pixels: rowPixels[i]! }));
       const { out: ort } = await model.run(batch, ['logits']);
       expect(maxAbsDiff(ort.logits, reference)).toBeLessThanOrEqual(1e-4);
 
@@ -117,6 +125,17 @@ describe('ONNX export parity with PyTorch', () => {
       });
       expect(maxAbsDiff(scored.token_logps, Float32Array.from(refLogps))).toBeLessThanOrEqual(1e-4);
       expect(maxAbsDiff(scored.last_logits, Float32Array.from(refLast))).toBeLessThanOrEqual(1e-4);
+
+      // Completion log-probs, with the pair sharing prompt and image packed into one sequence.
+      expect(model.packs).toBe(true);
+      const pair = [0, 3].map((i) => ({ ids: sequences[i]!, completionStart: prompts[i]!.length, pixels: rowPixels[i]! }));
+      const packed = await model.completionLogps(pair);
+      const refSums = [0, 3].map((b) => {
+        let sum = 0;
+        for (let t = prompts[b]!.length; t < sequences[b]!.length; t++) sum += refLogps[b * (width - first) + t - first]!;
+        return sum;
+      });
+      expect(maxAbsDiff(Float32Array.from(packed), Float32Array.from(refSums))).toBeLessThanOrEqual(1e-4);
       await model.release();
       if (adapter === '-') {
         // Node's pixel_values are the image processor's (PIL bicubic resize in fixed point).

@@ -1,8 +1,9 @@
 /**
  * Benchmark: scoring held-out preference pairs with onnxruntime-node on the ONNX export vs
  * PyTorch on the same model (the trainer's evaluator path), same inputs, same batches, CPU,
- * in one run. Prints pairs/s of both and the ratios (goal: ORT >= 1.5x):
- *   - one model, one forward per batch (like for like);
+ * in one run. Prints pairs/s and CPU ms per pair of both, and the ratios (goal: ORT >= 1.5x):
+ *   - one model, one forward per batch (like for like; the ORT evaluator packs each pair's two
+ *     completions after their shared prompt and image, onnxModel.ts completionLogps);
  *   - a base-vs-DPO evaluation: the trainer's evaluator runs base, policy (LoRA unmerged) and
  *     reference (adapter disabled) forwards; the ORT evaluator runs the base export (also the
  *     reference) and the merged-adapter export.
@@ -82,24 +83,33 @@ try {
   for (const b of batches) {
     ortLogps.push(...(await model.completionLogps(b))); // warm-up, and the values for the cross-check
   }
-  const timeOrt = async () => {
-    const start = performance.now();
-    for (let r = 0; r < repeats; r++) for (const b of batches) await model.completionLogps(b);
+  // CPU time of this process (user + system) per pair as well: on a shared machine it moves
+  // much less with the load than wall-clock rates do.
+  const cpuMs: Record<'one' | 'evaluation', number[]> = { one: [], evaluation: [] };
+  const timed = async (what: 'one' | 'evaluation', body: () => Promise<void>) => {
+    const [start, cpu] = [performance.now(), process.cpuUsage()];
+    await body();
+    const used = process.cpuUsage(cpu);
+    cpuMs[what].push((used.user + used.system) / 1000 / (pairs * repeats));
     return (pairs * repeats) / ((performance.now() - start) / 1000);
   };
+  const timeOrt = () =>
+    timed('one', async () => {
+      for (let r = 0; r < repeats; r++) for (const b of batches) await model.completionLogps(b);
+    });
   // ORT is timed before and after PyTorch, so a change in the machine's load shows as a spread.
   const ortBefore = await timeOrt();
   const merged = await OnnxModel.load(mergedDir, 'tiny LLaVA + adapter', threads);
   const timeOrtEvaluation = async () => {
     for (const b of batches) await merged.completionLogps(b); // warm-up
-    const start = performance.now();
-    for (let r = 0; r < repeats; r++) {
-      for (const b of batches) {
-        await model.completionLogps(b); // base metrics, and the reference of the DPO model
-        await merged.completionLogps(b);
+    return timed('evaluation', async () => {
+      for (let r = 0; r < repeats; r++) {
+        for (const b of batches) {
+          await model.completionLogps(b); // base metrics, and the reference of the DPO model
+          await merged.completionLogps(b);
+        }
       }
-    }
-    return (pairs * repeats) / ((performance.now() - start) / 1000);
+    });
   };
   const ortEvalBefore = await timeOrtEvaluation();
 
@@ -109,7 +119,7 @@ try {
     env: { ...process.env, OMP_NUM_THREADS: String(threads) },
     maxBuffer: 64 << 20,
   });
-  const torch = JSON.parse(stdout.trim().split('\n').at(-1)!) as { pairs_per_second: number; evaluation_pairs_per_second: number; logps: number[] };
+  const torch = JSON.parse(stdout.trim().split('\n').at(-1)!) as { pairs_per_second: number; cpu_ms_per_pair: number; evaluation_pairs_per_second: number; evaluation_cpu_ms_per_pair: number; logps: number[] };
   const ortAfter = await timeOrt();
   const ortEvalAfter = await timeOrtEvaluation();
   await model.release();
@@ -125,6 +135,10 @@ try {
   console.log(`ratio ORT / PyTorch, one model: ${(ortRate / torch.pairs_per_second).toFixed(2)}x`);
   console.log(`base-vs-DPO evaluation: PyTorch ${torch.evaluation_pairs_per_second.toFixed(1)} pairs/s, ORT ${ortEvalRate.toFixed(1)} pairs/s (before ${ortEvalBefore.toFixed(1)}, after ${ortEvalAfter.toFixed(1)})`);
   console.log(`ratio ORT / PyTorch, evaluation: ${(ortEvalRate / torch.evaluation_pairs_per_second).toFixed(2)}x (goal >= 1.5x)`);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const [ortCpu, ortEvalCpu] = [mean(cpuMs.one), mean(cpuMs.evaluation)];
+  console.log(`CPU ms per pair, one model: PyTorch ${torch.cpu_ms_per_pair.toFixed(3)}, ORT ${ortCpu.toFixed(3)} (${cpuMs.one.map((x) => x.toFixed(3)).join(', ')}): ratio ${(torch.cpu_ms_per_pair / ortCpu).toFixed(2)}x`);
+  console.log(`CPU ms per pair, evaluation: PyTorch ${torch.evaluation_cpu_ms_per_pair.toFixed(3)}, ORT ${ortEvalCpu.toFixed(3)}: ratio ${(torch.evaluation_cpu_ms_per_pair / ortEvalCpu).toFixed(2)}x`);
 } finally {
   await rm(work, { recursive: true, force: true });
 }

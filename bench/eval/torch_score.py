@@ -3,7 +3,8 @@
     python bench/eval/torch_score.py MODEL_DIR INPUTS.json THREADS REPEATS [ADAPTER_DIR]
 
 Times what the trainer's evaluator does per batch (forward + completion log-probs, fp32, CPU,
-no autograd) after one warm-up pass and prints {"pairs_per_second": ..., "logps": [...]}.
+no autograd) after one warm-up pass and prints {"pairs_per_second": ..., "cpu_ms_per_pair": ...,
+"logps": [...]}.
 With ADAPTER_DIR it also times a base-vs-DPO evaluation as trainer/dpo_trainer/evaluate.py runs
 it: the base model's pass, then the adapter's pass with the reference (adapter disabled) --
 three forwards per batch -- as "evaluation_pairs_per_second".
@@ -42,13 +43,15 @@ def score(ids, mask, completion, pixels):
 
 prepared = list(batches())
 logps = [score(*b) for b in prepared]  # warm-up, and the values for the cross-check
-start = time.perf_counter()
+start, cpu_start = time.perf_counter(), time.process_time()
 for _ in range(repeats):
     for b in prepared:
         score(*b)
-seconds = time.perf_counter() - start
+seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 pairs = sum(len(b[0]) for b in prepared) // 2 * repeats
-result = {"pairs_per_second": pairs / seconds, "seconds": seconds, "logps": torch.cat(logps).tolist()}
+# CPU seconds of this process (user + system) as well: on a shared machine they move much less
+# with the load than wall-clock rates.
+result = {"pairs_per_second": pairs / seconds, "cpu_ms_per_pair": 1000 * cpu_seconds / pairs, "seconds": seconds, "logps": torch.cat(logps).tolist()}
 if len(sys.argv) > 5:
     from dpo_trainer.evaluate import load_adapter
 
@@ -67,8 +70,9 @@ if len(sys.argv) > 5:
                 score(*b)
 
     evaluation_pass()  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         evaluation_pass()
     result["evaluation_pairs_per_second"] = pairs / (time.perf_counter() - start)
+    result["evaluation_cpu_ms_per_pair"] = 1000 * (time.process_time() - cpu_start) / pairs
 print(json.dumps(result))

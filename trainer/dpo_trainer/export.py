@@ -9,19 +9,27 @@ model: the evaluator in Node never needs PEFT. Signature (also written to out_di
 
   inputs   input_ids       int64   [batch, seq]            right-padded token ids
            attention_mask  int64   [batch, seq]            1 for real tokens, 0 for padding
+           segment_ids     int64   [batch, seq]            0 = shared prefix; k > 0 = the k-th packed branch
+                                                           (all 0: a plain causal row; see packed_attention)
            pixel_values    float32 [batch, 3, H, W]        vision models only; the image processor's output
            first_scored    int64   []                      first position f (1 <= f <= every row's length)
                                                            whose token is scored; logits are only computed
                                                            from position f - 1 on
-  outputs  token_logps     float32 [batch, seq - f]        [:, j] = log p(input_ids[:, f + j] | input_ids[:, :f + j])
+  outputs  token_logps     float32 [batch, seq - f]        [:, j] = log p(input_ids[:, f + j] | the tokens it sees:
+                                                           input_ids[:, :f + j] in a plain row)
            last_logits     float32 [batch, vocab]          logits after each row's last real token
            logits          float32 [batch, seq - f + 1, vocab]  logits of positions f - 1 .. seq - 1
 
 Scoring completions: f = the shortest prompt of the batch, then sum `token_logps` over each
-row's completion. A yes/no answer or a greedy step reads `last_logits` (f = the shortest row).
-Prompts (image tokens included) are most of a sequence, so skipping their vocabulary projection
+row's completion. Packing: a pair's chosen and rejected completions share prompt and image, so
+Node sends prompt + chosen (segment 1) + rejected (segment 2) as one row; each branch attends to
+the prompt and to itself, with positions continuing the prompt's -- the values of two plain rows,
+while the prompt, its image and the vision tower are computed once instead of twice. A yes/no answer or a greedy step reads `last_logits` (f = the shortest row).
+The graph builds its own 4-D attention mask and position ids from attention_mask and segment_ids,
+and tabulates the rotary embedding per position (RotaryTable). Prompts (image tokens included) are most of a sequence, so skipping their vocabulary projection
 and log-softmax is most of the output layer's cost; f = 1 gives every position (parity tests).
-The attention is exported in its eager form (fewer mask ops in the graph than the SDPA path).
+The attention is exported in its eager form (it takes the packed 4-D mask as it is). onnxruntime's
+fused com.microsoft MultiHeadAttention was tried in its place: no faster on CPU at these sizes.
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`. The dynamo exporter needs
 onnx + onnxscript (not dependencies of the trainer) and the TorchScript path traces the tiny LLaVA
@@ -68,6 +76,51 @@ class ExportConfig:
         return []
 
 
+def packed_attention(attention_mask: torch.Tensor, segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention mask, position ids and predicting position of rows that may pack several
+    completions after one shared prompt (segment 0 = the shared prefix, k > 0 = the k-th branch).
+
+    Token i sees token j iff j <= i, j is a real token and j is in the prefix or in i's own branch;
+    its position is the number of tokens it structurally sees minus one (so each branch continues
+    the prompt's positions), and it is predicted at the last token before it that it sees. With
+    every segment 0 these are the causal + padding mask, arange positions and i - 1: the plain
+    forward. Returns the additive float mask [batch, 1, seq, seq] the eager attention takes,
+    position_ids [batch, seq] and previous [batch, seq]."""
+    positions = torch.arange(attention_mask.shape[1])
+    causal = positions.unsqueeze(0) <= positions.unsqueeze(1)  # [query, key]
+    query_segment, key_segment = segment_ids.unsqueeze(-1), segment_ids.unsqueeze(1)
+    structural = causal.unsqueeze(0) & ((key_segment == 0) | (key_segment == query_segment))
+    visible = structural & attention_mask.bool().unsqueeze(1)
+    mask = torch.zeros(visible.shape, dtype=torch.float32).masked_fill(~visible, torch.finfo(torch.float32).min).unsqueeze(1)
+    position_ids = structural.long().sum(-1) - 1
+    before = structural & (positions.unsqueeze(0) < positions.unsqueeze(1)).unsqueeze(0)
+    previous = (before.long() * positions).amax(-1)
+    return mask, position_ids, previous
+
+
+class RotaryTable(torch.nn.Module):
+    """A rotary embedding evaluated once per position, then looked up per row.
+
+    Packed rows have per-row position ids, and cos/sin of [batch, seq, head_dim] cost more than
+    a layer's matmuls in onnxruntime; positions are always < seq, so the wrapped module computes
+    the table for arange(seq) and each row gathers from it (the same values)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.inner(x, torch.arange(position_ids.shape[1]).unsqueeze(0))
+        return cos[0][position_ids], sin[0][position_ids]
+
+
+def tabulate_rotary(model: torch.nn.Module) -> None:
+    for name, module in list(model.named_modules()):
+        if name.endswith("rotary_emb") and not isinstance(module, RotaryTable):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], RotaryTable(module))
+
+
 class ScoringGraph(torch.nn.Module):
     """The exported function: the model's forward plus the log-prob reductions Node needs."""
 
@@ -76,9 +129,10 @@ class ScoringGraph(torch.nn.Module):
         self.model = model
         self.has_vision = has_vision
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None, first_scored: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor, pixel_values: torch.Tensor | None, first_scored: torch.Tensor):
+        mask, position_ids, previous = packed_attention(attention_mask, segment_ids)
         kept = torch.arange(first_scored - 1, input_ids.shape[1])
-        inputs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False, "logits_to_keep": kept}
+        inputs: dict[str, Any] = {"attention_mask": mask, "position_ids": position_ids, "use_cache": False, "logits_to_keep": kept}
         if self.has_vision and self.model.config.model_type == "llava":
             inputs["inputs_embeds"] = self.llava_embeddings(input_ids, pixel_values)
         elif self.has_vision:
@@ -90,12 +144,16 @@ class ScoringGraph(torch.nn.Module):
         logits = self.model(**inputs).logits.float()
         # log_softmax, not gather - logsumexp as in modeling.completion_logps: ORT's LogSoftmax
         # kernel is several times faster than its ReduceLogSumExp on [batch, seq, vocab].
-        targets = input_ids[:, first_scored:]
-        token_logps = logits[:, :-1, :].log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        # Token t is predicted at `previous[t]` (t - 1, or the prompt's last token for the first
+        # token of a packed branch); one flat gather picks log p(token) there.
+        log_probs = logits.log_softmax(-1)
+        batch, kept_len, vocab = log_probs.shape
+        at = (previous[:, first_scored:] - (first_scored - 1)).clamp(min=0)
+        flat = (torch.arange(batch).unsqueeze(-1) * kept_len + at) * vocab + input_ids[:, first_scored:]
+        token_logps = log_probs.reshape(-1)[flat]
         last = attention_mask.sum(-1) - first_scored
         last_logits = logits[torch.arange(logits.shape[0]), last]
         return token_logps, last_logits, logits
-
 
     def llava_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """LlavaModel's image merge, written so a trace stays valid at every batch size.
@@ -131,7 +189,11 @@ def example_inputs(loaded: Any, model: Any) -> dict[str, torch.Tensor]:
         tokens = prompt + [10 + i for i in range(extra)]
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
-    inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+    # Row 0 packs two branches after its prompt, so the trace exercises the packed path.
+    segments = torch.zeros((2, length), dtype=torch.long)
+    segments[0, len(prompt) + 3 : len(prompt) + 6] = 1
+    segments[0, len(prompt) : len(prompt) + 3] = 2
+    inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask, "segment_ids": segments}
     if spec.has_vision:
         size = loaded.image_processor.crop_size if hasattr(loaded.image_processor, "crop_size") else None
         height = int(size["height"]) if size else int(model.config.vision_config.image_size)
@@ -159,7 +221,8 @@ def export(config: ExportConfig) -> dict[str, Any]:
     model = loaded.model
     if config.adapter_dir:
         model = load_adapter(model, config.adapter_dir).merge_and_unload()
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation("eager")  # takes the packed 4-D mask as it is
+    tabulate_rotary(model)
     model.eval()
     graph = ScoringGraph(model, loaded.spec.has_vision).eval()
     inputs = example_inputs(loaded, model)
@@ -167,6 +230,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     dynamic_axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 1: "seq"},
         "attention_mask": {0: "batch", 1: "seq"},
+        "segment_ids": {0: "batch", 1: "seq"},
         "token_logps": {0: "batch", 1: "scored"},
         "last_logits": {0: "batch"},
         "logits": {0: "batch", 1: "scored_plus_1"},
@@ -178,7 +242,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     tmp.mkdir(parents=True)
     started = time.time()
     try:
-        forward_args = (inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values"), inputs["first_scored"])
+        forward_args = (inputs["input_ids"], inputs["attention_mask"], inputs["segment_ids"], inputs.get("pixel_values"), inputs["first_scored"])
         torch.onnx.export(
             graph,
             forward_args,
@@ -202,6 +266,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         "inputs": {
             "input_ids": {"dtype": "int64", "shape": ["batch", "seq"]},
             "attention_mask": {"dtype": "int64", "shape": ["batch", "seq"]},
+            "segment_ids": {"dtype": "int64", "shape": ["batch", "seq"]},
             **(
                 {"pixel_values": {"dtype": "float32", "shape": ["batch", *list(inputs["pixel_values"].shape[1:])]}}
                 if "pixel_values" in inputs
