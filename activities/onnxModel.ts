@@ -118,9 +118,10 @@ export class OnnxModel {
    * rejected rows) run as one packed sequence, prompt + completion 1 + completion 2 + ..., each
    * completion attending to the prompt and to itself only (export.py, packed_attention): the
    * prompt and its image are encoded once instead of once per row, same values.
+   * `pack: false` scores every row on its own (bench/eval: the same rows PyTorch scores).
    */
-  async completionLogps(rows: ScoredRow[]): Promise<number[]> {
-    const packed = this.packs ? packRows(rows) : rows.map((r, i) => ({ ids: r.ids, pixels: r.pixels, segments: undefined, spans: [{ row: i, start: r.completionStart, end: r.ids.length }] }));
+  async completionLogps(rows: ScoredRow[], options: { pack?: boolean } = {}): Promise<number[]> {
+    const packed = this.packs && options.pack !== false ? packRows(rows) : rows.map((r, i) => ({ ids: r.ids, pixels: r.pixels, segments: undefined, spans: [{ row: i, start: r.completionStart, end: r.ids.length }] }));
     const first = Math.max(1, Math.min(...packed.map((p) => p.spans[0]!.start)));
     const { width, out } = await this.run(packed, ['token_logps'], first);
     const logps = out.token_logps;
