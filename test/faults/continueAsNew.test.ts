@@ -5,53 +5,31 @@
  * training crosses continue-as-new three times.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { WorkflowExecutionInfo } from '@temporalio/client';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateDemoDataset } from '../../datagen/demoShapes.js';
+import { describe, expect, it } from 'vitest';
 import type { TrainResult } from '../../lib/stages.js';
-import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
-import { faultPipelineConfig, readEvents, startGpuWorker, waitFor, workRoot, type GpuWorkerProcess } from './faultKit.js';
+import { uniqueId } from '../harness.js';
+import { readEvents, stopWorker, useFaultSuite, waitFor } from './faultKit.js';
 
-let stack: TestStack;
-let datasetDir: string;
-let worker: GpuWorkerProcess | undefined;
-
-beforeAll(async () => {
-  stack = await startTestStack({ serveGpu: false });
-  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-can-'));
-  await generateDemoDataset({ outDir: datasetDir, trainRows: 64, testRows: 8, seed: 21 });
-});
-
-afterAll(async () => {
-  worker?.child.kill('SIGKILL');
-  await stack?.stop();
-});
+const suite = useFaultSuite();
 
 /** Every run of a workflow id, oldest first (visibility is eventually consistent: poll). */
 async function runsOf(workflowId: string): Promise<WorkflowExecutionInfo[]> {
   const runs: WorkflowExecutionInfo[] = [];
-  for await (const run of stack.client.workflow.list({ query: `WorkflowId = '${workflowId}'` })) runs.push(run);
+  for await (const run of suite.stack.client.workflow.list({ query: `WorkflowId = '${workflowId}'` })) runs.push(run);
   return runs.sort((a, b) => a.startTime.getTime() - b.startTime.getTime());
 }
 
 describe('continue-as-new of the training workflow', () => {
   it('one segment per run: the state carries over, signals reach the current run, the result is whole', async () => {
     const t = randomBytes(3).toString('hex');
-    const eventsFile = join(datasetDir, `can-${t}.jsonl`);
-    worker = await startGpuWorker({ queues: stack.queues, workDir: workRoot(`can-${t}`), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5' } });
-    const config = faultPipelineConfig({
-      datasetDir,
-      modelSource: inject('modelSource'),
-      queues: stack.queues,
-      bucket: TEST_BUCKET,
-      train: { segment_steps: 4, segments_per_workflow_run: 1, checkpoint_every_steps: 4 },
-    });
+    const eventsFile = join(suite.datasetDir, `can-${t}.jsonl`);
+    const worker = await suite.startWorker(`can-${t}`, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '0.5' });
+    const config = suite.config({ segment_steps: 4, segments_per_workflow_run: 1, checkpoint_every_steps: 4 });
     const runId = uniqueId('faults-can');
     const childId = `${runId}.train.train`;
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config] });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
 
     // Once the child has continued as new, change the checkpoint interval through the pipeline:
     // the signal must reach the new run and the segments after it.
@@ -59,13 +37,12 @@ describe('continue-as-new of the training workflow', () => {
     const signalledAtStep = Math.max(0, ...(await readEvents(eventsFile)).filter((e) => e.event === 'step').map((e) => e.step!));
     await handle.signal('setCheckpointInterval', 2);
     // The pipeline forwards it to the child's current run (by workflow id, so any run).
-    const status = () => stack.client.workflow.getHandle(childId).query<{ checkpointEverySteps: number; segments: number }>('trainingStatus');
+    const status = () => suite.stack.client.workflow.getHandle(childId).query<{ checkpointEverySteps: number; segments: number }>('trainingStatus');
     await waitFor(async () => (await status()).checkpointEverySteps === 2, 15_000, 'the interval to reach the current run');
     expect((await status()).segments).toBeGreaterThanOrEqual(1); // carried from the run before
 
     const result = (await handle.result()) as { trainings: Record<string, TrainResult> };
-    worker.child.kill('SIGTERM');
-    await worker.exited;
+    await stopWorker(worker);
 
     const train = result.trainings.train!;
     expect(train.finalStep).toBe(16);
@@ -85,7 +62,7 @@ describe('continue-as-new of the training workflow', () => {
     const runs = await runsOf(childId);
     expect(runs.map((r) => r.status.name)).toEqual(['CONTINUED_AS_NEW', 'CONTINUED_AS_NEW', 'CONTINUED_AS_NEW', 'COMPLETED']);
     for (const run of runs) {
-      const history = await stack.client.workflow.getHandle(childId, run.runId).fetchHistory();
+      const history = await suite.stack.client.workflow.getHandle(childId, run.runId).fetchHistory();
       const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes).length;
       expect(scheduled).toBe(1);
     }

@@ -5,12 +5,16 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { afterAll, beforeAll, inject } from 'vitest';
+import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { REPO_ROOT, type ActivityDeps } from '../../activities/deps.js';
 import { keys, MANIFEST_FILE, parseFencedCheckpointName } from '../../lib/keys.js';
 import type { PipelineConfigInput } from '../../lib/config.js';
+import { startTestStack, TEST_BUCKET, type TestStack } from '../harness.js';
 
 const exec = promisify(execFile);
 
@@ -157,3 +161,53 @@ export function faultPipelineConfig(opts: {
 }
 
 export const workRoot = (name: string) => join(REPO_ROOT, '.dpo/test-work', name);
+
+/** What a fault-test file shares between its tests (useFaultSuite). */
+export interface FaultSuite {
+  stack: TestStack;
+  /** The 64-pair demo dataset (16 steps at micro-batch 4). */
+  datasetDir: string;
+  /** faultPipelineConfig on this suite's dataset and queues, the test model and bucket. */
+  config(train?: Record<string, unknown>, heartbeat?: string): PipelineConfigInput;
+  /** A GPU worker process on this suite's queues; killed when the file ends if still running. */
+  startWorker(name: string, eventsFile: string, env?: Record<string, string>): Promise<GpuWorkerProcess>;
+}
+
+/**
+ * One fault-test file's setup and teardown: a test stack whose GPU tasks go only to worker
+ * processes the tests start (so they can kill them), the demo dataset, and the cleanup of every
+ * such worker (resumed first, in case a test left it SIGSTOPped). Read its fields inside tests.
+ */
+export function useFaultSuite(): FaultSuite {
+  const workers: GpuWorkerProcess[] = [];
+  const suite: FaultSuite = {
+    stack: undefined as unknown as TestStack,
+    datasetDir: '',
+    config: (train = {}, heartbeat) =>
+      faultPipelineConfig({ datasetDir: suite.datasetDir, modelSource: inject('modelSource'), queues: suite.stack.queues, bucket: TEST_BUCKET, train, heartbeat }),
+    startWorker: async (name, eventsFile, env = {}) => {
+      const w = await startGpuWorker({ queues: suite.stack.queues, workDir: workRoot(name), eventsFile, env });
+      workers.push(w);
+      return w;
+    },
+  };
+  beforeAll(async () => {
+    suite.stack = await startTestStack({ serveGpu: false });
+    suite.datasetDir = await mkdtemp(join(tmpdir(), 'dpo-faults-'));
+    await generateDemoDataset({ outDir: suite.datasetDir, trainRows: 64, testRows: 8, seed: 21 });
+  });
+  afterAll(async () => {
+    for (const w of workers) {
+      w.child.kill('SIGCONT');
+      w.child.kill('SIGKILL');
+    }
+    await suite.stack?.stop();
+  });
+  return suite;
+}
+
+/** SIGTERM (a drain: the trainer checkpoints) and wait for the worker to exit. */
+export async function stopWorker(w: GpuWorkerProcess): Promise<void> {
+  w.child.kill('SIGTERM');
+  await w.exited;
+}

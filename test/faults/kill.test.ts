@@ -3,74 +3,41 @@
  * (the emergency checkpoint is used, no step redone). The GPU worker is its own process.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateDemoDataset } from '../../datagen/demoShapes.js';
+import { describe, expect, it } from 'vitest';
 import { writeReport } from '../../activities/report.js';
 import { parsePipelineConfig } from '../../lib/config.js';
 import type { PipelineResult } from '../../lib/stages.js';
-import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { TEST_BUCKET, uniqueId } from '../harness.js';
 import {
   adapterSha256,
-  faultPipelineConfig,
   publishedCheckpoints,
   readEvents,
-  startGpuWorker,
+  stopWorker,
   trainerPids,
   trainerRuns,
+  useFaultSuite,
   waitFor,
   workRoot,
-  type GpuWorkerProcess,
 } from './faultKit.js';
 
 const EVERY = 3; // checkpoint interval (steps)
 const STEPS = 16; // 64 pairs / micro-batch 4
-let stack: TestStack;
-let datasetDir: string;
-const workers: GpuWorkerProcess[] = [];
+const suite = useFaultSuite();
 
-beforeAll(async () => {
-  stack = await startTestStack({ serveGpu: false });
-  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-faults-'));
-  await generateDemoDataset({ outDir: datasetDir, trainRows: 64, testRows: 8, seed: 21 });
-});
+const config = (train: Record<string, unknown> = {}) => suite.config({ checkpoint_every_steps: EVERY, segment_steps: 8, ...train });
 
-afterAll(async () => {
-  for (const w of workers) w.child.kill('SIGKILL');
-  await stack?.stop();
-});
-
-function config(train: Record<string, unknown> = {}) {
-  return faultPipelineConfig({
-    datasetDir,
-    modelSource: inject('modelSource'),
-    queues: stack.queues,
-    bucket: TEST_BUCKET,
-    train: { checkpoint_every_steps: EVERY, segment_steps: 8, ...train },
-  });
-}
-
-async function gpuWorker(name: string, eventsFile: string, env: Record<string, string> = {}) {
-  const w = await startGpuWorker({ queues: stack.queues, workDir: workRoot(name), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5', ...env } });
-  workers.push(w);
-  return w;
-}
-
-/** Each test's workers leave with it, so the next test's tasks go to the next test's worker. */
-async function stopWorker(w: GpuWorkerProcess) {
-  w.child.kill('SIGTERM');
-  await w.exited;
-}
+/** Steps slowed to 0.5 s, so a kill lands mid-training. */
+const gpuWorker = (name: string, eventsFile: string, env: Record<string, string> = {}) =>
+  suite.startWorker(name, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '0.5', ...env });
 
 describe('fault injection: lost and preempted GPU workers', () => {
   let reference: PipelineResult;
 
   it('an uninterrupted run (the reference)', async () => {
     const suffix = randomBytes(3).toString('hex');
-    const w = await gpuWorker(`ref-${suffix}`, join(datasetDir, `ref-${suffix}.jsonl`));
-    reference = await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId('faults-ref'), args: [config()] });
+    const w = await gpuWorker(`ref-${suffix}`, join(suite.datasetDir, `ref-${suffix}.jsonl`));
+    reference = await suite.stack.client.workflow.execute('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-ref'), args: [config()] });
     await stopWorker(w);
     expect(reference.trainings.train!.finalStep).toBe(STEPS);
   });
@@ -78,10 +45,10 @@ describe('fault injection: lost and preempted GPU workers', () => {
   it('kill -9 of the GPU worker three times: completes, same adapter, at most one interval redone per kill', async () => {
     const suffix = randomBytes(3).toString('hex');
     const workName = `kill-${suffix}`;
-    const eventsFile = join(datasetDir, `kill-${suffix}.jsonl`);
+    const eventsFile = join(suite.datasetDir, `kill-${suffix}.jsonl`);
     const runId = uniqueId('faults-kill');
     let worker = await gpuWorker(workName, eventsFile);
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config()] });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
     const kills: Array<{ newestPublished: number }> = [];
     // Targets stay clear of the segment ends (steps 8 and 16): a trainer that reaches its segment's
     // end exits normally, and a kill just after would hit a worker with no trainer running.
@@ -91,7 +58,7 @@ describe('fault injection: lost and preempted GPU workers', () => {
       await new Promise((r) => setTimeout(r, Math.random() * 500));
       worker.child.kill('SIGKILL');
       await worker.exited;
-      const published = await publishedCheckpoints(stack.deps, TEST_BUCKET, runId, 'train');
+      const published = await publishedCheckpoints(suite.stack.deps, TEST_BUCKET, runId, 'train');
       kills.push({ newestPublished: published.at(-1)?.step ?? 0 });
       // The trainer dies with its worker (trainer/dpo_trainer/watchdog.py).
       await waitFor(async () => (await trainerPids(workRoot(workName))).length === 0, 5_000, 'orphaned trainer to exit');
@@ -101,8 +68,8 @@ describe('fault injection: lost and preempted GPU workers', () => {
     const train = result.trainings.train!;
     await stopWorker(worker);
     expect(train.finalStep).toBe(STEPS);
-    expect(await adapterSha256(stack.deps, TEST_BUCKET, train.adapterPrefix)).toBe(
-      await adapterSha256(stack.deps, TEST_BUCKET, reference.trainings.train!.adapterPrefix),
+    expect(await adapterSha256(suite.stack.deps, TEST_BUCKET, train.adapterPrefix)).toBe(
+      await adapterSha256(suite.stack.deps, TEST_BUCKET, reference.trainings.train!.adapterPrefix),
     );
     // Each killed trainer's successor resumed from the newest published checkpoint: at most one
     // interval behind the last step the killed one completed.
@@ -126,10 +93,10 @@ describe('fault injection: lost and preempted GPU workers', () => {
 
   it('SIGTERM of the GPU worker: the emergency checkpoint is used and no step is redone', async () => {
     const suffix = randomBytes(3).toString('hex');
-    const eventsFile = join(datasetDir, `term-${suffix}.jsonl`);
+    const eventsFile = join(suite.datasetDir, `term-${suffix}.jsonl`);
     const runId = uniqueId('faults-term');
     let worker = await gpuWorker(`term-${suffix}`, eventsFile);
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config()] });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
     await waitFor(async () => trainerRuns(await readEvents(eventsFile)).some((r) => r.lastStep >= 4), 180_000, 'step 4');
     worker.child.kill('SIGTERM');
     expect(await worker.exited).toBe(0); // drained: the activity reported before the worker exited
@@ -161,7 +128,7 @@ describe('fault injection: lost and preempted GPU workers', () => {
 async function reportTrainRow(runId: string, result: PipelineResult): Promise<{ retries: string; preemptions: string; replans: string }> {
   const parsed = parsePipelineConfig(config());
   if (!parsed.ok) throw new Error('fault config does not parse');
-  const report = await writeReport(stack.deps, {
+  const report = await writeReport(suite.stack.deps, {
     runId,
     stageId: 'report',
     bucket: TEST_BUCKET,
@@ -172,11 +139,11 @@ async function reportTrainRow(runId: string, result: PipelineResult): Promise<{ 
     trainings: result.trainings,
     evaluations: {},
   });
-  const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, report.markdownKey)).toString('utf8');
+  const markdown = (await suite.stack.deps.storage.getBuffer(TEST_BUCKET, report.markdownKey)).toString('utf8');
   const header = markdown.split('\n').find((l) => l.startsWith('| stage | kind |'))!.split(' | ');
   const cells = markdown.split('\n').find((l) => l.startsWith('| train | train |'))!.split(' | ');
   const cell = (name: string) => cells[header.indexOf(name)]!.trim();
-  const html = (await stack.deps.storage.getBuffer(TEST_BUCKET, report.htmlKey!)).toString('utf8');
+  const html = (await suite.stack.deps.storage.getBuffer(TEST_BUCKET, report.htmlKey!)).toString('utf8');
   expect(html).toContain(`<td>train</td><td>train</td><td>done</td><td></td>`);
   expect(html).toContain(`<th>preemptions</th>`);
   expect(html).toContain(`<td>${cell('retries')}</td><td>${cell('preemptions')}</td>`);

@@ -3,78 +3,42 @@
  * as its own process with the trainer's fault hooks in its environment.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { listFences, publishedWhileCurrent } from '../../activities/fencing.js';
-import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { MANIFEST_FILE } from '../../lib/keys.js';
 import type { PipelineResult } from '../../lib/stages.js';
 import type { PipelineStatus } from '../../workflows/pipeline.js';
-import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { TEST_BUCKET, uniqueId } from '../harness.js';
 import {
-  faultPipelineConfig,
   publishedCheckpoints,
   readEvents,
-  startGpuWorker,
+  stopWorker,
   trainerPids,
   trainerRuns,
+  useFaultSuite,
   waitFor,
   workRoot,
-  type GpuWorkerProcess,
 } from './faultKit.js';
 
-let stack: TestStack;
-let datasetDir: string;
-const workers: GpuWorkerProcess[] = [];
+const suite = useFaultSuite();
 
-beforeAll(async () => {
-  stack = await startTestStack({ serveGpu: false });
-  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-faults-'));
-  await generateDemoDataset({ outDir: datasetDir, trainRows: 64, testRows: 8, seed: 21 });
-});
+const config = (train: Record<string, unknown> = {}) => suite.config({ checkpoint_every_steps: 3, segment_steps: 8, ...train });
 
-afterAll(async () => {
-  for (const w of workers) {
-    w.child.kill('SIGCONT');
-    w.child.kill('SIGKILL');
-  }
-  await stack?.stop();
-});
-
-function config(train: Record<string, unknown> = {}) {
-  return faultPipelineConfig({
-    datasetDir,
-    modelSource: inject('modelSource'),
-    queues: stack.queues,
-    bucket: TEST_BUCKET,
-    train: { checkpoint_every_steps: 3, segment_steps: 8, ...train },
-  });
-}
-
-async function gpuWorker(name: string, eventsFile: string, env: Record<string, string> = {}) {
-  const w = await startGpuWorker({ queues: stack.queues, workDir: workRoot(name), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.3', ...env } });
-  workers.push(w);
-  return w;
-}
-
-async function stopWorker(w: GpuWorkerProcess) {
-  w.child.kill('SIGTERM');
-  await w.exited;
-}
+const gpuWorker = (name: string, eventsFile: string, env: Record<string, string> = {}) =>
+  suite.startWorker(name, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '0.3', ...env });
 
 const tag = () => randomBytes(3).toString('hex');
 
 describe('fault injection: memory, storage and zombies', () => {
   it('OOM above micro-batch 1: finishes at micro-batch 1 with doubled accumulation, same effective batch', async () => {
     const t = tag();
-    const worker = await gpuWorker(`oom-${t}`, join(datasetDir, `oom-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '1' });
+    const worker = await gpuWorker(`oom-${t}`, join(suite.datasetDir, `oom-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '1' });
     const runId = uniqueId('faults-oom');
-    const result: PipelineResult = await stack.client.workflow.execute('dpoPipeline', {
-      taskQueue: stack.queues.cpu,
+    const result: PipelineResult = await suite.stack.client.workflow.execute('dpoPipeline', {
+      taskQueue: suite.stack.queues.cpu,
       workflowId: runId,
       args: [config({ per_device_train_batch_size: 2, gradient_accumulation_steps: 2, segment_steps: null })],
     });
@@ -84,9 +48,9 @@ describe('fault injection: memory, storage and zombies', () => {
     expect(train.finalMemorySettings).toEqual({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4, gradient_checkpointing: false });
     expect(train.replans).toEqual(['trainer backed off in process: micro-batch 2 -> 1, gradient accumulation 2 -> 4']);
     // The replan is in the pipeline's status and in the training child's history.
-    const status = await stack.client.workflow.getHandle(runId).query<PipelineStatus>('status');
+    const status = await suite.stack.client.workflow.getHandle(runId).query<PipelineStatus>('status');
     expect(status.stages.train!.replans).toEqual(train.replans);
-    const events = (await stack.client.workflow.getHandle(`${runId}.train.train`).fetchHistory()).events ?? [];
+    const events = (await suite.stack.client.workflow.getHandle(`${runId}.train.train`).fetchHistory()).events ?? [];
     const signalled = events
       .flatMap((e) => e.signalExternalWorkflowExecutionInitiatedEventAttributes?.input?.payloads ?? [])
       .map((p) => Buffer.from(p.data!).toString('utf8'));
@@ -95,9 +59,9 @@ describe('fault injection: memory, storage and zombies', () => {
 
   it('OOM even at micro-batch 1 with gradient checkpointing: fails, saying what was tried', async () => {
     const t = tag();
-    const worker = await gpuWorker(`oom0-${t}`, join(datasetDir, `oom0-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '0' });
-    const err = await stack.client.workflow
-      .execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId('faults-oom0'), args: [config({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4 })] })
+    const worker = await gpuWorker(`oom0-${t}`, join(suite.datasetDir, `oom0-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '0' });
+    const err = await suite.stack.client.workflow
+      .execute('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-oom0'), args: [config({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4 })] })
       .catch((e: unknown) => e);
     await stopWorker(worker);
     expect(err).toBeInstanceOf(WorkflowFailedError);
@@ -111,21 +75,21 @@ describe('fault injection: memory, storage and zombies', () => {
 
   it('the newest checkpoint corrupt (manifest removed; next one truncated): resumes from the one before', async () => {
     const t = tag();
-    const eventsFile = join(datasetDir, `corrupt-${t}.jsonl`);
+    const eventsFile = join(suite.datasetDir, `corrupt-${t}.jsonl`);
     const runId = uniqueId('faults-corrupt');
     let worker = await gpuWorker(`corrupt-${t}`, eventsFile);
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
     // Checkpoints 3, 6, 9 are published ... then the worker is killed.
-    await waitFor(async () => (await publishedCheckpoints(stack.deps, TEST_BUCKET, runId, 'train')).some((c) => c.step === 9), 180_000, 'checkpoint 9');
+    await waitFor(async () => (await publishedCheckpoints(suite.stack.deps, TEST_BUCKET, runId, 'train')).some((c) => c.step === 9), 180_000, 'checkpoint 9');
     worker.child.kill('SIGKILL');
     await worker.exited;
-    const published = await publishedCheckpoints(stack.deps, TEST_BUCKET, runId, 'train');
+    const published = await publishedCheckpoints(suite.stack.deps, TEST_BUCKET, runId, 'train');
     const at = (step: number) => published.filter((c) => c.step === step).at(-1)!;
     // Newest (9): no manifest. The one before (6): a truncated adapter. So 3 is the newest usable.
-    await stack.deps.storage.client.removeObject(TEST_BUCKET, `${at(9).prefix}${MANIFEST_FILE}`);
+    await suite.stack.deps.storage.client.removeObject(TEST_BUCKET, `${at(9).prefix}${MANIFEST_FILE}`);
     const weights = `${at(6).prefix}adapter/adapter_model.safetensors`;
-    const bytes = await stack.deps.storage.getBuffer(TEST_BUCKET, weights);
-    await stack.deps.storage.putBuffer(TEST_BUCKET, weights, bytes.subarray(0, bytes.length >> 1));
+    const bytes = await suite.stack.deps.storage.getBuffer(TEST_BUCKET, weights);
+    await suite.stack.deps.storage.putBuffer(TEST_BUCKET, weights, bytes.subarray(0, bytes.length >> 1));
     expect(published.map((c) => c.step).filter((s) => s > 9)).toEqual([]);
     worker = await gpuWorker(`corrupt2-${t}`, eventsFile);
     const result: PipelineResult = await handle.result();
@@ -140,18 +104,18 @@ describe('fault injection: memory, storage and zombies', () => {
     const t = tag();
     const runId = uniqueId('faults-zombie');
     // Slow steps, so its trainer is still mid-run when the worker wakes up.
-    const zombie = await gpuWorker(`zombie-${t}`, join(datasetDir, `zombie-${t}.jsonl`), { DPO_FAULT_SLEEP_PER_STEP: '3' });
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
-    await waitFor(async () => trainerRuns(await readEvents(join(datasetDir, `zombie-${t}.jsonl`))).some((r) => r.lastStep >= 2), 180_000, 'step 2');
-    const zombieFence = (await listFences(stack.deps.storage, TEST_BUCKET, runId, 'train')).at(-1)!.token;
+    const zombie = await gpuWorker(`zombie-${t}`, join(suite.datasetDir, `zombie-${t}.jsonl`), { DPO_FAULT_SLEEP_PER_STEP: '3' });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
+    await waitFor(async () => trainerRuns(await readEvents(join(suite.datasetDir, `zombie-${t}.jsonl`))).some((r) => r.lastStep >= 2), 180_000, 'step 2');
+    const zombieFence = (await listFences(suite.stack.deps.storage, TEST_BUCKET, runId, 'train')).at(-1)!.token;
     const zombieTrainers = await trainerPids(workRoot(`zombie-${t}`));
     expect(zombieTrainers).toHaveLength(1);
     zombie.child.kill('SIGSTOP');
     // Its trainer keeps training and checkpointing locally; the heartbeat timeout (10 s) passes
     // and the retry runs on a healthy worker.
-    const healthy = await gpuWorker(`healthy-${t}`, join(datasetDir, `healthy-${t}.jsonl`));
-    await waitFor(async () => (await listFences(stack.deps.storage, TEST_BUCKET, runId, 'train')).some((f) => f.token > zombieFence), 120_000, 'the retry');
-    await waitFor(async () => trainerRuns(await readEvents(join(datasetDir, `healthy-${t}.jsonl`))).length > 0, 120_000, 'the retry to train');
+    const healthy = await gpuWorker(`healthy-${t}`, join(suite.datasetDir, `healthy-${t}.jsonl`));
+    await waitFor(async () => (await listFences(suite.stack.deps.storage, TEST_BUCKET, runId, 'train')).some((f) => f.token > zombieFence), 120_000, 'the retry');
+    await waitFor(async () => trainerRuns(await readEvents(join(suite.datasetDir, `healthy-${t}.jsonl`))).length > 0, 120_000, 'the retry to train');
     zombie.child.kill('SIGCONT');
     // The zombie's activity learns it was fenced out (or timed out) and kills its trainer.
     await waitFor(async () => (await trainerPids(workRoot(`zombie-${t}`))).length === 0, 30_000, 'the stale trainer to stop');
@@ -160,9 +124,9 @@ describe('fault injection: memory, storage and zombies', () => {
     await stopWorker(zombie);
     expect(result.trainings.train!.finalStep).toBe(16);
     // Everything the stale attempt published, it published before the retry took over.
-    const fences = await listFences(stack.deps.storage, TEST_BUCKET, runId, 'train');
-    const objects = await stack.deps.storage.list(TEST_BUCKET, `runs/${runId}/train/checkpoints/`);
-    for (const c of await publishedCheckpoints(stack.deps, TEST_BUCKET, runId, 'train')) {
+    const fences = await listFences(suite.stack.deps.storage, TEST_BUCKET, runId, 'train');
+    const objects = await suite.stack.deps.storage.list(TEST_BUCKET, `runs/${runId}/train/checkpoints/`);
+    for (const c of await publishedCheckpoints(suite.stack.deps, TEST_BUCKET, runId, 'train')) {
       if (c.token !== zombieFence) continue;
       const manifest = objects.find((o) => o.key === `${c.prefix}${MANIFEST_FILE}`)!;
       expect(publishedWhileCurrent(c.token, manifest.lastModified?.getTime(), fences)).toBe(true);

@@ -4,37 +4,21 @@
  * starts on the same single-slot worker right away.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateDemoDataset } from '../../datagen/demoShapes.js';
-import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
-import { faultPipelineConfig, readEvents, startGpuWorker, trainerPids, trainerRuns, waitFor, workRoot, type GpuWorkerProcess } from './faultKit.js';
+import { describe, expect, it } from 'vitest';
+import { uniqueId } from '../harness.js';
+import { readEvents, stopWorker, trainerPids, trainerRuns, useFaultSuite, waitFor, workRoot } from './faultKit.js';
 
-let stack: TestStack;
-let datasetDir: string;
-let worker: GpuWorkerProcess | undefined;
-
-beforeAll(async () => {
-  stack = await startTestStack({ serveGpu: false });
-  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-faults-'));
-  await generateDemoDataset({ outDir: datasetDir, trainRows: 64, testRows: 8, seed: 21 });
-});
-
-afterAll(async () => {
-  worker?.child.kill('SIGKILL');
-  await stack?.stop();
-});
+const suite = useFaultSuite();
 
 describe('pausing a run and changing its checkpoint interval', () => {
   it('pauseTraining holds the trainer between steps; setCheckpointInterval applies while it runs; resumeTraining finishes', async () => {
     const t = randomBytes(3).toString('hex');
-    const eventsFile = join(datasetDir, `pause-${t}.jsonl`);
-    const w = await startGpuWorker({ queues: stack.queues, workDir: workRoot(`pause-${t}`), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5' } });
-    const config = faultPipelineConfig({ datasetDir, modelSource: inject('modelSource'), queues: stack.queues, bucket: TEST_BUCKET, train: { checkpoint_every_steps: 5 } });
+    const eventsFile = join(suite.datasetDir, `pause-${t}.jsonl`);
+    const w = await suite.startWorker(`pause-${t}`, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '0.5' });
+    const config = suite.config({ checkpoint_every_steps: 5 });
     const runId = uniqueId('faults-pause');
-    const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config] });
+    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
     const steps = async () => (await readEvents(eventsFile)).filter((e) => e.event === 'step').map((e) => e.step!);
     await waitFor(async () => (await steps()).length >= 2, 180_000, 'step 2');
     await handle.signal('pauseTraining');
@@ -45,12 +29,11 @@ describe('pausing a run and changing its checkpoint interval', () => {
     await new Promise((r) => setTimeout(r, 6_000));
     expect((await steps()).length).toBe(pausedAt);
     expect(pausedAt).toBeLessThan(16);
-    const status = await stack.client.workflow.getHandle(`${runId}.train.train`).query<{ paused: boolean; checkpointEverySteps: number }>('trainingStatus');
+    const status = await suite.stack.client.workflow.getHandle(`${runId}.train.train`).query<{ paused: boolean; checkpointEverySteps: number }>('trainingStatus');
     expect(status).toMatchObject({ paused: true, checkpointEverySteps: 2 });
     await handle.signal('resumeTraining');
     const result = (await handle.result()) as { trainings: Record<string, { finalStep: number }> };
-    w.child.kill('SIGTERM');
-    await w.exited;
+    await stopWorker(w);
     expect(result.trainings.train!.finalStep).toBe(16);
     // After the pause, checkpoints come every 2 steps (the pause itself checkpointed its step).
     const saves = (await readEvents(eventsFile)).filter((e) => e.event === 'checkpoint_saved').map((e) => e.step!);
@@ -64,12 +47,12 @@ describe('pausing a run and changing its checkpoint interval', () => {
 describe('fault injection: stopping a run', () => {
   it('terminate, then cancel, mid-training: the trainer stops and the slot serves the next run at once', async () => {
     const t = randomBytes(3).toString('hex');
-    const eventsFile = join(datasetDir, `stop-${t}.jsonl`);
-    worker = await startGpuWorker({ queues: stack.queues, workDir: workRoot(`stop-${t}`), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '1' } });
+    const eventsFile = join(suite.datasetDir, `stop-${t}.jsonl`);
+    const worker = await suite.startWorker(`stop-${t}`, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '1' });
     // Default heartbeat timeout (20 s): what a user gets.
-    const config = faultPipelineConfig({ datasetDir, modelSource: inject('modelSource'), queues: stack.queues, bucket: TEST_BUCKET, train: { checkpoint_every_steps: 3 }, heartbeat: '20s' });
+    const config = suite.config({ checkpoint_every_steps: 3 }, '20s');
     for (const [i, how] of (['terminate', 'cancel'] as const).entries()) {
-      const handle = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId(`faults-${how}`), args: [config] });
+      const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId(`faults-${how}`), args: [config] });
       await waitFor(async () => (trainerRuns(await readEvents(eventsFile))[i]?.lastStep ?? 0) >= 1, 180_000, 'training');
       const stoppedAt = Date.now();
       if (how === 'terminate') await handle.terminate('test');
@@ -79,13 +62,12 @@ describe('fault injection: stopping a run', () => {
       expect(Date.now() - stoppedAt).toBeLessThan(25_000);
     }
     // The single slot is free: the next run trains right away.
-    const next = await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId('faults-next'), args: [config] });
+    const next = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-next'), args: [config] });
     const startedAt = Date.now();
     await waitFor(async () => trainerRuns(await readEvents(eventsFile)).length === 3, 120_000, 'the next run to train');
     const waited = (Date.now() - startedAt) / 1000;
     await next.terminate('done');
-    worker.child.kill('SIGTERM');
-    await worker.exited;
+    await stopWorker(worker);
     expect(waited).toBeLessThan(90); // data stages are cached; this is model load time on a loaded 2-core machine
   });
 });
