@@ -284,7 +284,7 @@ function jsonlImageResolver(deps: ActivityDeps, bucket: string, filesPrefix: str
 }
 
 /** Half the processor's longest edge, as in the seed. */
-async function defaultImageEdge(modelDir: string): Promise<number> {
+export async function defaultImageEdge(modelDir: string): Promise<number> {
   const { imageProcessorConfig } = await loadProcessorConfigs(modelDir);
   const size = (imageProcessorConfig?.size ?? {}) as Record<string, number>;
   const longest = size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0);

@@ -5,9 +5,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { bundleWorkflowCode } from '@temporalio/worker';
 import { depsFromEnv } from '../activities/deps.js';
-import { WORKFLOWS_PATH } from '../worker/createWorkers.js';
+import { bundleWorkflowsInThread } from '../worker/createWorkers.js';
 import { ensureTinyModel, publishFolder } from '../scripts/assets.js';
 import { stackDown, stackUp, STATE_DIR } from '../scripts/localStack.js';
 
@@ -26,7 +25,8 @@ export default async function setup(project: TestProject) {
   const deps = depsFromEnv();
   const modelDir = await ensureTinyModel();
   const modelSource = await publishFolder(deps.storage, TEST_BUCKET, 'models/tiny-llava/', modelDir);
-  const bundle = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger });
+  // Built the way worker/main.ts builds it (in a worker thread), once for every test file.
+  const bundle = await bundleWorkflowsInThread();
   const workflowBundlePath = join(STATE_DIR, 'test-workflow-bundle.js');
   await writeFile(workflowBundlePath, bundle.code);
   project.provide('modelDir', modelDir);
@@ -36,6 +36,3 @@ export default async function setup(project: TestProject) {
     if (stack.started.length) await stackDown((line) => console.log(`[stack] ${line}`));
   };
 }
-
-const noop = () => {};
-const quietLogger = { trace: noop, debug: noop, info: noop, warn: noop, error: console.error, log: noop };

@@ -10,17 +10,22 @@
  *
  * Needs the local stack (`npm run stack`) and trainer/.venv. Prints the ratio, and the CPU time
  * per sample of each side (Node: the worker processes from the start of format to the end of
- * shard, per stage, and apart the shared MinIO server's; Python: its whole process tree). Extra
+ * shard, per stage, and apart the shared MinIO server's; Python: its process tree during the timed
+ * phases, and with imports and load_dataset). Last, the
+ * thumbnail alone on both sides (sharp vs the seed's PIL), and the ratio that bounds. Extra
  * node flags for the workers (e.g. `--cpu-prof --cpu-prof-dir=...`): BENCH_WORKER_NODE_ARGS.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rm, symlink } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
-import type { PipelineConfigInput } from '../../lib/config.js';
+import { defaultImageEdge } from '../../activities/format.js';
+import { thumbnail } from '../../activities/formatRows.js';
+import { readParquetTable } from '../../activities/parquet.js';
+import { FormatSchema, type PipelineConfigInput } from '../../lib/config.js';
 import type { PipelineResult } from '../../lib/stages.js';
 import { temporalEnv } from '../../worker/connection.js';
 import { ensureBenchDataset } from './generate.js';
@@ -185,7 +190,7 @@ async function runNode(datasetDir: string, workers: number): Promise<{ seconds: 
   return { seconds, rows: out, stages, peakRss, download: stages.download!, cpu, minioCpu, stageCpu };
 }
 
-async function runPython(datasetDir: string): Promise<{ seconds: number; rows: number; phases: Record<string, number>; peakRss: number; cpu: number }> {
+async function runPython(datasetDir: string): Promise<{ seconds: number; rows: number; phases: Record<string, number>; peakRss: number; cpu: number; pipelineCpu: number }> {
   const out = join(benchDir, 'python-out');
   await rm(out, { recursive: true, force: true });
   await mkdir(out, { recursive: true });
@@ -204,7 +209,52 @@ async function runPython(datasetDir: string): Promise<{ seconds: number; rows: n
   if (code !== 0) throw new Error(`seed_pipeline.py exited with ${code}: ${stderr.slice(-2000)}`);
   const report = JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, number>;
   await rm(out, { recursive: true, force: true });
-  return { seconds: report.pipeline_seconds!, rows: report.rows!, phases: report, peakRss, cpu };
+  // CPU inside the timed phases, as counted on the Node side (imports and load_dataset excluded).
+  const pipelineCpu = sampler.cpuBetween(report.window_start_ms!, report.window_end_ms!);
+  return { seconds: report.pipeline_seconds!, rows: report.rows!, phases: report, peakRss, cpu, pipelineCpu };
+}
+
+/**
+ * The thumbnail alone, one image at a time, on both sides: the product's `thumbnail` (sharp) and
+ * the seed's PIL `thumbnail` plus the JPEG encode `datasets` does when it stores the image. The
+ * Node side cannot use less CPU per sample than sharp's thumbnail, which bounds its throughput
+ * ratio (with both sides keeping both cores busy) at Python's CPU per sample over that.
+ */
+async function thumbnailAlone(datasetDir: string, count = 40): Promise<{ images: number; sharpMs: number; pilMs: number; edge: number }> {
+  const files = (await readdir(join(datasetDir, 'data'))).filter((f) => f.startsWith('train-')).sort();
+  const column = readParquetTable(await readFile(join(datasetDir, 'data', files[0]!)), ['image']).getChild('image')!;
+  const distinct = new Map<string, Uint8Array>();
+  for (let i = 0; i < column.length && distinct.size < count; i++) {
+    const bytes = (column.get(i) as { bytes: Uint8Array }).bytes;
+    distinct.set(Buffer.from(bytes.subarray(0, 64 * 1024)).toString('base64'), bytes);
+  }
+  const images = [...distinct.values()];
+  const edge = await defaultImageEdge(processorDir);
+  const defaults = FormatSchema.parse({});
+  const options = { edge, maxPixels: defaults.max_image_pixels, jpegQuality: defaults.jpeg_quality };
+  let sharpMs = Number.POSITIVE_INFINITY;
+  for (let pass = 0; pass < 3; pass++) {
+    const start = process.cpuUsage();
+    for (const image of images) await thumbnail(image, options);
+    const used = process.cpuUsage(start);
+    sharpMs = Math.min(sharpMs, (used.user + used.system) / 1000 / images.length);
+  }
+  const dir = join(benchDir, 'thumbnail-images');
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  const paths = await Promise.all(images.map(async (image, i) => {
+    const path = join(dir, `${i}.jpg`);
+    await writeFile(path, image);
+    return path;
+  }));
+  const pil = await new Promise<string>((done, fail) => {
+    const child = spawn(trainerPython(), [join(REPO_ROOT, 'bench/data/thumbnail_pil.py'), '--edge', String(edge), ...paths], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.on('close', (code) => (code === 0 ? done(out) : fail(new Error(`thumbnail_pil.py exited with ${code}`))));
+  });
+  await rm(dir, { recursive: true, force: true });
+  return { images: images.length, sharpMs, pilMs: (JSON.parse(pil.trim()) as { cpu_ms_per_image: number }).cpu_ms_per_image, edge };
 }
 
 await mkdir(benchDir, { recursive: true });
@@ -227,9 +277,17 @@ if (!values['skip-python']) {
     `python format+tokenize+parquet: ${py.seconds.toFixed(1)} s for ${py.rows} rows = ${(py.rows / py.seconds).toFixed(1)} samples/s ` +
       `(format ${p.format_seconds!.toFixed(1)} s, tokenize ${p.tokenize_seconds!.toFixed(1)} s, parquet ${p.parquet_seconds!.toFixed(1)} s; ` +
       `load_dataset ${p.load_seconds!.toFixed(1)} s not counted); peak RSS ${mib(py.peakRss)}; ` +
-      `CPU ${py.cpu.toFixed(1)} s = ${((py.cpu / py.rows) * 1000).toFixed(1)} ms/sample (imports and load_dataset included)`,
+      `CPU ${py.pipelineCpu.toFixed(1)} s = ${((py.pipelineCpu / py.rows) * 1000).toFixed(1)} ms/sample in format+tokenize+parquet ` +
+      `(${py.cpu.toFixed(1)} s with imports and load_dataset)`,
   );
   const ratio = node.rows / node.seconds / (py.rows / py.seconds);
   console.log(`ratio node/python samples/s: ${ratio.toFixed(2)}x (goal >= 2x); peak RSS node ${mib(node.peakRss)} vs python ${mib(py.peakRss)}`);
+  const alone = await thumbnailAlone(datasetDir);
+  const pyMsPerSample = (py.pipelineCpu / py.rows) * 1000;
+  console.log(
+    `thumbnail alone (${alone.images} distinct images to ${alone.edge} px, one at a time, best of 3 passes): ` +
+      `sharp ${alone.sharpMs.toFixed(1)} ms CPU/image vs PIL + datasets' JPEG encode ${alone.pilMs.toFixed(1)} ms (sharp takes ${(alone.sharpMs / alone.pilMs).toFixed(2)}x PIL's CPU); ` +
+      `ceiling of the ratio if all but sharp's thumbnail were free: ${pyMsPerSample.toFixed(1)} / ${alone.sharpMs.toFixed(1)} = ${(pyMsPerSample / alone.sharpMs).toFixed(2)}x`,
+  );
 }
 process.exit(0);
