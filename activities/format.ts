@@ -173,7 +173,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     out.keys.push(r.dedupKey);
   }
   const prefix = partPrefix(input.hash, chunk.split, chunk.index);
-  await storage.putBuffer(input.bucket, `${prefix}.parquet`, Buffer.from(writeParquetTable(formattedTable(out), IMAGE_COLUMN_OPTIONS)));
+  await storage.putBuffer(input.bucket, `${prefix}.parquet`, writeParquetTable(formattedTable(out), IMAGE_COLUMN_OPTIONS));
   await storage.putJson(input.bucket, `${prefix}.keys.json`, out.keys);
   return {
     split: chunk.split,
@@ -268,7 +268,7 @@ async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, k
     rejected: rejected as string[],
     images: images as Uint8Array[],
   });
-  await deps.storage.putBuffer(bucket, key, Buffer.from(writeParquetTable(kept, IMAGE_COLUMN_OPTIONS)));
+  await deps.storage.putBuffer(bucket, key, writeParquetTable(kept, IMAGE_COLUMN_OPTIONS));
   return kept.numRows;
 }
 

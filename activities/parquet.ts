@@ -20,15 +20,18 @@ export interface ParquetWriteOptions {
   incompressible?: string[];
 }
 
-/** zstd Parquet (except `incompressible` columns). */
-export function writeParquetTable(table: arrow.Table, options: ParquetWriteOptions = {}): Uint8Array {
+/** zstd Parquet (except `incompressible` columns), as a Buffer ready to upload. */
+export function writeParquetTable(table: arrow.Table, options: ParquetWriteOptions = {}): Buffer {
   let builder = new WriterPropertiesBuilder().setCompression(Compression.ZSTD);
   if (options.rowGroupRows) builder = builder.setMaxRowGroupSize(options.rowGroupRows);
   for (const col of options.incompressible ?? []) {
     builder = builder.setColumnCompression(col, Compression.UNCOMPRESSED).setColumnDictionaryEnabled(col, false);
   }
   const props = builder.build();
-  return writeParquet(WasmTable.fromIPCStream(arrow.tableToIPC(table, 'stream')), props);
+  const bytes = writeParquet(WasmTable.fromIPCStream(arrow.tableToIPC(table, 'stream')), props);
+  // A view, not a copy (the bytes are already out of wasm memory): parts and shards are tens of
+  // MB, and every copy brings the next major GC closer.
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** The image column of format parts, token parts and shards holds JPEG bytes. */

@@ -49,7 +49,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
     const flush = async () => {
       if (!pendingRows) return;
       const table = new arrow.Table(pending.flatMap((t) => t.batches));
-      const bytes = Buffer.from(writeParquetTable(table, IMAGE_COLUMN_OPTIONS));
+      const bytes = writeParquetTable(table, IMAGE_COLUMN_OPTIONS);
       const key = `${keys.stagePrefix('shard', hash)}${split}/shard-${String(shards.length).padStart(5, '0')}.parquet`;
       await storage.putBuffer(input.bucket, key, bytes);
       const ids = table.getChild('sample_id')!;

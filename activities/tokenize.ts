@@ -115,7 +115,7 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
     chosen_input_ids: { type: int32List(), values: cols.chosen },
     rejected_input_ids: { type: int32List(), values: cols.rejected },
   });
-  await storage.putBuffer(input.bucket, `${base}.parquet`, Buffer.from(writeParquetTable(out)));
+  await storage.putBuffer(input.bucket, `${base}.parquet`, writeParquetTable(out));
   await storage.putJson(input.bucket, `${base}.lengths.json`, lengths);
   return {
     split: chunk.split,
