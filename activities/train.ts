@@ -8,7 +8,7 @@ import { readFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat, log } from '@temporalio/activity';
 import { countInterruptions, type AttemptMark, type Interruptions } from '../lib/attempts.js';
-import { FailureType } from '../lib/errors.js';
+import { FailureType, hasFailureType } from '../lib/errors.js';
 import { fenceName, keys, MANIFEST_FILE, parseFencedCheckpointName } from '../lib/keys.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
 import type { ActivityDeps } from './deps.js';
@@ -218,7 +218,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
                 // Fenced out, or storage gone for longer than the retries: stop here; the next
                 // attempt resumes from the newest published checkpoint.
                 uploadError = err;
-                stop.abort(isFencedOut(err) ? 'kill' : 'checkpoint');
+                stop.abort(hasFailureType(err, FENCED_OUT) ? 'kill' : 'checkpoint');
               }
             });
             break;
@@ -288,7 +288,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     };
   } catch (err) {
     // Say why this attempt stops, for the next one to count (a killed worker says nothing).
-    progress.stopping = hasPreempted(err) ? 'preempted' : 'failed';
+    progress.stopping = hasFailureType(err, FailureType.Preempted) ? 'preempted' : 'failed';
     heartbeat(progress);
     throw err;
   } finally {
@@ -343,19 +343,12 @@ async function withStorageRetries<T>(op: () => Promise<T>, tries = 6): Promise<T
     try {
       return await op();
     } catch (err) {
-      if (i >= tries || isFencedOut(err)) throw err;
+      if (i >= tries || hasFailureType(err, FENCED_OUT)) throw err;
       await new Promise((r) => setTimeout(r, 500 * 2 ** i));
     }
   }
 }
 
-function hasPreempted(err: unknown): boolean {
-  return err instanceof ApplicationFailure && err.type === FailureType.Preempted;
-}
-
-function isFencedOut(err: unknown): boolean {
-  return err instanceof ApplicationFailure && err.type === FENCED_OUT;
-}
 
 function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[], initAdapter: string | null = null) {
   const t = input.train;

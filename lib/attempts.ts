@@ -75,19 +75,19 @@ export function emptyAttempts(train = false): StageAttempts {
 }
 
 /**
- * Adds one activity's result. `attempt` is unknown for an activity that failed for good (the
- * workflow caught it, e.g. an out-of-memory replan): it counts as one attempt.
+ * Adds one activity's result to `tally` (a stage's timeline line counts in place; missing counts
+ * are zero). `attempt` is unknown for an activity that failed for good (the workflow caught it,
+ * e.g. an out-of-memory replan): it counts as one attempt.
  */
-export function addAttempt(tally: StageAttempts, attempt: number | undefined, interruptions?: Interruptions): StageAttempts {
+export function addAttempt(tally: Partial<StageAttempts>, attempt: number | undefined, interruptions?: Interruptions): void {
   const n = typeof attempt === 'number' && attempt >= 1 ? attempt : 1;
-  tally.activities++;
-  tally.attempts += n;
+  tally.activities = (tally.activities ?? 0) + 1;
+  tally.attempts = (tally.attempts ?? 0) + n;
   tally.retries = tally.attempts - tally.activities;
   if (interruptions) {
     tally.preemptions = (tally.preemptions ?? 0) + interruptions.preempted;
     tally.workerLosses = (tally.workerLosses ?? 0) + interruptions.lost;
   }
-  return tally;
 }
 
 /**
@@ -109,11 +109,4 @@ export function attemptCells(t: Partial<StageAttempts>): { retries: string; pree
     retries: `${retries}${why.length ? ` (${why.join(', ')})` : ''}`,
     preemptions: t.preemptions === undefined ? '' : String(preempted),
   };
-}
-
-/** The attempt counts of a timeline line (which holds other fields too). */
-export function pickAttempts(t: Partial<StageAttempts>): Partial<StageAttempts> {
-  const out: Partial<StageAttempts> = {};
-  for (const k of ['activities', 'attempts', 'retries', 'preemptions', 'workerLosses'] as const) if (t[k] !== undefined) out[k] = t[k];
-  return out;
 }

@@ -2,6 +2,8 @@
  * Failure types, named by what the caller should do (DESIGN invariant 5). Activities raise
  * `ApplicationFailure`s with these types; retry policies list the non-retryable ones.
  */
+import { ApplicationFailure } from '@temporalio/common';
+
 export const FailureType = {
   /** Fix the config; nothing ran. */
   InvalidConfig: 'InvalidConfig',
@@ -34,4 +36,12 @@ export function causeMessages(err: unknown): string[] {
     if (e.message) parts.push(e.message);
   }
   return parts;
+}
+
+/** Whether the error, or any cause Temporal wrapped it in, is an ApplicationFailure of `type`. */
+export function hasFailureType(err: unknown, type: string): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type === type) return true;
+  }
+  return false;
 }

@@ -52,6 +52,13 @@ describe('addAttempt and attemptCells', () => {
     expect(attemptCells({ activities: 1, attempts: 2, retries: 1, preemptions: 0, workerLosses: 1 })).toEqual({ retries: '1 (1 worker lost)', preemptions: '0' });
   });
 
+  it('counts in place into a timeline line that has no counts yet', () => {
+    const line: { id: string; activities?: number; attempts?: number; retries?: number } = { id: 'format' };
+    addAttempt(line, 2);
+    addAttempt(line, 1);
+    expect(line).toEqual({ id: 'format', activities: 2, attempts: 3, retries: 1 });
+  });
+
   it('a stage that ran no activity has empty cells', () => {
     expect(attemptCells({})).toEqual({ retries: '', preemptions: '' });
   });

@@ -14,7 +14,7 @@ import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
 import { storageRunId } from '../lib/lineage.js';
 import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../lib/sweep.js';
-import { addAttempt, emptyAttempts, pickAttempts } from '../lib/attempts.js';
+import { addAttempt } from '../lib/attempts.js';
 import { causeMessages, FailureType } from '../lib/errors.js';
 import { isSafeKeySegment } from '../lib/keys.js';
 import type { PipelineResult, StageTimeline } from '../lib/stages.js';
@@ -68,10 +68,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     outputs,
     timeline: () => Object.values(status.stages),
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
-    noteAttempt: (stageId, attempt) => {
-      const entry = status.stages[stageId]!;
-      Object.assign(entry, addAttempt({ ...emptyAttempts(), ...pickAttempts(entry) }, attempt));
-    },
+    noteAttempt: (stageId, attempt) => addAttempt(status.stages[stageId]!, attempt),
     sweepBranches: branches,
     initFromRun: lineage.initFromRun ?? undefined,
     training: { paused: false, checkpointEverySteps: null, children: new Set() },

@@ -29,7 +29,7 @@ import type { GpuActivities } from '../activities/index.js';
 import type { TrainingControl, TrainSegmentResult } from '../activities/train.js';
 import type { TrainConfig } from '../lib/config.js';
 import { addAttempt, emptyAttempts, type StageAttempts } from '../lib/attempts.js';
-import { FailureType } from '../lib/errors.js';
+import { FailureType, hasFailureType } from '../lib/errors.js';
 import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
 import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
 
@@ -214,11 +214,4 @@ async function notifyParent(notice: ReplanNotice): Promise<void> {
   } catch (err) {
     log.warn('could not tell the pipeline about a replan', { error: String(err) });
   }
-}
-
-export function hasFailureType(err: unknown, type: string): boolean {
-  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
-    if (e instanceof ApplicationFailure && e.type === type) return true;
-  }
-  return false;
 }

@@ -15,20 +15,22 @@
  * thumbnail alone on both sides (sharp vs the seed's PIL), and the ratio that bounds. Extra
  * node flags for the workers (e.g. `--cpu-prof --cpu-prof-dir=...`): BENCH_WORKER_NODE_ARGS.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
 import { defaultImageEdge } from '../../activities/format.js';
 import { thumbnail } from '../../activities/formatRows.js';
-import { readParquetTable } from '../../activities/parquet.js';
-import { FormatSchema, type PipelineConfigInput } from '../../lib/config.js';
+import { readRowRange } from '../../activities/sourceRows.js';
+import { ColumnMappingSchema, FormatSchema, type PipelineConfigInput } from '../../lib/config.js';
 import type { PipelineResult } from '../../lib/stages.js';
 import { temporalEnv } from '../../worker/connection.js';
 import { ensureBenchDataset } from './generate.js';
+
+const exec = promisify(execFile);
 
 const { values } = parseArgs({
   options: {
@@ -221,14 +223,13 @@ async function runPython(datasetDir: string): Promise<{ seconds: number; rows: n
  * ratio (with both sides keeping both cores busy) at Python's CPU per sample over that.
  */
 async function thumbnailAlone(datasetDir: string, count = 40): Promise<{ images: number; sharpMs: number; pilMs: number; edge: number }> {
-  const files = (await readdir(join(datasetDir, 'data'))).filter((f) => f.startsWith('train-')).sort();
-  const column = readParquetTable(await readFile(join(datasetDir, 'data', files[0]!)), ['image']).getChild('image')!;
-  const distinct = new Map<string, Uint8Array>();
-  for (let i = 0; i < column.length && distinct.size < count; i++) {
-    const bytes = (column.get(i) as { bytes: Uint8Array }).bytes;
-    distinct.set(Buffer.from(bytes.subarray(0, 64 * 1024)).toString('base64'), bytes);
-  }
-  const images = [...distinct.values()];
+  const file = (await readdir(join(datasetDir, 'data'))).filter((f) => f.startsWith('train-')).sort()[0]!;
+  // The generator shares images round-robin, so the first rows carry distinct ones.
+  const rows = await readRowRange(
+    { path: join(datasetDir, 'data', file), format: 'parquet', sourcePath: file, idPrefix: 'train-0', offset: 0, limit: Math.min(count, Number(values.images)) },
+    ColumnMappingSchema.parse({}),
+  );
+  const images = rows.map((row) => (row.image as { bytes: Uint8Array }).bytes);
   const edge = await defaultImageEdge(processorDir);
   const defaults = FormatSchema.parse({});
   const options = { edge, maxPixels: defaults.max_image_pixels, jpegQuality: defaults.jpeg_quality };
@@ -247,12 +248,7 @@ async function thumbnailAlone(datasetDir: string, count = 40): Promise<{ images:
     await writeFile(path, image);
     return path;
   }));
-  const pil = await new Promise<string>((done, fail) => {
-    const child = spawn(trainerPython(), [join(REPO_ROOT, 'bench/data/thumbnail_pil.py'), '--edge', String(edge), ...paths], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.on('close', (code) => (code === 0 ? done(out) : fail(new Error(`thumbnail_pil.py exited with ${code}`))));
-  });
+  const { stdout: pil } = await exec(trainerPython(), [join(REPO_ROOT, 'bench/data/thumbnail_pil.py'), '--edge', String(edge), ...paths]);
   await rm(dir, { recursive: true, force: true });
   return { images: images.length, sharpMs, pilMs: (JSON.parse(pil.trim()) as { cpu_ms_per_image: number }).cpu_ms_per_image, edge };
 }
