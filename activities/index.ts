@@ -3,18 +3,18 @@
  * type only (`typeof activities`), so none of this reaches the workflow bundle.
  */
 import { Context } from '@temporalio/activity';
-import type { ActivityDeps } from './deps.js';
-import { downloadDataset } from './download.js';
-import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluate.js';
-import { formatChunk, formatDataset, formatFinish } from './format.js';
-import { computeReference } from './reference.js';
-import { recordRun, resolveInitFrom } from './lineage.js';
-import { writeReport } from './report.js';
-import { shardDataset } from './shard.js';
-import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './tokenize.js';
-import { trainModel } from './train.js';
+import type { ActivityDeps } from '../io/deps.js';
+import { downloadDataset } from './data/download.js';
+import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluation/evaluate.js';
+import { formatChunk, formatDataset, formatFinish } from './data/format.js';
+import { computeReference } from './training/reference.js';
+import { recordRun, resolveInitFrom } from './run/lineage.js';
+import { writeReport } from './report/report.js';
+import { shardDataset } from './data/shard.js';
+import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './data/tokenize.js';
+import { trainModel } from './training/train.js';
 
-/** An object result also says which attempt produced it (the run's timeline counts retries: lib/attempts.ts). */
+/** An object result also says which attempt produced it (the run's timeline counts retries: contracts/attempts.ts). */
 type WithAttempt<T> = T extends readonly unknown[] ? T : T extends object ? T & { attempt?: number } : T;
 type Bound<F> = F extends (deps: ActivityDeps, ...args: infer A) => Promise<infer R> ? (...args: A) => Promise<WithAttempt<R>> : never;
 const bind = <F extends (deps: ActivityDeps, ...args: never[]) => Promise<unknown>>(f: F, deps: ActivityDeps) =>

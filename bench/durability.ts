@@ -20,14 +20,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { depsFromEnv } from '../activities/deps.js';
-import { listFences } from '../activities/fencing.js';
+import { depsFromEnv } from '../io/deps.js';
+import { listFences } from '../bridge/fencing.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
-import type { PipelineResult } from '../lib/stages.js';
+import type { PipelineResult } from '../contracts/payloads.js';
 import { ensureTinyModel, publishFolder } from '../scripts/assets.js';
 import { stackUp } from '../scripts/localStack.js';
 import { faultPipelineConfig, readEvents, startGpuWorker, trainerRuns, waitFor, workRoot } from '../test/faults/faultKit.js';
-import { temporalEnv } from '../worker/connection.js';
+import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
 
 const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, heartbeat: { type: 'string', default: '20s' } } });

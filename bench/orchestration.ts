@@ -32,16 +32,16 @@ import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, DefaultLogger, Runtime } from '@temporalio/worker';
-import { depsFromEnv, REPO_ROOT, type ActivityDeps } from '../activities/deps.js';
+import { depsFromEnv, REPO_ROOT, type ActivityDeps } from '../io/deps.js';
 import { createCpuActivities, createGpuActivities } from '../activities/index.js';
 import { checkConfig, loadConfigFile } from '../cli/runPipeline.js';
-import type { PipelineConfig } from '../lib/config.js';
-import { planPipeline, planToMermaid, standardChain, stageSettings, type PlannedStage } from '../lib/dag.js';
-import { configHash, type RunLineage } from '../lib/lineage.js';
-import type { EvaluateResult, PipelineResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
+import type { PipelineConfig } from '../contracts/config.js';
+import { planPipeline, planToMermaid, standardChain, stageSettings, type PlannedStage } from '../contracts/dag.js';
+import { configHash, type RunLineage } from '../contracts/lineage.js';
+import type { EvaluateResult, PipelineResult, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
 import { ensureDemoDataset, ensureTinyModel, publishFolder } from '../scripts/assets.js';
 import { stackUp } from '../scripts/localStack.js';
-import { temporalEnv } from '../worker/connection.js';
+import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers, WORKFLOWS_PATH } from '../worker/createWorkers.js';
 
 const { values } = parseArgs({

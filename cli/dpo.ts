@@ -25,11 +25,11 @@ import { parseArgs } from 'node:util';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { Client } from '@temporalio/client';
 import YAML from 'yaml';
-import { depsFromEnv, trainerPython } from '../activities/deps.js';
-import { parseS3Uri } from '../activities/storage.js';
-import { attemptCells } from '../lib/attempts.js';
-import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../lib/config.js';
-import { storageRunId, type RunLineage } from '../lib/lineage.js';
+import { depsFromEnv, trainerPython } from '../io/deps.js';
+import { parseS3Uri } from '../io/storage.js';
+import { attemptCells } from '../contracts/attempts.js';
+import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../contracts/config.js';
+import { storageRunId, type RunLineage } from '../contracts/lineage.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
 import { historyLog, renderLogLine } from './logs.js';
 import { ConfigFileError, checkConfig, connectClient, describeFailure, describeTrainProgress, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
@@ -232,7 +232,7 @@ async function list(args: string[]): Promise<number> {
       schedule: { type: 'string' },
     },
   });
-  // The same filters work in the Web UI's search box (lib/lineage.ts names the attributes).
+  // The same filters work in the Web UI's search box (contracts/lineage.ts names the attributes).
   const quote = (v: string) => `"${v.replace(/(["\\])/g, '\\$1')}"`;
   const clauses = ["WorkflowType = 'dpoPipeline'"];
   if (values.model) clauses.push(`DpoModel = ${quote(values.model)}`);

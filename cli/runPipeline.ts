@@ -6,14 +6,14 @@
 import { readFile } from 'node:fs/promises';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
-import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
-import { PlanError, planPipeline, standardChain } from '../lib/dag.js';
-import { causeMessages } from '../lib/errors.js';
-import { expandSweep, SweepError } from '../lib/sweep.js';
-import { trainingWorkflowId } from '../lib/keys.js';
-import type { PipelineResult } from '../lib/stages.js';
-import type { TrainProgress } from '../activities/train.js';
-import { temporalEnv } from '../worker/connection.js';
+import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
+import { PlanError, planPipeline, standardChain } from '../contracts/dag.js';
+import { causeMessages } from '../contracts/errors.js';
+import { expandSweep, SweepError } from '../contracts/sweep.js';
+import { trainingWorkflowId } from '../contracts/keys.js';
+import type { PipelineResult } from '../contracts/payloads.js';
+import type { TrainProgress } from '../activities/training/train.js';
+import { temporalEnv } from '../contracts/connection.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
 
 export class ConfigFileError extends Error {}

@@ -6,9 +6,9 @@
  * which is what `init_from: previous` and lineage use.
  */
 import { ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type ScheduleDescription } from '@temporalio/client';
-import type { PipelineConfig } from '../lib/config.js';
-import { isSafeKeySegment } from '../lib/keys.js';
-import { SEARCH_ATTRIBUTES } from '../lib/lineage.js';
+import type { PipelineConfig } from '../contracts/config.js';
+import { isSafeKeySegment } from '../contracts/keys.js';
+import { SEARCH_ATTRIBUTES } from '../contracts/lineage.js';
 import { ConfigFileError } from './runPipeline.js';
 
 export class ScheduleInputError extends ConfigFileError {}

@@ -1,6 +1,6 @@
 /** The table printed at the end of a run: base vs DPO per evaluation, and where everything is. */
-import type { PipelineResult } from '../lib/stages.js';
-import { renderSweepTable } from '../lib/sweep.js';
+import type { PipelineResult } from '../contracts/payloads.js';
+import { renderSweepTable } from '../contracts/sweep.js';
 
 export function webUiUrl(runId: string, namespace = process.env.TEMPORAL_NAMESPACE ?? 'default'): string {
   const base = process.env.DPO_TEMPORAL_UI_URL ?? `http://127.0.0.1:${process.env.DPO_TEMPORAL_UI_PORT ?? 8233}`;

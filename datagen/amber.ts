@@ -14,7 +14,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as arrow from 'apache-arrow';
 import sharp from 'sharp';
-import { readParquetTable, tableFromColumns, writeParquetTable } from '../activities/parquet.js';
+import { readParquetTable, tableFromColumns, writeParquetTable } from '../io/parquet.js';
 import { COLOURS, COLUMNS, rng, randomScene, sceneSvg, SHAPES, type Colour, type PlacedShape } from './demoShapes.js';
 
 export const AMBER_KINDS = ['existence', 'attribute', 'relation'] as const;

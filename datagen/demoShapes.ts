@@ -11,7 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as arrow from 'apache-arrow';
 import sharp from 'sharp';
-import { tableFromColumns, writeParquetTable } from '../activities/parquet.js';
+import { tableFromColumns, writeParquetTable } from '../io/parquet.js';
 
 export const COLOURS = {
   red: '#e6194b',

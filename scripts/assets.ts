@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { writeAmberSuite } from '../datagen/amber.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
-import type { Storage } from '../activities/storage.js';
-import { REPO_ROOT, trainerPython } from '../activities/deps.js';
+import type { Storage } from '../io/storage.js';
+import { REPO_ROOT, trainerPython } from '../io/deps.js';
 
 const run = promisify(execFile);
 const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');

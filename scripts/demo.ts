@@ -4,10 +4,10 @@
  * base-vs-DPO table at the end.
  */
 import { DefaultLogger, Runtime } from '@temporalio/worker';
-import { depsFromEnv } from '../activities/deps.js';
+import { depsFromEnv } from '../io/deps.js';
 import { connectClient, describeFailure, followPipeline, loadConfigFile, startPipeline } from '../cli/runPipeline.js';
 import { renderSummary, webUiUrl } from '../cli/summary.js';
-import { DEFAULT_QUEUES, temporalEnv } from '../worker/connection.js';
+import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
 import { ensureDemoDataset, ensureTinyModel, publishFolder } from './assets.js';
 import { stackUp } from './localStack.js';

@@ -9,8 +9,8 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { homedir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
-import { REPO_ROOT } from '../activities/deps.js';
-import { LOCAL_MINIO_CREDENTIALS } from '../activities/storage.js';
+import { REPO_ROOT } from '../io/deps.js';
+import { LOCAL_MINIO_CREDENTIALS } from '../io/storage.js';
 
 export const STATE_DIR = resolve(process.env.DPO_STATE_DIR ?? join(REPO_ROOT, '.dpo/state'));
 
@@ -145,13 +145,13 @@ export async function stackUp(log: (line: string) => void = () => {}): Promise<S
 }
 
 /**
- * Registers the custom search attributes dpoPipeline sets (lib/lineage.ts), on a server started
+ * Registers the custom search attributes dpoPipeline sets (contracts/lineage.ts), on a server started
  * here or reused. Idempotent. Production clusters do this once with
  * `temporal operator search-attribute create` (README, "Schedules and lineage").
  */
 export async function registerSearchAttributes(log: (line: string) => void = () => {}): Promise<void> {
   const { Connection } = await import('@temporalio/client');
-  const { SEARCH_ATTRIBUTES } = await import('../lib/lineage.js');
+  const { SEARCH_ATTRIBUTES } = await import('../contracts/lineage.js');
   const namespace = process.env.TEMPORAL_NAMESPACE ?? 'default';
   const connection = await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233' });
   try {

@@ -6,9 +6,9 @@
 import { deflateSync } from 'node:zlib';
 import * as arrow from 'apache-arrow';
 import sharp from 'sharp';
-import { tableFromColumns, writeParquetTable } from '../activities/parquet.js';
-import type { PipelineConfigInput } from '../lib/config.js';
-import type { PipelineResult } from '../lib/stages.js';
+import { tableFromColumns, writeParquetTable } from '../io/parquet.js';
+import type { PipelineConfigInput } from '../contracts/config.js';
+import type { PipelineResult } from '../contracts/payloads.js';
 import { uniqueId, type TestStack } from './harness.js';
 
 const svg = (w: number, h: number, fill: string) =>

@@ -5,7 +5,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { depsFromEnv } from '../activities/deps.js';
+import { depsFromEnv } from '../io/deps.js';
 import { bundleWorkflowsInThread } from '../worker/createWorkers.js';
 import { ensureTinyModel, publishFolder } from '../scripts/assets.js';
 import { stackDown, stackUp, STATE_DIR } from '../scripts/localStack.js';

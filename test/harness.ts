@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { Runtime, type Worker } from '@temporalio/worker';
 import { inject } from 'vitest';
-import { depsFromEnv, REPO_ROOT, type ActivityDeps } from '../activities/deps.js';
-import { temporalEnv } from '../worker/connection.js';
+import { depsFromEnv, REPO_ROOT, type ActivityDeps } from '../io/deps.js';
+import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
 
 export const TEST_BUCKET = 'dpo-test';

@@ -6,8 +6,8 @@ import { resolve } from 'node:path';
 import { Worker as Thread } from 'node:worker_threads';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { createCpuActivities, createGpuActivities } from '../activities/index.js';
-import { REPO_ROOT, type ActivityDeps } from '../activities/deps.js';
-import type { TemporalEnv } from './connection.js';
+import { REPO_ROOT, type ActivityDeps } from '../io/deps.js';
+import type { TemporalEnv } from '../contracts/connection.js';
 
 export interface WorkerPlan {
   temporal: TemporalEnv;

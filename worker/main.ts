@@ -4,9 +4,9 @@
  * serves; DPO_CPU_QUEUE / DPO_GPU_QUEUE rename the queues. SIGINT/SIGTERM drain and exit.
  */
 import { parseArgs } from 'node:util';
-import { depsFromEnv } from '../activities/deps.js';
-import { preemptRunningTrainers } from '../activities/trainerProcess.js';
-import { DEFAULT_QUEUES, temporalEnv } from './connection.js';
+import { depsFromEnv } from '../io/deps.js';
+import { preemptRunningTrainers } from '../bridge/trainerProcess.js';
+import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from './createWorkers.js';
 
 const { values } = parseArgs({ options: { queues: { type: 'string' } } });

@@ -5,11 +5,11 @@
  */
 import { CancellationScope, log, proxyActivities, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import type { PipelineConfig } from '../lib/config.js';
-import type { PipelinePlan } from '../lib/dag.js';
-import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
-import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../lib/lineage.js';
-import type { StageResult } from '../lib/stages.js';
+import type { PipelineConfig } from '../contracts/config.js';
+import type { PipelinePlan } from '../contracts/dag.js';
+import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
+import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../contracts/lineage.js';
+import type { StageResult } from '../contracts/payloads.js';
 
 /** Small storage reads and writes. */
 const lineageActivities = (config: PipelineConfig) =>

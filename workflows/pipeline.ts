@@ -10,14 +10,14 @@
  */
 import { ApplicationFailure, defineQuery, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
-import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
-import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import { storageRunId } from '../lib/lineage.js';
-import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../lib/sweep.js';
-import { addAttempt } from '../lib/attempts.js';
-import { causeMessages, FailureType } from '../lib/errors.js';
-import { isSafeKeySegment } from '../lib/keys.js';
-import type { PipelineResult, StageTimeline } from '../lib/stages.js';
+import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
+import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { storageRunId } from '../contracts/lineage.js';
+import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../contracts/sweep.js';
+import { addAttempt } from '../contracts/attempts.js';
+import { causeMessages, FailureType } from '../contracts/errors.js';
+import { isSafeKeySegment } from '../contracts/keys.js';
+import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
 import { pauseTrainingSignal, resumeTrainingSignal, setCheckpointIntervalSignal, trainingReplannedSignal } from './training.js';
 

@@ -4,13 +4,13 @@
  */
 import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
-import type { StageAttempts } from '../lib/attempts.js';
-import { NON_RETRYABLE_FAILURES } from '../lib/errors.js';
-import type { PipelineConfig } from '../lib/config.js';
-import { sweepRows, type SweepBranch } from '../lib/sweep.js';
-import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../lib/stages.js';
-import { keys, trainingWorkflowId } from '../lib/keys.js';
+import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import type { StageAttempts } from '../contracts/attempts.js';
+import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
+import type { PipelineConfig } from '../contracts/config.js';
+import { sweepRows, type SweepBranch } from '../contracts/sweep.js';
+import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
+import { keys, trainingWorkflowId } from '../contracts/keys.js';
 import { dpoTraining } from './training.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
@@ -23,7 +23,7 @@ export interface StageOutput {
   report?: ReportResult;
   cached?: boolean;
   summary?: Record<string, number | string>;
-  /** Attempts counted by the stage itself (train: its child workflow's segments, lib/attempts.ts). */
+  /** Attempts counted by the stage itself (train: its child workflow's segments, contracts/attempts.ts). */
   attempts?: StageAttempts;
 }
 

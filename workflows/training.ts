@@ -8,7 +8,7 @@
  * accumulation, same effective batch) and every replan shows in the history, the
  * `trainingStatus` query, the parent's status and the report. Long runs continue-as-new so the
  * history stays bounded. Pause/resume and the checkpoint interval are steered by signals; the
- * running segment reads them through the `trainingControl` query (activities/train.ts).
+ * running segment reads them through the `trainingControl` query (activities/training/train.ts).
  *
  * Orchestration only: no I/O.
  */
@@ -26,12 +26,12 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { GpuActivities } from '../activities/index.js';
-import type { TrainingControl, TrainSegmentResult } from '../activities/train.js';
-import type { TrainConfig } from '../lib/config.js';
-import { addAttempt, emptyAttempts, type StageAttempts } from '../lib/attempts.js';
-import { FailureType, hasFailureType } from '../lib/errors.js';
-import { oomGiveUpMessage, replanAfterOom } from '../lib/policies.js';
-import type { TrainInput, TrainMetrics, TrainResult } from '../lib/stages.js';
+import type { TrainingControl, TrainSegmentResult } from '../activities/training/train.js';
+import type { TrainConfig } from '../contracts/config.js';
+import { addAttempt, emptyAttempts, type StageAttempts } from '../contracts/attempts.js';
+import { FailureType, hasFailureType } from '../contracts/errors.js';
+import { oomGiveUpMessage, replanAfterOom } from '../contracts/policies.js';
+import type { TrainInput, TrainMetrics, TrainResult } from '../contracts/payloads.js';
 
 export interface TrainingInput {
   train: TrainInput;

@@ -21,13 +21,13 @@ import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promis
 import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
-import { defaultImageEdge } from '../../activities/format.js';
-import { thumbnail } from '../../activities/formatRows.js';
-import { readRowRange } from '../../activities/sourceRows.js';
-import { ColumnMappingSchema, FormatSchema, type PipelineConfigInput } from '../../lib/config.js';
-import type { PipelineResult } from '../../lib/stages.js';
-import { temporalEnv } from '../../worker/connection.js';
+import { REPO_ROOT, trainerPython } from '../../io/deps.js';
+import { defaultImageEdge } from '../../activities/data/format.js';
+import { thumbnail } from '../../vlm/formatRows.js';
+import { readRowRange } from '../../io/sourceRows.js';
+import { ColumnMappingSchema, FormatSchema, type PipelineConfigInput } from '../../contracts/config.js';
+import type { PipelineResult } from '../../contracts/payloads.js';
+import { temporalEnv } from '../../contracts/connection.js';
 import { ensureBenchDataset } from './generate.js';
 
 const exec = promisify(execFile);

@@ -20,11 +20,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { ChatTokenizer } from '../../activities/chatTokenizer.js';
-import { REPO_ROOT, trainerPython } from '../../activities/deps.js';
-import { loadImageProcessorConfig, pixelValues } from '../../activities/imageProcessor.js';
-import { exportOnnx } from '../../activities/onnxExport.js';
-import { OnnxModel, type ScoredRow } from '../../activities/onnxModel.js';
+import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
+import { REPO_ROOT, trainerPython } from '../../io/deps.js';
+import { loadImageProcessorConfig, pixelValues } from '../../vlm/imageProcessor.js';
+import { exportOnnx } from '../../bridge/onnxExport.js';
+import { OnnxModel, type ScoredRow } from '../../vlm/onnxModel.js';
 import { generateRows } from '../../datagen/demoShapes.js';
 import { ensureTinyModel } from '../../scripts/assets.js';
 
@@ -47,7 +47,7 @@ try {
   // The pairs: demo questions with chosen/rejected answers, thumbnailed like the format stage.
   const chat = await ChatTokenizer.load(modelDir);
   const imageConfig = await loadImageProcessorConfig(modelDir);
-  const { thumbnail } = await import('../../activities/formatRows.js');
+  const { thumbnail } = await import('../../vlm/formatRows.js');
   const thumb = { edge: 48, maxPixels: 50_000_000, jpegQuality: 95 };
   const rows = await generateRows('bench', pairs, 3);
   const pixels = await Promise.all(rows.map(async (r) => pixelValues(await thumbnail(r.image.bytes, thumb), imageConfig)));

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { WorkflowExecutionInfo } from '@temporalio/client';
 import { describe, expect, it } from 'vitest';
-import type { TrainResult } from '../../lib/stages.js';
+import type { TrainResult } from '../../contracts/payloads.js';
 import { uniqueId } from '../harness.js';
 import { readEvents, stopWorker, useFaultSuite, waitFor } from './faultKit.js';
 

@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
-import { REPO_ROOT, type ActivityDeps } from '../../activities/deps.js';
-import { keys, MANIFEST_FILE, parseFencedCheckpointName } from '../../lib/keys.js';
-import type { PipelineConfigInput } from '../../lib/config.js';
+import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
+import { keys, MANIFEST_FILE, parseFencedCheckpointName } from '../../contracts/keys.js';
+import type { PipelineConfigInput } from '../../contracts/config.js';
 import { startTestStack, TEST_BUCKET, type TestStack } from '../harness.js';
 
 const exec = promisify(execFile);

@@ -5,9 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { writeReport } from '../../activities/report.js';
-import { parsePipelineConfig } from '../../lib/config.js';
-import type { PipelineResult } from '../../lib/stages.js';
+import { writeReport } from '../../activities/report/report.js';
+import { parsePipelineConfig } from '../../contracts/config.js';
+import type { PipelineResult } from '../../contracts/payloads.js';
 import { TEST_BUCKET, uniqueId } from '../harness.js';
 import {
   adapterSha256,

@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { describe, expect, it } from 'vitest';
-import { listFences, publishedWhileCurrent } from '../../activities/fencing.js';
-import { MANIFEST_FILE } from '../../lib/keys.js';
-import type { PipelineResult } from '../../lib/stages.js';
+import { listFences, publishedWhileCurrent } from '../../bridge/fencing.js';
+import { MANIFEST_FILE } from '../../contracts/keys.js';
+import type { PipelineResult } from '../../contracts/payloads.js';
 import type { PipelineStatus } from '../../workflows/pipeline.js';
 import { TEST_BUCKET, uniqueId } from '../harness.js';
 import {

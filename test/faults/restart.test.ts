@@ -8,7 +8,7 @@ import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { REPO_ROOT } from '../../activities/deps.js';
+import { REPO_ROOT } from '../../io/deps.js';
 
 // Before anything reads them: workers, clients, storage and the stack script use these.
 const suffix = randomBytes(3).toString('hex');

@@ -53,7 +53,7 @@ GPU_USABLE_SHARE = 0.9
 MAX_SUGGESTED_MICRO_BATCH = 64
 CPU_AUTO_MICRO_BATCH = 8
 
-# Defaults of lib/config.ts for the fields the estimate reads (the `dpo estimate` CLI passes the
+# Defaults of contracts/config.ts for the fields the estimate reads (the `dpo estimate` CLI passes the
 # resolved config, so these only matter when the Python command is given a hand-written file).
 DEFAULTS = {
     "max_length": 1024,

@@ -1,0 +1,435 @@
+/**
+ * evaluate (cpu queue), with onnxruntime-node on ONNX exports of the base model and of the base
+ * with the DPO adapter merged (trainer/dpo_trainer/export.py):
+ *
+ *   prepareEvaluation      export both models (the base once per base model: a content-addressed
+ *                          stage output), stage the AMBER suite, plan the shards
+ *   scorePreferenceShard   held-out pairs of one token shard: preference accuracy, implicit reward
+ *                          accuracy against the base, reward margin (as trainer/dpo_trainer/evaluate.py)
+ *   scoreAmberShard        a row range of the yes/no suite, answered from p("Yes") vs p("No")
+ *   generateExamples       a few greedy answers of base and DPO, side by side
+ *   finishEvaluation       sums the shards' counts into metrics and stores them
+ *
+ * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { amberFromParquet, amberToParquet, type AmberQuestion } from '../../datagen/amber.js';
+import { FailureType } from '../../contracts/errors.js';
+import {
+  addAmberCounts,
+  addPreferenceCounts,
+  amberMetrics,
+  countYesNo,
+  emptyPreferenceCounts,
+  emptyYesNoCounts,
+  preferenceCounts,
+  preferenceMetrics,
+  type AmberCounts,
+  type PreferenceCounts,
+} from '../../contracts/evalMetrics.js';
+import { keys } from '../../contracts/keys.js';
+import type { EvaluateInput, EvaluateResult, EvaluationPlan, GeneratedExample, ScoreShardInput } from '../../contracts/payloads.js';
+import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
+import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
+import { FormatSchema } from '../../contracts/config.js';
+import { thumbnail } from '../../vlm/formatRows.js';
+import { loadImageProcessorConfig, pixelValues, type ImageProcessorConfig } from '../../vlm/imageProcessor.js';
+import { isTokenizerFile, stageModel } from '../../io/models.js';
+import { exportOnnx, OnnxExportError } from '../../bridge/onnxExport.js';
+import { OnnxLoadError, OnnxModel, type ScoredRow } from '../../vlm/onnxModel.js';
+import { listToNumbers, readParquetTable } from '../../io/parquet.js';
+import type { ShardManifest } from '../data/shard.js';
+import { runCachedStage, stageHash } from '../../io/stageCache.js';
+import { parseS3Uri } from '../../io/storage.js';
+
+const HEARTBEAT_EVERY_MS = 5_000;
+
+/** Heartbeats on a timer while `body` runs: exports and model loading outlast a heartbeat timeout. */
+async function withHeartbeat<T>(details: Record<string, unknown>, body: () => Promise<T>): Promise<T> {
+  const ticker = setInterval(() => heartbeat(details), HEARTBEAT_EVERY_MS);
+  try {
+    return await body();
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+const exportFailure = (err: unknown): never => {
+  if (err instanceof OnnxExportError) {
+    if (err.retryable) throw ApplicationFailure.retryable(err.message, 'OnnxExportCrash');
+    throw ApplicationFailure.nonRetryable(err.message, FailureType.ModelLoadError);
+  }
+  throw err;
+};
+
+export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput): Promise<EvaluationPlan> {
+  const ctx = Context.current();
+  return withHeartbeat({ phase: 'exporting' }, async () => {
+    const { storage } = deps;
+    const modelDir = await stageModel(deps, input.modelSource);
+    const work = join(deps.workDir, 'runs', input.runId, `${input.stageId}-${ctx.info.attempt}-${process.pid}`);
+    await rm(work, { recursive: true, force: true });
+    await mkdir(work, { recursive: true });
+    try {
+      // The base export is a stage output addressed by the base model's content and the exporter's
+      // code: every run (and every evaluation) of the same base model reuses it.
+      const exporter = await readFile(join(REPO_ROOT, 'trainer/dpo_trainer/export.py'));
+      const baseHash = stageHash('export', { model: await modelFingerprint(modelDir), exporter: sha256(exporter) });
+      const base = await runCachedStage(storage, input.bucket, 'export', baseHash, async (prefix) => {
+        const dir = await exportOnnx({
+          pythonBin: deps.pythonBin,
+          modelDir,
+          adapterDir: null,
+          outDir: join(work, 'onnx-base'),
+          stageId: input.stageId,
+          modelLabel: `base model ${input.modelSource}`,
+          signal: ctx.cancellationSignal,
+        }).catch(exportFailure);
+        await storage.uploadDir(input.bucket, dir, `${prefix}onnx/`, 'manifest.json');
+        return { summary: { model: input.modelSource }, onnx: `${prefix}onnx/` };
+      });
+      const basePrefix = `${keys.stagePrefix('export', base.hash)}onnx/`;
+
+      // The DPO policy: adapter merged into the base. Per run; a retried attempt reuses it.
+      const trainedPrefix = keys.policyOnnxPrefix(input.runId, input.stageId);
+      if (!(await storage.exists(input.bucket, `${trainedPrefix}manifest.json`))) {
+        const adapterDir = join(work, 'adapter');
+        const adapter = `s3://${input.adapterBucket}/${input.adapterPrefix}`;
+        const files = await storage.downloadPrefix(input.adapterBucket, input.adapterPrefix, adapterDir);
+        if (!files.length) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": no adapter under ${adapter}`, FailureType.ModelLoadError);
+        const dir = await exportOnnx({
+          pythonBin: deps.pythonBin,
+          modelDir,
+          adapterDir,
+          outDir: join(work, 'onnx-trained'),
+          stageId: input.stageId,
+          modelLabel: `${input.modelSource} with adapter ${adapter}`,
+          signal: ctx.cancellationSignal,
+        }).catch(exportFailure);
+        await storage.uploadDir(input.bucket, dir, trainedPrefix, 'manifest.json');
+      }
+
+      const manifest = await storage.getJson<ShardManifest>(input.bucket, input.shards.manifestKey);
+      const split = manifest.splits[input.evalSplit];
+      if (!split) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": the shards have no split "${input.evalSplit}"`, FailureType.InvalidDataset);
+      const imageLongestEdge = input.imageLongestEdge ?? (await defaultImageEdge(modelDir));
+      const amber = input.evaluate.amber_suite
+        ? await stageAmberSuite(deps, input, imageLongestEdge)
+        : null;
+      return {
+        onnx: { base: basePrefix, trained: trainedPrefix },
+        baseExportCached: base.cached,
+        preferenceShards: split.shards.map((s) => ({ key: s.key, sha256: s.sha256, rows: s.rows })),
+        amber,
+        imageLongestEdge,
+      };
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+}
+
+/** Reads the suite (every row checked), thumbnails its images like the format stage, stores one file. */
+/** The format stage's image guards and quality, applied to the AMBER suite's images too. */
+const FORMAT_DEFAULTS = FormatSchema.parse({});
+
+async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: number): Promise<EvaluationPlan['amber']> {
+  const source = input.evaluate.amber_suite!;
+  const files: Array<{ name: string; bytes: Uint8Array }> = [];
+  if (source.startsWith('s3://')) {
+    const { bucket, prefix } = parseS3Uri(source);
+    for (const o of await deps.storage.list(bucket, prefix)) {
+      if (o.key.endsWith('.parquet')) files.push({ name: `s3://${bucket}/${o.key}`, bytes: await deps.storage.getBuffer(bucket, o.key) });
+    }
+  } else {
+    const root = source.startsWith('file://') ? source.slice('file://'.length) : source;
+    const info = await stat(root).catch(() => null);
+    const paths = info?.isDirectory() ? (await listFiles(root)).filter((p) => p.endsWith('.parquet')) : info ? [root] : [];
+    for (const p of paths) files.push({ name: p, bytes: await readFile(p) });
+  }
+  if (!files.length) {
+    throw ApplicationFailure.nonRetryable(`evaluate.amber_suite "${source}": no Parquet files there`, FailureType.InvalidConfig);
+  }
+  const questions: AmberQuestion[] = [];
+  for (const f of files) {
+    try {
+      questions.push(...amberFromParquet(f.bytes, f.name));
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(`evaluate.amber_suite: ${(err as Error).message}`, FailureType.InvalidDataset);
+    }
+  }
+  for (const q of questions) {
+    try {
+      q.image = { ...q.image, bytes: await thumbnail(q.image.bytes, { edge, maxPixels: FORMAT_DEFAULTS.max_image_pixels, jpegQuality: FORMAT_DEFAULTS.jpeg_quality }) };
+    } catch (err) {
+      throw ApplicationFailure.nonRetryable(`evaluate.amber_suite: question ${q.id}: image cannot be decoded (${(err as Error).message})`, FailureType.InvalidDataset);
+    }
+  }
+  const key = `${keys.runStagePrefix(input.runId, input.stageId)}amber-suite.parquet`;
+  await deps.storage.putBuffer(input.bucket, key, Buffer.from(amberToParquet(questions)));
+  const per = input.evaluate.amber_questions_per_shard;
+  const ranges: Array<[number, number]> = [];
+  for (let start = 0; start < questions.length; start += per) ranges.push([start, Math.min(start + per, questions.length)]);
+  return { key, ranges };
+}
+
+/** Both ONNX models, from a per-worker cache of exports keyed by their storage prefix. */
+async function loadModels(deps: ActivityDeps, input: ScoreShardInput): Promise<{ base: OnnxModel; trained: OnnxModel }> {
+  const load = async (prefix: string, label: string) => {
+    const dir = join(deps.workDir, 'onnx', sha256(Buffer.from(`${input.bucket}/${prefix}`)).slice(0, 24));
+    // Parallel scoring activities in one worker share one download of each export.
+    let staged = stagingExports.get(dir);
+    if (!staged) {
+      staged = stageExport(deps, input.bucket, prefix, dir, label);
+      stagingExports.set(dir, staged);
+      staged.catch(() => stagingExports.delete(dir));
+    }
+    await staged;
+    try {
+      return await OnnxModel.load(dir, `${label} (s3://${input.bucket}/${prefix})`, input.threads);
+    } catch (err) {
+      if (err instanceof OnnxLoadError) throw ApplicationFailure.nonRetryable(`evaluate: ${err.message}`, FailureType.ModelLoadError);
+      throw err;
+    }
+  };
+  const [base, trained] = await Promise.all([load(input.onnx.base, 'the base model'), load(input.onnx.trained, 'the DPO model')]);
+  return { base, trained };
+}
+
+const stagingExports = new Map<string, Promise<void>>();
+
+async function stageExport(deps: ActivityDeps, bucket: string, prefix: string, dir: string, label: string): Promise<void> {
+  if (await stat(join(dir, 'manifest.json')).catch(() => null)) return;
+  const tmp = `${dir}.tmp-${process.pid}-${randomUUID()}`;
+  const files = await deps.storage.downloadPrefix(bucket, prefix, tmp);
+  if (!files.some((f) => f.endsWith('manifest.json'))) {
+    await rm(tmp, { recursive: true, force: true });
+    throw ApplicationFailure.nonRetryable(`no complete ONNX export of ${label} under s3://${bucket}/${prefix}`, FailureType.ModelLoadError);
+  }
+  // Another worker process may have staged it meanwhile: folders are renamed whole.
+  await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
+}
+
+interface ShardRow {
+  sampleId: string;
+  prompt: number[];
+  chosen: number[];
+  rejected: number[];
+  image: Uint8Array | null;
+}
+
+async function readShard(deps: ActivityDeps, bucket: string, shard: { key: string; sha256: string }): Promise<ShardRow[]> {
+  const bytes = await deps.storage.getBuffer(bucket, shard.key);
+  if (sha256(bytes) !== shard.sha256) throw ApplicationFailure.retryable(`shard ${shard.key} failed its sha256 check after download`);
+  return readParquetTable(bytes)
+    .toArray()
+    .map((r: Record<string, unknown>) => ({
+      sampleId: String(r.sample_id),
+      prompt: listToNumbers(r.prompt_input_ids),
+      chosen: listToNumbers(r.chosen_input_ids),
+      rejected: listToNumbers(r.rejected_input_ids),
+      image: (r.image as Uint8Array | null) ?? null,
+    }));
+}
+
+export async function scorePreferenceShard(
+  deps: ActivityDeps,
+  input: ScoreShardInput & { shard: { key: string; sha256: string }; beta: number },
+): Promise<{ base: PreferenceCounts; trained: PreferenceCounts }> {
+  return withHeartbeat({ shard: input.shard.key }, async () => {
+    const rows = await readShard(deps, input.bucket, input.shard);
+    const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
+    const imageConfig = await loadImageProcessorConfig(modelDir).catch(() => null);
+    const models = await loadModels(deps, input);
+    try {
+      let base = emptyPreferenceCounts();
+      let trained = emptyPreferenceCounts();
+      for (let start = 0; start < rows.length; start += input.batchSize) {
+        const batch = rows.slice(start, start + input.batchSize);
+        const pixels = await Promise.all(batch.map((r) => rowPixels(r.image, imageConfig, r.sampleId)));
+        // [chosen rows; rejected rows], as the trainer's collate builds them.
+        const scored: ScoredRow[] = [
+          ...batch.map((r, i) => ({ ids: [...r.prompt, ...r.chosen], completionStart: r.prompt.length, pixels: pixels[i]! })),
+          ...batch.map((r, i) => ({ ids: [...r.prompt, ...r.rejected], completionStart: r.prompt.length, pixels: pixels[i]! })),
+        ];
+        const split = (xs: number[]) => ({ chosen: xs.slice(0, batch.length), rejected: xs.slice(batch.length) });
+        const ref = split(await models.base.completionLogps(scored));
+        const policy = split(await models.trained.completionLogps(scored));
+        base = addPreferenceCounts(base, preferenceCounts(ref, ref, input.beta));
+        trained = addPreferenceCounts(trained, preferenceCounts(policy, ref, input.beta));
+        heartbeat({ shard: input.shard.key, scored: start + batch.length });
+      }
+      return { base, trained };
+    } finally {
+      await Promise.all([models.base.release(), models.trained.release()]);
+    }
+  });
+}
+
+async function rowPixels(image: Uint8Array | null, config: ImageProcessorConfig | null, what: string): Promise<Float32Array | null> {
+  if (!image) return null;
+  if (!config) throw ApplicationFailure.nonRetryable(`${what}: the row has an image but the model has no image processor`, FailureType.InvalidDataset);
+  return pixelValues(image, config);
+}
+
+/**
+ * Prompt for a yes/no question and the ids of the "Yes" and "No" answer tokens: the assistant
+ * turns "ASSISTANT: Yes" and "ASSISTANT: No" share a prefix, which goes into the prompt; the first
+ * token after it is the answer token. Both must be single tokens.
+ */
+export function yesNoPrompt(chat: ChatTokenizer, question: string): { ids: number[]; yes: number; no: number } {
+  const prompt = chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]));
+  const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }])).slice(0, -1);
+  const yes = answer('Yes');
+  const no = answer('No');
+  let shared = 0;
+  while (shared < yes.length && yes[shared] === no[shared]) shared++;
+  if (yes.length !== shared + 1 || no.length !== shared + 1) {
+    throw ApplicationFailure.nonRetryable('the tokenizer splits "Yes" or "No" into several tokens; the yes/no suite needs one token each', FailureType.ModelLoadError);
+  }
+  return { ids: [...prompt, ...yes.slice(0, shared)], yes: yes[shared]!, no: no[shared]! };
+}
+
+export async function scoreAmberShard(
+  deps: ActivityDeps,
+  input: ScoreShardInput & { suiteKey: string; range: [number, number] },
+): Promise<{ base: AmberCounts; trained: AmberCounts }> {
+  return withHeartbeat({ suite: input.suiteKey, range: input.range }, async () => {
+    const questions = amberFromParquet(await deps.storage.getBuffer(input.bucket, input.suiteKey), input.suiteKey).slice(...input.range);
+    const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
+    const chat = await ChatTokenizer.load(modelDir);
+    const imageConfig = await loadImageProcessorConfig(modelDir);
+    const models = await loadModels(deps, input);
+    try {
+      const counts = { base: {} as AmberCounts, trained: {} as AmberCounts };
+      for (let start = 0; start < questions.length; start += input.batchSize) {
+        const batch = questions.slice(start, start + input.batchSize);
+        const prompts = batch.map((q) => yesNoPrompt(chat, q.question));
+        const rows = await Promise.all(batch.map(async (q, i) => ({ ids: prompts[i]!.ids, pixels: await pixelValues(q.image.bytes, imageConfig) })));
+        for (const name of ['base', 'trained'] as const) {
+          const logprobs = await models[name].nextTokenLogprobs(rows, [prompts[0]!.yes, prompts[0]!.no]);
+          batch.forEach((q, i) => {
+            const [yes, no] = logprobs[i]!;
+            const kind = (counts[name][q.kind] ??= emptyYesNoCounts());
+            countYesNo(kind, q.answer, yes! > no! ? 'yes' : 'no');
+          });
+        }
+      }
+      return counts;
+    } finally {
+      await Promise.all([models.base.release(), models.trained.release()]);
+    }
+  });
+}
+
+export async function generateExamples(
+  deps: ActivityDeps,
+  input: ScoreShardInput & { runId: string; stageId: string; shard: { key: string; sha256: string }; count: number; maxNewTokens: number },
+): Promise<GeneratedExample[]> {
+  return withHeartbeat({ generating: input.count }, async () => {
+    const rows = (await readShard(deps, input.bucket, input.shard)).slice(0, input.count);
+    const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
+    const chat = await ChatTokenizer.load(modelDir);
+    const tokenizer = new Tokenizer(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), JSON.parse(await readFile(join(modelDir, 'tokenizer_config.json'), 'utf8')));
+    const decode = (ids: number[]) => tokenizer.decode(ids, { skip_special_tokens: true }).trim();
+    const imageConfig = await loadImageProcessorConfig(modelDir).catch(() => null);
+    // The assistant turn's opening ("ASSISTANT:"), after which the model answers.
+    const opening = chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: '' }] }])).slice(0, -1);
+    const models = await loadModels(deps, input);
+    try {
+      const out: GeneratedExample[] = [];
+      for (const [i, r] of rows.entries()) {
+        const pixels = await rowPixels(r.image, imageConfig, r.sampleId);
+        const prompt = [...r.prompt, ...opening];
+        const [base, trained] = await Promise.all([
+          models.base.greedy(prompt, pixels, input.maxNewTokens, chat.eosTokenId),
+          models.trained.greedy(prompt, pixels, input.maxNewTokens, chat.eosTokenId),
+        ]);
+        let imageKey: string | null = null;
+        if (r.image) {
+          imageKey = `${keys.runStagePrefix(input.runId, input.stageId)}generations/${i}.jpg`;
+          await deps.storage.putBuffer(input.bucket, imageKey, Buffer.from(r.image), 'image/jpeg');
+        }
+        const imageToken = chat.imageToken;
+        out.push({
+          sampleId: r.sampleId,
+          question: decode(r.prompt).replace(imageToken ? new RegExp(escapeRegExp(imageToken), 'g') : /$^/, '').trim(),
+          chosen: decode(r.chosen),
+          base: decode(base),
+          trained: decode(trained),
+          imageKey,
+        });
+      }
+      return out;
+    } finally {
+      await Promise.all([models.base.release(), models.trained.release()]);
+    }
+  });
+}
+
+export async function finishEvaluation(
+  deps: ActivityDeps,
+  input: {
+    runId: string;
+    stageId: string;
+    bucket: string;
+    adapter: string;
+    onnx: EvaluationPlan['onnx'];
+    baseExportCached: boolean;
+    preference: Array<{ base: PreferenceCounts; trained: PreferenceCounts }>;
+    amber: Array<{ base: AmberCounts; trained: AmberCounts }> | null;
+    generations: GeneratedExample[];
+  },
+): Promise<EvaluateResult> {
+  const sum = (side: 'base' | 'trained') => input.preference.map((p) => p[side]).reduce(addPreferenceCounts, emptyPreferenceCounts());
+  const amberSum = (side: 'base' | 'trained') => input.amber!.map((p) => p[side]).reduce(addAmberCounts, {});
+  const result: EvaluateResult = {
+    base: preferenceMetrics(sum('base')),
+    trained: preferenceMetrics(sum('trained')),
+    ...(input.amber && { amber: { base: amberMetrics(amberSum('base')), trained: amberMetrics(amberSum('trained')) } }),
+    generations: input.generations,
+    metricsKey: keys.evalMetrics(input.runId, input.stageId),
+    adapter: input.adapter,
+    onnx: input.onnx,
+    baseExportCached: input.baseExportCached,
+    engine: 'onnxruntime-node',
+  };
+  const { metricsKey: _key, ...stored } = result;
+  await deps.storage.putJson(input.bucket, result.metricsKey, stored);
+  return result;
+}
+
+/** A model folder's content fingerprint: its files' relative paths and sha256s. */
+async function modelFingerprint(dir: string): Promise<string> {
+  const hash = createHash('sha256');
+  for (const path of (await listFiles(dir)).sort()) {
+    const rel = relative(dir, path);
+    if (rel.startsWith('.dpo-')) continue;
+    hash.update(rel).update('\0').update(sha256(await readFile(path))).update('\0');
+  }
+  return hash.digest('hex');
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await listFiles(path)));
+    else if (entry.isFile()) out.push(path);
+  }
+  return out;
+}
+
+/** Half the processor's longest edge, as the format stage defaults it. */
+async function defaultImageEdge(modelDir: string): Promise<number> {
+  const cfg = await loadImageProcessorConfig(modelDir).catch(() => null);
+  if (!cfg) return 0;
+  return Math.max(8, Math.floor(Math.max(cfg.shortestEdge, cfg.crop.height, cfg.crop.width) / 2));
+}
+
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

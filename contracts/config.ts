@@ -1,0 +1,354 @@
+/**
+ * The pipeline config: one schema shared by the CLI, the workflow and the activities.
+ *
+ * `PipelineConfigInput` is what users write (YAML or JSON, most fields optional);
+ * `PipelineConfig` is the resolved form with every default filled in. Unknown keys are errors,
+ * and every problem is reported with its path. Pure code: it is bundled into the workflow.
+ */
+import { z } from 'zod';
+import { isSafeKeySegment } from './keys.js';
+
+const safeName = z
+  .string()
+  .refine(isSafeKeySegment, {
+    message: 'must be 1-128 characters of letters, digits, ".", "_" or "-", and not "." or ".."',
+  });
+
+/** Where a dataset or a model comes from. Secrets never go here: they come from the worker's env. */
+const sourceUri = z
+  .string()
+  .min(1)
+  .refine((s) => /^(s3:\/\/[^/]+(\/.*)?|hf:\/\/.+|file:\/\/\/.+|\/.+|\.{1,2}\/.*)$/.test(s), {
+    message: 'must be s3://bucket/prefix, hf://owner/name, file:///abs/path, /abs/path or ./relative/path',
+  });
+
+export const ColumnMappingSchema = z
+  .strictObject({
+    image: z.string().default('image').describe('column holding the image: struct {bytes, path}, binary, or (JSONL) a path relative to the file'),
+    question: z.string().default('question').describe('column holding the user prompt'),
+    chosen: z.string().default('chosen').describe('column holding the preferred answer'),
+    rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
+  })
+  .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
+
+export const DatasetSchema = z.strictObject({
+  source: sourceUri.describe(
+    'dataset of Parquet files or JSONL files with image files beside them: s3://bucket/prefix, a local folder, ' +
+      'or hf://owner/name[@revision] (the Hub; HF_TOKEN and HF_ENDPOINT come from the worker env)',
+  ),
+  train_split: safeName.default('train').describe('split used for training'),
+  eval_split: safeName.default('test').describe('held-out split used for evaluation'),
+  columns: ColumnMappingSchema.prefault({}),
+  max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
+  max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
+});
+
+export const ModelSchema = z.strictObject({
+  source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),
+});
+
+export const FormatSchema = z.strictObject({
+  image_longest_edge: z
+    .int()
+    .min(8)
+    .max(8192)
+    .optional()
+    .describe("pixels; images are thumbnailed to this longest edge (default: half the processor's longest edge)"),
+  max_image_pixels: z
+    .int()
+    .positive()
+    .default(50_000_000)
+    .describe('images with more pixels (width x height) are dropped undecoded: the guard against decompression bombs'),
+  jpeg_quality: z.int().min(1).max(100).default(95).describe('quality of the re-encoded JPEG thumbnails'),
+  dedupe: z
+    .boolean()
+    .default(true)
+    .describe('drop rows whose image bytes, prompt, chosen and rejected all equal an earlier row'),
+  max_drop_ratio: z
+    .number()
+    .min(0)
+    .max(1)
+    .default(0.2)
+    .describe('fail the stage when more than this share of rows is dropped as invalid'),
+  chunk_rows: z
+    .int()
+    .positive()
+    .default(256)
+    .describe('rows per parallel chunk activity (format and tokenize fan out over CPU workers)'),
+});
+
+/** The tokenize section's fields; `TokenizeSchema` adds the cross-field check. */
+export const TokenizeFields = z.strictObject({
+  max_length: z
+    .int()
+    .positive()
+    .default(1024)
+    .describe('tokens; prompt + longest answer, truncated per truncation_mode (TRL DPOConfig.max_length)'),
+  max_prompt_length: z
+    .int()
+    .positive()
+    .default(512)
+    .describe('tokens; longer prompts keep their last max_prompt_length tokens (TRL DPOConfig.max_prompt_length)'),
+  max_completion_length: z
+    .int()
+    .positive()
+    .nullable()
+    .default(null)
+    .describe('tokens; longer answers keep their first max_completion_length tokens (TRL DPOConfig.max_completion_length)'),
+  truncation_mode: z
+    .enum(['keep_end', 'keep_start'])
+    .default('keep_end')
+    .describe(
+      'what max_length keeps (TRL DPOConfig.truncation_mode): keep_end cuts the start of the prompt, keep_start the end of ' +
+        'the answers; a sample that would lose any image token is dropped and counted instead',
+    ),
+});
+
+export const TokenizeSchema = TokenizeFields.refine((t) => t.max_prompt_length <= t.max_length, {
+    message: 'max_prompt_length must not exceed max_length',
+    path: ['max_prompt_length'],
+  });
+
+export const ShardSchema = z.strictObject({
+  samples_per_shard: z.int().positive().default(2000).describe('at most this many rows per Parquet shard'),
+  max_shard_bytes: z
+    .int()
+    .positive()
+    .default(256 * 1024 * 1024)
+    .describe('bytes; a shard is closed before its rows (images included) pass this size'),
+});
+
+export const LoraSchema = z.strictObject({
+  r: z.int().positive().default(16).describe('LoRA rank'),
+  alpha: z.number().positive().default(32).describe('LoRA scaling numerator (scale = alpha / r)'),
+  dropout: z.number().min(0).max(1).default(0).describe('dropout on the LoRA branch'),
+  target_modules: z
+    .union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)])
+    .default('all-linear')
+    .describe('modules that get adapters; "all-linear" as in the seed recipe'),
+});
+
+export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge', 'robust'] as const;
+
+export const TrainSchema = z
+  .strictObject({
+  epochs: z.int().positive().default(1).describe('passes over the training shards'),
+  max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
+  per_device_train_batch_size: z
+    .union([z.int().positive(), z.literal('auto')])
+    .default(2)
+    .describe('pairs per micro-batch, or "auto": the trainer picks it at start from the GPU memory (dpo estimate); on CPU 8'),
+  total_train_batch_size: z
+    .int()
+    .positive()
+    .optional()
+    .describe('pairs per optimizer step; required with per_device_train_batch_size "auto" (the micro-batch then divides it)'),
+  precompute_ref_log_probs: z
+    .boolean()
+    .default(false)
+    .describe('compute the reference log-probs once in a cached `reference` stage (gpu queue) and skip the reference forward pass while training (TRL\'s name)'),
+  gradient_accumulation_steps: z.int().positive().default(32).describe('micro-batches per optimizer step'),
+  learning_rate: z.number().positive().default(5e-6).describe('peak AdamW learning rate'),
+  lr_scheduler_type: z.enum(['cosine', 'linear', 'constant']).default('cosine'),
+  warmup_ratio: z.number().min(0).max(1).default(0).describe('share of steps with linear warmup'),
+  weight_decay: z.number().min(0).default(0),
+  max_grad_norm: z.number().positive().default(1).describe('gradient clipping norm'),
+  beta: z.number().positive().default(0.1).describe('DPO temperature'),
+  loss_type: z.enum(LOSS_TYPES).default('sigmoid'),
+  label_smoothing: z.number().min(0).lt(0.5).default(0).describe('assumed label-flip rate; robust loss only (as in TRL)'),
+  lora: LoraSchema.prefault({}),
+  dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
+  gradient_checkpointing: z.boolean().default(false),
+  checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
+  segment_steps: z
+    .int()
+    .positive()
+    .nullable()
+    .default(null)
+    .describe('optimizer steps per training activity (the training workflow chains them); null: one epoch'),
+  segments_per_workflow_run: z
+    .int()
+    .positive()
+    .default(50)
+    .describe('training activities per run of the training workflow before it continues as new (bounds its history)'),
+  seed: z.int().min(0).default(42),
+  })
+  .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
+    message: 'required when per_device_train_batch_size is "auto"',
+    path: ['total_train_batch_size'],
+  })
+  .refine(
+    (t) =>
+      t.per_device_train_batch_size === 'auto' ||
+      t.total_train_batch_size === undefined ||
+      t.total_train_batch_size === t.per_device_train_batch_size * t.gradient_accumulation_steps,
+    { message: 'must equal per_device_train_batch_size x gradient_accumulation_steps', path: ['total_train_batch_size'] },
+  )
+  // TRL defines label smoothing for the robust loss only (and ignores it otherwise); refused, not ignored.
+  .refine((t) => t.label_smoothing === 0 || t.loss_type === 'robust', {
+    message: 'only loss_type "robust" takes label smoothing (as in TRL)',
+    path: ['label_smoothing'],
+  });
+
+export const EvaluateSchema = z.strictObject({
+  batch_size: z.int().positive().default(16).describe('pairs per forward pass'),
+  amber_suite: sourceUri
+    .optional()
+    .describe(
+      'AMBER-style yes/no hallucination suite: s3://bucket/prefix or a local folder holding Parquet with columns id, image, question, answer (yes|no), kind (existence|attribute|relation)',
+    ),
+  amber_questions_per_shard: z.int().positive().default(100).describe('questions per parallel scoring activity'),
+  generations: z.int().min(0).max(32).default(4).describe('held-out prompts answered greedily by base and DPO for the report'),
+  max_new_tokens: z.int().positive().max(256).default(16).describe('tokens per greedy answer'),
+  ort_threads: z.int().positive().max(64).default(1).describe('onnxruntime intra-op threads per scoring activity'),
+});
+
+export const QueuesSchema = z.strictObject({
+  cpu: z.string().min(1).default('dpo').describe('task queue of workflows and CPU stages'),
+  gpu: z.string().min(1).default('dpo-gpu').describe('task queue of the train stage'),
+});
+
+export const StorageSchema = z.strictObject({
+  bucket: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be a valid S3 bucket name')
+    .default('dpo')
+    .describe('bucket for stage outputs, checkpoints and reports (endpoint and keys come from the worker env)'),
+});
+
+/** One stage of a declared DAG (contracts/dag.ts plans and checks them). */
+const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|minutes?|hours?|days?)$/, 'must be a duration such as "30s", "10m" or "2h"');
+
+export const StageDeclSchema = z.strictObject({
+  id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)'),
+  kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
+  needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
+  params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
+  queue: z.string().min(1).optional().describe('task queue override'),
+  timeouts: z
+    .strictObject({ start_to_close: durationString.optional(), heartbeat: durationString.optional() })
+    .optional(),
+  retry: z
+    .strictObject({
+      maximum_attempts: z.int().positive().optional(),
+      initial_interval: durationString.optional(),
+      maximum_interval: durationString.optional(),
+    })
+    .optional(),
+});
+
+/**
+ * A sweep: dotted paths into the train section, each with the values to try. Only train settings
+ * can be swept, so every branch shares the data stages (their outputs are cached once).
+ */
+export const SweepSchema = z
+  .record(z.string(), z.array(z.union([z.number(), z.string(), z.boolean()])).min(1, 'list at least one value'))
+  .superRefine((sweep, ctx) => {
+    if (!Object.keys(sweep).length) ctx.addIssue({ code: 'custom', message: 'name at least one field, e.g. {"train.beta": [0.05, 0.1]}' });
+    for (const field of Object.keys(sweep)) {
+      const problem = sweepFieldProblem(field);
+      if (problem) ctx.addIssue({ code: 'custom', path: [field], message: problem });
+    }
+  });
+
+/** Why a sweep key is not a sweepable field, or null when it is (e.g. `train.beta`, `train.lora.r`). */
+export function sweepFieldProblem(field: string): string | null {
+  const [section, ...rest] = field.split('.');
+  const hint = `sweepable fields are train.<field>: ${Object.keys(TrainSchema.shape).join(', ')}`;
+  if (section !== 'train' || !rest.length) return `unknown sweep field "${field}": ${hint}`;
+  let shape: Record<string, z.ZodType> = TrainSchema.shape;
+  for (const [i, key] of rest.entries()) {
+    const node = shape[key];
+    if (!node) return `unknown sweep field "${field}": ${hint}`;
+    const inner = unwrapObject(node);
+    if (i < rest.length - 1) {
+      if (!inner) return `unknown sweep field "${field}": "${rest.slice(0, i + 1).join('.')}" has no sub-fields`;
+      shape = inner;
+    }
+  }
+  return null;
+}
+
+function unwrapObject(node: z.ZodType): Record<string, z.ZodType> | null {
+  let t: unknown = node;
+  for (let i = 0; i < 4 && t; i++) {
+    if (t instanceof z.ZodObject) return t.shape as Record<string, z.ZodType>;
+    t = (t as { def?: { innerType?: unknown } }).def?.innerType;
+  }
+  return null;
+}
+
+export const PipelineConfigSchema = z.strictObject({
+  name: safeName.describe('human name of the run; used in workflow ids'),
+  model: ModelSchema,
+  dataset: DatasetSchema,
+  format: FormatSchema.prefault({}),
+  tokenize: TokenizeSchema.prefault({}),
+  shard: ShardSchema.prefault({}),
+  train: TrainSchema.prefault({}),
+  evaluate: EvaluateSchema.prefault({}),
+  queues: QueuesSchema.prefault({}),
+  storage: StorageSchema.prefault({}),
+  resume_from_run: safeName
+    .optional()
+    .describe('id of an earlier run of this config: train stages continue from its newest complete checkpoints'),
+  // -- run lifecycle (issue 7): sweeps and schedule lineage --------------------------------------
+  sweep: SweepSchema.optional().describe(
+    'train settings to sweep, e.g. {"train.beta": [0.05, 0.1]}: one train (and evaluate) branch per combination, sharing the data stages',
+  ),
+  init_from: z
+    .union([z.literal('previous'), safeName])
+    .optional()
+    .describe(
+      'train stages start from an earlier adapter: "previous" (the last successful run of the schedule that started this run) or a run id',
+    ),
+  stages: z
+    .array(StageDeclSchema)
+    .min(1)
+    .optional()
+    .describe('the DAG of stages; without it: download -> format -> tokenize -> shard -> train -> evaluate -> report'),
+});
+
+export type PipelineConfigInput = z.input<typeof PipelineConfigSchema>;
+export type PipelineConfig = z.output<typeof PipelineConfigSchema>;
+export type TrainConfig = PipelineConfig['train'];
+
+export interface ConfigProblem {
+  /** Dotted path of the offending field, e.g. `train.beta`; `(root)` for the whole document. */
+  path: string;
+  message: string;
+}
+
+export type ConfigParseResult =
+  | { ok: true; config: PipelineConfig }
+  | { ok: false; problems: ConfigProblem[] };
+
+/** Validates raw input, collecting every problem instead of stopping at the first. */
+export function parsePipelineConfig(raw: unknown): ConfigParseResult {
+  const result = PipelineConfigSchema.safeParse(raw, { reportInput: true });
+  if (result.success) return { ok: true, config: result.data };
+  const problems = result.error.issues.map((issue) => ({
+    path: issue.path.length ? issue.path.join('.') : '(root)',
+    message: describeIssue(issue),
+  }));
+  return { ok: false, problems };
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') {
+    return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+  }
+  if (issue.code === 'invalid_type' && issue.input === undefined) return `required (expected ${issue.expected})`;
+  return issue.message;
+}
+
+export function formatConfigProblems(problems: ConfigProblem[]): string {
+  if (problems.length === 1) return `invalid pipeline config: ${problems[0]!.path}: ${problems[0]!.message}`;
+  const lines = problems.map((p) => `  - ${p.path}: ${p.message}`);
+  return `invalid pipeline config (${problems.length} problem${problems.length > 1 ? 's' : ''}):\n${lines.join('\n')}`;
+}
+
+/** The JSON Schema of what users may write, exported to configs/ for editors. */
+export function pipelineConfigJsonSchema(): object {
+  return z.toJSONSchema(PipelineConfigSchema, { io: 'input', unrepresentable: 'any' });
+}

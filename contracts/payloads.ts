@@ -1,0 +1,317 @@
+/**
+ * Payloads between stages: references to stored outputs plus small summaries, never data
+ * (DESIGN invariant 1). Pure types: shared by the workflow, the activities and the CLI.
+ */
+import type { PipelineConfig, TrainConfig } from './config.js';
+import type { StageKind } from './keys.js';
+import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
+import type { RunLineage } from './lineage.js';
+import type { SweepRow } from './sweep.js';
+import type { StageAttempts } from './attempts.js';
+
+/** What a data stage returns: where its output is and whether it was reused. */
+export interface StageResult {
+  kind: StageKind;
+  /** Hash of the stage's inputs; its output lives under stages/<kind>/<hash>/. */
+  hash: string;
+  manifestKey: string;
+  /** True when an earlier run had already produced this exact output. */
+  cached: boolean;
+  /** Small numbers for progress and the report (rows, dropped, tokens...). */
+  summary: Record<string, number | string>;
+}
+
+export interface StageInput {
+  bucket: string;
+  upstream: StageResult;
+}
+
+export interface DownloadInput {
+  bucket: string;
+  dataset: PipelineConfig['dataset'];
+}
+
+export interface FormatInput extends StageInput {
+  modelSource: string;
+  format: PipelineConfig['format'];
+  columns: PipelineConfig['dataset']['columns'];
+  splits: { train: string; eval: string };
+  limits: { train?: number; eval?: number };
+}
+
+/** One row range of one downloaded file: the unit format fans out over CPU workers. */
+export interface FormatChunkSpec {
+  split: string;
+  /** Position of the chunk in its split: parts are concatenated in this order. */
+  index: number;
+  fileKey: string;
+  sourcePath: string;
+  format: 'parquet' | 'jsonl';
+  /** Sample ids are `<idPrefix>-<row in file>`. */
+  idPrefix: string;
+  offset: number;
+  limit: number;
+}
+
+/** What `formatDataset` decides: the cached output, or the chunks to run then finish. */
+export interface FormatPlan {
+  hash: string;
+  imageLongestEdge: number;
+  cached?: StageResult;
+  chunks: FormatChunkSpec[];
+  /** Where the downloaded files are (JSONL rows name image files under it). */
+  filesPrefix?: string;
+}
+
+export interface FormatChunkInput {
+  bucket: string;
+  modelSource: string;
+  hash: string;
+  imageLongestEdge: number;
+  format: PipelineConfig['format'];
+  columns: PipelineConfig['dataset']['columns'];
+  filesPrefix?: string;
+  chunk: FormatChunkSpec;
+}
+
+export interface FormatChunkResult {
+  split: string;
+  index: number;
+  key: string;
+  inputRows: number;
+  rows: number;
+  dropped: Record<string, number>;
+  droppedExamples: Array<{ sampleId: string; reason: string; detail?: string }>;
+}
+
+export interface FormatFinishInput {
+  bucket: string;
+  hash: string;
+  imageLongestEdge: number;
+  format: PipelineConfig['format'];
+  splits: string[];
+  chunks: FormatChunkResult[];
+}
+
+export interface TokenizeInput extends StageInput {
+  modelSource: string;
+  tokenize: PipelineConfig['tokenize'];
+}
+
+/** What `tokenizeDataset` decides: the cached output, or the formatted parts to tokenize. */
+export interface TokenizePlan {
+  hash: string;
+  cached?: StageResult;
+  imageTokenCount: number;
+  splits: string[];
+  chunks: Array<{ split: string; index: number; key: string }>;
+}
+
+export interface TokenizeChunkInput {
+  bucket: string;
+  modelSource: string;
+  hash: string;
+  tokenize: PipelineConfig['tokenize'];
+  chunk: { split: string; index: number; key: string };
+}
+
+export interface TokenizeChunkResult {
+  split: string;
+  index: number;
+  key: string;
+  /** The formatted part these rows come from: it holds their images (token parts do not). */
+  formatKey: string;
+  /** Side file with the kept rows' prompt/chosen/rejected lengths, for the manifest's statistics. */
+  lengthsKey: string;
+  inputRows: number;
+  rows: number;
+  tokens: number;
+  truncated: number;
+  dropped: Record<string, number>;
+}
+
+export interface TokenizeFinishInput {
+  bucket: string;
+  hash: string;
+  imageTokenCount: number;
+  splits: string[];
+  chunks: TokenizeChunkResult[];
+}
+
+export interface ShardInput extends StageInput {
+  shard: PipelineConfig['shard'];
+}
+
+/** TRL's metric names, as the trainer reports them. */
+export type TrainMetrics = Record<string, number>;
+
+export interface TrainInput {
+  runId: string;
+  /** The train stage's id: its checkpoints and adapter live under runs/<runId>/<stageId>/. */
+  stageId: string;
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  trainSplit: string;
+  train: TrainConfig;
+  /** An earlier run whose checkpoints of this stage may be continued (resume). */
+  resumeFromRunId?: string;
+  /** A `reference` stage's output: precomputed reference log-probs (precompute_ref_log_probs). */
+  reference?: StageResult;
+  /**
+   * An adapter the trainer loads as its initial LoRA weights when there is no checkpoint to resume
+   * (`init_from`, issue 7): s3://<bucket>/<prefix> of a PEFT adapter folder.
+   */
+  initAdapter?: { bucket: string; prefix: string };
+}
+
+export interface ReferenceInput {
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  trainSplit: string;
+  batchSize: number;
+  /** The train stage's dtype: the reference is scored in the precision training would use. */
+  dtype: TrainConfig['dtype'];
+  /** Part of the cache key (the shards already depend on them through their own hash). */
+  lengths: PipelineConfig['tokenize'];
+}
+
+export interface TrainResult {
+  /** Where the adapter is: s3://<adapterBucket>/<adapterPrefix>. */
+  adapterBucket: string;
+  adapterPrefix: string;
+  finalStep: number;
+  checkpointKeys: string[];
+  resumedFromStep: number | null;
+  metrics: TrainMetrics;
+  trainSeconds: number;
+  /** Step metrics (TRL names) of every optimizer step so far, for learning curves: JSON [{step, epoch, metrics}]. */
+  stepMetricsKey?: string;
+  /** s3:// location of the adapter training started from (`init_from`), when there was one. */
+  initAdapter?: string;
+  /** Changes made after out-of-memory failures (the trainer's own backoff, then the workflow's), in order. */
+  replans?: string[];
+  /** The memory settings training finished with (they differ from the config after replans). */
+  finalMemorySettings?: { per_device_train_batch_size: number | 'auto'; gradient_accumulation_steps: number; gradient_checkpointing: boolean };
+  /** Segment activities, their attempts, preemptions and lost workers (contracts/attempts.ts). */
+  attempts?: StageAttempts;
+}
+
+export type { EvalMetrics } from './evalMetrics.js';
+
+export interface EvaluateInput {
+  runId: string;
+  stageId: string;
+  bucket: string;
+  modelSource: string;
+  shards: StageResult;
+  evalSplit: string;
+  adapterBucket: string;
+  adapterPrefix: string;
+  evaluate: PipelineConfig['evaluate'];
+  /** Thumbnail edge of the format stage, applied to the AMBER suite's images too. */
+  imageLongestEdge?: number;
+}
+
+/** What the evaluation fans out over: the ONNX exports and the shards to score with them. */
+export interface EvaluationPlan {
+  /** s3 prefixes (in `bucket`) of the two ONNX exports, each a folder with model.onnx. */
+  onnx: { base: string; trained: string };
+  /** True when the base model's export came from an earlier run (content-addressed). */
+  baseExportCached: boolean;
+  preferenceShards: Array<{ key: string; sha256: string; rows: number }>;
+  /** Row ranges of the AMBER suite file, one per scoring activity. */
+  amber: { key: string; ranges: Array<[start: number, end: number]> } | null;
+  imageLongestEdge: number;
+}
+
+export interface ScoreShardInput {
+  bucket: string;
+  modelSource: string;
+  onnx: EvaluationPlan['onnx'];
+  threads: number;
+  batchSize: number;
+}
+
+export interface GeneratedExample {
+  sampleId: string;
+  question: string;
+  /** The held-out pair's chosen answer, for reference. */
+  chosen: string;
+  base: string;
+  trained: string;
+  /** The (thumbnailed) image in storage, for the report. */
+  imageKey: string | null;
+}
+
+export interface EvaluateResult {
+  base: EvalMetrics;
+  trained: EvalMetrics;
+  /** AMBER-style yes/no metrics ("no" is the positive class), overall and per question kind. */
+  amber?: { base: Record<string, YesNoMetrics>; trained: Record<string, YesNoMetrics> };
+  generations?: GeneratedExample[];
+  metricsKey: string;
+  /** s3:// location of the adapter that was evaluated. */
+  adapter: string;
+  onnx?: EvaluationPlan['onnx'];
+  /** The base model's ONNX export was reused from an earlier run. */
+  baseExportCached?: boolean;
+  engine?: string;
+}
+
+/**
+ * One stage's line in the run's timeline. The attempt counts (contracts/attempts.ts) are set once the
+ * stage's activities report them: live for data stages, at the end for train stages.
+ */
+export interface StageTimeline extends Partial<StageAttempts> {
+  id: string;
+  kind: string;
+  needs: string[];
+  state: 'pending' | 'running' | 'done' | 'failed' | 'skipped';
+  cached?: boolean;
+  startedAt?: number;
+  finishedAt?: number;
+  error?: string;
+  /** Out-of-memory replans of a train stage. */
+  replans?: string[];
+}
+
+export interface ReportInput {
+  runId: string;
+  stageId: string;
+  bucket: string;
+  config: PipelineConfig;
+  /** Mermaid flowchart of the planned DAG. */
+  dagMermaid: string;
+  timeline: StageTimeline[];
+  dataStages: Record<string, StageResult>;
+  trainings: Record<string, TrainResult>;
+  /** The evaluations this report compares, by stage id. */
+  evaluations: Record<string, EvaluateResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
+}
+
+export interface ReportResult {
+  markdownKey: string;
+  htmlKey?: string;
+  jsonKey: string;
+  /** Written last: the report is final only when this exists. */
+  manifestKey?: string;
+}
+
+/** What dpoPipeline returns: every reference a user needs after the run, by stage id. */
+export interface PipelineResult {
+  runId: string;
+  bucket: string;
+  timeline: StageTimeline[];
+  dataStages: Record<string, StageResult>;
+  trainings: Record<string, TrainResult>;
+  evaluations: Record<string, EvaluateResult>;
+  reports: Record<string, ReportResult>;
+  /** A sweep's comparison table, one row per branch (issue 7). */
+  sweep?: SweepRow[];
+  /** Parent run, schedule, dataset revision, config hash (issue 7). */
+  lineage?: RunLineage;
+}
