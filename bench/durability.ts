@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { depsFromEnv } from '../io/deps.js';
-import { listFences } from '../bridge/fencing.js';
+import { listFences } from '../io/fencing.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
 import type { PipelineResult } from '../contracts/payloads.js';
 import { ensureTinyModel, publishFolder } from '../scripts/assets.js';
@@ -29,6 +29,7 @@ import { stackUp } from '../scripts/localStack.js';
 import { faultPipelineConfig, readEvents, startGpuWorker, trainerRuns, waitFor, workRoot } from '../test/faults/faultKit.js';
 import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
+import { PIPELINE_WORKFLOW } from '../contracts/messages.js';
 
 const { values } = parseArgs({ options: { kills: { type: 'string', default: '10' }, heartbeat: { type: 'string', default: '20s' } } });
 const KILLS = Number(values.kills);
@@ -57,7 +58,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
     datasetDir: dir, modelSource, queues, bucket: BUCKET, heartbeat: values.heartbeat,
     train: { epochs: 3, per_device_train_batch_size: 16, lora: { r: 16, alpha: 32 }, checkpoint_every_steps: 5, learning_rate: 0.001 },
   });
-  await client.workflow.execute('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-ckpt-${suffix}`, args: [config] });
+  await client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: queues.cpu, workflowId: `bench-ckpt-${suffix}`, args: [config] });
   gpu.child.kill('SIGTERM');
   await gpu.exited;
   const events = await readEvents(eventsFile);
@@ -85,7 +86,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
     datasetDir: dir, modelSource, queues, bucket: BUCKET, heartbeat: values.heartbeat,
     train: { epochs: 2, checkpoint_every_steps: every },
   });
-  const handle = await client.workflow.start('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-kill-${suffix}`, args: [config] });
+  const handle = await client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: queues.cpu, workflowId: `bench-kill-${suffix}`, args: [config] });
   const killedAt: number[] = [];
   for (let i = 0; i < KILLS; i++) {
     // Wait until the current trainer has done 2-6 steps, then kill its worker.

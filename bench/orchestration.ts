@@ -43,6 +43,7 @@ import { ensureDemoDataset, ensureTinyModel, publishFolder } from '../scripts/as
 import { stackUp } from '../scripts/localStack.js';
 import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers, WORKFLOWS_PATH } from '../worker/createWorkers.js';
+import { PIPELINE_WORKFLOW } from '../contracts/messages.js';
 
 const { values } = parseArgs({
   options: {
@@ -140,7 +141,7 @@ async function viaTemporal(i: number): Promise<ArmRun> {
   const running = Promise.all(workers.map((w) => w.run()));
   try {
     const t0 = performance.now();
-    const result: PipelineResult = await client.workflow.execute('dpoPipeline', { taskQueue: run.queues.cpu, workflowId: run.runId, args: [run.raw] });
+    const result: PipelineResult = await client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: run.queues.cpu, workflowId: run.runId, args: [run.raw] });
     const seconds = (performance.now() - t0) / 1000;
     const stageSeconds = Object.fromEntries(result.timeline.map((t) => [t.id, (t.finishedAt! - t.startedAt!) / 1000]));
     return { arm: 'temporal', seconds, fingerprint: fingerprintOf(result), stageSeconds };
@@ -186,7 +187,7 @@ async function direct(i: number): Promise<ArmRun> {
           {
             activityType: name,
             activityId: `${name}-${now}`,
-            workflowType: 'dpoPipeline',
+            workflowType: PIPELINE_WORKFLOW,
             workflowExecution: { workflowId: run.runId, runId: run.runId },
             taskQueue: run.queues.cpu,
             heartbeatTimeoutMs,

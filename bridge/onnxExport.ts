@@ -6,6 +6,7 @@
 import { access, mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { runTrainer, TrainerExit } from './trainerProcess.js';
+import { exitIsRetryable, trainerSaid } from './trainerFailure.js';
 
 /** The model could not be exported: names the stage and the model; retrying cannot help. */
 export class OnnxExportError extends Error {
@@ -45,7 +46,6 @@ export async function exportOnnx(req: ExportRequest): Promise<string> {
   await writeFile(configPath, JSON.stringify({ model_dir: req.modelDir, adapter_dir: req.adapterDir, out_dir: req.outDir }, null, 2));
   const outcome = await runTrainer({ pythonBin: req.pythonBin, module: 'dpo_trainer.export', configPath, signal: req.signal, onEvent: () => {} });
   if (outcome.exitCode === TrainerExit.Finished && (await isCompleteExport(req.outDir))) return req.outDir;
-  const said = outcome.error ? `${outcome.error.error_type}: ${outcome.error.message}` : outcome.stderrTail.slice(-800);
-  const retryable = outcome.exitCode !== TrainerExit.InvalidInput;
-  throw new OnnxExportError(req.stageId, req.modelLabel, said || `exporter exited with ${outcome.exitCode ?? outcome.signal}`, retryable);
+  const said = trainerSaid(outcome);
+  throw new OnnxExportError(req.stageId, req.modelLabel, said || `exporter exited with ${outcome.exitCode ?? outcome.signal}`, exitIsRetryable(outcome));
 }

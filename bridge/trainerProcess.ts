@@ -6,9 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { ApplicationFailure } from '@temporalio/common';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { REPO_ROOT } from '../io/deps.js';
+import { FailureType, nonRetryable } from '../contracts/errors.js';
 
 /** Exit statuses of the trainer (trainer/README.md). */
 export const TrainerExit = {
@@ -59,10 +59,10 @@ export function parseTrainerEvent(line: string): TrainerEvent | null {
     const specific = byEvent(String(event.event));
     const errors = specific && !specific(event) ? specific.errors : all.errors;
     // Version skew between the worker and the trainer: no retry can fix it.
-    throw ApplicationFailure.nonRetryable(
+    throw nonRetryable(
       `trainer emitted an event that breaks schemas/trainer-events.schema.json: ${line.slice(0, 300)} ` +
         `(${JSON.stringify(errors).slice(0, 600)})`,
-      'TrainerProtocolError',
+      FailureType.TrainerProtocolError,
     );
   }
   return event;

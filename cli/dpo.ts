@@ -30,11 +30,11 @@ import { parseS3Uri } from '../io/storage.js';
 import { attemptCells } from '../contracts/attempts.js';
 import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../contracts/config.js';
 import { storageRunId, type RunLineage } from '../contracts/lineage.js';
-import type { PipelineStatus } from '../workflows/pipeline.js';
 import { historyLog, renderLogLine } from './logs.js';
 import { ConfigFileError, checkConfig, connectClient, describeFailure, describeTrainProgress, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
 import { createSchedule, describeSchedule, listSchedules, overlapPolicy, ScheduleMissingError, withSchedule, type ScheduleSummary } from './schedules.js';
 import { renderSummary, webUiUrl } from './summary.js';
+import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../contracts/messages.js';
 
 const USAGE = `usage: dpo <run|status|list|logs|cancel|resume|schedule|stack|validate|config-json|schema|estimate|data> ...  (see the README)`;
 
@@ -189,7 +189,7 @@ async function status(args: string[]): Promise<number> {
   return withClient(async (client) => {
     const { handle, description } = await describeRun(client, runId);
     const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
-    const state = await handle.query<PipelineStatus>('status').catch(() => null);
+    const state = await handle.query(statusQuery).catch(() => null);
     const trainIds = state ? state.running.filter((id) => state.stages[id]?.kind === 'train') : [];
     const progress = description.status.name === 'RUNNING' ? [...(await trainProgress(handle, trainIds)).values()] : [];
     if (!state) {
@@ -234,7 +234,7 @@ async function list(args: string[]): Promise<number> {
   });
   // The same filters work in the Web UI's search box (contracts/lineage.ts names the attributes).
   const quote = (v: string) => `"${v.replace(/(["\\])/g, '\\$1')}"`;
-  const clauses = ["WorkflowType = 'dpoPipeline'"];
+  const clauses = [`WorkflowType = '${PIPELINE_WORKFLOW}'`];
   if (values.model) clauses.push(`DpoModel = ${quote(values.model)}`);
   if (values.dataset) clauses.push(`DpoDataset = ${quote(values.dataset)}`);
   if (values.schedule) clauses.push(`DpoSchedule = ${quote(values.schedule)}`);

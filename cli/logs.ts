@@ -5,7 +5,7 @@
  * besides the history, so this works for any run any worker executed.
  */
 import type { WorkflowHandle } from '@temporalio/client';
-import type { TrainProgress } from '../activities/training/train.js';
+import type { TrainProgress } from '../contracts/progress.js';
 
 export interface LogEntry {
   time: string;

@@ -12,9 +12,9 @@ import { causeMessages } from '../contracts/errors.js';
 import { expandSweep, SweepError } from '../contracts/sweep.js';
 import { trainingWorkflowId } from '../contracts/keys.js';
 import type { PipelineResult } from '../contracts/payloads.js';
-import type { TrainProgress } from '../activities/training/train.js';
+import type { TrainProgress } from '../contracts/progress.js';
 import { temporalEnv } from '../contracts/connection.js';
-import type { PipelineStatus } from '../workflows/pipeline.js';
+import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../contracts/messages.js';
 
 export class ConfigFileError extends Error {}
 
@@ -64,7 +64,7 @@ export function newRunId(name: string, now = new Date()): string {
 }
 
 export async function startPipeline(client: Client, raw: unknown, config: PipelineConfig, runId = newRunId(config.name)) {
-  return client.workflow.start('dpoPipeline', {
+  return client.workflow.start(PIPELINE_WORKFLOW, {
     args: [raw],
     taskQueue: config.queues.cpu,
     workflowId: runId,
@@ -86,7 +86,7 @@ export async function followPipeline(
   void result.finally(() => (done = true)).catch(() => {});
   while (!done) {
     try {
-      const status = await handle.query<PipelineStatus>('status');
+      const status = await handle.query(statusQuery);
       if (!plannedShown) {
         plannedShown = true;
         print(`  plan: ${status.plan.map((s) => (s.needs.length ? `${s.id}(<-${s.needs.join(',')})` : s.id)).join('  ')}`);

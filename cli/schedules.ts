@@ -10,6 +10,7 @@ import type { PipelineConfig } from '../contracts/config.js';
 import { isSafeKeySegment } from '../contracts/keys.js';
 import { SEARCH_ATTRIBUTES } from '../contracts/lineage.js';
 import { ConfigFileError } from './runPipeline.js';
+import { PIPELINE_WORKFLOW } from '../contracts/messages.js';
 
 export class ScheduleInputError extends ConfigFileError {}
 export class ScheduleMissingError extends Error {}
@@ -109,7 +110,7 @@ export async function createSchedule(client: Client, o: CreateScheduleOptions): 
       spec: o.cron ? { cronExpressions: [o.cron] } : { intervals: [{ every: parseDuration(o.every!) }] },
       action: {
         type: 'startWorkflow',
-        workflowType: 'dpoPipeline',
+        workflowType: PIPELINE_WORKFLOW,
         args: [o.raw],
         taskQueue: o.config.queues.cpu,
         // Temporal appends the scheduled time: `<id>-2026-11-28T03:00:00Z`.
@@ -145,7 +146,7 @@ export interface ScheduleSummary {
 export async function listSchedules(client: Client): Promise<ScheduleSummary[]> {
   const out: ScheduleSummary[] = [];
   for await (const s of client.schedule.list()) {
-    if (s.action?.type !== 'startWorkflow' || s.action.workflowType !== 'dpoPipeline') continue;
+    if (s.action?.type !== 'startWorkflow' || s.action.workflowType !== PIPELINE_WORKFLOW) continue;
     out.push(await describeSchedule(client, s.scheduleId));
   }
   return out;

@@ -1,6 +1,8 @@
 /**
- * Failure types, named by what the caller should do (DESIGN invariant 5). Activities raise
- * `ApplicationFailure`s with these types; retry policies list the non-retryable ones.
+ * Failure types, named by what the caller should do: fix the input, replan, or retry. Activities
+ * and the io/ helpers they call raise `ApplicationFailure`s with these types (through
+ * `nonRetryable` and `retryable` below, so no other module builds failures by hand); retry
+ * policies list the non-retryable ones.
  */
 import { ApplicationFailure } from '@temporalio/common';
 
@@ -17,6 +19,14 @@ export const FailureType = {
   OutOfMemory: 'OutOfMemory',
   /** SIGTERM reached the trainer and it checkpointed: retry anywhere, resume from there. */
   Preempted: 'Preempted',
+  /** The trainer process died without a typed error (crash, signal): retry anywhere. */
+  TrainerCrash: 'TrainerCrash',
+  /** A newer attempt holds the stage's fence: this one must stop publishing; Temporal retries it. */
+  FencedOut: 'FencedOut',
+  /** The trainer's events break the shared schema: the worker and trainer versions disagree. */
+  TrainerProtocolError: 'TrainerProtocolError',
+  /** Storage or the Hub answered with a transient error: retry. */
+  Transient: 'Transient',
 } as const;
 export type FailureType = (typeof FailureType)[keyof typeof FailureType];
 
@@ -27,7 +37,18 @@ export const NON_RETRYABLE_FAILURES: FailureType[] = [
   FailureType.ModelLoadError,
   FailureType.InvalidInput,
   FailureType.OutOfMemory,
+  FailureType.TrainerProtocolError,
 ];
+
+/** A failure no retry can fix, typed by what the user must change. */
+export function nonRetryable(message: string, type: FailureType, ...details: unknown[]): ApplicationFailure {
+  return ApplicationFailure.nonRetryable(message, type, ...details);
+}
+
+/** A failure the activity's retry policy retries (a crash, a preemption, a transient error). */
+export function retryable(message: string, type: FailureType = FailureType.Transient): ApplicationFailure {
+  return ApplicationFailure.retryable(message, type);
+}
 
 /** Messages of an error and of each of its causes, outermost first (Temporal nests failures). */
 export function causeMessages(err: unknown): string[] {

@@ -6,7 +6,8 @@ import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
 import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
 import type { RunLineage } from './lineage.js';
-import type { SweepRow } from './sweep.js';
+import type { TrainingControl } from './progress.js';
+import type { Interruptions } from './attempts.js';
 import type { StageAttempts } from './attempts.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
@@ -143,7 +144,8 @@ export interface ShardInput extends StageInput {
 }
 
 /** TRL's metric names, as the trainer reports them. */
-export type TrainMetrics = Record<string, number>;
+export type { TrainMetrics } from './progress.js';
+import type { TrainMetrics } from './progress.js';
 
 export interface TrainInput {
   runId: string;
@@ -163,6 +165,40 @@ export interface TrainInput {
    * (`init_from`, issue 7): s3://<bucket>/<prefix> of a PEFT adapter folder.
    */
   initAdapter?: { bucket: string; prefix: string };
+}
+
+/**
+ * One segment of a training run: from the newest usable checkpoint up to the next multiple of
+ * `segmentSteps` (or to the end). Its heartbeats carry the step and the newest checkpoint key.
+ */
+export interface TrainSegmentInput extends TrainInput {
+  /** Steps per segment; null: one epoch's worth. Segment ends are aligned to multiples of it. */
+  segmentSteps: number | null;
+  /** The workflow whose `trainingControl` query steers this segment (pause, checkpoint interval). */
+  controlWorkflowId?: string;
+  control?: TrainingControl;
+}
+
+export interface TrainSegmentResult {
+  /** True when training finished: the adapter is stored. False: a segment ended at `step`. */
+  done: boolean;
+  step: number;
+  totalSteps: number | null;
+  checkpointKey: string | null;
+  checkpointKeys: string[];
+  resumedFromStep: number | null;
+  metrics: TrainMetrics;
+  trainSeconds: number;
+  adapterBucket?: string;
+  adapterPrefix?: string;
+  /** Step metrics of every optimizer step so far (learning curves in the report). */
+  stepMetricsKey?: string;
+  /** s3:// location of the adapter training started from (`init_from`), when there was one. */
+  initAdapter?: string;
+  /** How this segment's earlier attempts ended (preempted, worker lost, failed). */
+  interruptions: Interruptions;
+  /** The trainer's own out-of-memory backoff in this segment: the settings it ended with. */
+  backoff?: { micro_batch: number; grad_accum: number; gradient_checkpointing: boolean };
 }
 
 export interface ReferenceInput {
@@ -315,3 +351,24 @@ export interface PipelineResult {
   /** Parent run, schedule, dataset revision, config hash (issue 7). */
   lineage?: RunLineage;
 }
+
+/** A value a sweep tries for one field. */
+export type SweepValue = number | string | boolean;
+
+/** One row of the comparison table that ends a sweep. */
+export interface SweepRow {
+  branch: string;
+  values: Record<string, SweepValue>;
+  trainStage: string;
+  evaluateStage?: string;
+  finalStep?: number;
+  /** Final training metrics (TRL names). */
+  loss?: number;
+  trainRewardAccuracy?: number;
+  /** Held-out preference accuracy of the trained model, and of the base model. */
+  heldOutAccuracy?: number;
+  baseAccuracy?: number;
+  rewardMargin?: number;
+  adapter?: string;
+}
+

@@ -8,9 +8,10 @@
 import type { PipelineConfig } from './config.js';
 import { STAGE_KINDS, type StageDecl, type StageKindName } from './dag.js';
 import { isSafeKeySegment } from './keys.js';
-import type { EvaluateResult, TrainResult } from './payloads.js';
+import type { EvaluateResult, SweepRow, TrainResult } from './payloads.js';
 
-export type SweepValue = number | string | boolean;
+export type { SweepRow, SweepValue } from './payloads.js';
+import type { SweepValue } from './payloads.js';
 
 export interface SweepBranch {
   /** Short, storage-safe label, e.g. `beta-0.05`; branch stage ids are `<stage id>-<label>`. */
@@ -108,23 +109,6 @@ function branchLabels(combos: Array<Record<string, SweepValue>>): string[] {
   );
   const ok = new Set(readable).size === readable.length && readable.every((l) => l.length <= 60 && /^[A-Za-z0-9._-]+$/.test(l));
   return ok ? readable : combos.map((_, i) => `b${i + 1}`);
-}
-
-/** One row of the comparison table that ends a sweep. */
-export interface SweepRow {
-  branch: string;
-  values: Record<string, SweepValue>;
-  trainStage: string;
-  evaluateStage?: string;
-  finalStep?: number;
-  /** Final training metrics (TRL names). */
-  loss?: number;
-  trainRewardAccuracy?: number;
-  /** Held-out preference accuracy of the trained model, and of the base model. */
-  heldOutAccuracy?: number;
-  baseAccuracy?: number;
-  rewardMargin?: number;
-  adapter?: string;
 }
 
 /** The comparison table's rows, from the branches and whatever their stages produced. */

@@ -12,21 +12,9 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import * as arrow from 'apache-arrow';
 import sharp from 'sharp';
-import { readParquetTable, tableFromColumns, writeParquetTable } from '../io/parquet.js';
+import { AMBER_KINDS, amberToParquet, type AmberQuestion } from '../io/amberSuite.js';
 import { COLOURS, COLUMNS, rng, randomScene, sceneSvg, SHAPES, type Colour, type PlacedShape } from './demoShapes.js';
-
-export const AMBER_KINDS = ['existence', 'attribute', 'relation'] as const;
-export type AmberKind = (typeof AMBER_KINDS)[number];
-
-export interface AmberQuestion {
-  id: string;
-  image: { bytes: Uint8Array; path: string };
-  question: string;
-  answer: 'yes' | 'no';
-  kind: AmberKind;
-}
 
 /** Objects that never appear in a demo scene: asking about them probes hallucination. */
 const NEVER_DRAWN = ['dog', 'car', 'cat', 'tree', 'person'];
@@ -76,39 +64,9 @@ export async function generateAmberSuite(count: number, seed: number): Promise<A
   return out;
 }
 
+export { AMBER_KINDS, amberFromParquet, amberToParquet, type AmberKind, type AmberQuestion } from '../io/amberSuite.js';
+
 export const AMBER_FILE = 'amber/amber-00000-of-00001.parquet';
-
-export function amberToParquet(questions: AmberQuestion[]): Uint8Array {
-  const str = (values: unknown[]) => ({ type: new arrow.Utf8(), values });
-  const imageType = new arrow.Struct([new arrow.Field('bytes', new arrow.Binary(), true), new arrow.Field('path', new arrow.Utf8(), true)]);
-  return writeParquetTable(
-    tableFromColumns({
-      id: str(questions.map((q) => q.id)),
-      image: { type: imageType, values: questions.map((q) => q.image) },
-      question: str(questions.map((q) => q.question)),
-      answer: str(questions.map((q) => q.answer)),
-      kind: str(questions.map((q) => q.kind)),
-    }),
-  );
-}
-
-/** Reads a suite file; every row is checked, and a bad one is named with its field. */
-export function amberFromParquet(bytes: Uint8Array, source: string): AmberQuestion[] {
-  const table = readParquetTable(bytes);
-  for (const column of ['id', 'image', 'question', 'answer', 'kind']) {
-    if (!table.schema.fields.some((f) => f.name === column)) throw new Error(`${source}: no column "${column}" (expected id, image, question, answer, kind)`);
-  }
-  return table.toArray().map((row: Record<string, unknown>, i) => {
-    const r = row as { id: string; image: { bytes: Uint8Array; path: string } | null; question: string; answer: string; kind: string };
-    const where = `${source} row ${i} (id ${String(r.id)})`;
-    if (r.answer !== 'yes' && r.answer !== 'no') throw new Error(`${where}: answer must be "yes" or "no", got ${JSON.stringify(r.answer)}`);
-    if (!AMBER_KINDS.includes(r.kind as AmberKind)) throw new Error(`${where}: kind must be one of ${AMBER_KINDS.join(', ')}, got ${JSON.stringify(r.kind)}`);
-    const image = r.image as unknown as { toJSON?: () => unknown } | null;
-    const plain = (image && typeof image.toJSON === 'function' ? image.toJSON() : image) as { bytes: Uint8Array; path: string } | null;
-    if (!plain?.bytes?.length) throw new Error(`${where}: image has no bytes`);
-    return { id: String(r.id), image: { bytes: plain.bytes, path: plain.path }, question: String(r.question), answer: r.answer, kind: r.kind as AmberKind };
-  });
-}
 
 export async function writeAmberSuite(outDir: string, count: number, seed: number): Promise<string> {
   const path = join(outDir, AMBER_FILE);

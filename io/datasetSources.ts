@@ -6,16 +6,14 @@
  * is what gets listed, downloaded and recorded). HF_TOKEN and HF_ENDPOINT come from the worker's
  * environment only.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { ApplicationFailure } from '@temporalio/activity';
 import { datasetInfo, downloadFile, listFiles } from '@huggingface/hub';
-import { FailureType } from '../contracts/errors.js';
-import { listFilesRecursive, parseS3Uri, type Storage } from './storage.js';
+import { FailureType, nonRetryable, retryable } from '../contracts/errors.js';
+import { listFilesRecursive, sha256File } from './files.js';
+import { parseS3Uri, type Storage } from './storage.js';
 
 export interface SourceFile {
   /** Path relative to the source root, with "/" separators. */
@@ -69,7 +67,7 @@ class LocalSource implements DatasetSource {
   async listFiles(): Promise<SourceFile[]> {
     const info = await stat(this.root).catch(() => null);
     if (!info?.isDirectory()) {
-      throw ApplicationFailure.nonRetryable(
+      throw nonRetryable(
         `dataset.source "${this.uri}": no such folder on worker ${process.env.HOSTNAME ?? ''} (resolved to ${this.root})`.trim(),
         FailureType.InvalidConfig,
       );
@@ -92,7 +90,7 @@ class LocalSource implements DatasetSource {
 export function parseHubUri(uri: string): { name: string; revision: string } {
   const m = /^hf:\/\/(?:datasets\/)?([A-Za-z0-9][\w.-]*\/[\w.-]+)(?:@([\w./-]+))?\/?$/.exec(uri);
   if (!m) {
-    throw ApplicationFailure.nonRetryable(
+    throw nonRetryable(
       `dataset.source "${uri}": expected hf://owner/name or hf://owner/name@revision`,
       FailureType.InvalidConfig,
     );
@@ -118,7 +116,7 @@ class HubSource implements DatasetSource {
     } catch (err) {
       throw hubFailure(uri, err);
     }
-    if (!sha) throw ApplicationFailure.retryable(`dataset.source "${uri}": the Hub returned no commit sha for revision "${revision}"`);
+    if (!sha) throw retryable(`dataset.source "${uri}": the Hub returned no commit sha for revision "${revision}"`);
     return new HubSource(uri, name, sha, hub, storage);
   }
 
@@ -141,7 +139,7 @@ class HubSource implements DatasetSource {
         throw hubFailure(this.uri, err);
       },
     );
-    if (!blob) throw ApplicationFailure.retryable(`dataset.source "${this.uri}": ${file.path} vanished from revision ${this.revision}`);
+    if (!blob) throw retryable(`dataset.source "${this.uri}": ${file.path} vanished from revision ${this.revision}`);
     // Streamed: a multi-GB Parquet file goes to storage in parts, never whole in memory.
     const body = Readable.fromWeb(blob.stream() as WebReadableStream<Uint8Array>);
     await this.storage.client.putObject(bucket, key, body, file.size);
@@ -154,15 +152,9 @@ function hubFailure(uri: string, err: unknown): Error {
   const message = `dataset.source "${uri}": ${(err as Error).message}`;
   if (status === 401 || status === 403 || status === 404) {
     const hint = status === 404 ? ' (no such dataset or revision, or a gated/private one without HF_TOKEN)' : ' (set HF_TOKEN in the worker environment)';
-    return ApplicationFailure.nonRetryable(message + hint, FailureType.InvalidConfig);
+    return nonRetryable(message + hint, FailureType.InvalidConfig);
   }
-  return ApplicationFailure.retryable(message);
-}
-
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
+  return retryable(message);
 }
 
 /**

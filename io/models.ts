@@ -5,8 +5,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { ApplicationFailure } from '@temporalio/activity';
-import { FailureType } from '../contracts/errors.js';
+import { FailureType, nonRetryable } from '../contracts/errors.js';
 import type { ActivityDeps } from './deps.js';
 import { parseS3Uri } from './storage.js';
 
@@ -14,7 +13,7 @@ const COMPLETE_MARKER = '.dpo-complete';
 
 export async function stageModel(deps: ActivityDeps, source: string, only?: (file: string) => boolean): Promise<string> {
   if (source.startsWith('hf://')) {
-    throw ApplicationFailure.nonRetryable(
+    throw nonRetryable(
       `model.source "${source}": Hugging Face Hub sources are not supported by this version; use s3:// or a local folder`,
       FailureType.InvalidConfig,
     );
@@ -22,7 +21,7 @@ export async function stageModel(deps: ActivityDeps, source: string, only?: (fil
   if (!source.startsWith('s3://')) {
     const dir = resolve(source.startsWith('file://') ? source.slice('file://'.length) : source);
     if (!(await stat(dir).catch(() => null))?.isDirectory()) {
-      throw ApplicationFailure.nonRetryable(`model.source "${source}": no such folder (${dir})`, FailureType.ModelLoadError);
+      throw nonRetryable(`model.source "${source}": no such folder (${dir})`, FailureType.ModelLoadError);
     }
     return dir;
   }
@@ -31,7 +30,7 @@ export async function stageModel(deps: ActivityDeps, source: string, only?: (fil
     (o) => !only || only(o.key.slice(prefix.length)),
   );
   if (!objects.some((o) => o.key.endsWith('config.json'))) {
-    throw ApplicationFailure.nonRetryable(
+    throw nonRetryable(
       `model.source "${source}": no model files there (expected config.json and weights saved by save_pretrained)`,
       FailureType.ModelLoadError,
     );

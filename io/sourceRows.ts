@@ -10,10 +10,9 @@ import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as arrow from 'apache-arrow';
-import { ApplicationFailure } from '@temporalio/activity';
 import { ParquetFile } from 'parquet-wasm';
 import type { PipelineConfig } from '../contracts/config.js';
-import { FailureType } from '../contracts/errors.js';
+import { FailureType, nonRetryable } from '../contracts/errors.js';
 import type { ActivityDeps } from './deps.js';
 
 export type ColumnMapping = PipelineConfig['dataset']['columns'];
@@ -102,7 +101,7 @@ export async function readRowRange(range: ReadRange, columns: ColumnMapping): Pr
 const ROLES = ['image', 'question', 'chosen', 'rejected'] as const;
 
 function missingColumn(sourcePath: string, role: (typeof ROLES)[number], columns: ColumnMapping, present: string[]) {
-  return ApplicationFailure.nonRetryable(
+  return nonRetryable(
     `dataset file "${sourcePath}" has no column "${columns[role]}" (dataset.columns.${role}); ` +
       `its columns are: ${present.join(', ') || '(none)'}`,
     FailureType.InvalidDataset,

@@ -35,13 +35,8 @@ function sortedReplacer(_key: string, value: unknown): unknown {
   }
   return value;
 }
-
-export interface StageManifestBase {
-  kind: StageKind;
-  hash: string;
-  createdAt: string;
-  summary: Record<string, number | string>;
-}
+export type { StageManifestBase } from '../contracts/manifests.js';
+import type { StageManifestBase } from '../contracts/manifests.js';
 
 /**
  * Returns the stored output for `hash` if complete, else runs `produce` (which writes its files

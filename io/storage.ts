@@ -3,10 +3,11 @@
  * the worker's environment only (DESIGN invariant 2): they never enter a payload or a log line.
  */
 import { createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, stat } from 'node:fs/promises';
-import { dirname, join, relative, sep } from 'node:path';
+import { mkdir, rename, stat } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Client, CopyDestinationOptions, CopySourceOptions } from 'minio';
+import { listFilesRecursive } from './files.js';
 
 export interface StorageEnv {
   endpoint: string;
@@ -155,19 +156,6 @@ export class Storage {
     for (const rel of ordered) await this.putFile(bucket, prefix + rel, join(dir, ...rel.split('/')));
     return ordered;
   }
-}
-
-export async function listFilesRecursive(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  async function walk(d: string) {
-    for (const entry of await readdir(d, { withFileTypes: true })) {
-      const p = join(d, entry.name);
-      if (entry.isDirectory()) await walk(p);
-      else if (entry.isFile()) out.push(relative(dir, p).split(sep).join('/'));
-    }
-  }
-  if ((await stat(dir).catch(() => null))?.isDirectory()) await walk(dir);
-  return out.sort();
 }
 
 function isNotFound(err: unknown): boolean {

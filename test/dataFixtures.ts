@@ -10,6 +10,7 @@ import { tableFromColumns, writeParquetTable } from '../io/parquet.js';
 import type { PipelineConfigInput } from '../contracts/config.js';
 import type { PipelineResult } from '../contracts/payloads.js';
 import { uniqueId, type TestStack } from './harness.js';
+import { PIPELINE_WORKFLOW } from '../contracts/messages.js';
 
 const svg = (w: number, h: number, fill: string) =>
   Buffer.from(`<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}"><rect width="${w}" height="${h}" fill="#eee"/><rect x="2" y="2" width="${w / 2}" height="${h / 2}" fill="${fill}"/></svg>`);
@@ -100,5 +101,5 @@ export function dataConfig(stack: TestStack, modelSource: string, source: string
 }
 
 export async function runPipeline(stack: TestStack, config: PipelineConfigInput): Promise<PipelineResult> {
-  return stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: uniqueId('data'), args: [config] });
+  return stack.client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: stack.queues.cpu, workflowId: uniqueId('data'), args: [config] });
 }

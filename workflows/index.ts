@@ -1,10 +1,4 @@
-// The worker's workflowsPath: every workflow type the `dpo` queue serves.
-export { dpoPipeline, statusQuery } from './pipeline.js';
-export {
-  dpoTraining,
-  pauseTrainingSignal,
-  resumeTrainingSignal,
-  setCheckpointIntervalSignal,
-  trainingControlQuery,
-  trainingStatusQuery,
-} from './training.js';
+// The worker's workflowsPath: every workflow type the `dpo` queue serves. Their queries and
+// signals are defined once in contracts/messages.ts.
+export { dpoPipeline } from './pipeline.js';
+export { dpoTraining } from './training.js';

@@ -8,7 +8,7 @@
  * Orchestration only: every stage is an activity (workflows/stageRunners.ts), payloads are object
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
-import { ApplicationFailure, defineQuery, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
 import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
@@ -19,22 +19,14 @@ import { causeMessages, FailureType } from '../contracts/errors.js';
 import { isSafeKeySegment } from '../contracts/keys.js';
 import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
-import { pauseTrainingSignal, resumeTrainingSignal, setCheckpointIntervalSignal, trainingReplannedSignal } from './training.js';
-
-export interface PipelineStatus {
-  runId: string;
-  name: string;
-  /** The planned DAG: stages in dependency order with what they need. */
-  plan: Array<{ id: string; kind: string; needs: string[] }>;
-  mermaid: string;
-  /** Ids of the stages running now. */
-  running: string[];
-  /** Training controls in force (signals pauseTraining / resumeTraining / setCheckpointInterval). */
-  training?: { paused: boolean; checkpointEverySteps: number | null };
-  stages: Record<string, StageTimeline & { summary?: Record<string, number | string> }>;
-}
-
-export const statusQuery = defineQuery<PipelineStatus>('status');
+import {
+  pauseTrainingSignal,
+  resumeTrainingSignal,
+  setCheckpointIntervalSignal,
+  statusQuery,
+  trainingReplannedSignal,
+  type PipelineStatus,
+} from '../contracts/messages.js';
 
 export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   const config = validateInput(input);

@@ -16,8 +16,6 @@ import {
   ApplicationFailure,
   condition,
   continueAsNew,
-  defineQuery,
-  defineSignal,
   getExternalWorkflowHandle,
   log,
   proxyActivities,
@@ -26,12 +24,21 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { GpuActivities } from '../activities/index.js';
-import type { TrainingControl, TrainSegmentResult } from '../activities/training/train.js';
+import {
+  pauseTrainingSignal,
+  resumeTrainingSignal,
+  setCheckpointIntervalSignal,
+  trainingControlQuery,
+  trainingReplannedSignal,
+  trainingStatusQuery,
+  type ReplanNotice,
+} from '../contracts/messages.js';
+import type { TrainingControl } from '../contracts/progress.js';
 import type { TrainConfig } from '../contracts/config.js';
 import { addAttempt, emptyAttempts, type StageAttempts } from '../contracts/attempts.js';
 import { FailureType, hasFailureType } from '../contracts/errors.js';
 import { oomGiveUpMessage, replanAfterOom } from '../contracts/policies.js';
-import type { TrainInput, TrainMetrics, TrainResult } from '../contracts/payloads.js';
+import type { TrainInput, TrainMetrics, TrainResult, TrainSegmentResult } from '../contracts/payloads.js';
 
 export interface TrainingInput {
   train: TrainInput;
@@ -57,35 +64,6 @@ interface TrainingCarried {
   /** Segment attempts, preemptions, lost workers (optional: state carried by an older version). */
   attempts?: StageAttempts;
 }
-
-export interface TrainingStatus {
-  stageId: string;
-  step: number;
-  totalSteps: number | null;
-  segments: number;
-  paused: boolean;
-  checkpointEverySteps: number;
-  checkpointKey: string | null;
-  replans: string[];
-  /** 'auto' until the trainer has picked it (per_device_train_batch_size: auto). */
-  microBatch: number | 'auto';
-  gradientAccumulation: number;
-  gradientCheckpointing: boolean;
-  attempts: StageAttempts;
-}
-
-export interface ReplanNotice {
-  stageId: string;
-  change: string;
-}
-
-export const trainingStatusQuery = defineQuery<TrainingStatus>('trainingStatus');
-export const trainingControlQuery = defineQuery<TrainingControl>('trainingControl');
-export const pauseTrainingSignal = defineSignal('pauseTraining');
-export const resumeTrainingSignal = defineSignal('resumeTraining');
-export const setCheckpointIntervalSignal = defineSignal<[number]>('setCheckpointInterval');
-/** Sent by a training child to its pipeline on every out-of-memory replan. */
-export const trainingReplannedSignal = defineSignal<[ReplanNotice]>('trainingReplanned');
 
 /** Segments per workflow run before continue-as-new (each adds ~10 history events). */
 const DEFAULT_SEGMENTS_PER_RUN = 50;

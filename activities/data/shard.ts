@@ -13,22 +13,10 @@ import type { ShardInput, StageResult } from '../../contracts/payloads.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import { IMAGE_COLUMN_OPTIONS, readParquetTable, writeParquetTable } from '../../io/parquet.js';
 import { progress } from '../heartbeat.js';
-import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
+import { findCachedStage, stageHash, writeStageManifest } from '../../io/stageCache.js';
+import type { ShardEntry, ShardManifest } from '../../contracts/manifests.js';
 import type { TokenizeManifest } from './tokenize.js';
-
-export interface ShardEntry {
-  key: string;
-  rows: number;
-  tokens: number;
-  bytes: number;
-  sha256: string;
-  firstSampleId: string;
-  lastSampleId: string;
-}
-
-export interface ShardManifest extends StageManifestBase {
-  splits: Record<string, { rows: number; tokens: number; shards: ShardEntry[] }>;
-}
+export type { ShardEntry, ShardManifest } from '../../contracts/manifests.js';
 
 const TOKEN_COLUMNS = ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids'] as const;
 

@@ -17,7 +17,7 @@ import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { amberFromParquet, amberToParquet, type AmberQuestion } from '../../datagen/amber.js';
+import { amberFromParquet, amberToParquet, type AmberQuestion } from '../../io/amberSuite.js';
 import { FailureType } from '../../contracts/errors.js';
 import {
   addAmberCounts,
@@ -45,18 +45,10 @@ import { listToNumbers, readParquetTable } from '../../io/parquet.js';
 import type { ShardManifest } from '../data/shard.js';
 import { runCachedStage, stageHash } from '../../io/stageCache.js';
 import { parseS3Uri } from '../../io/storage.js';
+import { listFilesRecursive } from '../../io/files.js';
+import { withHeartbeat } from '../heartbeat.js';
+import { modelFingerprint } from '../../io/fingerprint.js';
 
-const HEARTBEAT_EVERY_MS = 5_000;
-
-/** Heartbeats on a timer while `body` runs: exports and model loading outlast a heartbeat timeout. */
-async function withHeartbeat<T>(details: Record<string, unknown>, body: () => Promise<T>): Promise<T> {
-  const ticker = setInterval(() => heartbeat(details), HEARTBEAT_EVERY_MS);
-  try {
-    return await body();
-  } finally {
-    clearInterval(ticker);
-  }
-}
 
 const exportFailure = (err: unknown): never => {
   if (err instanceof OnnxExportError) {
@@ -148,7 +140,7 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
   } else {
     const root = source.startsWith('file://') ? source.slice('file://'.length) : source;
     const info = await stat(root).catch(() => null);
-    const paths = info?.isDirectory() ? (await listFiles(root)).filter((p) => p.endsWith('.parquet')) : info ? [root] : [];
+    const paths = info?.isDirectory() ? (await listFilesRecursive(root)).filter((p) => p.endsWith('.parquet')).map((p) => join(root, p)) : info ? [root] : [];
     for (const p of paths) files.push({ name: p, bytes: await readFile(p) });
   }
   if (!files.length) {
@@ -401,27 +393,6 @@ export async function finishEvaluation(
   const { metricsKey: _key, ...stored } = result;
   await deps.storage.putJson(input.bucket, result.metricsKey, stored);
   return result;
-}
-
-/** A model folder's content fingerprint: its files' relative paths and sha256s. */
-async function modelFingerprint(dir: string): Promise<string> {
-  const hash = createHash('sha256');
-  for (const path of (await listFiles(dir)).sort()) {
-    const rel = relative(dir, path);
-    if (rel.startsWith('.dpo-')) continue;
-    hash.update(rel).update('\0').update(sha256(await readFile(path))).update('\0');
-  }
-  return hash.digest('hex');
-}
-
-async function listFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) out.push(...(await listFiles(path)));
-    else if (entry.isFile()) out.push(path);
-  }
-  return out;
 }
 
 /** Half the processor's longest edge, as the format stage defaults it. */

@@ -16,7 +16,7 @@ import type { GeneratedExample, ReportInput, ReportResult } from '../../contract
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
 import { renderSweepTable } from '../../contracts/sweep.js';
 import type { ActivityDeps } from '../../io/deps.js';
-import type { StepRecord } from '../training/train.js';
+import type { StepRecord } from '../../contracts/progress.js';
 
 export const REPORT_MANIFEST_FORMAT = 'dpo-report/1';
 

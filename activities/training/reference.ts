@@ -19,22 +19,18 @@ import { MANIFEST_FILE } from '../../contracts/keys.js';
 import type { ReferenceInput, StageResult } from '../../contracts/payloads.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import { stageModel } from '../../io/models.js';
-import { runCachedStage, stageHash, type StageManifestBase } from '../../io/stageCache.js';
-import { stageShards } from './train.js';
+import { runCachedStage, stageHash } from '../../io/stageCache.js';
+import type { ReferenceManifest } from '../../contracts/manifests.js';
+import { stageShards } from '../../io/staging.js';
+import { modelFingerprint } from '../../io/fingerprint.js';
 import { runTrainer, TrainerExit } from '../../bridge/trainerProcess.js';
-
-export interface ReferenceManifest extends StageManifestBase {
-  /** Key prefix of the trainer's output folder (ref_logps.parquet + its manifest.json). */
-  logpsPrefix: string;
-  files: string[];
-  samples: number;
-}
+import { trainerFailure } from '../../bridge/trainerFailure.js';
+import { withHeartbeat } from '../heartbeat.js';
 
 export async function computeReference(deps: ActivityDeps, input: ReferenceInput): Promise<StageResult> {
   const ctx = Context.current();
   const progress = { phase: 'staging', samplesDone: 0, samples: 0 };
-  const ticker = setInterval(() => heartbeat(progress), 5_000);
-  try {
+  return withHeartbeat(progress, async () => {
     const modelDir = await stageModel(deps, input.modelSource);
     const hash = stageHash('reference', {
       model: await modelFingerprint(modelDir),
@@ -72,14 +68,7 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
             }
           },
         });
-        if (outcome.exitCode !== TrainerExit.Finished || !finished) {
-          const said = outcome.error ? `${outcome.error.error_type}: ${outcome.error.message}` : outcome.stderrTail.slice(-800);
-          if (outcome.exitCode === TrainerExit.InvalidInput) {
-            const type = outcome.error?.error_type === 'ModelLoadError' ? FailureType.ModelLoadError : FailureType.InvalidInput;
-            throw ApplicationFailure.nonRetryable(`reference refused its input: ${said}`, type);
-          }
-          throw ApplicationFailure.retryable(`reference exited with ${outcome.exitCode ?? outcome.signal}: ${said}`, 'TrainerCrash');
-        }
+        if (outcome.exitCode !== TrainerExit.Finished || !finished) throw trainerFailure(outcome, 'reference');
         progress.phase = 'uploading';
         const logpsPrefix = `${prefix}logps/`;
         // The trainer's manifest goes last, under logps/, so it never shadows the stage manifest.
@@ -94,49 +83,6 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
         await rm(dir, { recursive: true, force: true });
       }
     });
-  } finally {
-    clearInterval(ticker);
-  }
+  });
 }
 
-/**
- * Downloads a reference stage's output for the train activity; returns the local parquet paths
- * (each beside the trainer's manifest.json, which the trainer verifies).
- */
-export async function stageReference(deps: ActivityDeps, bucket: string, manifestKey: string, dir: string): Promise<string[]> {
-  const manifest = await deps.storage.getJson<ReferenceManifest>(bucket, manifestKey);
-  await rm(dir, { recursive: true, force: true });
-  await deps.storage.downloadPrefix(bucket, manifest.logpsPrefix, dir);
-  return manifest.files.map((f) => join(dir, f));
-}
-
-/**
- * Identifies the base model's content. Staged s3:// models live in a folder named by the hash of
- * their objects' etags; a local folder is hashed file by file (names and bytes).
- */
-export async function modelFingerprint(modelDir: string): Promise<string> {
-  const staged = stagedModelFingerprint(modelDir);
-  if (staged) return staged;
-  const digest = createHash('sha256');
-  for (const file of (await listFiles(modelDir)).sort()) {
-    digest.update(`${file}\0`);
-    for await (const chunk of createReadStream(join(modelDir, file))) digest.update(chunk as Buffer);
-  }
-  return digest.digest('hex').slice(0, 32);
-}
-
-function stagedModelFingerprint(modelDir: string): string {
-  // stageModel's cache: <workDir>/models/<24-hex fingerprint of the source objects>.
-  const name = basename(modelDir);
-  return basename(join(modelDir, '..')) === 'models' && /^[0-9a-f]{24}$/.test(name) ? `s3:${name}` : '';
-}
-
-async function listFiles(root: string, dir = root): Promise<string[]> {
-  const out: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) out.push(...(await listFiles(root, path)));
-    else if (entry.isFile() && !entry.name.startsWith('.dpo-')) out.push(relative(root, path));
-  }
-  return out;
-}

@@ -10,74 +10,23 @@ import { ApplicationFailure, Context, heartbeat, log } from '@temporalio/activit
 import { countInterruptions, type AttemptMark, type Interruptions } from '../../contracts/attempts.js';
 import { FailureType, hasFailureType } from '../../contracts/errors.js';
 import { fenceName, keys, MANIFEST_FILE, parseFencedCheckpointName } from '../../contracts/keys.js';
-import type { TrainInput, TrainMetrics, TrainResult } from '../../contracts/payloads.js';
+import type { TrainInput, TrainMetrics, TrainResult, TrainSegmentInput, TrainSegmentResult } from '../../contracts/payloads.js';
+import type { StepRecord, TrainingControl, TrainProgress } from '../../contracts/progress.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import { resumeChain } from '../run/lineage.js';
-import { AttemptFence, FENCED_OUT, listFences, publishedWhileCurrent } from '../../bridge/fencing.js';
+import { AttemptFence, listFences, publishedWhileCurrent } from '../../io/fencing.js';
 import { stageModel } from '../../io/models.js';
-import { stageReference } from './reference.js';
-import type { ShardManifest } from '../data/shard.js';
-import { listFilesRecursive } from '../../io/storage.js';
+import { listFilesRecursive } from '../../io/files.js';
+import { stageInitAdapter, stageReference, stageShards } from '../../io/staging.js';
+import { stageNewestCheckpoint, withStorageRetries } from '../../io/checkpoints.js';
 import { runTrainer, TrainerExit, type TrainerEvent } from '../../bridge/trainerProcess.js';
+import { trainerFailure } from '../../bridge/trainerFailure.js';
+import { startHeartbeatTicker } from '../heartbeat.js';
+import { trainingControlQuery } from '../../contracts/messages.js';
 
-const HEARTBEAT_EVERY_MS = 5_000;
+/** How often a running segment reads its controls: as often as it heartbeats. */
+const CONTROL_POLL_MS = 5_000;
 
-
-/**
- * What the activity heartbeats: enough for progress displays and for the next attempt (where to
- * resume; how the earlier attempts ended, contracts/attempts.ts).
- */
-export interface TrainProgress extends AttemptMark {
-  stageId: string;
-  step: number;
-  /** Pairs per optimizer step (micro-batch x accumulation), for ETAs. */
-  stepSamples: number;
-  totalSteps: number | null;
-  metrics: TrainMetrics;
-  samplesPerSecond?: number;
-  checkpointKey: string | null;
-  phase: 'staging' | 'loading' | 'training' | 'uploading';
-}
-
-/** Live settings the training workflow hands to a running segment (README "Durability"). */
-export interface TrainingControl {
-  paused: boolean;
-  checkpoint_every_steps: number;
-}
-
-/**
- * One segment of a training run: from the newest usable checkpoint up to the next multiple of
- * `segmentSteps` (or to the end). Its heartbeats carry the step and the newest checkpoint key.
- */
-export interface TrainSegmentInput extends TrainInput {
-  /** Steps per segment; null: one epoch's worth. Segment ends are aligned to multiples of it. */
-  segmentSteps: number | null;
-  /** The workflow whose `trainingControl` query steers this segment (pause, checkpoint interval). */
-  controlWorkflowId?: string;
-  control?: TrainingControl;
-}
-
-export interface TrainSegmentResult {
-  /** True when training finished: the adapter is stored. False: a segment ended at `step`. */
-  done: boolean;
-  step: number;
-  totalSteps: number | null;
-  checkpointKey: string | null;
-  checkpointKeys: string[];
-  resumedFromStep: number | null;
-  metrics: TrainMetrics;
-  trainSeconds: number;
-  adapterBucket?: string;
-  adapterPrefix?: string;
-  /** Step metrics of every optimizer step so far (learning curves in the report). */
-  stepMetricsKey?: string;
-  /** s3:// location of the adapter training started from (`init_from`), when there was one. */
-  initAdapter?: string;
-  /** How this segment's earlier attempts ended (preempted, worker lost, failed). */
-  interruptions: Interruptions;
-  /** The trainer's own out-of-memory backoff in this segment: the settings it ended with. */
-  backoff?: { micro_batch: number; grad_accum: number; gradient_checkpointing: boolean };
-}
 
 export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): Promise<TrainSegmentResult> {
   const ctx = Context.current();
@@ -100,8 +49,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     prior: countInterruptions(ctx.info.attempt, ctx.info.heartbeatDetails),
   };
   // Heartbeat on a timer too: model loading can outlast the heartbeat timeout on its own.
-  const every = Math.min(HEARTBEAT_EVERY_MS, (ctx.info.heartbeatTimeoutMs ?? 4 * HEARTBEAT_EVERY_MS) / 4);
-  const ticker = setInterval(() => heartbeat(progress), every);
+  const stopTicker = startHeartbeatTicker(progress);
   // Our own abort: cancellation, a newer attempt (fenced out), or a failed upload stop the trainer.
   const stop = new AbortController();
   const onCancel = () => {
@@ -125,9 +73,9 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     const shardPaths = await stageShards(deps, bucket, input.shards.manifestKey, input.trainSplit);
     // This run's own checkpoints first (a retried attempt, an earlier segment), then those of the
     // run it resumes, and that run's own resume parents (resuming a resumed run).
-    let resume = await stageNewestCheckpoint(deps, bucket, runId, input.stageId, join(attemptDir, 'resume'));
+    let resume = await stageNewestCheckpoint(deps, { bucket, runId, stageId: input.stageId, dir: join(attemptDir, 'resume'), warn: (message, fields) => log.warn(message, fields) });
     for (const earlier of input.resumeFromRunId && !resume ? await resumeChain(deps, bucket, input.resumeFromRunId) : []) {
-      resume = await stageNewestCheckpoint(deps, bucket, earlier, input.stageId, join(attemptDir, 'resume'));
+      resume = await stageNewestCheckpoint(deps, { bucket, runId: earlier, stageId: input.stageId, dir: join(attemptDir, 'resume'), warn: (message, fields) => log.warn(message, fields) });
       if (resume) break;
     }
     if (resume) {
@@ -154,10 +102,10 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       controlTimer = setInterval(() => {
         ctx.client.workflow
           .getHandle(workflowId)
-          .query<TrainingControl>('trainingControl')
+          .query(trainingControlQuery)
           .then((c) => control.update({ paused: c.paused, checkpoint_every_steps: c.checkpoint_every_steps }))
           .catch(() => {}); // no CPU worker answering right now: keep the last settings
-      }, every);
+      }, Math.min(CONTROL_POLL_MS, (ctx.info.heartbeatTimeoutMs ?? 4 * CONTROL_POLL_MS) / 4));
     }
 
     const checkpointKeys: string[] = [];
@@ -218,7 +166,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
                 // Fenced out, or storage gone for longer than the retries: stop here; the next
                 // attempt resumes from the newest published checkpoint.
                 uploadError = err;
-                stop.abort(hasFailureType(err, FENCED_OUT) ? 'kill' : 'checkpoint');
+                stop.abort(hasFailureType(err, FailureType.FencedOut) ? 'kill' : 'checkpoint');
               }
             });
             break;
@@ -269,7 +217,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       await rm(attemptDir, { recursive: true, force: true });
       return { done: false, step: preemptedAt, metrics: progress.metrics, ...common };
     }
-    if (outcome.exitCode !== TrainerExit.Finished || !finished) throw failureFor(outcome);
+    if (outcome.exitCode !== TrainerExit.Finished || !finished) throw trainerFailure(outcome, 'trainer');
     progress.phase = 'uploading';
     const adapterDir = finished.adapter_path as string;
     const finalDir = join(adapterDir, '..');
@@ -292,7 +240,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     heartbeat(progress);
     throw err;
   } finally {
-    clearInterval(ticker);
+    stopTicker();
     clearInterval(controlTimer);
     ctx.cancellationSignal.removeEventListener('abort', onCancel);
   }
@@ -337,17 +285,6 @@ async function publishCheckpoint(deps: ActivityDeps, bucket: string, dir: string
   await withStorageRetries(() => deps.storage.putJson(bucket, prefix + MANIFEST_FILE, { ...manifest, fence: { token: fence.token, attempt } }));
 }
 
-/** Storage restarts take seconds: retry a few times before failing the attempt (retryable). */
-async function withStorageRetries<T>(op: () => Promise<T>, tries = 6): Promise<T> {
-  for (let i = 1; ; i++) {
-    try {
-      return await op();
-    } catch (err) {
-      if (i >= tries || hasFailureType(err, FENCED_OUT)) throw err;
-      await new Promise((r) => setTimeout(r, 500 * 2 ** i));
-    }
-  }
-}
 
 
 function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[], initAdapter: string | null = null) {
@@ -384,121 +321,6 @@ function trainerConfig(input: TrainInput, modelDir: string, shards: string[], ou
   };
 }
 
-/** Maps the trainer's exit status to a failure typed by what the workflow should do. */
-function failureFor(outcome: Awaited<ReturnType<typeof runTrainer>>): Error {
-  const said = outcome.error ? `${outcome.error.error_type}: ${outcome.error.message}` : outcome.stderrTail.trim().split('\n').slice(-5).join('\n');
-  switch (outcome.exitCode) {
-    case TrainerExit.Preempted:
-      return ApplicationFailure.retryable('trainer was preempted and saved a checkpoint; resuming elsewhere', FailureType.Preempted);
-    case TrainerExit.OutOfMemory:
-      return ApplicationFailure.nonRetryable(`trainer ran out of memory after its own backoff: ${said}`, FailureType.OutOfMemory, outcome.error);
-    case TrainerExit.InvalidInput: {
-      const type = outcome.error?.error_type === 'ModelLoadError' ? FailureType.ModelLoadError : FailureType.InvalidInput;
-      return ApplicationFailure.nonRetryable(`trainer refused its input: ${said}`, type);
-    }
-    default:
-      return ApplicationFailure.retryable(
-        `trainer exited with ${outcome.exitCode ?? `signal ${outcome.signal}`}: ${said}`,
-        'TrainerCrash',
-      );
-  }
-}
-
-/** init_from (issue 7): downloads the adapter folder training starts from. */
-async function stageInitAdapter(deps: ActivityDeps, from: { bucket: string; prefix: string }, dir: string): Promise<string> {
-  await rm(dir, { recursive: true, force: true });
-  const files = await deps.storage.downloadPrefix(from.bucket, from.prefix, dir);
-  if (!files.some((f) => f.endsWith('adapter_config.json'))) {
-    throw ApplicationFailure.nonRetryable(`init_from: s3://${from.bucket}/${from.prefix} holds no PEFT adapter (adapter_config.json)`, FailureType.InvalidConfig);
-  }
-  return dir;
-}
-
-/** Downloads the split's shards into a content-addressed local cache, checking their sha256. */
-export async function stageShards(deps: ActivityDeps, bucket: string, manifestKey: string, split: string): Promise<string[]> {
-  const manifest = await deps.storage.getJson<ShardManifest>(bucket, manifestKey);
-  const entry = manifest.splits[split];
-  if (!entry) throw ApplicationFailure.nonRetryable(`shard manifest has no split "${split}"`, FailureType.InvalidDataset);
-  const paths: string[] = [];
-  for (const shard of entry.shards) {
-    const path = join(deps.workDir, 'shards', `${shard.sha256}.parquet`);
-    const ok = await readFile(path).then((b) => sha256(b) === shard.sha256, () => false);
-    if (!ok) {
-      await deps.storage.downloadFile(bucket, shard.key, path);
-      if (sha256(await readFile(path)) !== shard.sha256) {
-        await rm(path, { force: true });
-        throw ApplicationFailure.retryable(`shard ${shard.key} failed its sha256 check after download`);
-      }
-    }
-    paths.push(path);
-  }
-  return paths;
-}
-
-interface CheckpointManifest {
-  step: number;
-  files: Array<{ path: string; sha256: string }>;
-}
-
-/**
- * The newest checkpoint whose manifest exists, whose files match it, and which its attempt
- * published while it still held the stage's fence (bridge/fencing.ts). Anything newer but
- * incomplete (no manifest, a truncated file) or written by a fenced-out attempt is skipped.
- */
-export async function stageNewestCheckpoint(
-  deps: ActivityDeps,
-  bucket: string,
-  runId: string,
-  stageId: string,
-  dir: string,
-): Promise<{ step: number; key: string; dir: string } | null> {
-  const checkpointsPrefix = keys.checkpointsPrefix(runId, stageId);
-  const [objects, fences] = await Promise.all([
-    deps.storage.list(bucket, checkpointsPrefix),
-    listFences(deps.storage, bucket, runId, stageId),
-  ]);
-  const complete = objects
-    .filter((o) => o.key.endsWith(`/${MANIFEST_FILE}`))
-    .map((o) => ({ prefix: o.key.slice(0, -MANIFEST_FILE.length), writtenAt: o.lastModified?.getTime() }))
-    .map((c) => ({ ...c, name: parseFencedCheckpointName(c.prefix.split('/').at(-2) ?? '') }))
-    .filter((c): c is typeof c & { name: { step: number; token: number | null } } => c.name !== undefined)
-    .sort((a, b) => b.name.step - a.name.step || (b.name.token ?? 0) - (a.name.token ?? 0));
-  for (const candidate of complete) {
-    if (!publishedWhileCurrent(candidate.name.token, candidate.writtenAt, fences)) {
-      log.warn('skipping a checkpoint published after a newer attempt took over', { key: candidate.prefix });
-      continue;
-    }
-    const local = join(dir, `step-${candidate.name.step}`);
-    await rm(local, { recursive: true, force: true });
-    await withStorageRetries(() => deps.storage.downloadPrefix(bucket, candidate.prefix, local));
-    if (await checkpointIntact(local)) return { step: candidate.name.step, key: candidate.prefix, dir: local };
-    log.warn('skipping a checkpoint whose files do not match its manifest', { key: candidate.prefix });
-  }
-  return null;
-}
-
-async function checkpointIntact(dir: string): Promise<boolean> {
-  try {
-    const manifest = JSON.parse(await readFile(join(dir, MANIFEST_FILE), 'utf8')) as CheckpointManifest;
-    for (const file of manifest.files) {
-      if (sha256(await readFile(join(dir, file.path))) !== file.sha256) return false;
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function sha256(buf: Buffer): string {
-  return createHash('sha256').update(buf).digest('hex');
-}
-
-/** One optimizer step's metrics, as the trainer's `step` event reports them. */
-export interface StepRecord {
-  step: number;
-  epoch: number;
-  metrics: TrainMetrics;
-}
 
 /** The stored curve of the first of `candidates` that exists, cut at the resumed step. */
 async function loadStepHistory(storage: ActivityDeps['storage'], bucket: string, candidates: string[], upToStep: number): Promise<StepRecord[]> {

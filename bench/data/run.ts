@@ -29,6 +29,7 @@ import { ColumnMappingSchema, FormatSchema, type PipelineConfigInput } from '../
 import type { PipelineResult } from '../../contracts/payloads.js';
 import { temporalEnv } from '../../contracts/connection.js';
 import { ensureBenchDataset } from './generate.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 const exec = promisify(execFile);
 
@@ -172,7 +173,7 @@ async function runNode(datasetDir: string, workers: number): Promise<{ seconds: 
   // MinIO is the stack's shared server (other users' requests count too): reported apart.
   const minioPid = await minioProcess();
   const minio = minioPid ? sampleTreeRss(minioPid, { cpuSinceStart: true }) : null;
-  const result: PipelineResult = await client.workflow.execute('dpoPipeline', { taskQueue: queues.cpu, workflowId: `bench-data-${suffix}`, args: [config] });
+  const result: PipelineResult = await client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: queues.cpu, workflowId: `bench-data-${suffix}`, args: [config] });
   // Peaks of the processes need not coincide: their sum is an upper bound of the true peak.
   const peakRss = (await Promise.all(samplers.map((s) => s.stop()))).reduce((a, b) => a + b, 0);
   const at = Object.fromEntries(result.timeline.map((t) => [t.id, t]));

@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import type { TrainResult } from '../../contracts/payloads.js';
 import { uniqueId } from '../harness.js';
 import { readEvents, stopWorker, useFaultSuite, waitFor } from './faultKit.js';
+import { PIPELINE_WORKFLOW, setCheckpointIntervalSignal, trainingStatusQuery } from '../../contracts/messages.js';
 
 const suite = useFaultSuite();
 
@@ -29,15 +30,15 @@ describe('continue-as-new of the training workflow', () => {
     const config = suite.config({ segment_steps: 4, segments_per_workflow_run: 1, checkpoint_every_steps: 4 });
     const runId = uniqueId('faults-can');
     const childId = `${runId}.train.train`;
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
 
     // Once the child has continued as new, change the checkpoint interval through the pipeline:
     // the signal must reach the new run and the segments after it.
     await waitFor(async () => (await runsOf(childId)).length >= 2, 240_000, 'the first continue-as-new');
     const signalledAtStep = Math.max(0, ...(await readEvents(eventsFile)).filter((e) => e.event === 'step').map((e) => e.step!));
-    await handle.signal('setCheckpointInterval', 2);
+    await handle.signal(setCheckpointIntervalSignal, 2);
     // The pipeline forwards it to the child's current run (by workflow id, so any run).
-    const status = () => suite.stack.client.workflow.getHandle(childId).query<{ checkpointEverySteps: number; segments: number }>('trainingStatus');
+    const status = () => suite.stack.client.workflow.getHandle(childId).query(trainingStatusQuery);
     await waitFor(async () => (await status()).checkpointEverySteps === 2, 15_000, 'the interval to reach the current run');
     expect((await status()).segments).toBeGreaterThanOrEqual(1); // carried from the run before
 

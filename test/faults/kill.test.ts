@@ -20,6 +20,7 @@ import {
   waitFor,
   workRoot,
 } from './faultKit.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 const EVERY = 3; // checkpoint interval (steps)
 const STEPS = 16; // 64 pairs / micro-batch 4
@@ -37,7 +38,7 @@ describe('fault injection: lost and preempted GPU workers', () => {
   it('an uninterrupted run (the reference)', async () => {
     const suffix = randomBytes(3).toString('hex');
     const w = await gpuWorker(`ref-${suffix}`, join(suite.datasetDir, `ref-${suffix}.jsonl`));
-    reference = await suite.stack.client.workflow.execute('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-ref'), args: [config()] });
+    reference = await suite.stack.client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-ref'), args: [config()] });
     await stopWorker(w);
     expect(reference.trainings.train!.finalStep).toBe(STEPS);
   });
@@ -48,7 +49,7 @@ describe('fault injection: lost and preempted GPU workers', () => {
     const eventsFile = join(suite.datasetDir, `kill-${suffix}.jsonl`);
     const runId = uniqueId('faults-kill');
     let worker = await gpuWorker(workName, eventsFile);
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
     const kills: Array<{ newestPublished: number }> = [];
     // Targets stay clear of the segment ends (steps 8 and 16): a trainer that reaches its segment's
     // end exits normally, and a kill just after would hit a worker with no trainer running.
@@ -96,7 +97,7 @@ describe('fault injection: lost and preempted GPU workers', () => {
     const eventsFile = join(suite.datasetDir, `term-${suffix}.jsonl`);
     const runId = uniqueId('faults-term');
     let worker = await gpuWorker(`term-${suffix}`, eventsFile);
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
     await waitFor(async () => trainerRuns(await readEvents(eventsFile)).some((r) => r.lastStep >= 4), 180_000, 'step 4');
     worker.child.kill('SIGTERM');
     expect(await worker.exited).toBe(0); // drained: the activity reported before the worker exited

@@ -7,10 +7,9 @@ import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { describe, expect, it } from 'vitest';
-import { listFences, publishedWhileCurrent } from '../../bridge/fencing.js';
+import { listFences, publishedWhileCurrent } from '../../io/fencing.js';
 import { MANIFEST_FILE } from '../../contracts/keys.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
-import type { PipelineStatus } from '../../workflows/pipeline.js';
 import { TEST_BUCKET, uniqueId } from '../harness.js';
 import {
   publishedCheckpoints,
@@ -22,6 +21,7 @@ import {
   waitFor,
   workRoot,
 } from './faultKit.js';
+import { PIPELINE_WORKFLOW, statusQuery } from '../../contracts/messages.js';
 
 const suite = useFaultSuite();
 
@@ -37,7 +37,7 @@ describe('fault injection: memory, storage and zombies', () => {
     const t = tag();
     const worker = await gpuWorker(`oom-${t}`, join(suite.datasetDir, `oom-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '1' });
     const runId = uniqueId('faults-oom');
-    const result: PipelineResult = await suite.stack.client.workflow.execute('dpoPipeline', {
+    const result: PipelineResult = await suite.stack.client.workflow.execute(PIPELINE_WORKFLOW, {
       taskQueue: suite.stack.queues.cpu,
       workflowId: runId,
       args: [config({ per_device_train_batch_size: 2, gradient_accumulation_steps: 2, segment_steps: null })],
@@ -48,7 +48,7 @@ describe('fault injection: memory, storage and zombies', () => {
     expect(train.finalMemorySettings).toEqual({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4, gradient_checkpointing: false });
     expect(train.replans).toEqual(['trainer backed off in process: micro-batch 2 -> 1, gradient accumulation 2 -> 4']);
     // The replan is in the pipeline's status and in the training child's history.
-    const status = await suite.stack.client.workflow.getHandle(runId).query<PipelineStatus>('status');
+    const status = await suite.stack.client.workflow.getHandle(runId).query(statusQuery);
     expect(status.stages.train!.replans).toEqual(train.replans);
     const events = (await suite.stack.client.workflow.getHandle(`${runId}.train.train`).fetchHistory()).events ?? [];
     const signalled = events
@@ -61,7 +61,7 @@ describe('fault injection: memory, storage and zombies', () => {
     const t = tag();
     const worker = await gpuWorker(`oom0-${t}`, join(suite.datasetDir, `oom0-${t}.jsonl`), { DPO_FAULT_OOM_ABOVE_MICRO_BATCH: '0' });
     const err = await suite.stack.client.workflow
-      .execute('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-oom0'), args: [config({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4 })] })
+      .execute(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-oom0'), args: [config({ per_device_train_batch_size: 1, gradient_accumulation_steps: 4 })] })
       .catch((e: unknown) => e);
     await stopWorker(worker);
     expect(err).toBeInstanceOf(WorkflowFailedError);
@@ -78,7 +78,7 @@ describe('fault injection: memory, storage and zombies', () => {
     const eventsFile = join(suite.datasetDir, `corrupt-${t}.jsonl`);
     const runId = uniqueId('faults-corrupt');
     let worker = await gpuWorker(`corrupt-${t}`, eventsFile);
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
     // Checkpoints 3, 6, 9 are published ... then the worker is killed.
     await waitFor(async () => (await publishedCheckpoints(suite.stack.deps, TEST_BUCKET, runId, 'train')).some((c) => c.step === 9), 180_000, 'checkpoint 9');
     worker.child.kill('SIGKILL');
@@ -105,7 +105,7 @@ describe('fault injection: memory, storage and zombies', () => {
     const runId = uniqueId('faults-zombie');
     // Slow steps, so its trainer is still mid-run when the worker wakes up.
     const zombie = await gpuWorker(`zombie-${t}`, join(suite.datasetDir, `zombie-${t}.jsonl`), { DPO_FAULT_SLEEP_PER_STEP: '3' });
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ segment_steps: null })] });
     await waitFor(async () => trainerRuns(await readEvents(join(suite.datasetDir, `zombie-${t}.jsonl`))).some((r) => r.lastStep >= 2), 180_000, 'step 2');
     const zombieFence = (await listFences(suite.stack.deps.storage, TEST_BUCKET, runId, 'train')).at(-1)!.token;
     const zombieTrainers = await trainerPids(workRoot(`zombie-${t}`));

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { REPO_ROOT } from '../../io/deps.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 // Before anything reads them: workers, clients, storage and the stack script use these.
 const suffix = randomBytes(3).toString('hex');
@@ -69,7 +70,7 @@ describe('fault injection: service restarts (private stack)', () => {
     gpu = await startGpuWorker({ queues: stack.queues, workDir: workRoot(`restart-${suffix}`), eventsFile, env: { DPO_FAULT_SLEEP_PER_STEP: '0.5' } });
     const runId = uniqueId('faults-restart');
     const config = faultPipelineConfig({ datasetDir, modelSource, queues: stack.queues, bucket: TEST_BUCKET, train: { checkpoint_every_steps: 3 } });
-    await stack.client.workflow.start('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId: runId, args: [config] });
+    await stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: stack.queues.cpu, workflowId: runId, args: [config] });
     await waitFor(async () => trainerRuns(await readEvents(eventsFile)).some((r) => r.lastStep >= 2), 180_000, 'step 2');
     await restart('temporal', 2_000);
     // Next checkpoint written by the trainer: MinIO goes away while it is being uploaded.

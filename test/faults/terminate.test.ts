@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { uniqueId } from '../harness.js';
 import { readEvents, stopWorker, trainerPids, trainerRuns, useFaultSuite, waitFor, workRoot } from './faultKit.js';
+import { PIPELINE_WORKFLOW, pauseTrainingSignal, resumeTrainingSignal, setCheckpointIntervalSignal, trainingStatusQuery } from '../../contracts/messages.js';
 
 const suite = useFaultSuite();
 
@@ -18,20 +19,20 @@ describe('pausing a run and changing its checkpoint interval', () => {
     const w = await suite.startWorker(`pause-${t}`, eventsFile, { DPO_FAULT_SLEEP_PER_STEP: '0.5' });
     const config = suite.config({ checkpoint_every_steps: 5 });
     const runId = uniqueId('faults-pause');
-    const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config] });
     const steps = async () => (await readEvents(eventsFile)).filter((e) => e.event === 'step').map((e) => e.step!);
     await waitFor(async () => (await steps()).length >= 2, 180_000, 'step 2');
-    await handle.signal('pauseTraining');
-    await handle.signal('setCheckpointInterval', 2);
+    await handle.signal(pauseTrainingSignal);
+    await handle.signal(setCheckpointIntervalSignal, 2);
     // The segment reads the controls every few seconds; then no step runs while paused.
     await new Promise((r) => setTimeout(r, 8_000));
     const pausedAt = (await steps()).length;
     await new Promise((r) => setTimeout(r, 6_000));
     expect((await steps()).length).toBe(pausedAt);
     expect(pausedAt).toBeLessThan(16);
-    const status = await suite.stack.client.workflow.getHandle(`${runId}.train.train`).query<{ paused: boolean; checkpointEverySteps: number }>('trainingStatus');
+    const status = await suite.stack.client.workflow.getHandle(`${runId}.train.train`).query(trainingStatusQuery);
     expect(status).toMatchObject({ paused: true, checkpointEverySteps: 2 });
-    await handle.signal('resumeTraining');
+    await handle.signal(resumeTrainingSignal);
     const result = (await handle.result()) as { trainings: Record<string, { finalStep: number }> };
     await stopWorker(w);
     expect(result.trainings.train!.finalStep).toBe(16);
@@ -52,7 +53,7 @@ describe('fault injection: stopping a run', () => {
     // Default heartbeat timeout (20 s): what a user gets.
     const config = suite.config({ checkpoint_every_steps: 3 }, '20s');
     for (const [i, how] of (['terminate', 'cancel'] as const).entries()) {
-      const handle = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId(`faults-${how}`), args: [config] });
+      const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId(`faults-${how}`), args: [config] });
       await waitFor(async () => (trainerRuns(await readEvents(eventsFile))[i]?.lastStep ?? 0) >= 1, 180_000, 'training');
       const stoppedAt = Date.now();
       if (how === 'terminate') await handle.terminate('test');
@@ -62,7 +63,7 @@ describe('fault injection: stopping a run', () => {
       expect(Date.now() - stoppedAt).toBeLessThan(25_000);
     }
     // The single slot is free: the next run trains right away.
-    const next = await suite.stack.client.workflow.start('dpoPipeline', { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-next'), args: [config] });
+    const next = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: uniqueId('faults-next'), args: [config] });
     const startedAt = Date.now();
     await waitFor(async () => trainerRuns(await readEvents(eventsFile)).length === 3, 120_000, 'the next run to train');
     const waited = (Date.now() - startedAt) / 1000;

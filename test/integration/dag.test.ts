@@ -11,8 +11,8 @@ import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
-import type { PipelineStatus } from '../../workflows/pipeline.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { PIPELINE_WORKFLOW, TRAINING_WORKFLOW, statusQuery } from '../../contracts/messages.js';
 
 let stack: TestStack;
 let datasetDir: string;
@@ -56,7 +56,7 @@ describe('a DAG with two branches, one failing', () => {
 
   beforeAll(async () => {
     failure = await stack.client.workflow
-      .execute('dpoPipeline', {
+      .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
         workflowId: runId,
         args: [
@@ -76,7 +76,7 @@ describe('a DAG with two branches, one failing', () => {
 
   it('fails the run naming the failed stage, after the other branch finished', async () => {
     expect(failure).toBeInstanceOf(WorkflowFailedError);
-    const status = await stack.client.workflow.getHandle(runId).query<PipelineStatus>('status');
+    const status = await stack.client.workflow.getHandle(runId).query(statusQuery);
     const states = Object.fromEntries(Object.entries(status.stages).map(([id, s]) => [id, s.state]));
     expect(states).toEqual({
       download: 'done', format: 'done', tokenize: 'done', shard: 'done',
@@ -105,7 +105,7 @@ describe('a DAG with two branches, one failing', () => {
       const id = Number(e.eventId);
       // Each train stage is a dpoTraining child workflow (workflows/training.ts).
       const attrs = e.startChildWorkflowExecutionInitiatedEventAttributes;
-      if (attrs?.workflowType?.name === 'dpoTraining') {
+      if (attrs?.workflowType?.name === TRAINING_WORKFLOW) {
         const input = JSON.parse(Buffer.from(attrs.input!.payloads![0]!.data!).toString()) as { train: { stageId: string } };
         scheduled.set(id, input.train.stageId);
       }
@@ -125,7 +125,7 @@ describe('planning errors', () => {
   it('fail the run before anything starts, naming the stage', async () => {
     const workflowId = uniqueId('dag-bad-plan');
     const err = await stack.client.workflow
-      .execute('dpoPipeline', {
+      .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
         workflowId,
         args: [dagConfig([...dataStages, { id: 'train', kind: 'train', needs: ['format'] }, { id: 'loop', kind: 'report', needs: ['loop'] }])],

@@ -22,6 +22,7 @@ import type { ShardManifest } from '../../activities/data/shard.js';
 import { truncateSample, type TokenizeManifest } from '../../activities/data/tokenize.js';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 import { dataConfig, runPipeline } from '../dataFixtures.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 
@@ -238,7 +239,7 @@ describe('fan-out', () => {
       const workflowId = uniqueId('fanout');
       const started = Date.now() - 1000;
       const config = dataConfig(stack, inject('modelSource'), dir, { format: { image_longest_edge: 48, chunk_rows: 4 } });
-      const result: PipelineResult = await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config] });
+      const result: PipelineResult = await stack.client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: stack.queues.cpu, workflowId, args: [config] });
       const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
       const chunks = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'formatChunk');
       expect(chunks.length).toBe(18);

@@ -18,6 +18,7 @@ import type { DownloadManifest } from '../../activities/data/download.js';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { dataConfig, runPipeline } from '../dataFixtures.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 const TOKEN = 'hf_test_secret_token_0123456789';
 const MAIN_SHA = 'a'.repeat(40);
@@ -144,7 +145,7 @@ describe('hf:// dataset sources', () => {
   it('resolves the revision to a commit sha, records it, and retried downloads skip finished files', async () => {
     hub.failures.set('data/test-00000-of-00001.parquet', 1);
     const workflowId = uniqueId('hub');
-    const result = await stack.client.workflow.execute('dpoPipeline', {
+    const result = await stack.client.workflow.execute(PIPELINE_WORKFLOW, {
       taskQueue: stack.queues.cpu,
       workflowId,
       args: [dataConfig(stack, inject('modelSource'), `hf://${NAME}`)],

@@ -23,6 +23,7 @@ import type { PipelineConfigInput } from '../../contracts/config.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
 import { toolPath } from '../../scripts/localStack.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 const exec = promisify(execFile);
 let stack: TestStack;
@@ -232,7 +233,7 @@ describe('dpoPipeline end to end', () => {
   });
 
   it('reuses every data stage when the same inputs run again', async () => {
-    const again: PipelineResult = await stack.client.workflow.execute('dpoPipeline', {
+    const again: PipelineResult = await stack.client.workflow.execute(PIPELINE_WORKFLOW, {
       taskQueue: stack.queues.cpu,
       workflowId: uniqueId('e2e-again'),
       args: [smallConfig({ train: { ...smallConfig().train, max_steps: 2, checkpoint_every_steps: 50 } })],
@@ -251,7 +252,7 @@ describe('bad input', () => {
     const workflowId = uniqueId('bad-config');
     const bad = { ...smallConfig(), name: '../escape', train: { beta: -1, loss_type: 'dpo' }, surprise: true };
     const err = await stack.client.workflow
-      .execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [bad] })
+      .execute(PIPELINE_WORKFLOW, { taskQueue: stack.queues.cpu, workflowId, args: [bad] })
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause;
@@ -271,7 +272,7 @@ describe('bad input', () => {
     await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_config.json`, JSON.stringify({ peft_type: 'LORA', r: 4, target_modules: ['no_such_module'] }));
     await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_model.safetensors`, 'not safetensors');
     const err = await stack.client.workflow
-      .execute('dpoPipeline', {
+      .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
         workflowId: uniqueId('bad-adapter'),
         args: [
@@ -299,7 +300,7 @@ describe('bad input', () => {
 
   it('fails with InvalidDataset naming a missing column', async () => {
     const err = await stack.client.workflow
-      .execute('dpoPipeline', {
+      .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
         workflowId: uniqueId('bad-column'),
         args: [smallConfig({ dataset: { source: datasetDir, columns: { chosen: 'preferred' } } })],

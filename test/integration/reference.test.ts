@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
-import type { PipelineStatus } from '../../workflows/pipeline.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../../contracts/messages.js';
 
 let stack: TestStack;
 let datasetDir: string;
@@ -50,8 +50,8 @@ const dataAndReference = [
 
 async function run(stages: PipelineConfigInput['stages']): Promise<PipelineStatus> {
   const workflowId = uniqueId('reference');
-  await stack.client.workflow.execute('dpoPipeline', { taskQueue: stack.queues.cpu, workflowId, args: [config(stages)] });
-  return stack.client.workflow.getHandle(workflowId).query<PipelineStatus>('status');
+  await stack.client.workflow.execute(PIPELINE_WORKFLOW, { taskQueue: stack.queues.cpu, workflowId, args: [config(stages)] });
+  return stack.client.workflow.getHandle(workflowId).query(statusQuery);
 }
 
 describe('reference stage', () => {

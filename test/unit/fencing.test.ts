@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { publishedWhileCurrent } from '../../bridge/fencing.js';
+import { publishedWhileCurrent } from '../../io/fencing.js';
 import { keys, parseCheckpointName, parseFencedCheckpointName } from '../../contracts/keys.js';
 
 describe('checkpoint fencing', () => {

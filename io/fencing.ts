@@ -1,5 +1,5 @@
 /**
- * Attempt fencing for checkpoints: no zombie writers (README "Durability").
+ * Attempt fencing for checkpoints: no zombie writers (docs/training-and-durability.md).
  *
  * Every train attempt owns a fence token: the Temporal server's schedule time of that attempt
  * (ms). A later attempt -- a retry after a heartbeat timeout, the next segment, an OOM replan --
@@ -12,11 +12,9 @@
  * readers apply one more rule, using only the storage server's clock: a checkpoint of token t is
  * used only if its manifest was written before any fence newer than t existed.
  */
-import { ApplicationFailure } from '@temporalio/common';
 import { keys, fenceName } from '../contracts/keys.js';
-import type { ObjectInfo, Storage } from '../io/storage.js';
-
-export const FENCED_OUT = 'FencedOut';
+import { FailureType, retryable } from '../contracts/errors.js';
+import type { ObjectInfo, Storage } from './storage.js';
 
 export interface FenceRecord {
   token: number;
@@ -42,9 +40,9 @@ export class AttemptFence {
   async assertCurrent(what: string): Promise<void> {
     const newer = (await listFences(this.storage, this.bucket, this.runId, this.stageId)).filter((f) => f.token > this.token);
     if (newer.length) {
-      throw ApplicationFailure.retryable(
+      throw retryable(
         `a newer attempt (fence ${fenceName(newer[0]!.token)}) owns this train stage; this attempt (fence ${fenceName(this.token)}) stops before ${what}`,
-        FENCED_OUT,
+        FailureType.FencedOut,
       );
     }
   }
