@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
-import { PlanError, planPipeline, standardChain } from '../lib/dag.js';
+import { configStages, PlanError, planPipeline } from '../lib/dag.js';
 import { causeMessages } from '../lib/errors.js';
 import { expandSweep, SweepError } from '../lib/sweep.js';
 import { trainingWorkflowId } from '../lib/keys.js';
@@ -44,7 +44,7 @@ export function checkConfig(raw: unknown, where?: string): PipelineConfig {
   const parsed = parsePipelineConfig(raw);
   if (!parsed.ok) throw new ConfigFileError(`${prefix}${formatConfigProblems(parsed.problems)}`);
   try {
-    planPipeline(expandSweep(parsed.config.stages ?? standardChain(), parsed.config.sweep).decls, parsed.config);
+    planPipeline(expandSweep(configStages(parsed.config), parsed.config.sweep).decls, parsed.config);
   } catch (err) {
     if (err instanceof PlanError || err instanceof SweepError) throw new ConfigFileError(`${prefix}${err.message}`);
     throw err;

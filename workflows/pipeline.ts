@@ -11,7 +11,7 @@
 import { ApplicationFailure, defineQuery, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
-import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
+import { configStages, PlanError, planPipeline, planToMermaid, type PipelinePlan, type PlannedStage } from '../lib/dag.js';
 import { storageRunId } from '../lib/lineage.js';
 import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../lib/sweep.js';
 import { addAttempt } from '../lib/attempts.js';
@@ -146,7 +146,7 @@ function validateInput(input: unknown): PipelineConfig {
 function planOrFail(config: PipelineConfig): { plan: PipelinePlan; branches: SweepBranch[] } {
   try {
     // A sweep copies the train branches before planning, so shared data stages are planned once.
-    const { decls, branches } = expandSweep(config.stages ?? standardChain(), config.sweep);
+    const { decls, branches } = expandSweep(configStages(config), config.sweep);
     return { plan: planPipeline(decls, config), branches };
   } catch (err) {
     if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);
