@@ -32,7 +32,7 @@ import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } f
 import { storageRunId, type RunLineage } from '../lib/lineage.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
 import { historyLog, renderLogLine } from './logs.js';
-import { ConfigFileError, checkConfig, connectClient, describeFailure, describeTrainProgress, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
+import { ConfigFileError, checkConfig, connectClient, describeFailure, describeTrainProgress, failureHint, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
 import { createSchedule, describeSchedule, listSchedules, overlapPolicy, ScheduleMissingError, withSchedule, type ScheduleSummary } from './schedules.js';
 import { renderSummary, webUiUrl } from './summary.js';
 
@@ -158,7 +158,7 @@ async function follow(handle: Awaited<ReturnType<typeof startPipeline>>): Promis
     return 0;
   } catch (err) {
     console.error(`run ${handle.workflowId} failed: ${describeFailure(err)}`);
-    console.error(`  hint: \`dpo logs ${handle.workflowId}\` shows what happened; \`dpo resume ${handle.workflowId}\` continues from its checkpoints`);
+    console.error(`  hint: ${failureHint(handle.workflowId, err)}`);
     return 1;
   }
 }

@@ -4,11 +4,11 @@
  * details (step, loss), read through `describe`.
  */
 import { readFile } from 'node:fs/promises';
-import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { configStages, PlanError, planPipeline } from '../lib/dag.js';
-import { causeMessages } from '../lib/errors.js';
+import { causeMessages, FailureType } from '../lib/errors.js';
 import { expandSweep, SweepError } from '../lib/sweep.js';
 import { trainingWorkflowId } from '../lib/keys.js';
 import type { PipelineResult } from '../lib/stages.js';
@@ -154,4 +154,46 @@ export function describeTrainProgress(p: TrainProgress): string {
 export function describeFailure(err: unknown): string {
   if (err instanceof WorkflowFailedError) return causeMessages(err.cause).join('\n  caused by: ') || err.message;
   return (err as Error).message ?? String(err);
+}
+
+/** Failures of the run's input: a new run with a fixed config or dataset helps, a resume does not. */
+const INPUT_FAILURES: string[] = [FailureType.InvalidConfig, FailureType.InvalidDataset, FailureType.ModelLoadError, FailureType.InvalidInput];
+
+/**
+ * Activities of the stages from reference and training on: a resume reuses what came before them
+ * (cached data stages, the reference log-probs, training checkpoints) and starts there.
+ */
+const RESUMABLE_ACTIVITIES = new Set([
+  'computeReference',
+  'trainModel',
+  'prepareEvaluation',
+  'scorePreferenceShard',
+  'scoreAmberShard',
+  'generateExamples',
+  'finishEvaluation',
+  'writeReport',
+]);
+
+/**
+ * Whether `dpo resume` can help after this failure: it failed in or after the reference or train
+ * stage (where checkpoints and cached stages exist), and not because of its input (config, dataset,
+ * model), which a resume would feed in again unchanged. A cancelled or terminated run is resumable
+ * wherever it stopped: it was stopped from outside, not by what it ran.
+ */
+export function resumeCanHelp(err: unknown): boolean {
+  let resumable = false;
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type && INPUT_FAILURES.includes(e.type)) return false;
+    if (e instanceof CancelledFailure || e instanceof TerminatedFailure) resumable = true;
+    if (e instanceof ChildWorkflowFailure && e.workflowType === 'dpoTraining') resumable = true;
+    if (e instanceof ActivityFailure && RESUMABLE_ACTIVITIES.has(e.activityType)) resumable = true;
+  }
+  return resumable;
+}
+
+/** The hint printed under a failed run. */
+export function failureHint(runId: string, err: unknown): string {
+  const logs = `\`dpo logs ${runId}\` shows what happened`;
+  if (resumeCanHelp(err)) return `${logs}; \`dpo resume ${runId}\` continues from its checkpoints`;
+  return `${logs}; fix the cause and start a new run with \`dpo run\``;
 }
