@@ -4,14 +4,15 @@
  * details (step, loss), read through `describe`.
  */
 import { readFile } from 'node:fs/promises';
-import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../lib/config.js';
 import { configStages, PlanError, planPipeline } from '../lib/dag.js';
 import { causeMessages, FailureType } from '../lib/errors.js';
 import { expandSweep, SweepError } from '../lib/sweep.js';
 import { trainingWorkflowId } from '../lib/keys.js';
-import type { PipelineResult } from '../lib/stages.js';
+import type { RunLineage } from '../lib/lineage.js';
+import type { PipelineResult, StageTimeline } from '../lib/stages.js';
 import type { TrainProgress } from '../activities/train.js';
 import { temporalEnv } from '../worker/connection.js';
 import type { PipelineStatus } from '../workflows/pipeline.js';
@@ -149,6 +150,40 @@ export function describeTrainProgress(p: TrainProgress): string {
   const rate = p.samplesPerSecond ? ` ${p.samplesPerSecond.toFixed(1)} samples/s` : '';
   const eta = p.totalSteps && p.samplesPerSecond && p.stepSamples ? ` eta ${Math.round(((p.totalSteps - p.step) * p.stepSamples) / p.samplesPerSecond)}s` : '';
   return `  ${p.stageId.padEnd(10)} step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${rate}${eta}`;
+}
+
+/** What `dpo status` shows of a run that has ended. */
+export interface ClosedRunStatus {
+  runId: string;
+  /** COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT. */
+  status: string;
+  /** A completed run's stages in plan order (from its result). */
+  plan?: Array<{ id: string; kind: string; needs: string[] }>;
+  stages?: Record<string, StageTimeline>;
+  lineage: RunLineage | null;
+  /** Why a run that did not complete ended, and what to do next. */
+  error?: string;
+  hint?: string;
+}
+
+/**
+ * The status of a run that has ended, from its result (or failure) and memo. Not the status query:
+ * that would make a worker replay the whole history, and waits for one when none polls the queue.
+ */
+export async function closedRunStatus(handle: WorkflowHandle, description: WorkflowExecutionDescription): Promise<ClosedRunStatus> {
+  const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
+  const base = { runId: handle.workflowId, status: description.status.name, lineage };
+  try {
+    const result = (await handle.result()) as PipelineResult;
+    return {
+      ...base,
+      plan: result.timeline.map((s) => ({ id: s.id, kind: s.kind, needs: s.needs })),
+      stages: Object.fromEntries(result.timeline.map((s) => [s.id, s])),
+      lineage: result.lineage ?? lineage,
+    };
+  } catch (err) {
+    return { ...base, error: describeFailure(err), hint: failureHint(handle.workflowId, err) };
+  }
 }
 
 export function describeFailure(err: unknown): string {
