@@ -31,7 +31,7 @@ import { attemptCells } from '../contracts/attempts.js';
 import { formatConfigProblems, parsePipelineConfig, pipelineConfigJsonSchema } from '../contracts/config.js';
 import { storageRunId, type RunLineage } from '../contracts/lineage.js';
 import { historyLog, renderLogLine } from './logs.js';
-import { ConfigFileError, checkConfig, connectClient, describeFailure, describeTrainProgress, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
+import { ConfigFileError, checkConfig, closedRunStatus, connectClient, describeFailure, describeTrainProgress, failureHint, followPipeline, loadConfigFile, startPipeline, trainProgress } from './runPipeline.js';
 import { createSchedule, describeSchedule, listSchedules, overlapPolicy, ScheduleMissingError, withSchedule, type ScheduleSummary } from './schedules.js';
 import { renderSummary, webUiUrl } from './summary.js';
 import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../contracts/messages.js';
@@ -158,7 +158,7 @@ async function follow(handle: Awaited<ReturnType<typeof startPipeline>>): Promis
     return 0;
   } catch (err) {
     console.error(`run ${handle.workflowId} failed: ${describeFailure(err)}`);
-    console.error(`  hint: \`dpo logs ${handle.workflowId}\` shows what happened; \`dpo resume ${handle.workflowId}\` continues from its checkpoints`);
+    console.error(`  hint: ${failureHint(handle.workflowId, err)}`);
     return 1;
   }
 }
@@ -188,10 +188,23 @@ async function status(args: string[]): Promise<number> {
   const runId = requirePositional(positionals, 'run id');
   return withClient(async (client) => {
     const { handle, description } = await describeRun(client, runId);
+    if (description.status.name !== 'RUNNING') {
+      // An ended run answers from its result and memo: no worker needs to poll its queue.
+      const closed = await closedRunStatus(handle, description);
+      if (values.json) {
+        console.log(JSON.stringify(closed, null, 2));
+        return 0;
+      }
+      console.log(`run ${runId}: ${closed.status}  (${webUiUrl(runId)})`);
+      for (const { id } of closed.plan ?? []) console.log(stageLine(id, closed.stages![id]!));
+      if (closed.error) console.log(`  ${closed.status.toLowerCase()}: ${closed.error}\n  hint: ${closed.hint}`);
+      if (closed.lineage) console.log(lineageLine(closed.lineage));
+      return 0;
+    }
     const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
     const state = await handle.query(statusQuery).catch(() => null);
     const trainIds = state ? state.running.filter((id) => state.stages[id]?.kind === 'train') : [];
-    const progress = description.status.name === 'RUNNING' ? [...(await trainProgress(handle, trainIds)).values()] : [];
+    const progress = [...(await trainProgress(handle, trainIds)).values()];
     if (!state) {
       // Queries are answered by a worker of the run's task queue.
       const message = `no worker polls task queue "${description.taskQueue}" to answer the status query; start one with \`npm run worker\``;
@@ -204,20 +217,23 @@ async function status(args: string[]): Promise<number> {
       return 0;
     }
     console.log(`run ${runId}: ${description.status.name}  (${webUiUrl(runId)})`);
-    for (const { id } of state.plan) {
-      const s = state.stages[id]!;
-      const seconds = s.startedAt ? `${(((s.finishedAt ?? Date.now()) - s.startedAt) / 1000).toFixed(0)}s` : '';
-      const retried = s.retries ? `retries: ${attemptCells(s).retries}` : '';
-      const extra = [s.cached ? 'cached' : '', retried, s.error ?? '', ...(s.replans ?? []).map((r) => `replan: ${r}`)].filter(Boolean).join('; ');
-      console.log(`  ${id.padEnd(16)} ${s.kind.padEnd(9)} ${s.state.padEnd(8)} ${seconds.padStart(6)}  ${extra}`);
-    }
+    for (const { id } of state.plan) console.log(stageLine(id, state.stages[id]!));
     for (const p of progress) console.log(describeTrainProgress(p));
-    if (lineage) {
-      const parent = lineage.parentRun ? `${lineage.parentRelation === 'resume' ? 'resumes' : 'init from'} ${lineage.parentRun}; ` : '';
-      console.log(`  lineage: ${parent}dataset revision ${lineage.datasetRevision ?? '(not yet)'}; config ${lineage.configHash}${lineage.schedule ? `; schedule ${lineage.schedule}` : ''}`);
-    }
+    if (lineage) console.log(lineageLine(lineage));
     return 0;
   });
+}
+
+function stageLine(id: string, s: PipelineStatus['stages'][string]): string {
+  const seconds = s.startedAt ? `${(((s.finishedAt ?? Date.now()) - s.startedAt) / 1000).toFixed(0)}s` : '';
+  const retried = s.retries ? `retries: ${attemptCells(s).retries}` : '';
+  const extra = [s.cached ? 'cached' : '', retried, s.error ?? '', ...(s.replans ?? []).map((r) => `replan: ${r}`)].filter(Boolean).join('; ');
+  return `  ${id.padEnd(16)} ${s.kind.padEnd(9)} ${s.state.padEnd(8)} ${seconds.padStart(6)}  ${extra}`;
+}
+
+function lineageLine(lineage: RunLineage): string {
+  const parent = lineage.parentRun ? `${lineage.parentRelation === 'resume' ? 'resumes' : 'init from'} ${lineage.parentRun}; ` : '';
+  return `  lineage: ${parent}dataset revision ${lineage.datasetRevision ?? '(not yet)'}; config ${lineage.configHash}${lineage.schedule ? `; schedule ${lineage.schedule}` : ''}`;
 }
 
 async function list(args: string[]): Promise<number> {

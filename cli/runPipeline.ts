@@ -4,14 +4,15 @@
  * details (step, loss), read through `describe`.
  */
 import { readFile } from 'node:fs/promises';
-import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
-import { PlanError, planPipeline, standardChain } from '../contracts/dag.js';
-import { causeMessages } from '../contracts/errors.js';
+import { configStages, PlanError, planPipeline } from '../contracts/dag.js';
+import { causeMessages, FailureType } from '../contracts/errors.js';
 import { expandSweep, SweepError } from '../contracts/sweep.js';
 import { trainingWorkflowId } from '../contracts/keys.js';
-import type { PipelineResult } from '../contracts/payloads.js';
+import type { RunLineage } from '../contracts/lineage.js';
+import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
 import type { TrainProgress } from '../contracts/progress.js';
 import { temporalEnv } from '../contracts/connection.js';
 import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../contracts/messages.js';
@@ -44,7 +45,7 @@ export function checkConfig(raw: unknown, where?: string): PipelineConfig {
   const parsed = parsePipelineConfig(raw);
   if (!parsed.ok) throw new ConfigFileError(`${prefix}${formatConfigProblems(parsed.problems)}`);
   try {
-    planPipeline(expandSweep(parsed.config.stages ?? standardChain(), parsed.config.sweep).decls, parsed.config);
+    planPipeline(expandSweep(configStages(parsed.config), parsed.config.sweep).decls, parsed.config);
   } catch (err) {
     if (err instanceof PlanError || err instanceof SweepError) throw new ConfigFileError(`${prefix}${err.message}`);
     throw err;
@@ -151,7 +152,83 @@ export function describeTrainProgress(p: TrainProgress): string {
   return `  ${p.stageId.padEnd(10)} step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${rate}${eta}`;
 }
 
+/** What `dpo status` shows of a run that has ended. */
+export interface ClosedRunStatus {
+  runId: string;
+  /** COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT. */
+  status: string;
+  /** A completed run's stages in plan order (from its result). */
+  plan?: Array<{ id: string; kind: string; needs: string[] }>;
+  stages?: Record<string, StageTimeline>;
+  lineage: RunLineage | null;
+  /** Why a run that did not complete ended, and what to do next. */
+  error?: string;
+  hint?: string;
+}
+
+/**
+ * The status of a run that has ended, from its result (or failure) and memo. Not the status query:
+ * that would make a worker replay the whole history, and waits for one when none polls the queue.
+ */
+export async function closedRunStatus(handle: WorkflowHandle, description: WorkflowExecutionDescription): Promise<ClosedRunStatus> {
+  const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
+  const base = { runId: handle.workflowId, status: description.status.name, lineage };
+  try {
+    const result = (await handle.result()) as PipelineResult;
+    return {
+      ...base,
+      plan: result.timeline.map((s) => ({ id: s.id, kind: s.kind, needs: s.needs })),
+      stages: Object.fromEntries(result.timeline.map((s) => [s.id, s])),
+      lineage: result.lineage ?? lineage,
+    };
+  } catch (err) {
+    return { ...base, error: describeFailure(err), hint: failureHint(handle.workflowId, err) };
+  }
+}
+
 export function describeFailure(err: unknown): string {
   if (err instanceof WorkflowFailedError) return causeMessages(err.cause).join('\n  caused by: ') || err.message;
   return (err as Error).message ?? String(err);
+}
+
+/** Failures of the run's input: a new run with a fixed config or dataset helps, a resume does not. */
+const INPUT_FAILURES: string[] = [FailureType.InvalidConfig, FailureType.InvalidDataset, FailureType.ModelLoadError, FailureType.InvalidInput];
+
+/**
+ * Activities of the stages from reference and training on: a resume reuses what came before them
+ * (cached data stages, the reference log-probs, training checkpoints) and starts there.
+ */
+const RESUMABLE_ACTIVITIES = new Set([
+  'computeReference',
+  'trainModel',
+  'prepareEvaluation',
+  'scorePreferenceShard',
+  'scoreAmberShard',
+  'generateExamples',
+  'finishEvaluation',
+  'writeReport',
+]);
+
+/**
+ * Whether `dpo resume` can help after this failure: it failed in or after the reference or train
+ * stage (where checkpoints and cached stages exist), and not because of its input (config, dataset,
+ * model), which a resume would feed in again unchanged. A cancelled or terminated run is resumable
+ * wherever it stopped: it was stopped from outside, not by what it ran.
+ */
+export function resumeCanHelp(err: unknown): boolean {
+  let resumable = false;
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type && INPUT_FAILURES.includes(e.type)) return false;
+    if (e instanceof CancelledFailure || e instanceof TerminatedFailure) resumable = true;
+    if (e instanceof ChildWorkflowFailure && e.workflowType === 'dpoTraining') resumable = true;
+    if (e instanceof ActivityFailure && RESUMABLE_ACTIVITIES.has(e.activityType)) resumable = true;
+  }
+  return resumable;
+}
+
+/** The hint printed under a failed run. */
+export function failureHint(runId: string, err: unknown): string {
+  const logs = `\`dpo logs ${runId}\` shows what happened`;
+  if (resumeCanHelp(err)) return `${logs}; \`dpo resume ${runId}\` continues from its checkpoints`;
+  return `${logs}; fix the cause and start a new run with \`dpo run\``;
 }

@@ -98,6 +98,14 @@ export function standardChain(config?: Pick<PipelineConfig, 'train'>): StageDecl
 }
 
 /**
+ * The stages a config runs: its declared `stages`, or else the standard chain for its settings.
+ * The workflow and the CLI's pre-flight check both take them from here, so they plan the same DAG.
+ */
+export function configStages(config: PipelineConfig): StageDecl[] {
+  return config.stages ?? standardChain(config);
+}
+
+/**
  * Validates and orders the stages; throws PlanError listing every problem, naming the stage.
  * `config` supplies the sections that stage params override, so merged settings are checked too.
  */

@@ -11,7 +11,7 @@
 import { ApplicationFailure, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
-import { PlanError, planPipeline, planToMermaid, standardChain, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { configStages, PlanError, planPipeline, planToMermaid, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import { storageRunId } from '../contracts/lineage.js';
 import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../contracts/sweep.js';
 import { addAttempt } from '../contracts/attempts.js';
@@ -47,10 +47,6 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     running: [],
     stages: Object.fromEntries(plan.stages.map((s) => [s.id, { id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }])),
   };
-  setHandler(statusQuery, () => ({ ...status, training: { paused: ctx.training.paused, checkpointEverySteps: ctx.training.checkpointEverySteps } }));
-  // Lineage (issue 7): parent run, schedule, config hash as memo + search attributes; init_from.
-  const lineage = await startLineage(config, runId, plan);
-
   const outputs = new Map<string, StageOutput>();
   const failures = new Map<string, unknown>();
   const ctx: RunContext = {
@@ -62,9 +58,11 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     noteReplan: (stageId, change) => (status.stages[stageId]!.replans ??= []).push(change),
     noteAttempt: (stageId, attempt) => addAttempt(status.stages[stageId]!, attempt),
     sweepBranches: branches,
-    initFromRun: lineage.initFromRun ?? undefined,
     training: { paused: false, checkpointEverySteps: null, children: new Set() },
   };
+  // Registered before the first await, with everything it reads declared: a query may arrive
+  // while the lineage activities below are still running (or waiting for a worker).
+  setHandler(statusQuery, () => ({ ...status, training: { paused: ctx.training.paused, checkpointEverySteps: ctx.training.checkpointEverySteps } }));
   // Training controls: kept for train stages not started yet, forwarded to the running ones.
   const forward = (send: (id: string) => Promise<void>) => {
     for (const id of ctx.training.children) send(id).catch((err) => log.warn('could not forward a training signal', { id, error: String(err) }));
@@ -85,6 +83,10 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   setHandler(trainingReplannedSignal, ({ stageId, change }) => {
     if (status.stages[stageId]) ctx.noteReplan(stageId, change);
   });
+
+  // Lineage: parent run, schedule, config hash as memo + search attributes; init_from.
+  const lineage = await startLineage(config, runId, plan);
+  ctx.initFromRun = lineage.initFromRun ?? undefined;
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();
@@ -138,7 +140,7 @@ function validateInput(input: unknown): PipelineConfig {
 function planOrFail(config: PipelineConfig): { plan: PipelinePlan; branches: SweepBranch[] } {
   try {
     // A sweep copies the train branches before planning, so shared data stages are planned once.
-    const { decls, branches } = expandSweep(config.stages ?? standardChain(), config.sweep);
+    const { decls, branches } = expandSweep(configStages(config), config.sweep);
     return { plan: planPipeline(decls, config), branches };
   } catch (err) {
     if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);

@@ -76,9 +76,13 @@ export interface RecordRunInput {
   outcome: 'running' | 'completed' | 'failed';
 }
 
-/** Writes the run manifest; a scheduled run that completed becomes its schedule's `previous`. */
+/**
+ * Writes the run manifest; a scheduled run that completed becomes its schedule's `previous`.
+ * It is a run's first write, so it creates the run's bucket when missing (as the stage cache does).
+ */
 export async function recordRun(deps: ActivityDeps, input: RecordRunInput): Promise<void> {
   const { lineage, bucket } = input;
+  await ensureRunBucket(deps, bucket);
   const finishedAt = new Date().toISOString();
   await deps.storage.putJson(bucket, lineageKeys.runManifest(lineage.runId), {
     ...lineage,
@@ -88,5 +92,25 @@ export async function recordRun(deps: ActivityDeps, input: RecordRunInput): Prom
   if (input.outcome === 'completed' && lineage.schedule) {
     const pointer: ScheduleLastSuccess = { runId: lineage.runId, finishedAt };
     await deps.storage.putJson(bucket, lineageKeys.scheduleLastSuccess(lineage.schedule), pointer);
+  }
+}
+
+/**
+ * Refusals no retry changes: no permission (403), a name taken by another account, or one the S3
+ * client rejects (the config schema's pattern is looser than S3's rules, e.g. "a..b").
+ */
+const BUCKET_REFUSALS = ['AccessDenied', 'BucketAlreadyExists', 'InvalidBucketNameError'];
+
+async function ensureRunBucket(deps: ActivityDeps, bucket: string): Promise<void> {
+  try {
+    await deps.storage.ensureBucket(bucket);
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? (err as Error).name;
+    if (!BUCKET_REFUSALS.includes(code)) throw err;
+    throw ApplicationFailure.nonRetryable(
+      `storage.bucket "${bucket}": the bucket is missing or not ours, and creating it was refused (${code}: ${(err as Error).message}); ` +
+        "create it, or name a bucket the workers' DPO_S3_* credentials can write",
+      FailureType.InvalidConfig,
+    );
   }
 }

@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import YAML from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { parsePipelineConfig, type PipelineConfig } from '../../contracts/config.js';
-import { PlanError, planPipeline, planToMermaid, standardChain, type StageDecl } from '../../contracts/dag.js';
+import { configStages, PlanError, planPipeline, planToMermaid, standardChain, type StageDecl } from '../../contracts/dag.js';
+import { checkConfig } from '../../cli/runPipeline.js';
 
 function config(extra: object = {}): PipelineConfig {
   const parsed = parsePipelineConfig({ name: 'x', model: { source: 's3://b/m' }, dataset: { source: './d' }, ...extra });
@@ -36,6 +37,21 @@ describe('DAG planning', () => {
     expect(plan.stages.map((s) => s.id)).toEqual(['download', 'format', 'tokenize', 'shard', 'reference', 'train', 'evaluate', 'report']);
     expect(plan.stages.find((s) => s.id === 'reference')!.inputs).toEqual({ shards: ['shard'] });
     expect(plan.stages.find((s) => s.id === 'train')!.inputs).toEqual({ shards: ['shard'], reference: ['reference'] });
+  });
+
+  it('plans the reference stage for a config without stages that sets precompute_ref_log_probs (workflow and CLI alike)', () => {
+    const raw = { name: 'x', model: { source: 's3://b/m' }, dataset: { source: './d' }, train: { precompute_ref_log_probs: true } };
+    const cfg = config({ train: { precompute_ref_log_probs: true } });
+    const plan = planPipeline(configStages(cfg), cfg);
+    expect(plan.stages.map((s) => s.id)).toEqual(['download', 'format', 'tokenize', 'shard', 'reference', 'train', 'evaluate', 'report']);
+    expect(plan.stages.find((s) => s.id === 'train')!.inputs).toEqual({ shards: ['shard'], reference: ['reference'] });
+    expect(plan.edges).toEqual(expect.arrayContaining([['shard', 'reference'], ['reference', 'train']]));
+    // The CLI's pre-flight check (what `dpo run` does before starting anything) accepts it too.
+    expect(checkConfig(raw).train.precompute_ref_log_probs).toBe(true);
+    expect(checkConfig({ ...raw, sweep: { 'train.beta': [0.05, 0.1] } }).sweep).toBeDefined();
+    // Declared stages are taken as written.
+    const declared = config({ stages: data });
+    expect(configStages(declared).map((s) => s.id)).toEqual(['dl', 'fmt', 'tok', 'sh']);
   });
 
   it('checks that precompute_ref_log_probs and a reference dependency go together', () => {
