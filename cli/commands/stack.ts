@@ -1,0 +1,18 @@
+/** `dpo stack up|down`: the local Temporal dev server and MinIO. */
+import { UsageError } from '../errors.js';
+
+export async function stackCommand(args: string[]): Promise<number> {
+  const { stackDown, stackUp, STATE_DIR, temporalUiUrl } = await import('../../scripts/localStack.js');
+  const log = (line: string) => console.log(`stack: ${line}`);
+  if (args[0] === 'up') {
+    await stackUp(log);
+    log(`ready. Temporal at ${process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233'} (Web UI ${temporalUiUrl()}); state in ${STATE_DIR}`);
+    return 0;
+  }
+  if (args[0] === 'down') {
+    const stopped = await stackDown(log);
+    if (!stopped.length) log('nothing to stop (services this stack did not start are left alone)');
+    return 0;
+  }
+  throw new UsageError(`stack: expected up or down${args[0] ? `, got "${args[0]}"` : ''}`, 'dpo stack up');
+}

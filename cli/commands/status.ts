@@ -1,0 +1,62 @@
+/** `dpo status <runId> [--json]`: stages, training progress, replans, lineage. */
+import { parseArgs } from 'node:util';
+import { attemptCells } from '../../contracts/attempts.js';
+import type { RunLineage } from '../../contracts/lineage.js';
+import { statusQuery, type PipelineStatus } from '../../contracts/messages.js';
+import { describeRun, withClient } from '../client.js';
+import { requirePositional } from '../errors.js';
+import { closedRunStatus, describeTrainProgress, trainProgress } from '../runPipeline.js';
+import { webUiUrl } from '../summary.js';
+
+export async function statusCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean', default: false } } });
+  const runId = requirePositional(positionals, 'run id');
+  return withClient(async (client) => {
+    const { handle, description } = await describeRun(client, runId);
+    if (description.status.name !== 'RUNNING') {
+      // An ended run answers from its result and memo: no worker needs to poll its queue.
+      const closed = await closedRunStatus(handle, description);
+      if (values.json) {
+        console.log(JSON.stringify(closed, null, 2));
+        return 0;
+      }
+      console.log(`run ${runId}: ${closed.status}  (${webUiUrl(runId)})`);
+      for (const { id } of closed.plan ?? []) console.log(stageLine(id, closed.stages![id]!));
+      if (closed.error) console.log(`  ${closed.status.toLowerCase()}: ${closed.error}\n  hint: ${closed.hint}`);
+      if (closed.lineage) console.log(lineageLine(closed.lineage));
+      return 0;
+    }
+    const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
+    const state = await handle.query(statusQuery).catch(() => null);
+    const trainIds = state ? state.running.filter((id) => state.stages[id]?.kind === 'train') : [];
+    const progress = [...(await trainProgress(handle, trainIds)).values()];
+    if (!state) {
+      // Queries are answered by a worker of the run's task queue.
+      const message = `no worker polls task queue "${description.taskQueue}" to answer the status query; start one with \`npm run worker\``;
+      if (values.json) console.log(JSON.stringify({ runId, status: description.status.name, lineage, error: message }, null, 2));
+      else console.log(`run ${runId}: ${description.status.name}\n  (${message})`);
+      return 0;
+    }
+    if (values.json) {
+      console.log(JSON.stringify({ ...state, status: description.status.name, training: progress, lineage }, null, 2));
+      return 0;
+    }
+    console.log(`run ${runId}: ${description.status.name}  (${webUiUrl(runId)})`);
+    for (const { id } of state.plan) console.log(stageLine(id, state.stages[id]!));
+    for (const p of progress) console.log(describeTrainProgress(p));
+    if (lineage) console.log(lineageLine(lineage));
+    return 0;
+  });
+}
+
+function stageLine(id: string, s: PipelineStatus['stages'][string]): string {
+  const seconds = s.startedAt ? `${(((s.finishedAt ?? Date.now()) - s.startedAt) / 1000).toFixed(0)}s` : '';
+  const retried = s.retries ? `retries: ${attemptCells(s).retries}` : '';
+  const extra = [s.cached ? 'cached' : '', retried, s.error ?? '', ...(s.replans ?? []).map((r) => `replan: ${r}`)].filter(Boolean).join('; ');
+  return `  ${id.padEnd(16)} ${s.kind.padEnd(9)} ${s.state.padEnd(8)} ${seconds.padStart(6)}  ${extra}`;
+}
+
+function lineageLine(lineage: RunLineage): string {
+  const parent = lineage.parentRun ? `${lineage.parentRelation === 'resume' ? 'resumes' : 'init from'} ${lineage.parentRun}; ` : '';
+  return `  lineage: ${parent}dataset revision ${lineage.datasetRevision ?? '(not yet)'}; config ${lineage.configHash}${lineage.schedule ? `; schedule ${lineage.schedule}` : ''}`;
+}
