@@ -47,7 +47,7 @@ export function createCpuActivities(deps: ActivityDeps) {
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
-    // Run lifecycle (issue 7): init_from and the run manifest.
+    // Run lifecycle: init_from and the run manifest.
     resolveInitFrom: bind(resolveInitFrom, deps),
     recordRun: bind(recordRun, deps),
   };

@@ -1,5 +1,5 @@
 /**
- * Durability figures (README "Durability"; results in bench/RESULTS.md):
+ * Durability figures (docs/training-and-durability.md; results in bench/RESULTS.md):
  *
  *   A. checkpoint overhead: a demo-shaped run (micro-batch 16, LoRA r16) through the real
  *      pipeline; from the trainer's own events, the time each checkpoint save holds up training

@@ -1,5 +1,5 @@
 /**
- * Orchestration overhead (issue 4 "Figures"; results in bench/RESULTS.md): the demo pipeline's
+ * Orchestration overhead (results in bench/RESULTS.md): the demo pipeline's
  * wall time through Temporal vs the same stage code called directly in one process.
  *
  *   temporal: dpoPipeline started with a client, run by a real worker in this process (both

@@ -1,5 +1,5 @@
 /**
- * Recurring fine-tunes as Temporal Schedules (issue 7). A schedule starts dpoPipeline with a fixed
+ * Recurring fine-tunes as Temporal Schedules. A schedule starts dpoPipeline with a fixed
  * config on a cron expression or an interval; overlapping starts are skipped by default (a nightly
  * run that is still training when the next night comes). Pause, trigger and backfill are
  * Temporal's own. Each run it starts is tagged with the schedule (search attribute DpoSchedule),

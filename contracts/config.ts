@@ -292,7 +292,7 @@ export const PipelineConfigSchema = z.strictObject({
   resume_from_run: safeName
     .optional()
     .describe('id of an earlier run of this config: train stages continue from its newest complete checkpoints'),
-  // -- run lifecycle (issue 7): sweeps and schedule lineage --------------------------------------
+  // -- run lifecycle: sweeps and schedule lineage --------------------------------------
   sweep: SweepSchema.optional().describe(
     'train settings to sweep, e.g. {"train.beta": [0.05, 0.1]}: one train (and evaluate) branch per combination, sharing the data stages',
   ),

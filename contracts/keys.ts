@@ -2,7 +2,7 @@
  * Object-storage key layout. Everything a pipeline stores lives under one of two roots:
  *
  *   stages/<kind>/<inputHash>/...   outputs of data stages, addressed by a hash of their inputs,
- *                                   so reruns with the same inputs reuse them (DESIGN invariant 6)
+ *                                   so reruns with the same inputs reuse them (invariant 6, docs/architecture.md)
  *   runs/<runId>/...                what belongs to one run: checkpoints, adapter, metrics, report
  *
  * Every segment that comes from users (run ids, split names, file names) goes through
@@ -44,7 +44,7 @@ export const keys = {
    */
   fencedCheckpointPrefix: (runId: string, stageId: string, step: number, token: number) =>
     `${keys.checkpointsPrefix(runId, stageId)}${checkpointName(step)}.f${fenceName(token)}/`,
-  /** One empty-ish object per train attempt, named by its fence token (durability: README). */
+  /** One empty-ish object per train attempt, named by its fence token (docs/training-and-durability.md). */
   fencesPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}fences/`,
   fence: (runId: string, stageId: string, token: number) => `${keys.fencesPrefix(runId, stageId)}${fenceName(token)}`,
   finalAdapterPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}final/`,

@@ -1,6 +1,6 @@
 /**
  * Payloads between stages: references to stored outputs plus small summaries, never data
- * (DESIGN invariant 1). Pure types: shared by the workflow, the activities and the CLI.
+ * (invariant 1, docs/architecture.md). Pure types: shared by the workflow, the activities and the CLI.
  */
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
@@ -162,7 +162,7 @@ export interface TrainInput {
   reference?: StageResult;
   /**
    * An adapter the trainer loads as its initial LoRA weights when there is no checkpoint to resume
-   * (`init_from`, issue 7): s3://<bucket>/<prefix> of a PEFT adapter folder.
+   * (`init_from`): s3://<bucket>/<prefix> of a PEFT adapter folder.
    */
   initAdapter?: { bucket: string; prefix: string };
 }
@@ -325,7 +325,7 @@ export interface ReportInput {
   trainings: Record<string, TrainResult>;
   /** The evaluations this report compares, by stage id. */
   evaluations: Record<string, EvaluateResult>;
-  /** A sweep's comparison table, one row per branch (issue 7). */
+  /** A sweep's comparison table, one row per branch. */
   sweep?: SweepRow[];
 }
 
@@ -346,9 +346,9 @@ export interface PipelineResult {
   trainings: Record<string, TrainResult>;
   evaluations: Record<string, EvaluateResult>;
   reports: Record<string, ReportResult>;
-  /** A sweep's comparison table, one row per branch (issue 7). */
+  /** A sweep's comparison table, one row per branch. */
   sweep?: SweepRow[];
-  /** Parent run, schedule, dataset revision, config hash (issue 7). */
+  /** Parent run, schedule, dataset revision, config hash. */
   lineage?: RunLineage;
 }
 

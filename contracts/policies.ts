@@ -1,5 +1,5 @@
 /**
- * What the workflow does when training runs out of memory (DESIGN invariant 5): the trainer has
+ * What the workflow does when training runs out of memory (invariant 5, docs/architecture.md): the trainer has
  * already backed off in its own process; the workflow then restarts it from the last checkpoint
  * with a smaller footprint, one notch at a time, keeping the effective batch
  * (micro-batch x accumulation) unchanged. Pure code: runs inside the workflow.

@@ -1,5 +1,5 @@
 /**
- * Content-addressed stage outputs (DESIGN invariant 6): a stage's output lives under
+ * Content-addressed stage outputs (invariant 6, docs/architecture.md): a stage's output lives under
  * stages/<kind>/<hash of its inputs>/ and is complete once its manifest exists. A rerun with the
  * same inputs finds the manifest and reuses the output ("cached"); anything without a manifest
  * is ignored and rewritten.

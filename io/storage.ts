@@ -1,6 +1,6 @@
 /**
  * Object storage through the `minio` client: any S3 endpoint works. Endpoint and keys come from
- * the worker's environment only (DESIGN invariant 2): they never enter a payload or a log line.
+ * the worker's environment only (invariant 2, docs/architecture.md): they never enter a payload or a log line.
  */
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, stat } from 'node:fs/promises';
@@ -148,7 +148,7 @@ export class Storage {
 
   /**
    * Uploads a local folder under `prefix`. The file named `lastFile` (a manifest) goes up last,
-   * so readers that wait for it never see a partial folder (DESIGN invariant 3).
+   * so readers that wait for it never see a partial folder (invariant 3, docs/architecture.md).
    */
   async uploadDir(bucket: string, dir: string, prefix: string, lastFile?: string): Promise<string[]> {
     const files = await listFilesRecursive(dir);

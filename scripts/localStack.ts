@@ -147,7 +147,7 @@ export async function stackUp(log: (line: string) => void = () => {}): Promise<S
 /**
  * Registers the custom search attributes dpoPipeline sets (contracts/lineage.ts), on a server started
  * here or reused. Idempotent. Production clusters do this once with
- * `temporal operator search-attribute create` (README, "Schedules and lineage").
+ * `temporal operator search-attribute create` (docs/schedules-and-lineage.md).
  */
 export async function registerSearchAttributes(log: (line: string) => void = () => {}): Promise<void> {
   const { Connection } = await import('@temporalio/client');

@@ -1,5 +1,5 @@
 /**
- * Lineage of a dpoPipeline run (issue 7): resolves `init_from`, and records parent run, schedule,
+ * Lineage of a dpoPipeline run: resolves `init_from`, and records parent run, schedule,
  * dataset revision and config hash in the memo, as search attributes (findable in the Web UI) and
  * in the run manifest. Orchestration only.
  */

@@ -37,9 +37,9 @@ export interface RunContext {
   noteAttempt: (stageId: string, attempt: number | undefined) => void;
   /** Records a change the workflow made to a running stage's plan (shown in status and report). */
   noteReplan: (stageId: string, change: string) => void;
-  /** A sweep's branches (issue 7): the report ends in their comparison table. */
+  /** A sweep's branches: the report ends in their comparison table. */
   sweepBranches?: SweepBranch[];
-  /** init_from (issue 7): train stages start from this run's final adapter of the same stage id. */
+  /** init_from: train stages start from this run's final adapter of the same stage id. */
   initFromRun?: string;
   /** Pause and checkpoint interval for training children, and the ones running now. */
   training: { paused: boolean; checkpointEverySteps: number | null; children: Set<string> };

@@ -1,5 +1,5 @@
 /**
- * dpoTraining: one train stage as a child workflow of dpoPipeline (README "Durability").
+ * dpoTraining: one train stage as a child workflow of dpoPipeline (docs/training-and-durability.md).
  *
  * It drives the training in segments -- `train.segment_steps` optimizer steps, or an epoch -- each
  * one `trainModel` activity on the GPU queue that resumes from the newest usable checkpoint. A

@@ -285,7 +285,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
           '',
         ]
       : []),
-    // issue 7: a sweep ends in one comparison table, one row per branch.
+    // A sweep ends in one comparison table, one row per branch.
     ...(input.sweep?.length ? ['## Sweep', '', ...renderSweepTable(input.sweep, 'markdown'), ''] : []),
     '## Training',
     '',

@@ -1,5 +1,5 @@
 /**
- * Lineage records (issue 7): which adapter a scheduled run starts from, and the run manifest
+ * Lineage records: which adapter a scheduled run starts from, and the run manifest
  * (runs/<runId>/run.json) with parent run, schedule, dataset revision and config hash.
  */
 import { ApplicationFailure } from '@temporalio/activity';

@@ -85,7 +85,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     }
 
     const referenceFiles = input.reference ? await stageReference(deps, bucket, input.reference.manifestKey, join(attemptDir, 'reference')) : [];
-    // init_from (issue 7): a fresh start loads an earlier run's adapter; a checkpoint already holds it.
+    // init_from: a fresh start loads an earlier run's adapter; a checkpoint already holds it.
     const initAdapterDir = !resume && input.initAdapter ? await stageInitAdapter(deps, input.initAdapter, join(attemptDir, 'init-adapter')) : null;
 
     const outputDir = join(attemptDir, 'out');

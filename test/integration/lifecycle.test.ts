@@ -120,7 +120,7 @@ describe('resume', () => {
       delete process.env.DPO_FAULT_CRASH_AT_STEP;
     }
     const keys = (await stack.deps.storage.list(TEST_BUCKET, `runs/${failedRun}/train/checkpoints/`)).map((o) => o.key);
-    // Checkpoint folders carry their attempt's fence token (README "Durability").
+    // Checkpoint folders carry their attempt's fence token (docs/training-and-durability.md).
     expect(keys.some((k) => new RegExp(`^runs/${failedRun}/train/checkpoints/step-00000006(\\.f\\d+)?/manifest\\.json$`).test(k))).toBe(true);
   });
 

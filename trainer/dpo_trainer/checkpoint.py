@@ -1,4 +1,4 @@
-"""Atomic, verifiable checkpoint folders (DESIGN.md invariant 3).
+"""Atomic, verifiable checkpoint folders (invariant 3, docs/architecture.md).
 
 A folder is written under a temporary name, every file is fsynced, `manifest.json` (files,
 sha256, step) is written last, and only then is the folder renamed into place. A folder without

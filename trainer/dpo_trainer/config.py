@@ -45,7 +45,7 @@ class TrainConfig:
     train_shards: list[str] = field(metadata=doc("token shard parquet files (absolute paths)", nonempty=True))
     output_dir: str = field(metadata=doc("checkpoints go to output_dir/checkpoints/step-XXXXXXXX/"))
     resume_from: str | None = field(default=None, metadata=doc("a complete checkpoint folder, or null"))
-    # issue 7 (init_from): a fresh start loads these LoRA weights; ignored when resume_from is set.
+    # init_from: a fresh start loads these LoRA weights; ignored when resume_from is set.
     init_adapter: str | None = field(
         default=None, metadata=doc("PEFT adapter folder (adapter_model.safetensors) to start from, or null")
     )

@@ -18,7 +18,7 @@ Three tables:
 * activations for the configured micro-batch and sequence length, and a suggested starting
   micro-batch for a given GPU memory.
 
-The activation model (documented in trainer/README.md) is a first-order estimate, not a
+The activation model (documented in docs/training-and-durability.md) is a first-order estimate, not a
 measurement: per layer and token, about 10 x hidden + 4 x intermediate stored values (norm
 inputs/outputs, q/k/v/o, the MLP's gate/up/activation/down inputs; flash/SDPA attention keeps no
 seq x seq matrix), 2 bytes each under bf16/fp16 autocast, 4 in fp32; with gradient checkpointing

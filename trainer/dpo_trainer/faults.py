@@ -8,7 +8,7 @@
     DPO_FAULT_DTYPE_UNSUPPORTED=D      the dtype probe (modeling.check_dtype_supported) fails for
                                        dtype D (e.g. bfloat16) as on a device without it
 
-Unset variables inject nothing. They are documented in trainer/README.md.
+Unset variables inject nothing. They are documented in docs/testing.md.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset, step_sample
 
 
 def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
-    """issue 7 (init_from): start from an earlier run's LoRA weights instead of PEFT's fresh init.
+    """init_from: start from an earlier run's LoRA weights instead of PEFT's fresh init.
     The reference model stays the base model (adapter disabled)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -308,7 +308,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     )
     model = attach_lora(loaded.model, config.lora)
     if config.init_adapter and not config.resume_from:
-        load_init_adapter(model, Path(config.init_adapter), device)  # issue 7: init_from
+        load_init_adapter(model, Path(config.init_adapter), device)  # init_from
     model.train()
     gradient_checkpointing = config.gradient_checkpointing
     if gradient_checkpointing:

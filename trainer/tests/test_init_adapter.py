@@ -1,4 +1,4 @@
-"""init_adapter (issue 7, `init_from`): a fresh start loads an earlier adapter's LoRA weights, so the
+"""init_adapter (`init_from`): a fresh start loads an earlier adapter's LoRA weights, so the
 first step already differs from the reference (a fresh LoRA starts equal to it: B = 0)."""
 
 from __future__ import annotations
