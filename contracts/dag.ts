@@ -237,6 +237,22 @@ function stageSettingsSafe(config: PipelineConfig, params: Record<string, unknow
   return parsed.success ? parsed.data : undefined;
 }
 
+/**
+ * The nearest stage of `kind` that `stage` depends on through any chain of inputs (the format
+ * stage behind an evaluate stage's shards, for example), or undefined.
+ */
+export function upstreamStage(plan: PipelinePlan, stage: PlannedStage, kind: StageKindName): PlannedStage | undefined {
+  const byId = new Map(plan.stages.map((s) => [s.id, s]));
+  const queue = Object.values(stage.inputs).flat();
+  for (let i = 0; i < queue.length; i++) {
+    const s = byId.get(queue[i]!);
+    if (!s) continue;
+    if (s.kind === kind) return s;
+    queue.push(...Object.values(s.inputs).flat());
+  }
+  return undefined;
+}
+
 export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): PipelineConfig[K] {
   return SECTION_SCHEMAS[section].parse({ ...config[section], ...params }) as PipelineConfig[K];
 }

@@ -4,7 +4,7 @@
  */
 import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { planToMermaid, STAGE_KINDS, stageSettings, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { planToMermaid, STAGE_KINDS, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import type { StageAttempts } from '../contracts/attempts.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import type { PipelineConfig } from '../contracts/config.js';
@@ -243,7 +243,8 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         adapterBucket: adapter.bucket,
         adapterPrefix: adapter.prefix,
         evaluate: settings,
-        imageLongestEdge: stageSettings(config, 'format', {}).image_longest_edge,
+        // Sized like the images this run's format stage produced (its params override config.format).
+        imageLongestEdge: stageSettings(config, 'format', upstreamStage(ctx.plan, stage, 'format')?.params ?? {}).image_longest_edge,
       });
       const scoring = { bucket, modelSource, onnx: plan.onnx, threads: settings.ort_threads, batchSize: settings.batch_size };
       const [preference, amber, generations] = await Promise.all([
@@ -297,6 +298,7 @@ function allEvaluations(ctx: RunContext): Record<string, EvaluateResult> {
 }
 
 /** The stage that produced the adapter an evaluate stage scores. */
+
 function adapterStage(ctx: RunContext, stage: PlannedStage): PlannedStage {
   const id = stage.inputs.adapter![0]!;
   return ctx.plan.stages.find((s) => s.id === id)!;

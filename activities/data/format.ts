@@ -20,6 +20,7 @@ import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinish
 import { ChatTokenizer, loadProcessorConfigs } from '../../vlm/chatTokenizer.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { DownloadManifest } from './download.js';
+import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from '../../vlm/formatRows.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
 import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
@@ -283,11 +284,3 @@ function jsonlImageResolver(deps: ActivityDeps, bucket: string, filesPrefix: str
   };
 }
 
-/** Half the processor's longest edge, as in the seed. */
-export async function defaultImageEdge(modelDir: string): Promise<number> {
-  const { imageProcessorConfig } = await loadProcessorConfigs(modelDir);
-  const size = (imageProcessorConfig?.size ?? {}) as Record<string, number>;
-  const longest = size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0);
-  if (!longest) throw ApplicationFailure.nonRetryable('format.image_longest_edge is required: the processor declares no size', FailureType.InvalidConfig);
-  return Math.max(8, Math.floor(longest / 2));
-}

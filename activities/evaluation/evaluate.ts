@@ -47,6 +47,7 @@ import { runCachedStage, stageHash } from '../../io/stageCache.js';
 import { parseS3Uri } from '../../io/storage.js';
 import { listFilesRecursive } from '../../io/files.js';
 import { withHeartbeat } from '../heartbeat.js';
+import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { modelFingerprint } from '../../io/fingerprint.js';
 
 
@@ -395,12 +396,6 @@ export async function finishEvaluation(
   return result;
 }
 
-/** Half the processor's longest edge, as the format stage defaults it. */
-async function defaultImageEdge(modelDir: string): Promise<number> {
-  const cfg = await loadImageProcessorConfig(modelDir).catch(() => null);
-  if (!cfg) return 0;
-  return Math.max(8, Math.floor(Math.max(cfg.shortestEdge, cfg.crop.height, cfg.crop.width) / 2));
-}
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { REPO_ROOT, trainerPython } from '../../io/deps.js';
-import { defaultImageEdge } from '../../activities/data/format.js';
+import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { thumbnail } from '../../vlm/formatRows.js';
 import { readRowRange } from '../../io/sourceRows.js';
 import { ColumnMappingSchema, FormatSchema, type PipelineConfigInput } from '../../contracts/config.js';

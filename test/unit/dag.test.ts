@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import YAML from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { parsePipelineConfig, type PipelineConfig } from '../../contracts/config.js';
-import { configStages, PlanError, planPipeline, planToMermaid, standardChain, type StageDecl } from '../../contracts/dag.js';
+import { configStages, PlanError, planPipeline, planToMermaid, stageSettings, standardChain, upstreamStage, type StageDecl } from '../../contracts/dag.js';
 import { checkConfig } from '../../cli/runPipeline.js';
 
 function config(extra: object = {}): PipelineConfig {
@@ -72,6 +72,25 @@ describe('DAG planning', () => {
     ]);
     expect(mismatch([...data, stage('t', 'train', ['sh'], { precompute_ref_log_probs: true })], config())[0]).toMatch(/precompute_ref_log_probs is true but it needs no stage that produces reference/);
     expect(mismatch([...data, stage('ref', 'reference', ['sh'], { batch_size: 0 })], config())[0]).toMatch(/stage "ref": params.batch_size/);
+  });
+
+  it("sizes an evaluate stage's images by the format stage upstream of its shards, not by config.format", () => {
+    const decls = [
+      stage('dl', 'download'),
+      stage('fmt', 'format', ['dl'], { image_longest_edge: 64 }),
+      stage('tok', 'tokenize', ['fmt']),
+      stage('sh', 'shard', ['tok']),
+      stage('tr', 'train', ['sh']),
+      stage('ev', 'evaluate', ['sh', 'tr']),
+    ];
+    const cfg = config();
+    const plan = planPipeline(decls, cfg);
+    const evaluate = plan.stages.find((s) => s.id === 'ev')!;
+    const format = upstreamStage(plan, evaluate, 'format');
+    expect(format?.id).toBe('fmt');
+    expect(stageSettings(cfg, 'format', format!.params).image_longest_edge).toBe(64);
+    expect(stageSettings(cfg, 'format', {}).image_longest_edge ?? null).toBeNull(); // what evaluate used before
+    expect(upstreamStage(plan, evaluate, 'reference')).toBeUndefined();
   });
 
   it('orders parallel branches after what they share', () => {
