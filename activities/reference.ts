@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
 import { FailureType } from '../lib/errors.js';
@@ -22,6 +22,7 @@ import { stageModel } from './models.js';
 import { runCachedStage, stageHash, type StageManifestBase } from './stageCache.js';
 import { stageShards } from './train.js';
 import { runTrainer, TrainerExit } from './trainerProcess.js';
+import { referenceRunConfig, writeTrainerConfig } from '../lib/trainerConfig.js';
 
 export interface ReferenceManifest extends StageManifestBase {
   /** Key prefix of the trainer's output folder (ref_logps.parquet + its manifest.json). */
@@ -51,10 +52,7 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
         const shards = await stageShards(deps, input.bucket, input.shards.manifestKey, input.trainSplit);
         const configPath = join(dir, 'reference-config.json');
         const outputDir = join(dir, 'out');
-        await writeFile(
-          configPath,
-          JSON.stringify({ model_dir: modelDir, shards, output_dir: outputDir, batch_size: input.batchSize, device: 'auto', dtype: input.dtype }, null, 2),
-        );
+        await writeTrainerConfig(configPath, 'ReferenceConfig', referenceRunConfig({ modelDir, shards, outputDir, batchSize: input.batchSize, dtype: input.dtype }));
         progress.phase = 'scoring';
         let finished: { samples: number; files: string[]; seconds: number } | undefined;
         const outcome = await runTrainer({
