@@ -53,6 +53,7 @@ def main() -> None:
         "model_dir": str(model), "train_shards": [str(p) for p in shards], "seed": 3,
         "max_steps": args.steps, "per_device_train_batch_size": args.micro_batch,
         "gradient_accumulation_steps": 2, "checkpoint_every_steps": 10_000, "learning_rate": 0.002,
+        "dtype": "float32",
     }
 
     def run_train(name: str, **extra) -> list[dict]:

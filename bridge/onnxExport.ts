@@ -3,10 +3,11 @@
  * base model, or base + LoRA adapter merged, into one folder with model.onnx, signature.json and
  * manifest.json (written last: an export without it is incomplete).
  */
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { access, mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { runTrainer, TrainerExit } from './trainerProcess.js';
 import { exitIsRetryable, trainerSaid } from './trainerFailure.js';
+import { exportRunConfig, writeTrainerConfig } from './trainerConfig.js';
 
 /** The model could not be exported: names the stage and the model; retrying cannot help. */
 export class OnnxExportError extends Error {
@@ -43,7 +44,7 @@ export async function exportOnnx(req: ExportRequest): Promise<string> {
   if (await isCompleteExport(req.outDir)) return req.outDir;
   const configPath = `${req.outDir}.export-config-${process.pid}.json`;
   await mkdir(dirname(configPath), { recursive: true });
-  await writeFile(configPath, JSON.stringify({ model_dir: req.modelDir, adapter_dir: req.adapterDir, out_dir: req.outDir }, null, 2));
+  await writeTrainerConfig(configPath, 'ExportConfig', exportRunConfig({ modelDir: req.modelDir, adapterDir: req.adapterDir, outDir: req.outDir }));
   const outcome = await runTrainer({ pythonBin: req.pythonBin, module: 'dpo_trainer.export', configPath, signal: req.signal, onEvent: () => {} });
   if (outcome.exitCode === TrainerExit.Finished && (await isCompleteExport(req.outDir))) return req.outDir;
   const said = trainerSaid(outcome);

@@ -10,14 +10,8 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { REPO_ROOT } from '../io/deps.js';
 import { FailureType, nonRetryable } from '../contracts/errors.js';
 
-/** Exit statuses of the trainer (trainer/README.md). */
-export const TrainerExit = {
-  Finished: 0,
-  Crash: 1,
-  InvalidInput: 65,
-  Preempted: 75,
-  OutOfMemory: 76,
-} as const;
+/** Exit statuses of the trainer, from its generated contract (lib/trainerExit.ts). */
+export { TrainerExit } from '../contracts/trainerExit.js';
 
 export interface TrainerEvent {
   event: string;

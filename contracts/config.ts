@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { isSafeKeySegment } from './keys.js';
+import { DTYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN } from './trainerContract.js';
 
 const safeName = z
   .string()
@@ -119,24 +120,25 @@ export const ShardSchema = z.strictObject({
 });
 
 export const LoraSchema = z.strictObject({
-  r: z.int().positive().default(16).describe('LoRA rank'),
-  alpha: z.number().positive().default(32).describe('LoRA scaling numerator (scale = alpha / r)'),
-  dropout: z.number().min(0).max(1).default(0).describe('dropout on the LoRA branch'),
+  r: z.int().positive().default(LORA_DEFAULTS.r).describe('LoRA rank'),
+  alpha: z.number().positive().default(LORA_DEFAULTS.alpha).describe('LoRA scaling numerator (scale = alpha / r)'),
+  dropout: z.number().min(0).lt(1).default(LORA_DEFAULTS.dropout).describe('dropout on the LoRA branch'),
   target_modules: z
     .union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)])
-    .default('all-linear')
+    .default(LORA_DEFAULTS.target_modules)
     .describe('modules that get adapters; "all-linear" as in the seed recipe'),
 });
 
-export const LOSS_TYPES = ['sigmoid', 'ipo', 'hinge', 'robust'] as const;
+// The trainer's enums and defaults (the seed recipe), from its generated config schema.
+export { LOSS_TYPES };
 
 export const TrainSchema = z
   .strictObject({
-  epochs: z.int().positive().default(1).describe('passes over the training shards'),
-  max_steps: z.int().positive().nullable().default(null).describe('optimizer steps; overrides epochs when set'),
+  epochs: z.int().positive().default(TRAIN.epochs).describe('passes over the training shards'),
+  max_steps: z.int().positive().nullable().default(TRAIN.max_steps).describe('optimizer steps; overrides epochs when set'),
   per_device_train_batch_size: z
     .union([z.int().positive(), z.literal('auto')])
-    .default(2)
+    .default(TRAIN.per_device_train_batch_size)
     .describe('pairs per micro-batch, or "auto": the trainer picks it at start from the GPU memory (dpo estimate); on CPU 8'),
   total_train_batch_size: z
     .int()
@@ -145,21 +147,21 @@ export const TrainSchema = z
     .describe('pairs per optimizer step; required with per_device_train_batch_size "auto" (the micro-batch then divides it)'),
   precompute_ref_log_probs: z
     .boolean()
-    .default(false)
+    .default(TRAIN.precompute_ref_log_probs)
     .describe('compute the reference log-probs once in a cached `reference` stage (gpu queue) and skip the reference forward pass while training (TRL\'s name)'),
-  gradient_accumulation_steps: z.int().positive().default(32).describe('micro-batches per optimizer step'),
-  learning_rate: z.number().positive().default(5e-6).describe('peak AdamW learning rate'),
-  lr_scheduler_type: z.enum(['cosine', 'linear', 'constant']).default('cosine'),
-  warmup_ratio: z.number().min(0).max(1).default(0).describe('share of steps with linear warmup'),
-  weight_decay: z.number().min(0).default(0),
-  max_grad_norm: z.number().positive().default(1).describe('gradient clipping norm'),
-  beta: z.number().positive().default(0.1).describe('DPO temperature'),
-  loss_type: z.enum(LOSS_TYPES).default('sigmoid'),
-  label_smoothing: z.number().min(0).lt(0.5).default(0).describe('assumed label-flip rate; robust loss only (as in TRL)'),
+  gradient_accumulation_steps: z.int().positive().default(TRAIN.gradient_accumulation_steps).describe('micro-batches per optimizer step'),
+  learning_rate: z.number().positive().default(TRAIN.learning_rate).describe('peak AdamW learning rate'),
+  lr_scheduler_type: z.enum(LR_SCHEDULER_TYPES).default(TRAIN.lr_scheduler_type),
+  warmup_ratio: z.number().min(0).lt(1).default(TRAIN.warmup_ratio).describe('share of steps with linear warmup'),
+  weight_decay: z.number().min(0).default(TRAIN.weight_decay),
+  max_grad_norm: z.number().positive().default(TRAIN.max_grad_norm).describe('gradient clipping norm'),
+  beta: z.number().positive().default(TRAIN.beta).describe('DPO temperature'),
+  loss_type: z.enum(LOSS_TYPES).default(TRAIN.loss_type),
+  label_smoothing: z.number().min(0).lt(0.5).default(TRAIN.label_smoothing).describe('assumed label-flip rate; robust loss only (as in TRL)'),
   lora: LoraSchema.prefault({}),
-  dtype: z.enum(['float32', 'bfloat16', 'float16']).default('bfloat16'),
-  gradient_checkpointing: z.boolean().default(false),
-  checkpoint_every_steps: z.int().positive().default(50).describe('optimizer steps between checkpoints'),
+  dtype: z.enum(DTYPES).default(TRAIN.dtype),
+  gradient_checkpointing: z.boolean().default(TRAIN.gradient_checkpointing),
+  checkpoint_every_steps: z.int().positive().default(TRAIN.checkpoint_every_steps).describe('optimizer steps between checkpoints'),
   segment_steps: z
     .int()
     .positive()
@@ -171,7 +173,7 @@ export const TrainSchema = z
     .positive()
     .default(50)
     .describe('training activities per run of the training workflow before it continues as new (bounds its history)'),
-  seed: z.int().min(0).default(42),
+  seed: z.int().min(0).default(TRAIN.seed),
   })
   .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
     message: 'required when per_device_train_batch_size is "auto"',

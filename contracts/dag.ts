@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
 import { isSafeKeySegment } from './keys.js';
+import { REFERENCE_DEFAULTS } from './trainerContract.js';
 
 export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report';
 
@@ -39,7 +40,7 @@ export const STAGE_KINDS = {
   reference: {
     consumes: ['shards'],
     produces: 'reference',
-    params: z.strictObject({ batch_size: z.int().positive().default(8).describe('pairs per forward pass') }),
+    params: z.strictObject({ batch_size: z.int().positive().default(REFERENCE_DEFAULTS.batch_size).describe('pairs per forward pass') }),
     queue: 'gpu',
   },
   train: { consumes: ['shards'], consumesOptional: ['reference'], produces: 'adapter', params: 'train', queue: 'gpu' },

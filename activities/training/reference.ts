@@ -26,6 +26,7 @@ import { modelFingerprint } from '../../io/fingerprint.js';
 import { runTrainer, TrainerExit } from '../../bridge/trainerProcess.js';
 import { trainerFailure } from '../../bridge/trainerFailure.js';
 import { withHeartbeat } from '../heartbeat.js';
+import { referenceRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.js';
 
 export async function computeReference(deps: ActivityDeps, input: ReferenceInput): Promise<StageResult> {
   const ctx = Context.current();
@@ -47,10 +48,7 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
         const shards = await stageShards(deps, input.bucket, input.shards.manifestKey, input.trainSplit);
         const configPath = join(dir, 'reference-config.json');
         const outputDir = join(dir, 'out');
-        await writeFile(
-          configPath,
-          JSON.stringify({ model_dir: modelDir, shards, output_dir: outputDir, batch_size: input.batchSize, device: 'auto', dtype: input.dtype }, null, 2),
-        );
+        await writeTrainerConfig(configPath, 'ReferenceConfig', referenceRunConfig({ modelDir, shards, outputDir, batchSize: input.batchSize, dtype: input.dtype }));
         progress.phase = 'scoring';
         let finished: { samples: number; files: string[]; seconds: number } | undefined;
         const outcome = await runTrainer({

@@ -23,6 +23,7 @@ import { runTrainer, TrainerExit, type TrainerEvent } from '../../bridge/trainer
 import { trainerFailure } from '../../bridge/trainerFailure.js';
 import { startHeartbeatTicker } from '../heartbeat.js';
 import { trainingControlQuery } from '../../contracts/messages.js';
+import { trainRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.js';
 
 /** How often a running segment reads its controls: as often as it heartbeats. */
 const CONTROL_POLL_MS = 5_000;
@@ -90,7 +91,11 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
 
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
-    await writeFile(configPath, JSON.stringify(trainerConfig(input, modelDir, shardPaths, outputDir, resume?.dir ?? null, referenceFiles, initAdapterDir), null, 2));
+    await writeTrainerConfig(
+      configPath,
+      'TrainConfig',
+      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles }),
+    );
     const control = new ControlFile(join(attemptDir, 'control.json'), {
       paused: input.control?.paused ?? false,
       checkpoint_every_steps: input.control?.checkpoint_every_steps ?? input.train.checkpoint_every_steps,
@@ -287,39 +292,6 @@ async function publishCheckpoint(deps: ActivityDeps, bucket: string, dir: string
 
 
 
-function trainerConfig(input: TrainInput, modelDir: string, shards: string[], outputDir: string, resumeFrom: string | null, referenceFiles: string[], initAdapter: string | null = null) {
-  const t = input.train;
-  return {
-    model_dir: modelDir,
-    train_shards: shards,
-    output_dir: outputDir,
-    resume_from: resumeFrom,
-    init_adapter: initAdapter,
-    seed: t.seed,
-    epochs: t.epochs,
-    max_steps: t.max_steps,
-    per_device_train_batch_size: t.per_device_train_batch_size,
-    gradient_accumulation_steps: t.gradient_accumulation_steps,
-    ...(t.total_train_batch_size !== undefined && { total_train_batch_size: t.total_train_batch_size }),
-    learning_rate: t.learning_rate,
-    lr_scheduler_type: t.lr_scheduler_type,
-    warmup_ratio: t.warmup_ratio,
-    weight_decay: t.weight_decay,
-    max_grad_norm: t.max_grad_norm,
-    beta: t.beta,
-    loss_type: t.loss_type,
-    label_smoothing: t.label_smoothing,
-    lora: t.lora,
-    dtype: t.dtype,
-    gradient_checkpointing: t.gradient_checkpointing,
-    checkpoint_every_steps: t.checkpoint_every_steps,
-    log_every_steps: 1,
-    device: 'auto',
-    preemption_grace_seconds: 30,
-    precompute_ref_log_probs: referenceFiles.length > 0,
-    ref_log_probs_files: referenceFiles,
-  };
-}
 
 
 /** The stored curve of the first of `candidates` that exists, cut at the resumed step. */

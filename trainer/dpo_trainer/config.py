@@ -1,13 +1,19 @@
-"""Train and evaluate configurations: the JSON files the Node activities write (CONTRACT.md).
+"""Train, evaluate, reference and export configurations: the JSON files the Node activities write
+(CONTRACT.md).
 
-Like TRL's DPOConfig, every field has a doc, a unit and a default, and cross-field checks run
-when the config is built. Parsing collects *every* problem (unknown key, wrong type, value out of
-range) with its path before failing, so one run of the trainer tells the user all they must fix.
+These dataclasses are the one definition of that contract. Like TRL's DPOConfig, every field has
+a doc, a unit, its bounds and a default; `python -m dpo_trainer.schema` turns them into
+schemas/trainer-config.schema.json, which the Node side validates every config against before it
+starts the trainer, and whose defaults (the seed recipe) the pipeline config takes as its own.
+Cross-field checks run when the config is built. Parsing collects *every* problem (unknown key,
+wrong type, value out of range) with its path before failing, so one run of the trainer tells the
+user all they must fix.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -22,11 +28,20 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata: `doc`, and the bounds the parser checks and the schema states: `min`/`max`
+    (inclusive), `gt`/`lt` (exclusive), `nonempty` (lists), `pattern` (strings, a regular
+    expression matched in full, with `expected` saying in words what it accepts)."""
     return {"doc": text, **extra}
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda|cuda:[0-9]+"
+DEVICE = {"pattern": DEVICE_PATTERN, "expected": "'auto', 'cpu', 'cuda' or 'cuda:N'"}
 
 
 @dataclass(frozen=True)
 class LoraSettings:
+    """The LoRA adapter trained on the frozen base model (PEFT LoraConfig)."""
+
     r: int = field(default=16, metadata=doc("LoRA rank (dimensions)", min=1))
     alpha: float = field(default=32.0, metadata=doc("LoRA alpha; the update is scaled by alpha/r", gt=0))
     dropout: float = field(default=0.0, metadata=doc("dropout on the LoRA input (probability)", min=0, lt=1))
@@ -41,6 +56,9 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """`python -m dpo_trainer.train --config CONFIG.json`. The defaults are the seed recipe, which
+    the pipeline config's train section shows users as its own defaults."""
+
     model_dir: str = field(metadata=doc("staged base model folder (absolute path)"))
     train_shards: list[str] = field(metadata=doc("token shard parquet files (absolute paths)", nonempty=True))
     output_dir: str = field(metadata=doc("checkpoints go to output_dir/checkpoints/step-XXXXXXXX/"))
@@ -55,7 +73,7 @@ class TrainConfig:
         default=None, metadata=doc("optimizer steps; overrides epochs when set", min=1)
     )
     per_device_train_batch_size: Union[int, Literal["auto"]] = field(
-        default=8,
+        default=2,
         metadata=doc(
             "preference pairs per forward pass (micro-batch, pairs), or 'auto': chosen at start from the"
             " device's memory by the estimator (dpo_trainer.estimate); on CPU, 8",
@@ -63,7 +81,7 @@ class TrainConfig:
         ),
     )
     gradient_accumulation_steps: int = field(
-        default=1, metadata=doc("micro-batches per optimizer step (count); derived when the micro-batch is 'auto'", min=1)
+        default=32, metadata=doc("micro-batches per optimizer step (count); derived when the micro-batch is 'auto'", min=1)
     )
     total_train_batch_size: int | None = field(
         default=None,
@@ -73,7 +91,7 @@ class TrainConfig:
             min=1,
         ),
     )
-    learning_rate: float = field(default=1e-3, metadata=doc("peak AdamW learning rate", gt=0))
+    learning_rate: float = field(default=5e-6, metadata=doc("peak AdamW learning rate", gt=0))
     lr_scheduler_type: SchedulerType = field(default="cosine", metadata=doc("decay after warmup"))
     warmup_ratio: float = field(
         default=0.0, metadata=doc("share of total steps spent in linear warmup (0..1)", min=0, lt=1)
@@ -89,7 +107,7 @@ class TrainConfig:
         metadata=doc("assumed probability that a preference label is flipped (robust DPO only)", min=0, lt=0.5),
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA adapter settings"))
-    dtype: DType = field(default="float32", metadata=doc("base weights and autocast compute dtype"))
+    dtype: DType = field(default="bfloat16", metadata=doc("base weights and autocast compute dtype"))
     gradient_checkpointing: bool = field(
         default=False, metadata=doc("recompute activations in backward to save memory")
     )
@@ -97,7 +115,7 @@ class TrainConfig:
         default=50, metadata=doc("write a checkpoint every N optimizer steps", min=1)
     )
     log_every_steps: int = field(default=1, metadata=doc("emit a `step` event every N optimizer steps", min=1))
-    device: str = field(default="auto", metadata=doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'"))
+    device: str = field(default="auto", metadata=doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'", **DEVICE))
     preemption_grace_seconds: float = field(
         default=30.0, metadata=doc("seconds between SIGTERM and SIGKILL the parent allows", gt=0)
     )
@@ -123,7 +141,6 @@ class TrainConfig:
 
     def cross_field_problems(self) -> list[str]:
         problems: list[str] = []
-        problems.extend(_device_problems(self.device))
         if self.per_device_train_batch_size == "auto":
             if self.total_train_batch_size is None:
                 problems.append("total_train_batch_size: required when per_device_train_batch_size is 'auto'")
@@ -150,35 +167,45 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """`python -m dpo_trainer.evaluate --config CONFIG.json`."""
+
     model_dir: str = field(metadata=doc("base model folder (absolute path)"))
     shards: list[str] = field(metadata=doc("token shard parquet files to score", nonempty=True))
     adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder; null scores the base model"))
     batch_size: int = field(default=16, metadata=doc("preference pairs per forward pass", min=1))
     beta: float = field(default=0.1, metadata=doc("beta for the implicit reward", gt=0))
-    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'", **DEVICE))
     dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype"))
 
     def cross_field_problems(self) -> list[str]:
-        return _device_problems(self.device)
+        return []
 
 
 @dataclass(frozen=True)
 class ReferenceConfig:
+    """`python -m dpo_trainer.reference --config CONFIG.json`."""
+
     model_dir: str = field(metadata=doc("base model folder (absolute path), the reference of the DPO run"))
     shards: list[str] = field(metadata=doc("token shard parquet files to score", nonempty=True))
     output_dir: str = field(metadata=doc("gets ref_logps.parquet and manifest.json"))
     batch_size: int = field(default=8, metadata=doc("preference pairs per forward pass", min=1))
-    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'", **DEVICE))
     dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype; use the train run's"))
 
     def cross_field_problems(self) -> list[str]:
-        return _device_problems(self.device)
-
-
-def _device_problems(device: str) -> list[str]:
-    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
         return []
-    return [f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`python -m dpo_trainer.export --config CONFIG.json`."""
+
+    model_dir: str = field(metadata=doc("base model folder (absolute path)"))
+    out_dir: str = field(metadata=doc("folder the ONNX export is written to (created; must not hold an export)"))
+    adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder merged before export; null exports the base"))
+
+    def cross_field_problems(self) -> list[str]:
+        return []
 
 
 def _type_name(tp: Any) -> str:
@@ -248,12 +275,16 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, problems
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "min" in meta and value < meta["min"]:
             problems.append(f"{path}: must be >= {meta['min']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            problems.append(f"{path}: must be <= {meta['max']}, got {value}")
         if "gt" in meta and value <= meta["gt"]:
             problems.append(f"{path}: must be > {meta['gt']}, got {value}")
         if "lt" in meta and value >= meta["lt"]:
             problems.append(f"{path}: must be < {meta['lt']}, got {value}")
     if meta.get("nonempty") and isinstance(value, list) and not value:
         problems.append(f"{path}: must not be empty")
+    if "pattern" in meta and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
+        problems.append(f"{path}: expected {meta['expected']}, got {value!r}")
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:

@@ -34,10 +34,11 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .config import LoraSettings, TrainConfig
 from .errors import InvalidInputError, ModelLoadError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,14 +54,17 @@ GPU_USABLE_SHARE = 0.9
 MAX_SUGGESTED_MICRO_BATCH = 64
 CPU_AUTO_MICRO_BATCH = 8
 
-# Defaults of contracts/config.ts for the fields the estimate reads (the `dpo estimate` CLI passes the
-# resolved config, so these only matter when the Python command is given a hand-written file).
+# Defaults of the fields the estimate reads (the `dpo estimate` CLI passes the resolved config, so
+# these only matter when the Python command is given a hand-written file). The train settings'
+# are TrainConfig's, which the pipeline config takes as its own; max_length is the pipeline's
+# tokenize section's (contracts/config.ts), which the trainer never reads.
+_TRAIN = {f.name: f for f in fields(TrainConfig)}
 DEFAULTS = {
     "max_length": 1024,
-    "per_device_train_batch_size": 2,
-    "dtype": "bfloat16",
-    "gradient_checkpointing": False,
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+    "per_device_train_batch_size": _TRAIN["per_device_train_batch_size"].default,
+    "dtype": _TRAIN["dtype"].default,
+    "gradient_checkpointing": _TRAIN["gradient_checkpointing"].default,
+    "lora": asdict(LoraSettings()),
 }
 
 

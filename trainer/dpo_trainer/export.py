@@ -49,14 +49,13 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .cli import run_command
-from .config import doc, load_config
+from .config import ExportConfig, load_config
 from .errors import ExitCode, ModelLoadError
 from .evaluate import load_adapter
 from .events import claim_stdout
@@ -64,16 +63,6 @@ from .modeling import load_base_model
 
 SIGNATURE_FORMAT = "dpo-onnx-export/1"
 OPSET = 17
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    model_dir: str = field(metadata=doc("base model folder (absolute path)"))
-    out_dir: str = field(metadata=doc("folder the ONNX export is written to (created; must not hold an export)"))
-    adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder merged before export; null exports the base"))
-
-    def cross_field_problems(self) -> list[str]:
-        return []
 
 
 def packed_attention(attention_mask: torch.Tensor, segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

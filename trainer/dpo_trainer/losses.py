@@ -13,11 +13,15 @@ also from the sums -- for IPO too, whose *loss* alone uses per-token averages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+from .config import LossType
+
+# The config's LossType (also the generated schema's, and the pipeline config's) is the one list.
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 # Loss types for which label_smoothing means something (TRL: "Label smoothing parameter used in
 # Robust DPO and EXO"); TRL ignores it for the others, we refuse it (config.py) so it is never
 # silently ignored.

@@ -129,6 +129,7 @@ def main() -> None:
             "lora": {"r": args.rank, "alpha": args.alpha, "dropout": args.lora_dropout, "target_modules": "all-linear"},
             "checkpoint_every_steps": 1000,
             "log_every_steps": 25,
+            "dtype": "float32",
         }
         config_path = work / "train.json"
         config_path.write_text(json.dumps(config, indent=2))

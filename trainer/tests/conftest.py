@@ -124,6 +124,7 @@ def train_config(tiny_model_dir, demo_shards):
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
             "checkpoint_every_steps": 2,
             "log_every_steps": 1,
+            "dtype": "float32",
         }
         config.update(overrides)
         return config

@@ -11,14 +11,15 @@ from dpo_trainer.errors import InvalidInputError
 MINIMAL = {"model_dir": "/m", "train_shards": ["/a.parquet"], "output_dir": "/o"}
 
 
-def test_defaults_match_contract():
+def test_defaults_are_the_seed_recipe():
+    # The pipeline config's train section takes these as its defaults (contracts/trainerContract.ts).
     config = parse_config(TrainConfig, MINIMAL)
     assert config.seed == 42 and config.epochs == 1 and config.max_steps is None
-    assert config.per_device_train_batch_size == 8 and config.gradient_accumulation_steps == 1
-    assert config.learning_rate == 0.001 and config.lr_scheduler_type == "cosine"
+    assert config.per_device_train_batch_size == 2 and config.gradient_accumulation_steps == 32
+    assert config.learning_rate == 5e-6 and config.lr_scheduler_type == "cosine"
     assert config.beta == 0.1 and config.loss_type == "sigmoid" and config.label_smoothing == 0.0
     assert (config.lora.r, config.lora.alpha, config.lora.target_modules) == (16, 32, "all-linear")
-    assert config.dtype == "float32" and config.checkpoint_every_steps == 50
+    assert config.dtype == "bfloat16" and config.checkpoint_every_steps == 50
     assert config.device == "auto" and config.preemption_grace_seconds == 30
 
 
