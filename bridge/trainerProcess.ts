@@ -10,7 +10,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { REPO_ROOT } from '../io/deps.js';
 import { FailureType, nonRetryable } from '../contracts/errors.js';
 
-/** Exit statuses of the trainer, from its generated contract (lib/trainerExit.ts). */
+/** Exit statuses of the trainer, from its generated contract (contracts/trainerExit.ts). */
 export { TrainerExit } from '../contracts/trainerExit.js';
 
 export interface TrainerEvent {

@@ -151,16 +151,16 @@ export const TrainSchema = z
     .describe('compute the reference log-probs once in a cached `reference` stage (gpu queue) and skip the reference forward pass while training (TRL\'s name)'),
   gradient_accumulation_steps: z.int().positive().default(TRAIN.gradient_accumulation_steps).describe('micro-batches per optimizer step'),
   learning_rate: z.number().positive().default(TRAIN.learning_rate).describe('peak AdamW learning rate'),
-  lr_scheduler_type: z.enum(LR_SCHEDULER_TYPES).default(TRAIN.lr_scheduler_type),
+  lr_scheduler_type: z.enum(LR_SCHEDULER_TYPES).default(TRAIN.lr_scheduler_type).describe('learning-rate decay after warmup (transformers\' schedulers)'),
   warmup_ratio: z.number().min(0).lt(1).default(TRAIN.warmup_ratio).describe('share of steps with linear warmup'),
-  weight_decay: z.number().min(0).default(TRAIN.weight_decay),
+  weight_decay: z.number().min(0).default(TRAIN.weight_decay).describe('AdamW decoupled weight decay (coefficient)'),
   max_grad_norm: z.number().positive().default(TRAIN.max_grad_norm).describe('gradient clipping norm'),
   beta: z.number().positive().default(TRAIN.beta).describe('DPO temperature'),
-  loss_type: z.enum(LOSS_TYPES).default(TRAIN.loss_type),
+  loss_type: z.enum(LOSS_TYPES).default(TRAIN.loss_type).describe('DPO objective, TRL\'s names: sigmoid (DPO), ipo, hinge, robust'),
   label_smoothing: z.number().min(0).lt(0.5).default(TRAIN.label_smoothing).describe('assumed label-flip rate; robust loss only (as in TRL)'),
   lora: LoraSchema.prefault({}),
-  dtype: z.enum(DTYPES).default(TRAIN.dtype),
-  gradient_checkpointing: z.boolean().default(TRAIN.gradient_checkpointing),
+  dtype: z.enum(DTYPES).default(TRAIN.dtype).describe('base weight and autocast dtype (LoRA weights stay float32)'),
+  gradient_checkpointing: z.boolean().default(TRAIN.gradient_checkpointing).describe('recompute activations in the backward pass: less memory, more compute'),
   checkpoint_every_steps: z.int().positive().default(TRAIN.checkpoint_every_steps).describe('optimizer steps between checkpoints'),
   segment_steps: z
     .int()
@@ -173,7 +173,7 @@ export const TrainSchema = z
     .positive()
     .default(50)
     .describe('training activities per run of the training workflow before it continues as new (bounds its history)'),
-  seed: z.int().min(0).default(TRAIN.seed),
+  seed: z.int().min(0).default(TRAIN.seed).describe('seeds LoRA init, dropout and the data order (epoch e uses seed + e)'),
   })
   .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
     message: 'required when per_device_train_batch_size is "auto"',
@@ -222,19 +222,22 @@ export const StorageSchema = z.strictObject({
 const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|minutes?|hours?|days?)$/, 'must be a duration such as "30s", "10m" or "2h"');
 
 export const StageDeclSchema = z.strictObject({
-  id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)'),
+  id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)').describe('unique stage id; names its storage folder'),
   kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
   needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
   params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
   queue: z.string().min(1).optional().describe('task queue override'),
   timeouts: z
-    .strictObject({ start_to_close: durationString.optional(), heartbeat: durationString.optional() })
+    .strictObject({
+      start_to_close: durationString.optional().describe("activity start-to-close timeout, e.g. '2h' (default: the kind's)"),
+      heartbeat: durationString.optional().describe("activity heartbeat timeout, e.g. '30s' (default: the kind's)"),
+    })
     .optional(),
   retry: z
     .strictObject({
-      maximum_attempts: z.int().positive().optional(),
-      initial_interval: durationString.optional(),
-      maximum_interval: durationString.optional(),
+      maximum_attempts: z.int().positive().optional().describe('attempts per activity before the stage fails (default: the kind\'s)'),
+      initial_interval: durationString.optional().describe('wait before the first retry, e.g. \'1s\''),
+      maximum_interval: durationString.optional().describe('longest wait between retries, e.g. \'1m\''),
     })
     .optional(),
 });
