@@ -36,7 +36,8 @@ import { depsFromEnv, REPO_ROOT, type ActivityDeps } from '../io/deps.js';
 import { createCpuActivities, createGpuActivities } from '../activities/index.js';
 import { checkConfig, loadConfigFile } from '../cli/runPipeline.js';
 import type { PipelineConfig } from '../contracts/config.js';
-import { planPipeline, planToMermaid, standardChain, stageSettings, type PlannedStage } from '../contracts/dag.js';
+import { planToMermaid, stageSettings, type PlannedStage } from '../contracts/dag.js';
+import { planRun } from '../contracts/runPlan.js';
 import { configHash, type RunLineage } from '../contracts/lineage.js';
 import type { EvaluateResult, PipelineResult, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
 import { ensureDemoDataset, ensureTinyModel, publishFolder } from '../scripts/assets.js';
@@ -207,7 +208,7 @@ async function direct(i: number): Promise<ArmRun> {
   const { runId } = run;
   const bucket = config.storage.bucket;
   const modelSource = config.model.source;
-  const plan = planPipeline(standardChain(config), config);
+  const { plan } = planRun(config);
   const stage = (kind: string): PlannedStage => plan.stages.find((s) => s.kind === kind)!;
   const timeline: Array<StageTimeline & { summary?: Record<string, number | string> }> = plan.stages.map((s) => ({ id: s.id, kind: s.kind, needs: s.needs, state: 'pending' }));
   const timed = async <T extends object>(id: string, body: () => Promise<T>): Promise<T> => {

@@ -7,9 +7,10 @@ import { readFile } from 'node:fs/promises';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
-import { configStages, PlanError, planPipeline } from '../contracts/dag.js';
+import { PlanError } from '../contracts/dag.js';
+import { planRun } from '../contracts/runPlan.js';
 import { causeMessages, FailureType } from '../contracts/errors.js';
-import { expandSweep, SweepError } from '../contracts/sweep.js';
+import { SweepError } from '../contracts/sweep.js';
 import { trainingWorkflowId } from '../contracts/keys.js';
 import type { RunLineage } from '../contracts/lineage.js';
 import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
@@ -45,7 +46,7 @@ export function checkConfig(raw: unknown, where?: string): PipelineConfig {
   const parsed = parsePipelineConfig(raw);
   if (!parsed.ok) throw new ConfigFileError(`${prefix}${formatConfigProblems(parsed.problems)}`);
   try {
-    planPipeline(expandSweep(configStages(parsed.config), parsed.config.sweep).decls, parsed.config);
+    planRun(parsed.config);
   } catch (err) {
     if (err instanceof PlanError || err instanceof SweepError) throw new ConfigFileError(`${prefix}${err.message}`);
     throw err;

@@ -6,7 +6,6 @@
  */
 import { z } from 'zod';
 import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
-import { isSafeKeySegment } from './keys.js';
 import { REFERENCE_DEFAULTS } from './trainerContract.js';
 
 export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report';

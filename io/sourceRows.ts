@@ -8,7 +8,6 @@ import { createHash } from 'node:crypto';
 import { createReadStream, openAsBlob } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import * as arrow from 'apache-arrow';
 import { ParquetFile } from 'parquet-wasm';
 import type { PipelineConfig } from '../contracts/config.js';

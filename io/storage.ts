@@ -3,8 +3,8 @@
  * the worker's environment only (invariant 2, docs/architecture.md): they never enter a payload or a log line.
  */
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, stat } from 'node:fs/promises';
-import { dirname, join, relative } from 'node:path';
+import { mkdir, rename } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Client, CopyDestinationOptions, CopySourceOptions } from 'minio';
 import { listFilesRecursive } from './files.js';

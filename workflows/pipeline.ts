@@ -11,9 +11,10 @@
 import { ApplicationFailure, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
-import { configStages, PlanError, planPipeline, planToMermaid, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { PlanError, planToMermaid, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { planRun } from '../contracts/runPlan.js';
 import { storageRunId } from '../contracts/lineage.js';
-import { expandSweep, SweepError, sweepRows, type SweepBranch } from '../contracts/sweep.js';
+import { SweepError, sweepRows, type SweepBranch } from '../contracts/sweep.js';
 import { addAttempt } from '../contracts/attempts.js';
 import { causeMessages, FailureType } from '../contracts/errors.js';
 import { isSafeKeySegment } from '../contracts/keys.js';
@@ -139,9 +140,7 @@ function validateInput(input: unknown): PipelineConfig {
 
 function planOrFail(config: PipelineConfig): { plan: PipelinePlan; branches: SweepBranch[] } {
   try {
-    // A sweep copies the train branches before planning, so shared data stages are planned once.
-    const { decls, branches } = expandSweep(configStages(config), config.sweep);
-    return { plan: planPipeline(decls, config), branches };
+    return planRun(config);
   } catch (err) {
     if (err instanceof PlanError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig, err.problems);
     if (err instanceof SweepError) throw ApplicationFailure.nonRetryable(err.message, FailureType.InvalidConfig);

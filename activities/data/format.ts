@@ -17,7 +17,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { FailureType } from '../../contracts/errors.js';
 import { keys } from '../../contracts/keys.js';
 import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinishInput, FormatInput, FormatPlan, StageResult } from '../../contracts/payloads.js';
-import { ChatTokenizer, loadProcessorConfigs } from '../../vlm/chatTokenizer.js';
+import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { DownloadManifest } from './download.js';
 import { defaultImageEdge } from '../../vlm/imageSize.js';

@@ -13,8 +13,8 @@
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { amberFromParquet, amberToParquet, type AmberQuestion } from '../../io/amberSuite.js';

@@ -9,12 +9,11 @@
  *   stages/reference/<hash>/logps/ref_logps.parquet + logps/manifest.json (the trainer's, sha256)
  *   stages/reference/<hash>/manifest.json                                 (the stage's, last)
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
-import { basename, join, relative } from 'node:path';
-import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
-import { FailureType } from '../../contracts/errors.js';
+
+
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Context, heartbeat } from '@temporalio/activity';
 import { MANIFEST_FILE } from '../../contracts/keys.js';
 import type { ReferenceInput, StageResult } from '../../contracts/payloads.js';
 import type { ActivityDeps } from '../../io/deps.js';

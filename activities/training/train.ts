@@ -3,18 +3,18 @@
  * the newest complete checkpoint in storage, spawns the Python trainer, relays its events as
  * heartbeats and uploads every checkpoint it writes (manifest last).
  */
-import { createHash } from 'node:crypto';
+
 import { readFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat, log } from '@temporalio/activity';
-import { countInterruptions, type AttemptMark, type Interruptions } from '../../contracts/attempts.js';
+import { countInterruptions } from '../../contracts/attempts.js';
 import { FailureType, hasFailureType } from '../../contracts/errors.js';
-import { fenceName, keys, MANIFEST_FILE, parseFencedCheckpointName } from '../../contracts/keys.js';
-import type { TrainInput, TrainMetrics, TrainResult, TrainSegmentInput, TrainSegmentResult } from '../../contracts/payloads.js';
+import { fenceName, keys, MANIFEST_FILE } from '../../contracts/keys.js';
+import type { TrainMetrics, TrainSegmentInput, TrainSegmentResult } from '../../contracts/payloads.js';
 import type { StepRecord, TrainingControl, TrainProgress } from '../../contracts/progress.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import { resumeChain } from '../run/lineage.js';
-import { AttemptFence, listFences, publishedWhileCurrent } from '../../io/fencing.js';
+import { AttemptFence } from '../../io/fencing.js';
 import { stageModel } from '../../io/models.js';
 import { listFilesRecursive } from '../../io/files.js';
 import { stageInitAdapter, stageReference, stageShards } from '../../io/staging.js';

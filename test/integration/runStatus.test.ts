@@ -19,7 +19,7 @@ import { describeFailure, failureHint, resumeCanHelp, type ClosedRunStatus } fro
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
 import { temporalEnv } from '../../contracts/connection.js';
-import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../../contracts/messages.js';
+import { PIPELINE_WORKFLOW, statusQuery } from '../../contracts/messages.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 
 const exec = promisify(execFile);
