@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -145,3 +146,42 @@ def adapter_tensors(adapter_dir: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+# How close two runs that differ only in float rounding must land
+
+FLOAT32_EPS = 2.0**-23  # 1.19e-7
+
+
+def adapter_distance_bound(reference_config: dict[str, Any], reference: RunResult) -> float:
+    """Upper bound on the L2 distance between two adapters trained on the same pairs per step
+    whose float32 sums ran in a different order (another micro-batch split, gradients summed
+    across ranks, other padding widths).
+
+    One gradient element is a sum over every token of the step's sequences, so its rounding error
+    is at most about eps * N relative, N = 2 sequences x pairs per step x longest row (recursive
+    summation: (N - 1) * eps / 2 of the sum of magnitudes). AdamW turns each step's gradient into
+    an update of at most ~lr per element (Kingma & Ba 2015, sec. 2.1), so step t's update error is
+    <= lr_t * eps * N per element, and the final adapter's, over P parameters, <= sqrt(P) * eps * N
+    * sum(lr_t). The L2 norm is the statistic because Adam divides each element by its own
+    gradient size: where a gradient element nearly cancels, its relative error is large (the
+    max-abs difference of mathematically equal runs is ~1e-3 of one element's update), but such
+    elements are a negligible share of the norm. A run that does not keep the effective batch
+    changes the update direction itself: its distance is O(sqrt(P) * lr), hundreds of times more.
+    """
+    from dpo_trainer.data import load_shards
+
+    started = reference.of("started")[0]
+    pairs_per_step = started["micro_batch"] * started["grad_accum"] * started["world_size"]
+    longest_row = load_shards(reference_config["train_shards"]).max_sequence_length()
+    terms = 2 * pairs_per_step * longest_row
+    total_lr = sum(e["metrics"]["learning_rate"] for e in reference.of("step"))
+    params = sum(t.numel() for t in adapter_tensors(reference.last["adapter_path"]).values())
+    return math.sqrt(params) * FLOAT32_EPS * terms * total_lr
+
+
+def adapter_distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """L2 distance over all adapter parameters, in float64."""
+    assert a.keys() == b.keys()
+    return math.sqrt(sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a))

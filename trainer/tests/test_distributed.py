@@ -12,7 +12,7 @@ import sys
 
 
 
-from conftest import TRAINER, adapter_tensors, parse_events
+from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events
 
 
 def free_port() -> int:
@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def test_two_processes_match_one(reference_run, train_config, tmp_path, validate_events):
-    _, reference = reference_run
+    reference_config, reference = reference_run
     # 2 ranks x micro-batch 4 x accumulation 1 = 8 pairs per step, as the reference's 4 x 2.
     # No GPU here: accelerate's multi-process launcher (torchrun underneath) with device "cpu" -> gloo.
     config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu")
@@ -45,7 +45,8 @@ def test_two_processes_match_one(reference_run, train_config, tmp_path, validate
     assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
     final = adapter_tensors(events[-1]["adapter_path"])
     expected = adapter_tensors(reference.last["adapter_path"])
-    # Summing gradients across ranks reorders float additions; AdamW turns that into ~1e-5 (measured 1.1e-5).
-    assert max(float((final[k] - expected[k]).abs().max()) for k in expected) < 5e-5
+    # Summing gradients across ranks reorders float additions: equal up to float32 rounding, an
+    # L2 bound derived in conftest (the max-abs difference is one badly conditioned element's).
+    assert adapter_distance(final, expected) < adapter_distance_bound(reference_config, reference)
     assert [e["step"] for e in events if e["event"] == "checkpoint_saved"] == [2, 4, 6]
 
