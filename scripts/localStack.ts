@@ -37,7 +37,7 @@ export function toolPath(name: 'temporal' | 'minio'): string {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     if (dir && existsSync(join(dir, name))) return join(dir, name);
   }
-  throw new Error(`${name} is not installed: run \`npm run setup\` (it builds ${name} with go install, once)`);
+  throw new Error(`${name} is not installed: run \`npm run setup\` (it installs ${name} into ${cacheDir}/tools, once)`);
 }
 
 function hostPort(value: string, fallbackPort: number): { host: string; port: number } {

