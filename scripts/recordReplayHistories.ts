@@ -3,7 +3,9 @@
  * a demo-like run (every stage kind of the standard chain, a training child that continues as
  * new) and a faulted run (the trainer runs out of memory and backs off in process, the child
  * adopts the new memory settings and signals its pipeline). Each workflow run -- the pipeline
- * and every run of its training child -- is written as one JSON history.
+ * and every run of its training child -- is written as one binary protobuf History (the SDK's
+ * JSON history converter fails on this install's duplicated protobufjs copies), and
+ * `index.json` says which workflow id each file replays as.
  *
  * Re-record only on purpose: when a workflow change is meant to be incompatible with runs in
  * flight (docs/architecture.md, "Upgrading workers"), and after a deployment has drained them.
@@ -14,7 +16,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import proto from '@temporalio/proto';
 import { temporalEnv } from '../contracts/connection.js';
 import type { PipelineConfigInput } from '../contracts/config.js';
 import { trainingWorkflowId } from '../contracts/keys.js';
@@ -50,15 +52,23 @@ async function runsOf(client: Client, workflowId: string): Promise<string[]> {
   return runs.sort((a, b) => a.start - b.start).map((r) => r.runId);
 }
 
-async function record(client: Client, handle: WorkflowHandle, name: string): Promise<string[]> {
-  const written: string[] = [];
+/** One recorded history: its file under HISTORIES_DIR and the workflow id it replays as. */
+export interface RecordedHistory {
+  file: string;
+  workflowId: string;
+}
+
+const History = proto.temporal.api.history.v1.History;
+
+async function record(client: Client, handle: WorkflowHandle, name: string): Promise<RecordedHistory[]> {
+  const written: RecordedHistory[] = [];
   const save = async (workflowId: string, label: string) => {
     const runIds = await runsOf(client, workflowId);
     for (const [i, runId] of runIds.entries()) {
       const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
-      const file = join(HISTORIES_DIR, `${name}.${label}${runIds.length > 1 ? `.run${i + 1}` : ''}.json`);
-      await writeFile(file, historyToJSON(history));
-      written.push(file);
+      const file = `${name}.${label}${runIds.length > 1 ? `.run${i + 1}` : ''}.binpb`;
+      await writeFile(join(HISTORIES_DIR, file), History.encode(History.fromObject(history)).finish());
+      written.push({ file, workflowId });
     }
   };
   await save(handle.workflowId, 'pipeline');
@@ -77,6 +87,7 @@ async function main(): Promise<void> {
   const { workers, connection } = await createWorkers({ temporal: temporalEnv(), queues, serve: { cpu: true, gpu: true }, deps, workflowBundle: await bundleWorkflowsInThread() });
   const running = Promise.all(workers.map((w) => w.run()));
   const client = new Client({ connection: await Connection.connect({ address: temporalEnv().address }) });
+  await rm(HISTORIES_DIR, { recursive: true, force: true });
   await mkdir(HISTORIES_DIR, { recursive: true });
   try {
     // Demo-like: 12 steps in segments of 4, one segment per child run (two continue-as-new).
@@ -86,7 +97,7 @@ async function main(): Promise<void> {
       args: [config('replay-demo', datasetDir, modelSource, queues, { segment_steps: 4, segments_per_workflow_run: 1, checkpoint_every_steps: 2 })],
     });
     await demo.result();
-    console.log(...(await record(client, demo, 'demo')));
+    const recorded = await record(client, demo, 'demo');
     // Faulted: out of memory above micro-batch 1; the trainer backs off, the child adopts it.
     process.env.DPO_FAULT_OOM_ABOVE_MICRO_BATCH = '1';
     const faulted = await client.workflow.start(PIPELINE_WORKFLOW, {
@@ -96,7 +107,9 @@ async function main(): Promise<void> {
     });
     await faulted.result();
     delete process.env.DPO_FAULT_OOM_ABOVE_MICRO_BATCH;
-    console.log(...(await record(client, faulted, 'oom-backoff')));
+    recorded.push(...(await record(client, faulted, 'oom-backoff')));
+    await writeFile(join(HISTORIES_DIR, 'index.json'), `${JSON.stringify(recorded, null, 2)}\n`);
+    for (const r of recorded) console.log(`recorded ${r.file} (${r.workflowId})`);
   } finally {
     for (const w of workers) w.shutdown();
     await running;

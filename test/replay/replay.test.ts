@@ -6,17 +6,18 @@
  * (docs/architecture.md, "Upgrading workers"). The histories are recorded by
  * scripts/recordReplayHistories.ts; no server is needed to replay them.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { historyFromJSON } from '@temporalio/common/lib/proto-utils.js';
+import proto from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { describe, expect, inject, it } from 'vitest';
-import { REPO_ROOT } from '../../io/deps.js';
+import { HISTORIES_DIR, type RecordedHistory } from '../../scripts/recordReplayHistories.js';
 
-const HISTORIES = join(REPO_ROOT, 'test/replay/histories');
+const History = proto.temporal.api.history.v1.History;
 
 describe('workflow replay', async () => {
-  const files = (await readdir(HISTORIES)).filter((f) => f.endsWith('.json')).sort();
+  const recorded = JSON.parse(await readFile(join(HISTORIES_DIR, 'index.json'), 'utf8')) as RecordedHistory[];
+  const files = recorded.map((r) => r.file);
 
   it('has histories of a demo run, its continued-as-new training runs, and a faulted run', () => {
     expect(files.some((f) => f.startsWith('demo.pipeline'))).toBe(true);
@@ -25,10 +26,12 @@ describe('workflow replay', async () => {
     expect(files.some((f) => f.startsWith('oom-backoff.training'))).toBe(true);
   });
 
-  it.each(files)('%s replays on the current workflow code', async (file) => {
-    const history = historyFromJSON(JSON.parse(await readFile(join(HISTORIES, file), 'utf8')));
+  it.each(recorded)('$file replays on the current workflow code', async ({ file, workflowId }) => {
+    const history = History.decode(await readFile(join(HISTORIES_DIR, file)));
+    expect(history.events.length).toBeGreaterThan(10);
     const code = await readFile(inject('workflowBundlePath'), 'utf8');
     // Throws DeterminismViolationError (or another replay failure) naming the first mismatch.
-    await Worker.runReplayHistory({ workflowBundle: { code } }, history, file.replace(/\.json$/, ''));
+    // The workflow id matters: child workflow ids are derived from it.
+    await Worker.runReplayHistory({ workflowBundle: { code } }, history, workflowId);
   });
 });
