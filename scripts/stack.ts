@@ -5,7 +5,7 @@ const command = process.argv[2] ?? 'up';
 const log = (line: string) => console.log(`stack: ${line}`);
 if (command === 'up') {
   await stackUp(log);
-  log(`ready. Temporal at 127.0.0.1:7233 (Web UI ${temporalUiUrl()}), MinIO at http://127.0.0.1:9000; state in ${STATE_DIR}`);
+  log(`ready. Temporal at ${process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233'} (Web UI ${temporalUiUrl()}), MinIO at ${process.env.DPO_S3_ENDPOINT ?? 'http://127.0.0.1:9000'}; state in ${STATE_DIR}`);
 } else if (command === 'down') {
   const stopped = await stackDown(log);
   if (!stopped.length) log('nothing to stop (services not started by this stack are left alone)');

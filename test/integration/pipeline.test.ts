@@ -24,6 +24,7 @@ import type { PipelineResult } from '../../contracts/payloads.js';
 import { toolPath } from '../../scripts/localStack.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { temporalEnv } from '../../contracts/connection.js';
 
 const exec = promisify(execFile);
 let stack: TestStack;
@@ -91,7 +92,7 @@ describe('dpoPipeline end to end', () => {
       '--task-queue', stack.queues.cpu,
       '--workflow-id', runId,
       '--input-file', inputFile,
-      '--address', '127.0.0.1:7233',
+      '--address', temporalEnv().address,
     ]);
     result = await stack.client.workflow.getHandle(runId).result();
     expect(result.runId).toBe(runId);
@@ -216,7 +217,7 @@ describe('dpoPipeline end to end', () => {
 
   it('shows every stage activity in `temporal workflow show`, and no secret in the history', async () => {
     const show = async (id: string) =>
-      (await exec(toolPath('temporal'), ['workflow', 'show', '--workflow-id', id, '--address', '127.0.0.1:7233', '--output', 'json'])).stdout;
+      (await exec(toolPath('temporal'), ['workflow', 'show', '--workflow-id', id, '--address', temporalEnv().address, '--output', 'json'])).stdout;
     // Training runs in a child workflow (workflows/training.ts): its segments are trainModel activities.
     const stdout = (await show(runId)) + (await show(`${runId}.train.train`));
     for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'dpoTraining', 'trainModel', 'prepareEvaluation', 'scorePreferenceShard', 'scoreAmberShard', 'generateExamples', 'finishEvaluation', 'writeReport']) {
