@@ -10,7 +10,7 @@ import type { ActivityDeps } from './deps.js';
 import { sha256Hex } from './files.js';
 
 /** Downloads the split's shards into a content-addressed local cache, checking their sha256. */
-export async function stageShards(deps: ActivityDeps, bucket: string, manifestKey: string, split: string): Promise<string[]> {
+export async function stageShards(deps: ActivityDeps, { bucket, manifestKey, split }: { bucket: string; manifestKey: string; split: string }): Promise<string[]> {
   const manifest = await deps.storage.getJson<ShardManifest>(bucket, manifestKey);
   const entry = manifest.splits[split];
   if (!entry) throw nonRetryable(`shard manifest has no split "${split}"`, FailureType.InvalidDataset);
@@ -34,7 +34,7 @@ export async function stageShards(deps: ActivityDeps, bucket: string, manifestKe
  * Downloads a reference stage's output for the train activity; returns the local parquet paths
  * (each beside the trainer's manifest.json, which the trainer verifies).
  */
-export async function stageReference(deps: ActivityDeps, bucket: string, manifestKey: string, dir: string): Promise<string[]> {
+export async function stageReference(deps: ActivityDeps, { bucket, manifestKey, dir }: { bucket: string; manifestKey: string; dir: string }): Promise<string[]> {
   const manifest = await deps.storage.getJson<ReferenceManifest>(bucket, manifestKey);
   await rm(dir, { recursive: true, force: true });
   await deps.storage.downloadPrefix(bucket, manifest.logpsPrefix, dir);

@@ -44,7 +44,7 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
       await rm(dir, { recursive: true, force: true });
       await mkdir(dir, { recursive: true });
       try {
-        const shards = await stageShards(deps, input.bucket, input.shards.manifestKey, input.trainSplit);
+        const shards = await stageShards(deps, { bucket: input.bucket, manifestKey: input.shards.manifestKey, split: input.trainSplit });
         const configPath = join(dir, 'reference-config.json');
         const outputDir = join(dir, 'out');
         await writeTrainerConfig(configPath, 'ReferenceConfig', referenceRunConfig({ modelDir, shards, outputDir, batchSize: input.batchSize, dtype: input.dtype }));

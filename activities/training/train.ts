@@ -71,7 +71,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     await mkdir(attemptDir, { recursive: true });
 
     const modelDir = await stageModel(deps, input.modelSource);
-    const shardPaths = await stageShards(deps, bucket, input.shards.manifestKey, input.trainSplit);
+    const shardPaths = await stageShards(deps, { bucket, manifestKey: input.shards.manifestKey, split: input.trainSplit });
     // This run's own checkpoints first (a retried attempt, an earlier segment), then those of the
     // run it resumes, and that run's own resume parents (resuming a resumed run).
     let resume = await stageNewestCheckpoint(deps, { bucket, runId, stageId: input.stageId, dir: join(attemptDir, 'resume'), warn: (message, fields) => log.warn(message, fields) });
@@ -85,7 +85,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       log.info('resuming training from checkpoint', { runId, stage: input.stageId, step: resume.step, key: resume.key });
     }
 
-    const referenceFiles = input.reference ? await stageReference(deps, bucket, input.reference.manifestKey, join(attemptDir, 'reference')) : [];
+    const referenceFiles = input.reference ? await stageReference(deps, { bucket, manifestKey: input.reference.manifestKey, dir: join(attemptDir, 'reference') }) : [];
     // init_from: a fresh start loads an earlier run's adapter; a checkpoint already holds it.
     const initAdapterDir = !resume && input.initAdapter ? await stageInitAdapter(deps, input.initAdapter, join(attemptDir, 'init-adapter')) : null;
 

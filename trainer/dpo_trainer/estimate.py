@@ -251,7 +251,7 @@ def suggest_micro_batch(static: float, shapes: Shapes, seq_len: int, dtype: str,
     return Suggestion(None, True, usable, None, "does not fit even at micro-batch 1 with gradient checkpointing")
 
 
-def auto_micro_batch(model: Any, total: int, seq_len: int, device: Any, dtype: str, checkpointing: bool) -> tuple[int, str]:
+def auto_micro_batch(model: Any, *, total: int, seq_len: int, device: Any, dtype: str, checkpointing: bool) -> tuple[int, str]:
     """`per_device_train_batch_size: auto` at the start of training: the estimator's suggestion
     for this device (weights already loaded, so their real size counts), lowered to a power of
     two dividing `total` so the effective batch stays exact. On CPU: 8 (documented fallback:

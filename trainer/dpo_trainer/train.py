@@ -175,8 +175,10 @@ class StepOutOfMemory(Exception):
     """The step ran out of memory; raised after the except block so its tensors are freed."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
+    """What every optimizer step needs, built once per process (keyword arguments only)."""
+
     model: Any
     dataset: PreferenceDataset
     pixels: PixelCache | None
@@ -193,7 +195,7 @@ class StepContext:
     dist: Distributed = field(default_factory=Distributed)
 
 
-def optimizer_step(ctx: StepContext, indices: list[int], micro_batch: int, step_pairs: int | None = None) -> dict[str, float]:
+def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, step_pairs: int | None = None) -> dict[str, float]:
     """Accumulate gradients over micro-batches of `indices`, then apply one optimizer step.
 
     The loss is the mean over all pairs of the step (sum of each micro-batch's per-pair losses
@@ -378,13 +380,29 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     rank_samples = step_samples // dist.world_size  # each rank's share of a step
     if micro_batch == "auto":
         micro_batch, reason = auto_micro_batch(
-            model, rank_samples, dataset.max_sequence_length(), device, config.dtype, gradient_checkpointing
+            model,
+            total=rank_samples,
+            seq_len=dataset.max_sequence_length(),
+            device=device,
+            dtype=config.dtype,
+            checkpointing=gradient_checkpointing,
         )
         log(f"per_device_train_batch_size auto -> {micro_batch} ({reason})")
     ctx = StepContext(
-        model, dataset, PixelCache(loaded.image_processor) if loaded.image_processor else None,
-        loaded.spec.pad_token_id, device, dtype, config, optimizer, scheduler, scaler, faults, preemption,
-        reference, dist,
+        model=model,
+        dataset=dataset,
+        pixels=PixelCache(loaded.image_processor) if loaded.image_processor else None,
+        pad_token_id=loaded.spec.pad_token_id,
+        device=device,
+        dtype=dtype,
+        config=config,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        faults=faults,
+        preemption=preemption,
+        reference=reference,
+        dist=dist,
     )
     emit(
         "started",
@@ -422,7 +440,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             faults.before_step(progress.step + 1, lambda: preemption.requested)
             if dist.any(preemption.requested):
                 raise PreemptionRequested()
-            metrics = optimizer_step(ctx, indices, micro_batch, len(step_indices))
+            metrics = optimizer_step(ctx, indices, micro_batch=micro_batch, step_pairs=len(step_indices))
         except PreemptionRequested:
             free_memory(ctx)  # the partial accumulation is dropped; the step is redone on resume
             return preempt(progress.step, last_checkpoint, save, rng_at_step_start)

@@ -14,9 +14,9 @@ from dpo_trainer.estimate import auto_micro_batch
 
 def test_cpu_fallback_divides_the_effective_batch():
     cpu = torch.device("cpu")
-    assert auto_micro_batch(None, 64, 100, cpu, "float32", False) == (8, "CPU fallback")
-    assert auto_micro_batch(None, 12, 100, cpu, "float32", False)[0] == 4  # largest power of two dividing 12, <= 8
-    assert auto_micro_batch(None, 3, 100, cpu, "float32", False)[0] == 1
+    assert auto_micro_batch(None, total=64, seq_len=100, device=cpu, dtype="float32", checkpointing=False) == (8, "CPU fallback")
+    assert auto_micro_batch(None, total=12, seq_len=100, device=cpu, dtype="float32", checkpointing=False)[0] == 4  # largest power of two dividing 12, <= 8
+    assert auto_micro_batch(None, total=3, seq_len=100, device=cpu, dtype="float32", checkpointing=False)[0] == 1
 
 
 def test_auto_needs_the_total_batch():
