@@ -7,8 +7,11 @@ export default defineConfig({
     globalSetup: ['test/globalSetup.ts'],
     // Temporal workers and the trainer are native/child processes: forks isolate them best.
     pool: 'forks',
-    // 2 cores: integration files run one at a time, each sharing the stack.
-    fileParallelism: false,
+    // Two files at a time share the stack (each on its own task queues and work folders): much of
+    // an integration file is waiting (timers, heartbeat timeouts, process start-up), which the
+    // other file's trainer or ONNX work fills. More would only contend for the 2 cores.
+    fileParallelism: true,
+    maxWorkers: 2,
     testTimeout: 600_000,
     hookTimeout: 600_000,
   },
