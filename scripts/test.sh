@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# One OpenMP/BLAS thread per process: two vitest files and pytest run at once on 2 cores, and
+# PyTorch's idle OpenMP threads spin, taking cycles from the other processes' trainers.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 pytest_log="$(mktemp)"
 (cd trainer && exec .venv/bin/python -m pytest -q -p no:cacheprovider) >"$pytest_log" 2>&1 &
 pytest_pid=$!
