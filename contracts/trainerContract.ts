@@ -1,6 +1,6 @@
 /**
  * The trainer's config contract as TypeScript: enums and defaults read from the generated
- * constants (lib/trainerContract.generated.ts = schemas/trainer-config.schema.json), whose one
+ * constants (contracts/trainerContract.generated.ts = schemas/trainer-config.schema.json), whose one
  * definition is the Python trainer's config dataclasses. The pipeline config's train section
  * takes its enums and defaults from here, so the seed recipe is written once. Pure data: it is
  * bundled into the workflow.
