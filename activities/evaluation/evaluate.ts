@@ -50,7 +50,6 @@ import { withHeartbeat } from '../heartbeat.js';
 import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { modelFingerprint } from '../../io/fingerprint.js';
 
-
 const exportFailure = (err: unknown): never => {
   if (err instanceof OnnxExportError) {
     if (err.retryable) throw ApplicationFailure.retryable(err.message, 'OnnxExportCrash');
@@ -395,7 +394,6 @@ export async function finishEvaluation(
   await deps.storage.putJson(input.bucket, result.metricsKey, stored);
   return result;
 }
-
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -9,8 +9,6 @@
  *   stages/reference/<hash>/logps/ref_logps.parquet + logps/manifest.json (the trainer's, sha256)
  *   stages/reference/<hash>/manifest.json                                 (the stage's, last)
  */
-
-
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Context, heartbeat } from '@temporalio/activity';

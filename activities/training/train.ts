@@ -3,7 +3,6 @@
  * the newest complete checkpoint in storage, spawns the Python trainer, relays its events as
  * heartbeats and uploads every checkpoint it writes (manifest last).
  */
-
 import { readFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat, log } from '@temporalio/activity';
@@ -27,7 +26,6 @@ import { trainRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.j
 
 /** How often a running segment reads its controls: as often as it heartbeats. */
 const CONTROL_POLL_MS = 5_000;
-
 
 export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): Promise<TrainSegmentResult> {
   const ctx = Context.current();
@@ -289,10 +287,6 @@ async function publishCheckpoint(deps: ActivityDeps, bucket: string, dir: string
   await fence.assertCurrent('publishing a checkpoint manifest');
   await withStorageRetries(() => deps.storage.putJson(bucket, prefix + MANIFEST_FILE, { ...manifest, fence: { token: fence.token, attempt } }));
 }
-
-
-
-
 
 /** The stored curve of the first of `candidates` that exists, cut at the resumed step. */
 async function loadStepHistory(storage: ActivityDeps['storage'], bucket: string, candidates: string[], upToStep: number): Promise<StepRecord[]> {
