@@ -6,7 +6,6 @@
  * deterministic. The manifest lists per shard its rows, tokens, bytes and sha256. Memory holds
  * one tokenized part and one shard at a time.
  */
-import { createHash } from 'node:crypto';
 import * as arrow from 'apache-arrow';
 import { keys } from '../../contracts/keys.js';
 import type { ShardInput, StageResult } from '../../contracts/payloads.js';
@@ -16,6 +15,7 @@ import { progress } from '../heartbeat.js';
 import { findCachedStage, stageHash, writeStageManifest } from '../../io/stageCache.js';
 import type { ShardEntry, ShardManifest } from '../../contracts/manifests.js';
 import type { TokenizeManifest } from './tokenize.js';
+import { sha256Hex } from '../../io/files.js';
 export type { ShardEntry, ShardManifest } from '../../contracts/manifests.js';
 
 const TOKEN_COLUMNS = ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids'] as const;
@@ -46,7 +46,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
         rows: table.numRows,
         tokens: pendingTokens,
         bytes: bytes.length,
-        sha256: createHash('sha256').update(bytes).digest('hex'),
+        sha256: sha256Hex(bytes),
         firstSampleId: ids.get(0) as string,
         lastSampleId: ids.get(table.numRows - 1) as string,
       });

@@ -12,7 +12,7 @@
  *
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
@@ -45,7 +45,7 @@ import { listToNumbers, readParquetTable } from '../../io/parquet.js';
 import type { ShardManifest } from '../data/shard.js';
 import { runCachedStage, stageHash } from '../../io/stageCache.js';
 import { parseS3Uri } from '../../io/storage.js';
-import { listFilesRecursive } from '../../io/files.js';
+import { listFilesRecursive, sha256Hex } from '../../io/files.js';
 import { withHeartbeat } from '../heartbeat.js';
 import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { modelFingerprint } from '../../io/fingerprint.js';
@@ -70,7 +70,7 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
       // The base export is a stage output addressed by the base model's content and the exporter's
       // code: every run (and every evaluation) of the same base model reuses it.
       const exporter = await readFile(join(REPO_ROOT, 'trainer/dpo_trainer/export.py'));
-      const baseHash = stageHash('export', { model: await modelFingerprint(modelDir), exporter: sha256(exporter) });
+      const baseHash = stageHash('export', { model: await modelFingerprint(modelDir), exporter: sha256Hex(exporter) });
       const base = await runCachedStage(storage, input.bucket, 'export', baseHash, async (prefix) => {
         const dir = await exportOnnx({
           pythonBin: deps.pythonBin,
@@ -172,7 +172,7 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
 /** Both ONNX models, from a per-worker cache of exports keyed by their storage prefix. */
 async function loadModels(deps: ActivityDeps, input: ScoreShardInput): Promise<{ base: OnnxModel; trained: OnnxModel }> {
   const load = async (prefix: string, label: string) => {
-    const dir = join(deps.workDir, 'onnx', sha256(Buffer.from(`${input.bucket}/${prefix}`)).slice(0, 24));
+    const dir = join(deps.workDir, 'onnx', sha256Hex(Buffer.from(`${input.bucket}/${prefix}`)).slice(0, 24));
     // Parallel scoring activities in one worker share one download of each export.
     let staged = stagingExports.get(dir);
     if (!staged) {
@@ -216,7 +216,7 @@ interface ShardRow {
 
 async function readShard(deps: ActivityDeps, bucket: string, shard: { key: string; sha256: string }): Promise<ShardRow[]> {
   const bytes = await deps.storage.getBuffer(bucket, shard.key);
-  if (sha256(bytes) !== shard.sha256) throw ApplicationFailure.retryable(`shard ${shard.key} failed its sha256 check after download`);
+  if (sha256Hex(bytes) !== shard.sha256) throw ApplicationFailure.retryable(`shard ${shard.key} failed its sha256 check after download`);
   return readParquetTable(bytes)
     .toArray()
     .map((r: Record<string, unknown>) => ({
@@ -395,5 +395,4 @@ export async function finishEvaluation(
   return result;
 }
 
-const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -1,4 +1,4 @@
-/** `dpo stack up|down`: the local Temporal dev server and MinIO. */
+/** `dpo stack up|down` (also `npm run stack` / `npm run stack:stop`): the local Temporal dev server and MinIO. */
 import { UsageError } from '../errors.js';
 
 export async function stackCommand(args: string[]): Promise<number> {
@@ -6,7 +6,9 @@ export async function stackCommand(args: string[]): Promise<number> {
   const log = (line: string) => console.log(`stack: ${line}`);
   if (args[0] === 'up') {
     await stackUp(log);
-    log(`ready. Temporal at ${process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233'} (Web UI ${temporalUiUrl()}); state in ${STATE_DIR}`);
+    const temporal = process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:7233';
+    const minio = process.env.DPO_S3_ENDPOINT ?? 'http://127.0.0.1:9000';
+    log(`ready. Temporal at ${temporal} (Web UI ${temporalUiUrl()}), MinIO at ${minio}; state in ${STATE_DIR}`);
     return 0;
   }
   if (args[0] === 'down') {
