@@ -13,14 +13,15 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { idefics2 } from './processors/idefics2.js';
 import { llava } from './processors/llava.js';
 import { paligemma } from './processors/paligemma.js';
-import type { FamilySpec, Json, ProcessorConfigs, ProcessorFamily } from './processors/types.js';
+import { qwen2vl } from './processors/qwen2vl.js';
+import type { FamilySpec, ImageSize, Json, ProcessorConfigs, ProcessorFamily } from './processors/types.js';
 
 export interface ChatMessage {
   role: 'user' | 'assistant' | 'system';
   content: Array<{ type: 'image' } | { type: 'text'; text: string }>;
 }
 
-const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma];
+const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma, qwen2vl];
 
 /**
  * Model folders are content-addressed (staged by fingerprint) or local folders that do not change
@@ -49,9 +50,20 @@ export class ChatTokenizer {
     return this.family?.imageToken ?? null;
   }
 
-  /** Copies of the image token per image in the expanded prompt. */
+  /** Copies of the image token per image in the expanded prompt; 0 where it depends on the image's size. */
   get imageTokenCount(): number {
     return this.family?.imageTokensPerImage ?? 0;
+  }
+
+  /** Whether prompts need their images' sizes to be expanded (`encodePrompt`'s second argument). */
+  get needsImageSizes(): boolean {
+    return this.family !== null && this.family.imageTokensPerImage === null;
+  }
+
+  /** Copies of the image token for one image of this size. */
+  imageTokensFor(size: ImageSize): number {
+    if (!this.family) return 0;
+    return this.family.imageTokensFor ? this.family.imageTokensFor(size) : (this.family.imageTokensPerImage ?? 0);
   }
 
   /** Loads once per folder and process: chunk activities of one stage share it. */
@@ -81,7 +93,7 @@ export class ChatTokenizer {
       if (!spec) {
         throw new Error(
           `image-token expansion for processor "${processorClass || modelType}" is not implemented ` +
-            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor)',
+            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor)',
         );
       }
       family = spec.create(configs);
@@ -106,9 +118,28 @@ export class ChatTokenizer {
       .join('');
   }
 
-  /** Prompt ids as the processor computes them: placeholders expanded, special tokens added. */
-  encodePrompt(prompt: string): number[] {
-    const text = this.family ? this.family.expandPrompt(prompt) : prompt;
+  /** The prompt text of a one-image question, as the format stage stores it. */
+  promptText(question: string): string {
+    const user: ChatMessage = { role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] };
+    return this.render([user], this.family?.chatTurns === 'prompt-prefix');
+  }
+
+  /** The answer text to `question`'s prompt, as the format stage stores it (see ProcessorFamily.chatTurns). */
+  completionText(question: string, answer: string): string {
+    const assistant: ChatMessage = { role: 'assistant', content: [{ type: 'text', text: answer }] };
+    if (this.family?.chatTurns !== 'prompt-prefix') return this.render([assistant]);
+    const prompt = this.promptText(question);
+    const whole = this.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }, assistant]);
+    if (!whole.startsWith(prompt)) throw new Error('the chat template renders the prompt differently once an answer follows it');
+    return whole.slice(prompt.length);
+  }
+
+  /**
+   * Prompt ids as the processor computes them: placeholders expanded, special tokens added.
+   * `images` (one per placeholder) is required where the image token count depends on the size.
+   */
+  encodePrompt(prompt: string, images?: ImageSize[]): number[] {
+    const text = this.family ? this.family.expandPrompt(prompt, images) : prompt;
     return this.tokenizer.encode(text, { add_special_tokens: true }).ids;
   }
 

@@ -18,14 +18,36 @@ export interface ProcessorFamily {
   name: string;
   /** The placeholder a rendered prompt holds per image, e.g. `<image>`. */
   imageToken: string;
-  /** Copies of the image token per image in the expanded prompt (what the model's features fill). */
-  imageTokensPerImage: number;
+  /**
+   * Copies of the image token per image in the expanded prompt (what the model's features fill);
+   * null where the count depends on the image's size (Qwen2-VL).
+   */
+  imageTokensPerImage: number | null;
+  /** Copies of the image token for an image of this size (families with a fixed count ignore it). */
+  imageTokensFor?: (size: ImageSize) => number;
   /** Every token string of an image block (image token, boundary tokens): truncation may not cut them. */
   imageBlockTokens: string[];
-  /** The prompt text exactly as the processor hands it to the tokenizer. */
-  expandPrompt(prompt: string): string;
+  /**
+   * The prompt text exactly as the processor hands it to the tokenizer. `images` (one per
+   * placeholder, in order) is required by families whose count depends on the size.
+   */
+  expandPrompt(prompt: string, images?: ImageSize[]): string;
+  /**
+   * How prompt and answer texts are cut from the chat template. 'separate' (default): the user
+   * turn and the assistant turn are rendered on their own, as the seed recipe does. 'prompt-prefix'
+   * (TRL's maybe_apply_chat_template): the prompt is the user turn with the generation prompt, the
+   * answer is what rendering user + assistant adds after it -- for templates that open every
+   * conversation with a default system turn, which a lone assistant turn would repeat.
+   */
+  chatTurns?: 'separate' | 'prompt-prefix';
   /** Families without a chat template render user turns by their prompt convention. */
   renderUserWithoutTemplate?: (images: number, text: string) => string;
+}
+
+/** An image's size in pixels, after the format stage (what the trainer's processor receives). */
+export interface ImageSize {
+  width: number;
+  height: number;
 }
 
 export interface FamilySpec {
