@@ -54,7 +54,12 @@ export const FormatSchema = z.strictObject({
     .min(8)
     .max(8192)
     .optional()
-    .describe("pixels; images are thumbnailed to this longest edge (default: half the processor's longest edge)"),
+    .describe("pixels; images are thumbnailed to this longest edge (default: half the processor's longest edge; 8192 for Qwen2-VL-style processors, whose limit is max_pixels)"),
+  max_pixels: z
+    .int()
+    .positive()
+    .optional()
+    .describe("thumbnails are also shrunk (aspect kept) to at most this many pixels (default: the processor's max_pixels for Qwen2-VL-style processors, else none)"),
   max_image_pixels: z
     .int()
     .positive()

@@ -26,6 +26,8 @@ export type DropReason = (typeof DROP_REASONS)[number];
 export interface FormatOptions {
   /** Longest edge of the thumbnail, pixels. */
   edge: number;
+  /** Most pixels (width x height) of the thumbnail; null for no bound beyond the edge. */
+  maxOutputPixels?: number | null;
   /** Decoding guard: images with more pixels are refused before decoding. */
   maxPixels: number;
   jpegQuality: number;
@@ -91,9 +93,9 @@ export async function formatRow(
     .update(JSON.stringify([question, chosen, rejected]))
     .digest('base64');
   return {
-    prompt: chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]),
-    chosen: chat.render([{ role: 'assistant', content: [{ type: 'text', text: chosen }] }]),
-    rejected: chat.render([{ role: 'assistant', content: [{ type: 'text', text: rejected }] }]),
+    prompt: chat.promptText(question),
+    chosen: chat.completionText(question, chosen),
+    rejected: chat.completionText(question, rejected),
     image,
     dedupKey,
   };
@@ -127,12 +129,33 @@ async function imageBytes(cell: unknown, resolve?: ImageFileResolver): Promise<{
  * `limitInputPixels` refuses decompression bombs from the header, before decoding.
  */
 export async function thumbnail(bytes: Uint8Array, options: FormatOptions): Promise<Uint8Array> {
-  return sharp(bytes, { limitInputPixels: options.maxPixels, failOn: 'warning', sequentialRead: true })
+  const input = () => sharp(bytes, { limitInputPixels: options.maxPixels, failOn: 'warning', sequentialRead: true });
+  let edge = options.edge;
+  if (options.maxOutputPixels) {
+    // The longest edge at which the thumbnail holds at most maxOutputPixels (orientation does not
+    // change edges' lengths, only which is which).
+    const { width, height } = await input().metadata();
+    if (width && height) edge = Math.min(edge, pixelBoundedEdge(width, height, options.maxOutputPixels));
+  }
+  return input()
     .rotate()
     .flatten({ background: '#ffffff' })
-    .resize({ width: options.edge, height: options.edge, fit: 'inside', withoutEnlargement: true })
+    .resize({ width: edge, height: edge, fit: 'inside', withoutEnlargement: true })
     .toColourspace('srgb')
     // Huffman-table optimisation would cost ~2x the encode time for ~5% smaller files.
     .jpeg({ quality: options.jpegQuality, optimiseCoding: false })
     .toBuffer();
+}
+
+/**
+ * The largest longest edge at which a width x height image, scaled with its aspect kept, has at
+ * most maxPixels pixels (sharp rounds the other edge to the nearest pixel).
+ */
+export function pixelBoundedEdge(width: number, height: number, maxPixels: number): number {
+  const long = Math.max(width, height);
+  const short = Math.min(width, height);
+  if (long * short <= maxPixels) return long;
+  let edge = Math.max(1, Math.floor(long * Math.sqrt(maxPixels / (long * short))));
+  while (edge > 1 && edge * Math.max(1, Math.round((short * edge) / long)) > maxPixels) edge--;
+  return edge;
 }

@@ -20,7 +20,7 @@ import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinish
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { DownloadManifest } from './download.js';
-import { defaultImageEdge } from '../../vlm/imageSize.js';
+import { defaultImageEdge, defaultMaxPixels } from '../../vlm/imageSize.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from '../../vlm/formatRows.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
 import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
@@ -85,13 +85,16 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
   const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
   const chat = await ChatTokenizer.load(modelDir);
   const imageLongestEdge = input.format.image_longest_edge ?? (await defaultImageEdge(modelDir));
-  const templateProbe = chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Q' }] }]);
+  const thumbnailPixels = input.format.max_pixels ?? (await defaultMaxPixels(modelDir));
+  const templateProbe = chat.promptText('Q');
   // chunk_rows changes how the work is split, not what it produces.
   const { chunk_rows: chunkRows, ...settings } = input.format;
   const hash = stageHash('format', {
     upstream: input.upstream.hash,
     format: settings,
     imageLongestEdge,
+    // Only where there is a pixel bound, so the hashes of other families' stages stay as they were.
+    ...(thumbnailPixels ? { thumbnailPixels } : {}),
     columns: input.columns,
     splits: input.splits,
     limits: input.limits,
@@ -134,10 +137,16 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
 export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): Promise<FormatChunkResult> {
   const { storage } = deps;
   const { chunk } = input;
-  const chat = await ChatTokenizer.load(await stageModel(deps, input.modelSource, isTokenizerFile));
+  const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
+  const chat = await ChatTokenizer.load(modelDir);
   const path = await localCopy(deps, input.bucket, chunk.fileKey);
   const rows = await readRowRange({ path, ...chunk }, input.columns);
-  const options: FormatOptions = { edge: input.imageLongestEdge, maxPixels: input.format.max_image_pixels, jpegQuality: input.format.jpeg_quality };
+  const options: FormatOptions = {
+    edge: input.imageLongestEdge,
+    maxOutputPixels: input.format.max_pixels ?? (await defaultMaxPixels(modelDir)),
+    maxPixels: input.format.max_image_pixels,
+    jpegQuality: input.format.jpeg_quality,
+  };
   const resolveImage = jsonlImageResolver(deps, input.bucket, input.filesPrefix, chunk.sourcePath);
 
   const out = { ids: [] as string[], prompts: [] as string[], chosen: [] as string[], rejected: [] as string[], images: [] as Uint8Array[], keys: [] as string[] };

@@ -9,10 +9,13 @@
  * manifest last.
  */
 import * as arrow from 'apache-arrow';
+import sharp from 'sharp';
 import { keys } from '../../contracts/keys.js';
 import type { PipelineConfig } from '../../contracts/config.js';
 import type { StageResult, TokenizeChunkInput, TokenizeChunkResult, TokenizeFinishInput, TokenizeInput, TokenizePlan } from '../../contracts/payloads.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
+import { UnprocessableImageError } from '../../vlm/processors/qwen2vl.js';
+import type { ImageSize } from '../../vlm/processors/types.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { FormatManifest } from './format.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
@@ -20,7 +23,7 @@ import { int32List, readParquetTable, tableFromColumns, writeParquetTable } from
 import { progress } from '../heartbeat.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
 
-export type TokenizeDropReason = 'image_placeholder_mismatch' | 'image_tokens_truncated' | 'prompt_too_long' | 'completion_empty';
+export type TokenizeDropReason = 'image_placeholder_mismatch' | 'image_unprocessable' | 'image_tokens_truncated' | 'prompt_too_long' | 'completion_empty';
 
 export interface LengthStats {
   min: number;
@@ -76,10 +79,13 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
   const { chunk } = input;
   const chat = await ChatTokenizer.load(await stageModel(deps, input.modelSource, isTokenizerFile));
   // Only the texts: images stay in the format part, where shard takes them from (carrying them
-  // through a token part would cost a Parquet write, an upload and a read per image).
+  // through a token part would cost a Parquet write, an upload and a read per image). Families
+  // whose image-token count depends on the image's size (Qwen2-VL) read the images for their
+  // sizes (a header parse each).
   const textColumns = ['sample_id', 'prompt', 'chosen', 'rejected'];
-  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key), textColumns);
+  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key), chat.needsImageSizes ? [...textColumns, 'image'] : textColumns);
   const [sid, prompt, chosen, rejected] = textColumns.map((c) => table.getChild(c)!);
+  const images = chat.needsImageSizes ? table.getChild('image') : null;
   const cols = { ids: [] as string[], prompt: [] as number[][], chosen: [] as number[][], rejected: [] as number[][] };
   const lengths = { prompt: [] as number[], chosen: [] as number[], rejected: [] as number[] };
   const dropped: Partial<Record<TokenizeDropReason, number>> = {};
@@ -88,12 +94,25 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
   for (let i = 0; i < table.numRows; i++) {
     if (i % 256 === 0) progress({ chunk: chunk.index, rows: i, of: table.numRows });
     const promptText = prompt!.get(i) as string;
-    const sample = {
-      prompt: chat.encodePrompt(promptText),
-      chosen: chat.encodeCompletion(chosen!.get(i) as string),
-      rejected: chat.encodeCompletion(rejected!.get(i) as string),
-    };
-    const result = chat.countImagePlaceholders(promptText) !== 1 ? { dropped: 'image_placeholder_mismatch' as const } : truncateSample(sample, input.tokenize, chat.imageRelatedTokenIds);
+    const result = await (async () => {
+      if (chat.countImagePlaceholders(promptText) !== 1) return { dropped: 'image_placeholder_mismatch' as const };
+      let sizes: ImageSize[] | undefined;
+      if (images) {
+        const size = await imageSize(images.get(i) as Uint8Array | null);
+        if (!size) return { dropped: 'image_unprocessable' as const };
+        sizes = [size];
+      }
+      let promptIds: number[];
+      try {
+        promptIds = chat.encodePrompt(promptText, sizes);
+      } catch (err) {
+        // e.g. an aspect ratio past 200, which the processor refuses.
+        if (err instanceof UnprocessableImageError) return { dropped: 'image_unprocessable' as const };
+        throw err;
+      }
+      const sample = { prompt: promptIds, chosen: chat.encodeCompletion(chosen!.get(i) as string), rejected: chat.encodeCompletion(rejected!.get(i) as string) };
+      return truncateSample(sample, input.tokenize, chat.imageRelatedTokenIds);
+    })();
     if ('dropped' in result) {
       dropped[result.dropped] = (dropped[result.dropped] ?? 0) + 1;
       continue;
@@ -166,6 +185,13 @@ export async function tokenizeFinish(deps: ActivityDeps, input: TokenizeFinishIn
     splits,
     summary,
   });
+}
+
+/** Width and height of a formatted (upright, EXIF-free) thumbnail, from its header. */
+async function imageSize(bytes: Uint8Array | null): Promise<ImageSize | null> {
+  if (!bytes?.length) return null;
+  const { width, height } = await sharp(bytes).metadata().catch(() => ({ width: undefined, height: undefined }));
+  return width && height ? { width, height } : null;
 }
 
 export interface TokenizedSample {
