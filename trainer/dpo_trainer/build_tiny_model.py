@@ -1,6 +1,12 @@
 """Build the demo model: a tiny random-init LLaVA saved exactly like a hub checkpoint.
 
     python -m dpo_trainer.build_tiny_model --arch llava --out DIR [--seed 0]
+    python -m dpo_trainer.build_tiny_model --arch qwen2_5_vl --out DIR [--seed 0]
+
+`--arch qwen2_5_vl` builds a tiny Qwen2.5-VL instead (Qwen2_5_VLForConditionalGeneration, its
+windowed vision tower and patch merger, M-RoPE, a Qwen2-style byte-level tokenizer with the
+family's special tokens and Qwen2.5-VL-Instruct's chat template, and a Qwen2_5_VLProcessor
+without its torchvision-only video processor; see vision_processors.py).
 
 The machine has no hub access, so tests and the demo pipeline train a real transformers
 architecture (CLIP vision tower + Llama language model + LLaVA projector) at toy size. Everything
@@ -239,9 +245,155 @@ def write_tiny_llava(out: Path, seed: int = 0, size: TinyLlavaSize | None = None
     return out
 
 
+# Qwen/Qwen2.5-VL-7B-Instruct's (and Qwen2-VL-7B-Instruct's) chat template.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2's special tokens (tokenizer.json added_tokens, in their order) and pre-tokenizer regex.
+QWEN2_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+QWEN2_PRETOKENIZER_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+def build_qwen2_tokenizer(corpus: list[str], vocab_size: int):
+    """Qwen2's kind: NFC, the Qwen2 regex split, byte-level BPE, no bos, eos <|im_end|> (Instruct)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZER_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=1, special_tokens=QWEN2_SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="right",
+        model_max_length=131072, clean_up_tokenization_spaces=False,
+    )
+
+
+@dataclass(frozen=True)
+class TinyQwenSize:
+    """Sizes of the tiny Qwen2.5-VL. Images keep their own size up to max_pixels (4096: a 64 x 64
+    thumbnail is an 8 x 8 patch grid, 16 image tokens after the 2 x 2 merge)."""
+
+    patch_size: int = 8  # px
+    merge_size: int = 2
+    min_pixels: int = 16 * 16  # one merged token
+    max_pixels: int = 64 * 64
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    vocab_size: int = 512
+    initializer_range: float = 0.1  # see TinyLlavaSize
+
+
+def write_tiny_qwen2_5_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = None) -> Path:
+    """A tiny random-init Qwen2.5-VL folder, as save_pretrained writes a hub checkpoint."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .vision_processors import image_only_processor_class
+
+    size = size or TinyQwenSize()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen2_tokenizer(demo_corpus(), size.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
+    head_dim = size.text_hidden // size.text_heads
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.text_hidden,
+            "intermediate_size": size.text_hidden * 2,
+            "num_hidden_layers": size.text_layers,
+            "num_attention_heads": size.text_heads,
+            "num_key_value_heads": size.text_kv_heads,
+            "max_position_embeddings": 2048,
+            "max_window_layers": size.text_layers,
+            "initializer_range": size.initializer_range,
+            # M-RoPE: the rotary half of each head split into temporal, height and width sections.
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": size.vision_layers,
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": size.vision_hidden * 2,
+            "num_heads": size.vision_heads,
+            "out_hidden_size": size.text_hidden,
+            "patch_size": size.patch_size,
+            "spatial_merge_size": size.merge_size,
+            "temporal_patch_size": 2,
+            # Windows of 2 x 2 merged tokens; the last block attends globally, as in the 7B.
+            "window_size": 2 * size.merge_size * size.patch_size,
+            "fullatt_block_indexes": [size.vision_layers - 1],
+            "initializer_range": size.initializer_range,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=size.min_pixels, max_pixels=size.max_pixels, patch_size=size.patch_size, merge_size=size.merge_size,
+        temporal_patch_size=2,
+    )
+    processor = image_only_processor_class("Qwen2_5_VLProcessor")(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    tokenizer_config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config["chat_template"] = QWEN2_VL_CHAT_TEMPLATE
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llava"], required=True)
+    parser.add_argument("--arch", choices=["llava", "qwen2_5_vl"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     defaults = TinyLlavaSize()
@@ -249,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         kind = float if spec.type in (float, "float") else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     args = parser.parse_args(argv)
+    if args.arch == "qwen2_5_vl":
+        # Its image-token count depends on each image's size; the size flags are LLaVA's.
+        write_tiny_qwen2_5_vl(args.out, seed=args.seed)
+        print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
+        return 0
     size = TinyLlavaSize(**{name: getattr(args, name) for name in TinyLlavaSize.__dataclass_fields__})
     if size.image_size % size.patch_size:
         parser.error("--image-size must be a multiple of --patch-size")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ class ModelInputSpec:
     has_vision: bool
     image_token_id: int | None
     image_tokens_per_image: int | None
+    # (height, width) -> image tokens, for processors whose count depends on the image's size
+    # (Qwen2-VL); None where the count is fixed or unknown.
+    image_tokens_for_size: Callable[[int, int], int] | None = None
 
 
 class PreferenceDataset:
@@ -163,7 +166,14 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
         offsets = offsets - offsets[0]  # flatten() starts at the first offset of a sliced array
         is_image = np.concatenate([[0], np.cumsum(flat == spec.image_token_id)])
         counts = is_image[offsets[1:]] - is_image[offsets[:-1]]
-        if spec.image_tokens_per_image is None:
+        if spec.image_tokens_for_size is not None:
+            # The count follows from the image's size (a header read, no decoding).
+            expected_counts = np.array(
+                [_size_tokens(table, row, spec.image_tokens_for_size) if has_image[row] else 0 for row in range(len(counts))]
+            )
+            wrong = np.flatnonzero(counts != expected_counts)
+            expects = lambda row: f"{expected_counts[row]} for its image"  # noqa: E731
+        elif spec.image_tokens_per_image is None:
             # Image splitting (Idefics2) makes the count vary: only placeholders vs no placeholders.
             wrong = np.flatnonzero((counts > 0) != has_image)
             expects = lambda row: "at least one" if has_image[row] else "0"  # noqa: E731
@@ -179,6 +189,16 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
             )
     if problems:
         raise InvalidInputError(problems)
+
+
+def _size_tokens(table: pa.Table, row: int, tokens_for_size: Callable[[int, int], int]) -> int:
+    """Image tokens the processor makes of this row's image, from the image's header; -1 for an
+    image that cannot be read or that the processor refuses (reported as a mismatch)."""
+    try:
+        width, height = Image.open(io.BytesIO(table.column("image")[row].as_py())).size
+        return tokens_for_size(height, width)
+    except Exception:  # PIL raises many types for bad bytes; the processor ValueError
+        return -1
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -226,9 +246,16 @@ class PreferenceBatch:
     input_ids: torch.Tensor  # [2B, T]
     attention_mask: torch.Tensor  # [2B, T]
     completion_mask: torch.Tensor  # [2B, T], 1 on chosen/rejected tokens (what the loss scores)
-    pixel_values: torch.Tensor | None  # [images, C, H, W] in row order, or None
+    # [images, C, H, W] in row order, or (Qwen2-VL's flat layout) [patches of all images, C*t*p*p];
+    # None without images.
+    pixel_values: torch.Tensor | None
     pairs: int
     tokens: int  # non-padding tokens, for tokens/second
+    # [images, 3] (t, h, w patches per image) for flat-layout processors (Qwen2-VL), else None.
+    image_grid_thw: torch.Tensor | None = None
+    # [2B, T], 1 on image tokens (Qwen2-VL's processor output of that name): transformers 5
+    # computes M-RoPE position ids from it, and without it silently falls back to 1-D positions.
+    mm_token_type_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "PreferenceBatch":
         return PreferenceBatch(
@@ -238,19 +265,39 @@ class PreferenceBatch:
             None if self.pixel_values is None else self.pixel_values.to(device),
             self.pairs,
             self.tokens,
+            None if self.image_grid_thw is None else self.image_grid_thw.to(device),
+            None if self.mm_token_type_ids is None else self.mm_token_type_ids.to(device),
         )
 
 
-class PixelCache:
-    """Image bytes -> pixel_values, memoised up to a byte budget (epochs revisit every image)."""
+@dataclass(frozen=True)
+class ImageFeatures:
+    """One image as the image processor returns it."""
 
-    def __init__(self, image_processor: Any, budget_bytes: int = 256 * 2**20):
+    pixel_values: torch.Tensor  # [C, H, W], or [patches, C*t*p*p] in the flat layout
+    grid_thw: torch.Tensor | None  # [3] in the flat layout (Qwen2-VL), else None
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixel_values.numel() * self.pixel_values.element_size()
+
+
+class PixelCache:
+    """Image bytes -> pixel_values, memoised up to a byte budget (epochs revisit every image).
+
+    Two layouts: fixed-size processors (CLIP, SigLIP, Idefics2) return [1, C, H, W] per image;
+    Qwen2-VL's returns the image's patches flattened, [patches, C*t*p*p], with image_grid_thw
+    giving their (t, h, w) grid -- which the model needs too, and which fixes how many
+    `image_token_id` tokens the prompt must hold (t*h*w / merge_size^2)."""
+
+    def __init__(self, image_processor: Any, image_token_id: int | None = None, budget_bytes: int = 256 * 2**20):
         self.image_processor = image_processor
+        self.image_token_id = image_token_id
         self.budget = budget_bytes
         self.used = 0
-        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.entries: OrderedDict[str, ImageFeatures] = OrderedDict()
 
-    def get(self, sample_id: str, image_bytes: bytes) -> torch.Tensor:
+    def get(self, sample_id: str, image_bytes: bytes) -> ImageFeatures:
         if sample_id in self.entries:
             self.entries.move_to_end(sample_id)
             return self.entries[sample_id]
@@ -258,15 +305,27 @@ class PixelCache:
             image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
         except Exception as exc:  # PIL raises many types for bad bytes
             raise InvalidInputError(f"sample {sample_id!r}: image bytes cannot be decoded ({exc})") from None
-        pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        size = pixels.numel() * pixels.element_size()
-        if size <= self.budget:
-            self.entries[sample_id] = pixels
-            self.used += size
+        try:
+            out = self.image_processor(images=[image], return_tensors="pt")
+        except ValueError as exc:  # e.g. Qwen2-VL's aspect ratio limit
+            raise InvalidInputError(f"sample {sample_id!r}: the image processor refuses the image ({exc})") from None
+        if "image_grid_thw" in out:
+            features = ImageFeatures(out["pixel_values"], out["image_grid_thw"][0])
+        else:
+            features = ImageFeatures(out["pixel_values"][0], None)
+        if features.nbytes <= self.budget:
+            self.entries[sample_id] = features
+            self.used += features.nbytes
             while self.used > self.budget:
                 _, evicted = self.entries.popitem(last=False)
-                self.used -= evicted.numel() * evicted.element_size()
-        return pixels
+                self.used -= evicted.nbytes
+        return features
+
+    def image_tokens(self, features: ImageFeatures) -> int | None:
+        """Image tokens the prompt must hold for this image, where the image decides it."""
+        if features.grid_thw is None:
+            return None
+        return int(features.grid_thw.prod()) // int(getattr(self.image_processor, "merge_size", 1)) ** 2
 
 
 def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None) -> PreferenceBatch:
@@ -286,13 +345,39 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
         attention_mask[i, : len(sequence)] = 1
         completion_mask[i, start : len(sequence)] = 1
     pixel_values = None
+    image_grid_thw = None
+    mm_token_type_ids = None
     with_image = [row for row in rows if row["image"] is not None]
     if with_image:
         if pixels is None:
             raise InvalidInputError("the shards hold images but the model has no image processor")
         images = [pixels.get(row["sample_id"], row["image"]) for row in with_image]
         # Image features are scattered into <image> tokens in row order: chosen rows, then rejected.
-        pixel_values = torch.stack(images + images)
+        if images[0].grid_thw is None:
+            pixel_values = torch.stack([f.pixel_values for f in images + images])
+        else:
+            _check_image_tokens(with_image, images, pixels)
+            pixel_values = torch.cat([f.pixel_values for f in images + images])
+            image_grid_thw = torch.stack([f.grid_thw for f in images + images])
+            if pixels.image_token_id is not None:
+                mm_token_type_ids = (input_ids == pixels.image_token_id).long()
     return PreferenceBatch(
-        input_ids, attention_mask, completion_mask, pixel_values, len(rows), int(attention_mask.sum())
+        input_ids, attention_mask, completion_mask, pixel_values, len(rows), int(attention_mask.sum()), image_grid_thw,
+        mm_token_type_ids,
     )
+
+
+def _check_image_tokens(rows: list[dict[str, Any]], images: list[ImageFeatures], pixels: PixelCache) -> None:
+    """The prompt's image tokens must be what the processor makes of the image (the model would
+    fail on a mismatch mid-step; this names the sample)."""
+    if pixels.image_token_id is None:
+        return
+    for row, features in zip(rows, images):
+        expected = pixels.image_tokens(features)
+        found = sum(1 for t in row["prompt_input_ids"] if t == pixels.image_token_id)
+        if expected is not None and found != expected:
+            grid = "x".join(str(int(v)) for v in features.grid_thw)  # type: ignore[union-attr]
+            raise InvalidInputError(
+                f"sample {row['sample_id']!r}: prompt has {found} image tokens, the processor makes {expected} of"
+                f" its image (grid {grid}); re-run the tokenize stage for this model and its processor settings"
+            )

@@ -42,7 +42,7 @@ def evaluate(config: EvalConfig) -> dict[str, float | int]:
     if config.adapter_dir:
         model = load_adapter(model, config.adapter_dir)
     model.eval()
-    pixels = PixelCache(loaded.image_processor) if loaded.image_processor else None
+    pixels = PixelCache(loaded.image_processor, loaded.spec.image_token_id) if loaded.image_processor else None
 
     pairs = preferred = reward_correct = 0
     reward_margin_sum = logp_margin_sum = 0.0

@@ -8,6 +8,8 @@ two -- the memory saving the HF "DPO for VLMs" recipe relies on.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from .config import LoraSettings
 from .data import ModelInputSpec, PreferenceBatch, PreferenceDataset, load_shards, validate_against_model
 from .errors import InvalidInputError, ModelLoadError
+from .vision_processors import IMAGE_ONLY_FAMILIES, load_image_only_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,7 +95,11 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         has_vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
         if has_vision:
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            if config.model_type in IMAGE_ONLY_FAMILIES:
+                # Without the video processor transformers would require torchvision for.
+                processor = load_image_only_processor(folder, config.model_type)
+            else:
+                processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             tokenizer = processor.tokenizer
             image_processor = processor.image_processor
             model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, local_files_only=True)
@@ -119,8 +126,17 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
         has_vision=has_vision,
         image_token_id=image_token_id,
         image_tokens_per_image=image_tokens,
+        image_tokens_for_size=_size_token_counter(image_processor) if has_vision and config.model_type in IMAGE_ONLY_FAMILIES else None,
     )
     return LoadedModel(model, image_processor, spec)
+
+
+def _size_token_counter(image_processor: Any) -> Any:
+    """(height, width) -> image tokens, by the image processor's own arithmetic (smart_resize)."""
+    if not hasattr(image_processor, "get_number_of_image_patches"):
+        return None
+    merge = int(getattr(image_processor, "merge_size", 1))
+    return lambda height, width: int(image_processor.get_number_of_image_patches(height, width, {})) // merge**2
 
 
 def attach_lora(model: Any, lora: LoraSettings) -> Any:
@@ -154,12 +170,31 @@ def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, 
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.pixel_values is not None:
         inputs["pixel_values"] = batch.pixel_values.to(model.dtype if hasattr(model, "dtype") else torch.float32)
+    if batch.image_grid_thw is not None:
+        # Qwen2-VL: the patches' grid per image, from which the model also derives its M-RoPE
+        # position ids (get_rope_index, with the attention mask for the padding).
+        inputs["image_grid_thw"] = batch.image_grid_thw
+    if batch.mm_token_type_ids is not None and _forward_takes(model, "mm_token_type_ids"):
+        # transformers >= 5.x finds the image tokens for get_rope_index through this; releases
+        # whose forward does not name it find them by image_token_id themselves.
+        inputs["mm_token_type_ids"] = batch.mm_token_type_ids
     logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
     targets = batch.input_ids[:, 1:]
     mask = batch.completion_mask[:, 1:].to(logits.dtype)
     # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def _forward_takes(model: Any, name: str) -> bool:
+    """Whether the (PEFT-wrapped) model's own forward names this argument."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _signature_has(type(base), name)
+
+
+@functools.cache
+def _signature_has(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 def load_for_scoring(

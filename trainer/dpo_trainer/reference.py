@@ -57,7 +57,7 @@ def compute(config: ReferenceConfig) -> dict:
     # Dropout off: the reference is a fixed function (training runs the reference with dropout
     # too when the base model has any; the demo and seed models have none).
     model.eval()
-    pixels = PixelCache(loaded.image_processor) if loaded.image_processor else None
+    pixels = PixelCache(loaded.image_processor, loaded.spec.image_token_id) if loaded.image_processor else None
     n = len(dataset)
     chosen = np.empty(n, dtype=np.float64)
     rejected = np.empty(n, dtype=np.float64)

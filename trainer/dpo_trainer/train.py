@@ -391,7 +391,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     ctx = StepContext(
         model=model,
         dataset=dataset,
-        pixels=PixelCache(loaded.image_processor) if loaded.image_processor else None,
+        pixels=PixelCache(loaded.image_processor, loaded.spec.image_token_id) if loaded.image_processor else None,
         pad_token_id=loaded.spec.pad_token_id,
         device=device,
         dtype=dtype,

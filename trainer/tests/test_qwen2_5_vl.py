@@ -1,0 +1,259 @@
+"""Qwen2.5-VL end to end in the trainer, on a tiny random-init Qwen2_5_VLForConditionalGeneration
+with its real processor class (build_tiny_model --arch qwen2_5_vl).
+
+Qwen's processor returns every image's patches flattened ([patches, C*t*p*p]) with
+`image_grid_thw`, and the model derives its M-RoPE position ids from the grid and the attention
+mask; the collate stage must build both from the shard's image bytes. The images here have
+different sizes, so every batch mixes grids. Checked: the DPO loss equals TRL's (its own vision
+collator and `_compute_loss` on the same model and LoRA weights), LoRA reaches the vision tower
+and the patch merger, resume is bitwise exact, OOM backoff keeps the numbers, precomputed
+reference log-probs give the same losses, and a prompt whose image-token count does not fit its
+image is refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
+from demo_data import SHARD_SCHEMA, generate_pairs
+
+# (width, height) of the thumbnails, cycled over the pairs: square, landscape, portrait, a strip.
+SIZES = [(48, 48), (64, 40), (30, 60), (80, 16), (56, 56), (20, 44)]
+
+
+@pytest.fixture(scope="module")
+def qwen_model_dir(tmp_path_factory) -> Path:
+    from dpo_trainer.build_tiny_model import write_tiny_qwen2_5_vl
+
+    return write_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "tiny-qwen2.5-vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor(qwen_model_dir):
+    from dpo_trainer.vision_processors import load_image_only_processor
+
+    return load_image_only_processor(qwen_model_dir, "qwen2_5_vl")
+
+
+def sized_jpeg(jpeg: bytes, size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def texts(processor, question: str, answer: str) -> tuple[str, str]:
+    """TRL's maybe_apply_chat_template split (what the Node format stage stores for Qwen)."""
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    prompt = processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    whole = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False)
+    assert whole.startswith(prompt)
+    return prompt, whole[len(prompt):]
+
+
+def qwen_rows(processor, n: int, seed: int) -> list[dict]:
+    """Shard rows as the Node stages make them: image tokens expanded by the processor itself."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for i, pair in enumerate(generate_pairs(n, seed, "qwen")):
+        image = sized_jpeg(pair.image_jpeg, SIZES[i % len(SIZES)])
+        prompt, chosen = texts(processor, pair.question, pair.chosen)
+        _, rejected = texts(processor, pair.question, pair.rejected)
+        prompt_ids = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], text=prompt)["input_ids"][0]
+        answer = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+        rows.append({
+            "sample_id": pair.sample_id, "prompt_input_ids": [int(t) for t in prompt_ids],
+            "chosen_input_ids": answer(chosen), "rejected_input_ids": answer(rejected), "image": image,
+            # For TRL's collator: the same texts (the eos our tokenize stage appends, spelled out).
+            "_trl": {"prompt": prompt, "chosen": chosen + tokenizer.eos_token, "rejected": rejected + tokenizer.eos_token},
+        })
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    table = {name: [row[name] for row in rows] for name in SHARD_SCHEMA.names}
+    pq.write_table(pa.table(table, schema=SHARD_SCHEMA), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen_shards(processor, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("qwen-shards")
+    rows = qwen_rows(processor, 16, seed=5)
+    return [write_rows(folder / "train-000.parquet", rows[:8]), write_rows(folder / "train-001.parquet", rows[8:])]
+
+
+@pytest.fixture(scope="module")
+def qwen_config(qwen_model_dir, qwen_shards):
+    def make(output_dir: Path, **overrides):
+        config = {
+            "model_dir": str(qwen_model_dir), "train_shards": [str(p) for p in qwen_shards], "output_dir": str(output_dir),
+            "seed": 3, "epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+            "learning_rate": 0.005, "lr_scheduler_type": "cosine", "warmup_ratio": 0.25,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+            "checkpoint_every_steps": 2, "log_every_steps": 1, "dtype": "float32",
+        }
+        config.update(overrides)
+        return config
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def qwen_reference_run(qwen_config, tmp_path_factory):
+    config = qwen_config(tmp_path_factory.mktemp("qwen-reference"))
+    result = run_train(config)
+    assert result.exit_code == 0, result.last
+    return config, result
+
+
+def test_collate_builds_the_flat_pixels_and_grids(qwen_model_dir, qwen_shards, processor):
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import load_base_model
+
+    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
+    assert type(loaded.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    rows = load_shards([str(qwen_shards[0])]).rows(range(4))
+    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
+    expected = [processor.image_processor(images=[Image.open(io.BytesIO(r["image"])).convert("RGB")], return_tensors="pt") for r in rows]
+    grids = torch.cat([e["image_grid_thw"] for e in expected])
+    # Chosen rows' images, then the rejected rows' (the same images again), in row order.
+    assert torch.equal(batch.image_grid_thw, torch.cat([grids, grids]))
+    assert torch.equal(batch.pixel_values, torch.cat([e["pixel_values"] for e in expected] * 2))
+    assert len({tuple(g.tolist()) for g in grids}) > 1, "the batch should mix image sizes"
+
+
+def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, processor, tmp_path):
+    trl = pytest.importorskip("trl")
+    from accelerate import Accelerator
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo_trainer.config import LoraSettings
+    from dpo_trainer.data import PixelCache, collate
+    from dpo_trainer.losses import preference_loss
+    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
+
+    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    # LoRA B starts at zero (policy == reference); move it so the loss measures something.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    beta = 0.1
+    rows = qwen_rows(processor, 4, seed=9)
+
+    # Ours: the trainer's collate, log-probs and loss.
+    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
+    with torch.no_grad():
+        policy, lengths = completion_logps(model, batch)
+        with model.disable_adapter():
+            ref, _ = completion_logps(model, batch)
+    b = batch.pairs
+    ours = preference_loss(policy[:b], policy[b:], ref[:b], ref[b:], beta=beta, loss_type="sigmoid",
+                           label_smoothing=0.0, chosen_lengths=lengths[:b], rejected_lengths=lengths[b:]).losses.mean()
+
+    # TRL's: its vision collator on the images and texts, its _compute_loss with the reference
+    # from the disabled adapter, on the same model (TRL's fused LM head added, as its __init__ does).
+    collator = DataCollatorForVisionPreference(processor)
+    examples = [{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows]
+    inputs = collator(examples)
+    assert "image_grid_thw" in inputs
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
+    trainer = object.__new__(DPOTrainer)
+    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
+    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
+    trainer.loss_weights = [1.0]
+    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
+    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
+    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    trainer._total_train_tokens, trainer._tp_size = 0, 1
+    with torch.no_grad():
+        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    # The same sequences: TRL pads prompts left then flushes left, which must land on ours; the
+    # image-token mask the model takes its M-RoPE positions from is the processor's.
+    assert torch.equal(inputs["input_ids"][inputs["attention_mask"].bool()], batch.input_ids[batch.attention_mask.bool()])
+    assert torch.equal(inputs["mm_token_type_ids"].long(), batch.mm_token_type_ids)
+    assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    # Without the image-token mask transformers silently uses 1-D positions: a different loss.
+    with torch.no_grad():
+        flat = dataclasses.replace(batch, mm_token_type_ids=None)
+        flat_policy, _ = completion_logps(model, flat)
+    assert not torch.allclose(flat_policy, policy, atol=1e-3)
+
+
+def test_lora_reaches_the_vision_tower_and_merger(qwen_reference_run):
+    _, result = qwen_reference_run
+    assert [e["step"] for e in result.of("step")] == [1, 2, 3, 4]
+    weights = adapter_tensors(result.last["adapter_path"])
+    assert any(".visual.blocks." in n for n in weights) and any(".visual.merger." in n for n in weights)
+    assert any("language_model" in n for n in weights)
+    assert all(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
+
+
+def test_crash_then_resume_is_bitwise_exact(qwen_reference_run, qwen_config, tmp_path):
+    _, reference = qwen_reference_run
+    crashed = run_train(qwen_config(tmp_path), env={"DPO_FAULT_CRASH_AT_STEP": "3"})
+    assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
+    resumed = run_train(qwen_config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002")))
+    assert resumed.exit_code == 0, resumed.last
+    assert [e["metrics"] for e in resumed.of("step")] == [e["metrics"] for e in reference.of("step")[2:]]
+    final, expected = adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_oom_backoff_keeps_the_effective_batch(qwen_reference_run, qwen_config, tmp_path):
+    reference_config, reference = qwen_reference_run
+    result = run_train(qwen_config(tmp_path), env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "1"})
+    assert result.exit_code == 0, result.last
+    assert [(e["micro_batch"], e["grad_accum"]) for e in result.of("oom_backoff")] == [(1, 4)]
+    distance = adapter_distance(adapter_tensors(result.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < adapter_distance_bound(reference_config, reference)
+
+
+def test_precomputed_reference_gives_the_same_losses(qwen_reference_run, qwen_config, qwen_model_dir, qwen_shards, tmp_path):
+    from test_reference import run_reference
+
+    reference = run_reference({"model_dir": str(qwen_model_dir), "shards": [str(p) for p in qwen_shards],
+                               "output_dir": str(tmp_path / "ref"), "batch_size": 5})
+    assert reference.exit_code == 0, reference.last
+    ref_file = str(Path(reference.last["path"]) / "ref_logps.parquet")
+    result = run_train(qwen_config(tmp_path / "out", precompute_ref_log_probs=True, ref_log_probs_files=[ref_file]))
+    assert result.exit_code == 0, result.last
+    for a, b in zip(result.of("step"), qwen_reference_run[1].of("step"), strict=True):
+        for name in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
+            assert a["metrics"][name] == pytest.approx(b["metrics"][name], abs=1e-5), name
+
+
+def test_image_tokens_that_do_not_fit_the_image_are_refused(qwen_config, qwen_shards, processor, tmp_path):
+    table = pq.read_table(qwen_shards[0]).to_pylist()
+    image_token = processor.image_token_id
+    # One image token too few for the first sample's image (as a tokenize run with other pixel limits would make).
+    ids = table[0]["prompt_input_ids"]
+    table[0]["prompt_input_ids"] = ids[: ids.index(image_token)] + ids[ids.index(image_token) + 1 :]
+    bad = write_rows(tmp_path / "bad.parquet", table)
+    result = run_train(qwen_config(tmp_path / "out", train_shards=[str(bad)], max_steps=1))
+    assert result.exit_code == 65, result.last
+    assert result.last["error_type"] == "InvalidInput"
+    message = result.last["message"]
+    expected = len([t for t in ids if t == image_token])
+    assert table[0]["sample_id"] in message and f"expects {expected} for its image" in message, message
+    # Refused before training, from the images' headers: no step ran.
+    assert not result.of("step")
