@@ -175,10 +175,23 @@ class Shapes:
     patches_per_image: int
 
 
-def model_shapes(config: Any, image_longest_edge: int | None) -> Shapes:
+# transformers' Qwen2VLImageProcessor default max_pixels, for configs that do not set format.max_pixels.
+QWEN_DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+
+
+def model_shapes(config: Any, image_longest_edge: int | None, max_pixels: int | None = None) -> Shapes:
     text = config.get_text_config()
     vision = getattr(config, "vision_config", None)
     patches = 0
+    if vision is not None and config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        # Native resolution up to a pixel budget: at most max_pixels / patch^2 patches per image
+        # (smart_resize keeps the pixel count within max_pixels).
+        patches = (max_pixels or QWEN_DEFAULT_MAX_PIXELS) // vision.patch_size**2
+        intermediate = getattr(vision, "intermediate_size", None) or int(vision.embed_dim * getattr(vision, "mlp_ratio", 4))
+        return Shapes(
+            text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size,
+            getattr(vision, "embed_dim", None) or vision.hidden_size, intermediate, vision.depth, patches,
+        )
     if vision is not None:
         size = vision.image_size if isinstance(vision.image_size, int) else max(vision.image_size)
         patch = vision.patch_size if isinstance(vision.patch_size, int) else max(vision.patch_size)
@@ -303,11 +316,12 @@ def estimate(raw: dict[str, Any], gpu_memory: str | None = None, model_dir: str 
     checkpointing = bool(train.get("gradient_checkpointing", DEFAULTS["gradient_checkpointing"]))
     seq_len = int((raw.get("tokenize") or {}).get("max_length", DEFAULTS["max_length"]))
     edge = (raw.get("format") or {}).get("image_longest_edge")
+    max_pixels = (raw.get("format") or {}).get("max_pixels")
 
     config, found_at = find_model_config(raw["model"]["source"], model_dir)
     counts = count_parameters(config, lora)
     rounded = round_like_the_blog(counts.total)
-    shapes = model_shapes(config, edge)
+    shapes = model_shapes(config, edge, max_pixels)
     static = trainer_rows(counts, dtype)
     result: dict[str, Any] = {
         "model": {"source": raw["model"]["source"], "config": found_at, "architecture": counts.architecture},
@@ -318,7 +332,7 @@ def estimate(raw: dict[str, Any], gpu_memory: str | None = None, model_dir: str 
         "this_trainer": _with_total(static),
         "shapes": asdict(shapes),
         "settings": {"dtype": dtype, "micro_batch": micro_batch, "max_length": seq_len,
-                     "gradient_checkpointing": checkpointing, "image_longest_edge": edge},
+                     "gradient_checkpointing": checkpointing, "image_longest_edge": edge, "max_pixels": max_pixels},
     }
     if isinstance(micro_batch, int):
         act = activation_bytes(shapes, micro_batch, seq_len, dtype, checkpointing)

@@ -38,7 +38,8 @@ def test_activations_and_suggestion(idefics2):
 
 @pytest.mark.parametrize(
     "config,total",
-    [("paligemma-3b.yaml", 2_923_466_480), ("llava-1.5-7b.yaml", 7_063_427_072)],
+    [("paligemma-3b.yaml", 2_923_466_480), ("llava-1.5-7b.yaml", 7_063_427_072),
+     ("qwen2.5-vl-7b.yaml", 8_292_166_656)],
 )
 def test_vendored_configs_give_the_published_parameter_counts(config, total):
     result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / config)), gpu_memory="24GB")
@@ -51,3 +52,13 @@ def test_memory_sizes_and_missing_models(tmp_path, capsys):
     config.write_text(f"model: {{ source: {tmp_path}/no-model }}\n")
     assert main(["--config", str(config)]) == 65
     assert "no config.json found" in capsys.readouterr().err
+
+
+def test_qwen_patches_follow_the_pixel_budget():
+    result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / "qwen2.5-vl-7b.yaml")), gpu_memory="80GB")
+    # format.max_pixels 1280 x 28 x 28 in 14 px patches: 5120 patches, 1280 tokens after the 2x2 merge.
+    assert result["shapes"]["patches_per_image"] == 5120
+    assert result["shapes"]["vision_layers"] == 32 and result["shapes"]["vision_hidden"] == 1280
+    # The model card's "8.29B"; LoRA r=16 on every linear layer of tower, merger and language model.
+    assert result["parameters"]["lora_trainable"] == 51_824_640
+    assert result["suggestion"]["micro_batch"] is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -257,3 +258,34 @@ def test_image_tokens_that_do_not_fit_the_image_are_refused(qwen_config, qwen_sh
     assert table[0]["sample_id"] in message and f"expects {expected} for its image" in message, message
     # Refused before training, from the images' headers: no step ran.
     assert not result.of("step")
+
+
+def test_pytorch_scoring_of_base_and_adapter(qwen_reference_run, qwen_model_dir, qwen_shards):
+    from conftest import run_evaluate
+
+    _, reference = qwen_reference_run
+    common = {"model_dir": str(qwen_model_dir), "shards": [str(qwen_shards[1])], "batch_size": 3}
+    base = run_evaluate(common)
+    tuned = run_evaluate({**common, "adapter_dir": reference.last["adapter_path"]})
+    assert base.exit_code == tuned.exit_code == 0, (base.last, tuned.last)
+    assert base.last["metrics"]["samples"] == 8
+    assert base.last["metrics"]["reward_margin_mean"] == 0 and tuned.last["metrics"]["reward_margin_mean"] != 0
+
+
+def test_onnx_export_is_refused_by_name(qwen_model_dir, tmp_path):
+    import contextlib
+    import io as _io
+
+    from dpo_trainer.cli import run_command
+    from dpo_trainer.config import ExportConfig, load_config
+    from dpo_trainer.export import export
+
+    config = tmp_path / "export.json"
+    config.write_text(json.dumps({"model_dir": str(qwen_model_dir), "adapter_dir": None, "out_dir": str(tmp_path / "out")}))
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_command(lambda: export(load_config(ExportConfig, str(config))))
+    last = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert (code, last["error_type"]) == (65, "ModelLoadError")
+    assert "ONNX export of Qwen2.5-VL is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
+    assert not (tmp_path / "out").exists()
