@@ -18,15 +18,21 @@ import { REPO_ROOT, trainerPython } from '../io/deps.js';
 const run = promisify(execFile);
 const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
 
-/** Builds the demo model once per version of its builder; returns the local folder. */
-export async function ensureTinyModel(seed = 0): Promise<string> {
-  const builder = readFileSync(join(REPO_ROOT, 'trainer/dpo_trainer/build_tiny_model.py'));
-  const version = createHash('sha256').update(builder).update(`seed=${seed}`).digest('hex').slice(0, 12);
-  const dir = join(CACHE, 'models', `tiny-llava-${version}`);
+/**
+ * Builds a tiny model once per version of its builder; returns the local folder. `llava` is the
+ * demo model; `qwen2_5_vl` a tiny Qwen2.5-VL (its builder uses the Qwen processor module too).
+ */
+export async function ensureTinyModel(seed = 0, arch: 'llava' | 'qwen2_5_vl' = 'llava'): Promise<string> {
+  const sources = ['build_tiny_model.py', ...(arch === 'qwen2_5_vl' ? ['vision_processors.py'] : [])];
+  const hash = createHash('sha256');
+  for (const source of sources) hash.update(readFileSync(join(REPO_ROOT, 'trainer/dpo_trainer', source)));
+  // The LLaVA's version string is what it always was, so its cached builds stay valid.
+  const version = hash.update(`seed=${seed}`).digest('hex').slice(0, 12);
+  const dir = join(CACHE, 'models', `tiny-${arch === 'llava' ? 'llava' : 'qwen2.5-vl'}-${version}`);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await run(trainerPython(), ['-m', 'dpo_trainer.build_tiny_model', '--arch', 'llava', '--out', tmp, '--seed', String(seed)], {
+  await run(trainerPython(), ['-m', 'dpo_trainer.build_tiny_model', '--arch', arch, '--out', tmp, '--seed', String(seed)], {
     cwd: REPO_ROOT,
   });
   await rename(tmp, dir).catch(async (err) => {
