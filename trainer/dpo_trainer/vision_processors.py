@@ -32,18 +32,20 @@ def image_only_processor_class(class_name: str) -> type:
         # ProcessorMixin takes its attributes from this signature: image_processor and tokenizer.
         base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
-    return type(class_name, (base,), {"__init__": __init__, "__module__": __name__})
+    # `attributes` is how transformers releases before the signature-based lookup name the slots.
+    namespace = {"__init__": __init__, "__module__": __name__, "attributes": ["image_processor", "tokenizer"]}
+    return type(class_name, (base,), namespace)
 
 
 def pil_image_processor(folder: str | Path) -> Any:
-    """The folder's image processor with the PIL backend (transformers 5.x; older 5.x releases
-    spell it use_fast=False)."""
-    from transformers import AutoImageProcessor
-
+    """The folder's Qwen2-VL image processor, PIL backend: `Qwen2VLImageProcessorPil` where
+    transformers splits backends, else `Qwen2VLImageProcessor`, which is the PIL/numpy one in
+    releases that call the torchvision one `...Fast`."""
     try:
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
-    except TypeError:
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as cls
+    return cls.from_pretrained(folder, local_files_only=True)
 
 
 def load_image_only_processor(folder: str | Path, model_type: str) -> Any:
