@@ -7,7 +7,7 @@
  * skips the files it already stored; a missing repository is a clear non-retryable error.
  * A commit in openbmb/RLAIF-V-Dataset's exact layout, written by `datasets` (root Parquet files
  * without a split word, a card without configs:), resolves to one train split, as `datasets`
- * reads it, and is held out by slicing.
+ * reads it, and trains through the whole pipeline with train[:95%] held in and train[95%:] out.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -141,7 +141,7 @@ beforeAll(async () => {
   const seed = Date.now() % 100_000;
   hub = new FakeHub({
     name: NAME,
-    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1), [RLAIF_SHA]: await rlaifFiles(20, seed + 2) },
+    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1), [RLAIF_SHA]: await rlaifFiles(40, seed + 2) },
     refs: { main: MAIN_SHA, v1: V1_SHA, rlaif: RLAIF_SHA },
   });
   await hub.start();
@@ -211,11 +211,17 @@ describe('hf:// dataset sources', () => {
     }
   });
 
-  it("reads RLAIF-V's own layout as one train split and holds out a slice of it", async () => {
+  it("trains on RLAIF-V's own layout, holding out a slice of its only split", async () => {
     const source = `hf://${NAME}@rlaif`;
     const result = await runPipeline(
       stack,
-      dataConfig(stack, inject('modelSource'), source, { dataset: { source, train_split: 'train[:80%]', eval_split: 'train[80%:]' } }),
+      dataConfig(stack, inject('modelSource'), source, {
+        dataset: { source, train_split: 'train[:95%]', eval_split: 'train[95%:]' },
+        // The whole default DAG: download -> format -> tokenize -> shard -> train -> evaluate -> report.
+        stages: undefined,
+        train: { epochs: 1, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 5, seed: 3 },
+        evaluate: { batch_size: 16, generations: 1, max_new_tokens: 4 },
+      }),
     );
     const manifest = await stack.deps.storage.getJson<DownloadManifest>(TEST_BUCKET, result.dataStages.download!.manifestKey);
     expect(manifest.config).toBe('default');
@@ -223,12 +229,15 @@ describe('hf:// dataset sources', () => {
       ['train', 'RLAIF-V-Dataset_000.parquet'],
       ['train', 'RLAIF-V-Dataset_001.parquet'],
     ]);
-    // 20 rows: [0, 16) to train, [16, 20) held out (the second file's last four rows).
+    // 40 rows: [0, 38) to train, [38, 40) held out (the second file's last two rows).
     const format = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, result.dataStages.format!.manifestKey);
-    expect(Object.keys(format.splits)).toEqual(['train._80pct', 'train.80pct_']);
-    expect(result.dataStages.format!.summary['train._80pct_rows']).toBe(16);
-    expect(result.dataStages.format!.summary['train.80pct__rows']).toBe(4);
-    expect(result.dataStages.shard!.summary['train.80pct__shards']).toBe(1);
+    expect(Object.keys(format.splits)).toEqual(['train._95pct', 'train.95pct_']);
+    expect(result.dataStages.format!.summary['train._95pct_rows']).toBe(38);
+    expect(result.dataStages.format!.summary['train.95pct__rows']).toBe(2);
+    // 38 pairs in steps of 8.
+    expect(result.trainings.train!.finalStep).toBe(5);
+    expect(result.evaluations.evaluate!.base.samples).toBe(2);
+    expect(result.evaluations.evaluate!.trained.samples).toBe(2);
 
     // The repository has no test split: the default eval_split fails, saying how to slice one.
     const failed = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source)).catch((e: unknown) => e);
@@ -247,7 +256,7 @@ describe('hf:// dataset sources', () => {
     while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
     expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
     expect((cause as ApplicationFailure).message).toBe(
-      'dataset.train_split "train[:60%]" and dataset.eval_split "train[50%:]" overlap: both select rows [10, 12) of split "train"; held-out rows must not be trained on',
+      'dataset.train_split "train[:60%]" and dataset.eval_split "train[50%:]" overlap: both select rows [20, 24) of split "train"; held-out rows must not be trained on',
     );
   });
 });

@@ -176,3 +176,16 @@ describe('README configs', () => {
     expect(() => resolveDataFiles({ files: listing, readme: readme('configs:\n- config_name: x\n  data_files: nope.parquet') })).toThrow(/nope.parquet/);
   });
 });
+
+describe('hf:// sources', () => {
+  it('parse owner/name and a revision, and refuse paths that leave the repository', async () => {
+    const { parseHubUri } = await import('../../io/datasetSources.js');
+    expect(parseHubUri('hf://openbmb/RLAIF-V-Dataset')).toEqual({ name: 'openbmb/RLAIF-V-Dataset', revision: 'main' });
+    expect(parseHubUri('hf://datasets/openbmb/RLAIF-V-Dataset@v1/')).toEqual({ name: 'openbmb/RLAIF-V-Dataset', revision: 'v1' });
+    expect(parseHubUri('hf://o/n@refs/pr/1')).toEqual({ name: 'o/n', revision: 'refs/pr/1' });
+    for (const bad of ['hf://o/n@../../models/x', 'hf://o/n@/etc', 'hf://o/n@a//b', 'hf://o/..', 'hf://o/n@refs/../x']) {
+      expect(() => parseHubUri(bad), bad).toThrow(/leaves the repository/);
+    }
+    expect(() => parseHubUri('hf://o/n/../../x')).toThrow(/expected hf:\/\/owner\/name/);
+  });
+});
