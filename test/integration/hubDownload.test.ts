@@ -8,6 +8,7 @@
  * A commit in openbmb/RLAIF-V-Dataset's exact layout, written by `datasets` (root Parquet files
  * without a split word, a card without configs:), resolves to one train split, as `datasets`
  * reads it, and trains through the whole pipeline with train[:95%] held in and train[95%:] out.
+ * An s3:// copy of it with a README configs: section is split as the chosen dataset.config says.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -127,6 +128,8 @@ async function repoFiles(trainRows: number, seed: number): Promise<Map<string, B
   ]);
 }
 
+let rlaif: Map<string, Buffer>;
+
 /** RLAIF-V's layout, written with datasets (test/fixtures/rlaif_v_layout.py) from demo rows. */
 async function rlaifFiles(rows: number, seed: number): Promise<Map<string, Buffer>> {
   const dir = await mkdtemp(join(tmpdir(), 'dpo-rlaif-'));
@@ -141,7 +144,7 @@ beforeAll(async () => {
   const seed = Date.now() % 100_000;
   hub = new FakeHub({
     name: NAME,
-    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1), [RLAIF_SHA]: await rlaifFiles(40, seed + 2) },
+    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1), [RLAIF_SHA]: (rlaif = await rlaifFiles(40, seed + 2)) },
     refs: { main: MAIN_SHA, v1: V1_SHA, rlaif: RLAIF_SHA },
   });
   await hub.start();
@@ -258,5 +261,28 @@ describe('hf:// dataset sources', () => {
     expect((cause as ApplicationFailure).message).toBe(
       'dataset.train_split "train[:60%]" and dataset.eval_split "train[50%:]" overlap: both select rows [20, 24) of split "train"; held-out rows must not be trained on',
     );
+  });
+
+  it('reads an s3:// copy whose README configs: picks the files, by dataset.config', async () => {
+    const prefix = `datasets/${uniqueId('rlaif-configs')}/`;
+    const card =
+      '---\nconfigs:\n- config_name: halves\n  data_files:\n  - split: train\n    path: RLAIF-V-Dataset_000.parquet\n' +
+      '  - split: test\n    path: RLAIF-V-Dataset_001.parquet\n- config_name: all\n  data_files: "*.parquet"\n  default: true\n---\n';
+    for (const [name, body] of rlaif) await stack.deps.storage.putBuffer(TEST_BUCKET, prefix + name, name === 'README.md' ? card : body);
+    const source = `s3://${TEST_BUCKET}/${prefix}`;
+    const result = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source, { dataset: { source, config: 'halves' } }));
+    const manifest = await stack.deps.storage.getJson<DownloadManifest>(TEST_BUCKET, result.dataStages.download!.manifestKey);
+    expect(manifest.config).toBe('halves');
+    expect(manifest.files.map((f) => [f.split, f.sourcePath])).toEqual([
+      ['train', 'RLAIF-V-Dataset_000.parquet'],
+      ['test', 'RLAIF-V-Dataset_001.parquet'],
+    ]);
+    expect(result.dataStages.format!.summary).toMatchObject({ train_rows: 20, test_rows: 20 });
+
+    const failed = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source, { dataset: { source, config: 'nope' } })).catch((e: unknown) => e);
+    let cause: unknown = (failed as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toMatch(/^dataset\.config: config "nope" not found; the dataset's configs are: halves, all/);
   });
 });
