@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { isSafeKeySegment } from './keys.js';
-import { parseSplitSpec, SplitSpecError, splitLabels } from './splitSpec.js';
+import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
 import { DTYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN } from './trainerContract.js';
 
 const safeName = z
@@ -66,17 +66,22 @@ export const DatasetSchema = z.strictObject({
   columns: ColumnMappingSchema.prefault({}),
   max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
   max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
-}).superRefine((dataset, ctx) => {
-  // A whole split on one side overlaps any part of it on the other; slices of one split are
-  // checked against each other when its row count is known (format stage).
-  let train, evalParts;
+}).superRefine(checkSplitPair);
+
+/**
+ * Train and eval must not share rows: a whole split on one side overlaps any part of it on the
+ * other (slices of one split are compared once its row count is known, in the format stage).
+ * Both selections must also have labels that are safe storage names.
+ */
+function checkSplitPair(dataset: { train_split: string; eval_split: string }, ctx: z.RefinementCtx): void {
+  let train: RelativeInstruction[];
+  let evalParts: RelativeInstruction[];
   try {
     [train, evalParts] = [parseSplitSpec(dataset.train_split), parseSplitSpec(dataset.eval_split)];
   } catch {
-    return;
+    return; // already reported on the field itself
   }
-  const whole = (p: { from?: number; to?: number }) => p.from === undefined && p.to === undefined;
-  const shared = train.find((t) => evalParts.some((e) => e.split === t.split && (whole(t) || whole(e))));
+  const shared = train.find((t) => evalParts.some((e) => e.split === t.split && (isWhole(t) || isWhole(e))));
   if (shared) {
     ctx.addIssue({
       code: 'custom',
@@ -90,7 +95,7 @@ export const DatasetSchema = z.strictObject({
   for (const [field, label] of [['train_split', labels.train], ['eval_split', labels.eval]] as const) {
     if (!isSafeKeySegment(label)) ctx.addIssue({ code: 'custom', path: [field], message: `names a split that cannot be a storage name ("${label}")` });
   }
-});
+}
 
 export const ModelSchema = z.strictObject({
   source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),
