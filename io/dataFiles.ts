@@ -155,10 +155,8 @@ function join(base: string, path: string): string {
 export function resolvePattern(pattern: string, files: readonly string[], basePath = '', allowedExtensions?: readonly string[]): string[] {
   const full = join(basePath, pattern);
   const ignore = new Set(FILES_TO_IGNORE.filter((f) => f !== basename(full)));
-  const matches = hasMagic(full) ? (() => {
-    const re = globToRegExp(full);
-    return files.filter((f) => re.test(f));
-  })() : files.filter((f) => f === full);
+  const re = hasMagic(full) ? globToRegExp(full) : null;
+  const matches = files.filter((f) => (re ? re.test(f) : f === full));
   return matches.filter(
     (f) =>
       !ignore.has(basename(f)) &&
