@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { isSafeKeySegment } from './keys.js';
+import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
 import { DTYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN } from './trainerContract.js';
 
 const safeName = z
@@ -32,17 +33,69 @@ export const ColumnMappingSchema = z
   })
   .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
 
+/** A split with `datasets`' slicing syntax, checked for syntax here; its rows when the data is read. */
+const splitSpec = z
+  .string()
+  .min(1)
+  .max(256)
+  .superRefine((spec, ctx) => {
+    try {
+      parseSplitSpec(spec);
+    } catch (err) {
+      if (!(err instanceof SplitSpecError)) throw err;
+      ctx.addIssue({ code: 'custom', message: err.message });
+    }
+  });
+
 export const DatasetSchema = z.strictObject({
   source: sourceUri.describe(
     'dataset of Parquet files or JSONL files with image files beside them: s3://bucket/prefix, a local folder, ' +
       'or hf://owner/name[@revision] (the Hub; HF_TOKEN and HF_ENDPOINT come from the worker env)',
   ),
-  train_split: safeName.default('train').describe('split used for training'),
-  eval_split: safeName.default('test').describe('held-out split used for evaluation'),
+  config: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("config of the dataset (the README's configs: section); default: the one marked default, or the only one"),
+  train_split: splitSpec
+    .default('train')
+    .describe('split used for training, sliceable as in datasets: train, train[:95%], train[10:-10], train[:50%]+test'),
+  eval_split: splitSpec
+    .default('test')
+    .describe('held-out split used for evaluation, sliceable like train_split (e.g. train[95%:] to hold out part of train)'),
   columns: ColumnMappingSchema.prefault({}),
   max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
   max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
-});
+}).superRefine(checkSplitPair);
+
+/**
+ * Train and eval must not share rows: a whole split on one side overlaps any part of it on the
+ * other (slices of one split are compared once its row count is known, in the format stage).
+ * Both selections must also have labels that are safe storage names.
+ */
+function checkSplitPair(dataset: { train_split: string; eval_split: string }, ctx: z.RefinementCtx): void {
+  let train: RelativeInstruction[];
+  let evalParts: RelativeInstruction[];
+  try {
+    [train, evalParts] = [parseSplitSpec(dataset.train_split), parseSplitSpec(dataset.eval_split)];
+  } catch {
+    return; // already reported on the field itself
+  }
+  const shared = train.find((t) => evalParts.some((e) => e.split === t.split && (isWhole(t) || isWhole(e))));
+  if (shared) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['eval_split'],
+      message:
+        `dataset.train_split "${dataset.train_split}" and dataset.eval_split "${dataset.eval_split}" both select rows of split "${shared.split}": ` +
+        `held-out rows must not be trained on; slice it, e.g. train_split: "${shared.split}[:95%]" and eval_split: "${shared.split}[95%:]"`,
+    });
+  }
+  const labels = splitLabels(dataset);
+  for (const [field, label] of [['train_split', labels.train], ['eval_split', labels.eval]] as const) {
+    if (!isSafeKeySegment(label)) ctx.addIssue({ code: 'custom', path: [field], message: `names a split that cannot be a storage name ("${label}")` });
+  }
+}
 
 export const ModelSchema = z.strictObject({
   source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),

@@ -36,7 +36,10 @@ export interface FormatInput extends StageInput {
   modelSource: string;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  /** The labels the two selections go by in keys and summaries (contracts/splitSpec.ts splitLabels). */
   splits: { train: string; eval: string };
+  /** The specs they select (dataset.train_split / eval_split); absent: the labels are plain split names. */
+  slices?: { train: string; eval: string };
   limits: { train?: number; eval?: number };
 }
 
