@@ -160,7 +160,7 @@ export const TrainSchema = z
   loss_type: z
     .union([z.enum(LOSS_TYPES), z.array(z.enum(LOSS_TYPES)).min(1)])
     .default(TRAIN.loss_type)
-    .describe(`DPO objective, TRL's names (${LOSS_TYPES.join(', ')}), or a list of them summed with loss_weights (MPO: ["sigmoid", "bco_pair", "sft"] with [0.8, 0.2, 1.0])`),
+    .describe('DPO objective by TRL\'s name (docs/training-and-durability.md#loss-types), or a list of them summed with loss_weights (MPO: ["sigmoid", "bco_pair", "sft"] with [0.8, 0.2, 1.0])'),
   loss_weights: z.array(z.number()).min(1).nullable().default(TRAIN.loss_weights).describe('one weight per loss_type entry; null: 1 each (as in TRL)'),
   label_smoothing: z
     .number()

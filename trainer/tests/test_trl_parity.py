@@ -213,3 +213,83 @@ def test_trl_fails_on_sft_with_weighting(tmp_path):
 def test_trl_config_rejects_mismatched_weights(tmp_path):
     with pytest.raises(ValueError, match="loss_weights"):
         DPOConfig(output_dir=str(tmp_path), report_to=[], loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+
+
+# ------------------------------------------------------------------------------------------
+# End to end on the tiny model: our forward (modeling.completion_token_logps, the per-token
+# values train.pair_logps derives its pairs from) against TRL's fused LM head and _compute_loss.
+
+
+@pytest.fixture(scope="module")
+def real_models(tiny_model_dir, demo_shards):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import load_base_model
+
+    ref = load_base_model(str(tiny_model_dir), torch.float32, torch.device("cpu"))
+    policy = load_base_model(str(tiny_model_dir), torch.float32, torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # a policy that has moved away from the reference
+        for p in policy.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    outputs = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+    add_fused_lm_head(policy.model, outputs=outputs)
+    add_fused_lm_head(ref.model, outputs=outputs)
+    rows = load_shards([str(p) for p in demo_shards[0]]).rows(list(range(6)))
+    batch = collate(rows, ref.spec.pad_token_id, PixelCache(ref.image_processor))
+    return policy.model.eval(), ref.model.eval(), batch
+
+
+def trl_inputs(batch) -> dict[str, torch.Tensor]:
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask}
+    if batch.pixel_values is not None:
+        inputs["pixel_values"] = batch.pixel_values
+    return inputs
+
+
+def test_our_forward_gives_trls_fused_head_values(real_models):
+    from dpo_trainer.modeling import completion_token_logps
+
+    policy, _, batch = real_models
+    inputs = trl_inputs(batch)
+    labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+    model_kwargs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+    with torch.no_grad():
+        theirs = policy(**model_kwargs, labels=labels, fused_lm_head=True, use_cache=False)
+        per_token, mask, log_sum_sq = completion_token_logps(policy, batch, sum_sq_probs=True)
+    width = mask.shape[1]
+    assert torch.allclose(per_token, theirs.log_probs[:, -width:] * mask, atol=1e-5)
+    assert torch.allclose(log_sum_sq * mask, theirs.log_sum_sq_probs[:, -width:] * mask, atol=1e-5)
+    assert (mask.sum(1) == batch.completion_mask[:, 1:].sum(1)).all()
+
+
+@pytest.mark.parametrize("settings", [
+    case(("sigmoid", "bco_pair", "sft"), (0.8, 0.2, 1.0), beta=0.1, ld_alpha=0.5),
+    case(("ipo", "aot"), beta=0.3, use_weighting=False, label_smoothing=0.1),
+    case(("sigmoid_norm", "nca_pair"), beta=0.2, use_weighting=True),
+], ids=["mpo-ld", "ipo+aot", "wpo"])
+def test_real_model_loss_matches_trl(tmp_path, real_models, settings):
+    """TRL's _compute_loss with the real (fused-head) models against what train.pair_logps and
+    pair_losses compute from our own forward pass."""
+    from dpo_trainer.modeling import completion_token_logps
+
+    policy, ref, batch = real_models
+    trainer = trl_trainer(tmp_path, policy, ref, **dpo_args(settings))
+    with torch.no_grad():
+        trl_loss = DPOTrainer._compute_loss(trainer, policy, trl_inputs(batch), return_outputs=False).item()
+        # eval(): no dropout in either forward; TRL then files its metrics under "eval".
+        trl_metrics = {k: v[0] for k, v in trainer._metrics["eval"].items()}
+        per_token, mask, log_sum_sq = completion_token_logps(policy, batch, sum_sq_probs=settings.use_weighting)
+        ref_tokens, ref_mask, _ = completion_token_logps(ref, batch)
+    p = PairLogps.from_rows(
+        sequence_logps(per_token, mask, settings.ld_alpha),
+        sequence_logps(ref_tokens, ref_mask, settings.ld_alpha).logps,
+        wpo_weights(per_token, log_sum_sq, mask) if settings.use_weighting else None,
+    )
+    losses = pair_losses(p, settings)
+    sums = metric_sums(p, losses, settings.beta)
+    assert losses.mean().item() == pytest.approx(trl_loss, abs=1e-5)
+    for name in METRIC_NAMES:
+        if name != "loss":
+            assert sums[name] / p.pairs() == pytest.approx(trl_metrics[name], abs=1e-4), name
