@@ -356,7 +356,9 @@ export interface PipelineResult {
 }
 
 /** A value a sweep tries for one field. */
-export type SweepValue = number | string | boolean;
+export type SweepScalar = number | string | boolean;
+/** A swept field's value in one branch; a list for list-valued fields (train.loss_type). */
+export type SweepValue = SweepScalar | SweepScalar[];
 
 /** One row of the comparison table that ends a sweep. */
 export interface SweepRow {
