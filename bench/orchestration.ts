@@ -45,6 +45,7 @@ import { stackUp } from '../scripts/localStack.js';
 import { temporalEnv } from '../contracts/connection.js';
 import { createWorkers, WORKFLOWS_PATH } from '../worker/createWorkers.js';
 import { PIPELINE_WORKFLOW } from '../contracts/messages.js';
+import { formatSplitInput, splitLabels } from '../contracts/splitSpec.js';
 
 const { values } = parseArgs({
   options: {
@@ -246,7 +247,7 @@ async function direct(i: number): Promise<ArmRun> {
       modelSource,
       format: settings,
       columns: config.dataset.columns,
-      splits: { train: config.dataset.train_split, eval: config.dataset.eval_split },
+      ...formatSplitInput(config.dataset),
       limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
     });
     if (p.cached) throw new Error('format: cached output in a fresh bucket');
@@ -255,7 +256,8 @@ async function direct(i: number): Promise<ArmRun> {
         a.formatChunk({ bucket, modelSource, hash: p.hash, imageLongestEdge: p.imageLongestEdge, format: settings, columns: config.dataset.columns, filesPrefix: p.filesPrefix, chunk }),
       ),
     );
-    const splits = [config.dataset.train_split, config.dataset.eval_split];
+    const labels = splitLabels(config.dataset);
+      const splits = [labels.train, labels.eval];
     return a.formatFinish({ bucket, hash: p.hash, imageLongestEdge: p.imageLongestEdge, format: settings, splits, chunks });
   });
 
@@ -283,7 +285,7 @@ async function direct(i: number): Promise<ArmRun> {
         bucket,
         modelSource,
         shards,
-        trainSplit: config.dataset.train_split,
+        trainSplit: splitLabels(config.dataset).train,
         train: { ...settings, checkpoint_every_steps: control.checkpoint_every_steps },
         segmentSteps: settings.segment_steps,
         control: { ...control },
@@ -324,7 +326,7 @@ async function direct(i: number): Promise<ArmRun> {
       bucket,
       modelSource,
       shards,
-      evalSplit: config.dataset.eval_split,
+      evalSplit: splitLabels(config.dataset).eval,
       adapterBucket: train.adapterBucket,
       adapterPrefix: train.adapterPrefix,
       evaluate: settings,

@@ -76,7 +76,12 @@ function valueAt(config: unknown, path: string[]): unknown {
 function describeBranch(schema: Record<string, unknown>): string {
   if ('const' in schema) return JSON.stringify(schema.const);
   if (Array.isArray(schema.enum)) return `one of ${schema.enum.map((v) => JSON.stringify(v)).join(', ')}`;
-  if (typeof schema.$ref === 'string') return schema.$ref.split('/').at(-1)!;
+  if (typeof schema.$ref === 'string') {
+    const name = schema.$ref.split('/').at(-1)!;
+    const def = (TRAINER_CONFIG_SCHEMA.$defs as Record<string, Record<string, unknown>>)[name];
+    return def && Array.isArray(def.enum) ? describeBranch(def) : name;
+  }
+  if (schema.type === 'array' && schema.items) return `a list of ${describeBranch(schema.items as Record<string, unknown>)}`;
   return [schema.type].flat().join(' or ');
 }
 
@@ -108,7 +113,9 @@ export function trainerConfigProblems(name: TrainerConfigName, config: unknown):
   const errors = validate.errors ?? [];
   // An anyOf error says what the field accepts; its branches' own errors only repeat it in parts.
   const anyOfPaths = errors.filter((e) => e.keyword === 'anyOf').map((e) => `${e.instancePath}/`);
-  const kept = errors.filter((e) => e.keyword === 'anyOf' || !anyOfPaths.some((p) => `${e.instancePath}/`.startsWith(p) && e.schemaPath.includes('/anyOf/')));
+  // (A branch that is a $ref reports its errors at the referenced definition's schema path.)
+  const inBranch = (e: ErrorObject) => e.schemaPath.includes('/anyOf/') || e.schemaPath.startsWith('#/$defs/');
+  const kept = errors.filter((e) => e.keyword === 'anyOf' || !anyOfPaths.some((p) => `${e.instancePath}/`.startsWith(p) && inBranch(e)));
   const problems = kept.map((e) => problemOf(e, config));
   return problems.filter((p, i) => problems.findIndex((q) => q.path === p.path && q.message === p.message) === i);
 }

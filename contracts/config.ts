@@ -7,7 +7,8 @@
  */
 import { z } from 'zod';
 import { isSafeKeySegment } from './keys.js';
-import { DTYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN } from './trainerContract.js';
+import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
+import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
 
 const safeName = z
   .string()
@@ -32,17 +33,69 @@ export const ColumnMappingSchema = z
   })
   .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
 
+/** A split with `datasets`' slicing syntax, checked for syntax here; its rows when the data is read. */
+const splitSpec = z
+  .string()
+  .min(1)
+  .max(256)
+  .superRefine((spec, ctx) => {
+    try {
+      parseSplitSpec(spec);
+    } catch (err) {
+      if (!(err instanceof SplitSpecError)) throw err;
+      ctx.addIssue({ code: 'custom', message: err.message });
+    }
+  });
+
 export const DatasetSchema = z.strictObject({
   source: sourceUri.describe(
     'dataset of Parquet files or JSONL files with image files beside them: s3://bucket/prefix, a local folder, ' +
       'or hf://owner/name[@revision] (the Hub; HF_TOKEN and HF_ENDPOINT come from the worker env)',
   ),
-  train_split: safeName.default('train').describe('split used for training'),
-  eval_split: safeName.default('test').describe('held-out split used for evaluation'),
+  config: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("config of the dataset (the README's configs: section); default: the one marked default, or the only one"),
+  train_split: splitSpec
+    .default('train')
+    .describe('split used for training, sliceable as in datasets: train, train[:95%], train[10:-10], train[:50%]+test'),
+  eval_split: splitSpec
+    .default('test')
+    .describe('held-out split used for evaluation, sliceable like train_split (e.g. train[95%:] to hold out part of train)'),
   columns: ColumnMappingSchema.prefault({}),
   max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
   max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
-});
+}).superRefine(checkSplitPair);
+
+/**
+ * Train and eval must not share rows: a whole split on one side overlaps any part of it on the
+ * other (slices of one split are compared once its row count is known, in the format stage).
+ * Both selections must also have labels that are safe storage names.
+ */
+function checkSplitPair(dataset: { train_split: string; eval_split: string }, ctx: z.RefinementCtx): void {
+  let train: RelativeInstruction[];
+  let evalParts: RelativeInstruction[];
+  try {
+    [train, evalParts] = [parseSplitSpec(dataset.train_split), parseSplitSpec(dataset.eval_split)];
+  } catch {
+    return; // already reported on the field itself
+  }
+  const shared = train.find((t) => evalParts.some((e) => e.split === t.split && (isWhole(t) || isWhole(e))));
+  if (shared) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['eval_split'],
+      message:
+        `dataset.train_split "${dataset.train_split}" and dataset.eval_split "${dataset.eval_split}" both select rows of split "${shared.split}": ` +
+        `held-out rows must not be trained on; slice it, e.g. train_split: "${shared.split}[:95%]" and eval_split: "${shared.split}[95%:]"`,
+    });
+  }
+  const labels = splitLabels(dataset);
+  for (const [field, label] of [['train_split', labels.train], ['eval_split', labels.eval]] as const) {
+    if (!isSafeKeySegment(label)) ctx.addIssue({ code: 'custom', path: [field], message: `names a split that cannot be a storage name ("${label}")` });
+  }
+}
 
 export const ModelSchema = z.strictObject({
   source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),
@@ -136,6 +189,7 @@ export const LoraSchema = z.strictObject({
 
 // The trainer's enums and defaults (the seed recipe), from its generated config schema.
 export { LOSS_TYPES };
+const LABEL_SMOOTHING_USERS: readonly LossType[] = LABEL_SMOOTHING_LOSS_TYPES;
 
 export const TrainSchema = z
   .strictObject({
@@ -161,8 +215,20 @@ export const TrainSchema = z
   weight_decay: z.number().min(0).default(TRAIN.weight_decay).describe('AdamW decoupled weight decay (coefficient)'),
   max_grad_norm: z.number().positive().default(TRAIN.max_grad_norm).describe('gradient clipping norm'),
   beta: z.number().positive().default(TRAIN.beta).describe('DPO temperature'),
-  loss_type: z.enum(LOSS_TYPES).default(TRAIN.loss_type).describe('DPO objective, TRL\'s names: sigmoid (DPO), ipo, hinge, robust'),
-  label_smoothing: z.number().min(0).lt(0.5).default(TRAIN.label_smoothing).describe('assumed label-flip rate; robust loss only (as in TRL)'),
+  loss_type: z
+    .union([z.enum(LOSS_TYPES), z.array(z.enum(LOSS_TYPES)).min(1)])
+    .default(TRAIN.loss_type)
+    .describe('DPO objective by TRL\'s name (docs/training-and-durability.md#loss-types), or a list of them summed with loss_weights (MPO: ["sigmoid", "bco_pair", "sft"] with [0.8, 0.2, 1.0])'),
+  loss_weights: z.array(z.number()).min(1).nullable().default(TRAIN.loss_weights).describe('one weight per loss_type entry; null: 1 each (as in TRL)'),
+  label_smoothing: z
+    .number()
+    .min(0)
+    .lt(1)
+    .default(TRAIN.label_smoothing)
+    .describe('robust: assumed label-flip rate (< 0.5); exo_pair: EXO epsilon, required > 0 (paper: 1e-3); aot/aot_unpaired: logistic smoothing; 0 for the other losses'),
+  discopop_tau: z.number().positive().default(TRAIN.discopop_tau).describe('DiscoPOP temperature (loss_type discopop)'),
+  ld_alpha: z.number().min(0).max(1).nullable().default(TRAIN.ld_alpha).describe('LD-DPO weight of the tokens past the shorter completion (1 = plain DPO); null: off'),
+  use_weighting: z.boolean().default(TRAIN.use_weighting).describe('WPO: weight each pair by its length-normalised sequence probabilities under the policy'),
   lora: LoraSchema.prefault({}),
   dtype: z.enum(DTYPES).default(TRAIN.dtype).describe('base weight and autocast dtype (LoRA weights stay float32)'),
   gradient_checkpointing: z.boolean().default(TRAIN.gradient_checkpointing).describe('recompute activations in the backward pass: less memory, more compute'),
@@ -191,11 +257,54 @@ export const TrainSchema = z
       t.total_train_batch_size === t.per_device_train_batch_size * t.gradient_accumulation_steps,
     { message: 'must equal per_device_train_batch_size x gradient_accumulation_steps', path: ['total_train_batch_size'] },
   )
-  // TRL defines label smoothing for the robust loss only (and ignores it otherwise); refused, not ignored.
-  .refine((t) => t.label_smoothing === 0 || t.loss_type === 'robust', {
-    message: 'only loss_type "robust" takes label smoothing (as in TRL)',
-    path: ['label_smoothing'],
+  .superRefine((t, ctx) => {
+    for (const problem of lossProblems(t)) ctx.addIssue({ code: 'custom', ...problem });
   });
+
+/** A loss setting TRL refuses (or ignores, which we refuse), with the field it names. */
+export interface LossProblem {
+  path: string[];
+  message: string;
+}
+
+/**
+ * The trainer's own rules (TrainConfig.loss_problems in the trainer's config.py), here so that
+ * `dpo validate` names them before any stage runs: the combinations TRL's DPOConfig/DPOTrainer
+ * reject or fail on, and label_smoothing where TRL would silently ignore it.
+ */
+export function lossProblems(t: {
+  loss_type: LossType | LossType[];
+  loss_weights: number[] | null;
+  label_smoothing: number;
+  use_weighting: boolean;
+  ld_alpha: number | null;
+  precompute_ref_log_probs: boolean;
+}): LossProblem[] {
+  const types: LossType[] = typeof t.loss_type === 'string' ? [t.loss_type] : t.loss_type;
+  const problems: LossProblem[] = [];
+  if (t.loss_weights !== null && t.loss_weights.length !== types.length) {
+    problems.push({ path: ['loss_weights'], message: `${t.loss_weights.length} weights for ${types.length} loss types; give one per loss_type entry (as TRL requires)` });
+  }
+  if (t.label_smoothing > 0 && !types.some((x) => LABEL_SMOOTHING_USERS.includes(x))) {
+    problems.push({ path: ['label_smoothing'], message: `must be 0 for these loss types; only ${LABEL_SMOOTHING_USERS.join(', ')} read it (TRL ignores it for the others)` });
+  }
+  if (types.includes('robust') && t.label_smoothing >= 0.5) {
+    problems.push({ path: ['label_smoothing'], message: 'must be < 0.5 with loss_type robust (a flip rate)' });
+  }
+  if (types.includes('exo_pair') && t.label_smoothing === 0) {
+    problems.push({ path: ['label_smoothing'], message: "must be > 0 with loss_type exo_pair (EXO's epsilon; the paper uses 1e-3), as TRL requires" });
+  }
+  if (t.use_weighting && (types.includes('aot') || types.includes('aot_unpaired'))) {
+    problems.push({ path: ['use_weighting'], message: 'not available with loss_type aot or aot_unpaired, which sort the pairs (TRL refuses it too)' });
+  }
+  if (t.use_weighting && types.includes('sft')) {
+    problems.push({ path: ['use_weighting'], message: 'not available with loss_type sft (TRL 1.16 fails on it)' });
+  }
+  if (t.ld_alpha !== null && t.precompute_ref_log_probs) {
+    problems.push({ path: ['ld_alpha'], message: 'not available with precompute_ref_log_probs (the precomputed reference log-probs are plain sums)' });
+  }
+  return problems;
+}
 
 export const EvaluateSchema = z.strictObject({
   batch_size: z.int().positive().default(16).describe('pairs per forward pass'),
@@ -248,11 +357,12 @@ export const StageDeclSchema = z.strictObject({
 });
 
 /**
- * A sweep: dotted paths into the train section, each with the values to try. Only train settings
- * can be swept, so every branch shares the data stages (their outputs are cached once).
+ * A sweep: dotted paths into the train section, each with the values to try (a value may be a
+ * list, for list-valued fields such as train.loss_type). Only train settings can be swept, so every branch shares the data stages (their outputs are cached once).
  */
+const sweepScalar = z.union([z.number(), z.string(), z.boolean()]);
 export const SweepSchema = z
-  .record(z.string(), z.array(z.union([z.number(), z.string(), z.boolean()])).min(1, 'list at least one value'))
+  .record(z.string(), z.array(z.union([sweepScalar, z.array(sweepScalar).min(1)])).min(1, 'list at least one value'))
   .superRefine((sweep, ctx) => {
     if (!Object.keys(sweep).length) ctx.addIssue({ code: 'custom', message: 'name at least one field, e.g. {"train.beta": [0.05, 0.1]}' });
     for (const field of Object.keys(sweep)) {

@@ -36,7 +36,10 @@ export interface FormatInput extends StageInput {
   modelSource: string;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  /** The labels the two selections go by in keys and summaries (contracts/splitSpec.ts splitLabels). */
   splits: { train: string; eval: string };
+  /** The specs they select (dataset.train_split / eval_split); absent: the labels are plain split names. */
+  slices?: { train: string; eval: string };
   limits: { train?: number; eval?: number };
 }
 
@@ -353,7 +356,9 @@ export interface PipelineResult {
 }
 
 /** A value a sweep tries for one field. */
-export type SweepValue = number | string | boolean;
+export type SweepScalar = number | string | boolean;
+/** A swept field's value in one branch; a list for list-valued fields (train.loss_type). */
+export type SweepValue = SweepScalar | SweepScalar[];
 
 /** One row of the comparison table that ends a sweep. */
 export interface SweepRow {

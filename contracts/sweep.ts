@@ -100,11 +100,16 @@ function withSweptParams(params: Record<string, unknown>, values: Record<string,
   return out;
 }
 
-/** `beta-0.05`, `beta-0.05_r-8`; `b1`, `b2`... when values do not make safe, distinct names. */
+/** A swept value as the table and labels show it: lists joined with "+" (`sigmoid+sft`). */
+export function sweepValueText(value: SweepValue): string {
+  return Array.isArray(value) ? value.map(String).join('+') : String(value);
+}
+
+/** `beta-0.05`, `beta-0.05_r-8`, `loss_type-sigmoid.sft`; `b1`, `b2`... when values do not make safe, distinct names. */
 function branchLabels(combos: Array<Record<string, SweepValue>>): string[] {
   const readable = combos.map((c) =>
     Object.entries(c)
-      .map(([field, v]) => `${field.split('.').at(-1)}-${String(v).replace(/[^A-Za-z0-9.-]+/g, '')}`)
+      .map(([field, v]) => `${field.split('.').at(-1)}-${sweepValueText(v).replace(/\+/g, '.').replace(/[^A-Za-z0-9.-]+/g, '')}`)
       .join('_'),
   );
   const ok = new Set(readable).size === readable.length && readable.every((l) => l.length <= 60 && /^[A-Za-z0-9._-]+$/.test(l));
@@ -152,7 +157,7 @@ export function renderSweepTable(rows: SweepRow[], style: 'markdown' | 'text'): 
   const header = ['branch', ...fields, 'steps', 'loss', 'train acc', 'held-out acc', 'margin'];
   const body = rows.map((r) => [
     r.branch,
-    ...fields.map((f) => String(r.values[f])),
+    ...fields.map((f) => sweepValueText(r.values[f]!)),
     r.finalStep === undefined ? 'failed' : String(r.finalStep),
     fmt(r.loss),
     fmt(r.trainRewardAccuracy, true),

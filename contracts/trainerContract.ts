@@ -12,6 +12,8 @@ const defs = TRAINER_CONFIG_SCHEMA.$defs;
 export type TrainerConfigName = 'TrainConfig' | 'ReferenceConfig' | 'EvalConfig' | 'ExportConfig';
 
 export const LOSS_TYPES = defs.LossType.enum;
+/** The loss types that read label_smoothing. */
+export const LABEL_SMOOTHING_LOSS_TYPES = defs.LabelSmoothingLossType.enum;
 export const LR_SCHEDULER_TYPES = defs.SchedulerType.enum;
 export const DTYPES = defs.DType.enum;
 export type LossType = (typeof LOSS_TYPES)[number];

@@ -6,7 +6,7 @@
  * is what gets listed, downloaded and recorded). HF_TOKEN and HF_ENDPOINT come from the worker's
  * environment only.
  */
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
@@ -28,6 +28,8 @@ export interface DatasetSource {
   /** The exact version listed: a Hub commit sha; undefined for S3 and local sources. */
   readonly revision?: string;
   listFiles(): Promise<SourceFile[]>;
+  /** A small file's text (the README whose YAML says which files make up each split). */
+  readText(file: SourceFile): Promise<string>;
   copyTo(file: SourceFile, bucket: string, key: string): Promise<void>;
 }
 
@@ -47,6 +49,11 @@ class S3Source implements DatasetSource {
     const { bucket, prefix } = parseS3Uri(this.uri);
     const objects = await this.storage.list(bucket, prefix);
     return objects.map((o) => ({ path: o.key.slice(prefix.length), size: o.size, fingerprint: o.etag }));
+  }
+
+  async readText(file: SourceFile): Promise<string> {
+    const src = parseS3Uri(this.uri);
+    return (await this.storage.getBuffer(src.bucket, src.prefix + file.path)).toString('utf8');
   }
 
   async copyTo(file: SourceFile, bucket: string, key: string): Promise<void> {
@@ -81,6 +88,10 @@ class LocalSource implements DatasetSource {
     );
   }
 
+  async readText(file: SourceFile): Promise<string> {
+    return readFile(join(this.root, file.path), 'utf8');
+  }
+
   async copyTo(file: SourceFile, bucket: string, key: string): Promise<void> {
     await this.storage.putFile(bucket, key, join(this.root, file.path));
   }
@@ -95,7 +106,12 @@ export function parseHubUri(uri: string): { name: string; revision: string } {
       FailureType.InvalidConfig,
     );
   }
-  return { name: m[1]!, revision: m[2] ?? 'main' };
+  const revision = (m[2] ?? 'main').replace(/\/+$/, '');
+  // A revision is a branch, tag or sha; one with ".." or empty segments would reach other URLs.
+  if (revision.split('/').some((s) => s === '' || s === '.' || s === '..') || m[1]!.split('/').some((s) => /^\.+$/.test(s))) {
+    throw nonRetryable(`dataset.source "${uri}": the path leaves the repository ("." or ".." segments are not allowed)`, FailureType.InvalidConfig);
+  }
+  return { name: m[1]!, revision };
 }
 
 class HubSource implements DatasetSource {
@@ -133,6 +149,16 @@ class HubSource implements DatasetSource {
     return out.sort((a, b) => a.path.localeCompare(b.path));
   }
 
+  async readText(file: SourceFile): Promise<string> {
+    const blob = await downloadFile({ repo: { type: 'dataset', name: this.name }, path: file.path, revision: this.revision, xet: false, ...this.hub }).catch(
+      (err: unknown) => {
+        throw hubFailure(this.uri, err);
+      },
+    );
+    if (!blob) throw retryable(`dataset.source "${this.uri}": ${file.path} vanished from revision ${this.revision}`);
+    return blob.text();
+  }
+
   async copyTo(file: SourceFile, bucket: string, key: string): Promise<void> {
     const blob = await downloadFile({ repo: { type: 'dataset', name: this.name }, path: file.path, revision: this.revision, xet: false, ...this.hub }).catch(
       (err: unknown) => {
@@ -155,18 +181,6 @@ function hubFailure(uri: string, err: unknown): Error {
     return nonRetryable(message + hint, FailureType.InvalidConfig);
   }
   return retryable(message);
-}
-
-/**
- * Which split a file belongs to, by the Hub's conventions: a folder named after the split
- * (`train/x.parquet`) or a file-name prefix (`data/train-00000-of-00002.parquet`).
- */
-export function fileBelongsToSplit(path: string, split: string): boolean {
-  const segments = path.split('/');
-  const name = segments.pop() ?? '';
-  if (segments.includes(split)) return true;
-  const stem = name.replace(/\.[^.]+$/, '');
-  return stem === split || name.startsWith(`${split}-`) || name.startsWith(`${split}_`);
 }
 
 export const IMAGE_FILE = /\.(jpe?g|png|webp|gif|bmp|tiff?)$/i;

@@ -4,11 +4,11 @@
  * are reused; `down` stops only what `up` started (pid files record that).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { homedir } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { REPO_ROOT } from '../io/deps.js';
 import { LOCAL_MINIO_CREDENTIALS } from '../io/storage.js';
 
@@ -73,7 +73,7 @@ function services(): ServiceSpec[] {
           '--ip', temporal.host,
           '--port', String(temporal.port),
           '--ui-port', String(uiPort),
-          '--db-filename', join(STATE_DIR, 'temporal.db'),
+          '--db-filename', temporalDbPath(STATE_DIR),
           '--log-level', 'warn',
         ],
       }),
@@ -106,6 +106,21 @@ function services(): ServiceSpec[] {
 
 const pidFile = (name: string) => join(STATE_DIR, `${name}.pid`);
 
+/**
+ * The dev server's SQLite file, one per Temporal CLI version: the dev server creates its schema
+ * only in a new file and never migrates an old one, so a file written by an older CLI fails later
+ * (schedules, for one, need tables that older servers did not create).
+ */
+export function temporalDbPath(stateDir: string, version = pinnedVersions().TEMPORAL_CLI_VERSION!): string {
+  return join(stateDir, `temporal-${version}.db`);
+}
+
+/** History files of other Temporal CLI versions in the state folder (kept, no longer used). */
+export function otherTemporalDbs(stateDir: string, version = pinnedVersions().TEMPORAL_CLI_VERSION!): string[] {
+  const current = basename(temporalDbPath(stateDir, version));
+  return existsSync(stateDir) ? readdirSync(stateDir).filter((f) => /^temporal(-.+)?\.db$/.test(f) && f !== current) : [];
+}
+
 async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -130,6 +145,10 @@ export async function stackUp(log: (line: string) => void = () => {}): Promise<S
       status.reused.push(svc.name);
       log(`${svc.name}: already running on ${svc.host}:${svc.port}, reusing it`);
       continue;
+    }
+    if (svc.name === 'temporal' && !existsSync(temporalDbPath(STATE_DIR))) {
+      const old = otherTemporalDbs(STATE_DIR);
+      if (old.length) log(`temporal: ${old.join(', ')} in ${STATE_DIR} came from another Temporal CLI version; starting a new history in ${basename(temporalDbPath(STATE_DIR))} (the old files are kept, runs recorded there are not visible)`);
     }
     const { bin, args, env } = svc.command();
     const out = openSync(join(STATE_DIR, `${svc.name}.log`), 'a');

@@ -38,10 +38,14 @@ if [[ ! -x "$uv_dir/bin/uv" ]]; then
 fi
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$DPO_CACHE_DIR/uv-cache}"
 venv_stamp="trainer/.venv/.dpo-lock-hash"
-py_lock_hash="$(cat trainer/uv.lock trainer/pyproject.toml | sha256sum | cut -c1-16)"
+# Bytecode is compiled at install (--compile-bytecode): every trainer, export and evaluation is a
+# fresh Python process, and where PYTHONDONTWRITEBYTECODE is set (as on CI machines) Python would
+# otherwise recompile torch, transformers and peft from source each time, about 16 s of CPU per
+# process. The "bytecode" word in the stamp re-syncs venvs made before this was done.
+py_lock_hash="$( (cat trainer/uv.lock trainer/pyproject.toml; echo bytecode) | sha256sum | cut -c1-16)"
 if [[ ! -f "$venv_stamp" || "$(cat "$venv_stamp")" != "$py_lock_hash" ]]; then
   say "syncing trainer/.venv from trainer/uv.lock (PyTorch, transformers, peft, accelerate; the first time downloads ~3 GB)..."
-  (cd trainer && "$uv_dir/bin/uv" sync --frozen --quiet)
+  (cd trainer && "$uv_dir/bin/uv" sync --frozen --compile-bytecode --quiet)
   echo "$py_lock_hash" > "$venv_stamp"
 fi
 say "ready"

@@ -12,6 +12,7 @@ import { sweepRows, type SweepBranch } from '../contracts/sweep.js';
 import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
 import { keys, trainingWorkflowId } from '../contracts/keys.js';
 import { dpoTraining } from './training.js';
+import { formatSplitInput, splitLabels } from '../contracts/splitSpec.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {
@@ -143,7 +144,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         modelSource,
         format,
         columns: config.dataset.columns,
-        splits: { train: config.dataset.train_split, eval: config.dataset.eval_split },
+        ...formatSplitInput(config.dataset),
         limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
       });
       if (plan.cached) return dataOutput(plan.cached);
@@ -153,7 +154,8 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, filesPrefix, chunk }),
         ),
       );
-      const splits = [config.dataset.train_split, config.dataset.eval_split];
+      const labels = splitLabels(config.dataset);
+      const splits = [labels.train, labels.eval];
       return dataOutput(await acts.formatFinish({ bucket, hash, imageLongestEdge, format, splits, chunks }));
     }
     case 'tokenize': {
@@ -178,7 +180,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           bucket,
           modelSource,
           shards: data('shards'),
-          trainSplit: config.dataset.train_split,
+          trainSplit: splitLabels(config.dataset).train,
           batchSize,
           dtype: train.dtype,
           lengths: config.tokenize,
@@ -202,7 +204,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                 bucket,
                 modelSource,
                 shards: data('shards'),
-                trainSplit: config.dataset.train_split,
+                trainSplit: splitLabels(config.dataset).train,
                 train,
                 resumeFromRunId: config.resume_from_run,
                 ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
@@ -239,7 +241,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         bucket,
         modelSource,
         shards: data('shards'),
-        evalSplit: config.dataset.eval_split,
+        evalSplit: splitLabels(config.dataset).eval,
         adapterBucket: adapter.bucket,
         adapterPrefix: adapter.prefix,
         evaluate: settings,

@@ -19,7 +19,7 @@ import { keys } from '../../contracts/keys.js';
 import type { FormatChunkInput, FormatChunkResult, FormatChunkSpec, FormatFinishInput, FormatInput, FormatPlan, StageResult } from '../../contracts/payloads.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import type { ActivityDeps } from '../../io/deps.js';
-import type { DownloadManifest } from './download.js';
+import type { DownloadedFile, DownloadManifest } from './download.js';
 import { defaultImageEdge, defaultMaxPixels } from '../../vlm/imageSize.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from '../../vlm/formatRows.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
@@ -27,6 +27,7 @@ import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetT
 import { progress } from '../heartbeat.js';
 import { countStoredRows, localCopy, readRowRange } from '../../io/sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
+import { overlapOf, rowWindows, selectRows, SplitSpecError } from '../../contracts/splitSpec.js';
 
 export type { DropReason } from '../../vlm/formatRows.js';
 
@@ -97,6 +98,8 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
     ...(thumbnailPixels ? { thumbnailPixels } : {}),
     columns: input.columns,
     splits: input.splits,
+    // The slices themselves (the labels above spell them too, but this is what selects the rows).
+    ...(input.slices && { slices: input.slices }),
     limits: input.limits,
     template: createHash('sha256').update(templateProbe).digest('hex'),
   });
@@ -104,33 +107,63 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
   if (cached) return { hash, imageLongestEdge, cached, chunks: [] };
 
   const upstream = await storage.getJson<DownloadManifest>(input.bucket, input.upstream.manifestKey);
+  const rowCounts = new Map<string, Promise<number>>();
+  const rowsOf = (file: DownloadedFile) => {
+    let n = rowCounts.get(file.key);
+    if (!n) rowCounts.set(file.key, (n = countStoredRows(deps, input.bucket, file.key, file.format)));
+    return n;
+  };
+  const filesOf = (split: string) => upstream.files.filter((f) => f.split === split);
+  const specs = input.slices ?? input.splits;
+  const selections = {
+    train: await selectRowsOf('dataset.train_split', specs.train, filesOf, rowsOf),
+    eval: await selectRowsOf('dataset.eval_split', specs.eval, filesOf, rowsOf),
+  };
+  const shared = overlapOf(selections.train, selections.eval);
+  if (shared) {
+    throw ApplicationFailure.nonRetryable(
+      `dataset.train_split "${specs.train}" and dataset.eval_split "${specs.eval}" overlap: both select rows ` +
+        `[${shared.from}, ${shared.to}) of split "${shared.split}"; held-out rows must not be trained on`,
+      FailureType.InvalidConfig,
+    );
+  }
   const chunks: FormatChunkSpec[] = [];
-  for (const [split, limit] of [
-    [input.splits.train, input.limits.train],
-    [input.splits.eval, input.limits.eval],
-  ] as const) {
-    let remaining = limit ?? Number.POSITIVE_INFINITY;
+  for (const role of ['train', 'eval'] as const) {
+    const windows = await rowWindows(selections[role], (split) => filesOf(split).length, (split, i) => rowsOf(filesOf(split)[i]!), input.limits[role]);
     let index = 0;
-    for (const [fileIndex, file] of upstream.files.filter((f) => f.split === split).entries()) {
-      if (remaining <= 0) break;
-      const rows = Math.min(remaining, await countStoredRows(deps, input.bucket, file.key, file.format));
-      remaining -= rows;
-      for (let offset = 0; offset < rows; offset += chunkRows) {
+    for (const w of windows) {
+      const file = filesOf(w.split)[w.fileIndex]!;
+      for (let offset = w.offset; offset < w.offset + w.limit; offset += chunkRows) {
         chunks.push({
-          split,
+          split: input.splits[role],
           index: index++,
           fileKey: file.key,
           sourcePath: file.sourcePath,
           format: file.format,
-          idPrefix: `${split}-${fileIndex}`,
+          // Sample ids name the row in its source split, whatever the slice.
+          idPrefix: `${w.split}-${w.fileIndex}`,
           offset,
-          limit: Math.min(chunkRows, rows - offset),
+          limit: Math.min(chunkRows, w.offset + w.limit - offset),
         });
       }
       progress({ planned: chunks.length });
     }
   }
   return { hash, imageLongestEdge, chunks, filesPrefix: upstream.filesPrefix };
+}
+
+/** The rows a split spec selects; a bad slice is the config's to fix, named by its field. */
+async function selectRowsOf(field: string, spec: string, filesOf: (split: string) => DownloadedFile[], rowsOf: (file: DownloadedFile) => Promise<number>) {
+  try {
+    return await selectRows(spec, async (split) => {
+      let rows = 0;
+      for (const file of filesOf(split)) rows += await rowsOf(file);
+      return rows;
+    });
+  } catch (err) {
+    if (!(err instanceof SplitSpecError)) throw err;
+    throw ApplicationFailure.nonRetryable(`${field}: ${err.message}`, FailureType.InvalidConfig);
+  }
 }
 
 /** Formats one chunk into its part file; returns counts (the dedup keys go to a side file). */

@@ -5,7 +5,13 @@
  * Checked: the revision is resolved to a commit sha, pinned and recorded; the token is sent but
  * never reaches the workflow history; a download that fails midway is retried by Temporal and
  * skips the files it already stored; a missing repository is a clear non-retryable error.
+ * A commit in openbmb/RLAIF-V-Dataset's exact layout, written by `datasets` (root Parquet files
+ * without a split word, a card without configs:), resolves to one train split, as `datasets`
+ * reads it, and trains through the whole pipeline with train[:95%] held in and train[95%:] out.
+ * An s3:// copy of it with a README configs: section is split as the chosen dataset.config says.
  */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, readFile } from 'node:fs/promises';
@@ -19,10 +25,13 @@ import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { dataConfig, runPipeline } from '../dataFixtures.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { trainerPython } from '../../io/deps.js';
+import type { FormatManifest } from '../../activities/data/format.js';
 
 const TOKEN = 'hf_test_secret_token_0123456789';
 const MAIN_SHA = 'a'.repeat(40);
 const V1_SHA = 'b'.repeat(40);
+const RLAIF_SHA = 'c'.repeat(40);
 
 /** One dataset repo with two commits: `main` (current) and the tag `v1` (older, fewer rows). */
 interface Repo {
@@ -119,13 +128,24 @@ async function repoFiles(trainRows: number, seed: number): Promise<Map<string, B
   ]);
 }
 
+let rlaif: Map<string, Buffer>;
+
+/** RLAIF-V's layout, written with datasets (test/fixtures/rlaif_v_layout.py) from demo rows. */
+async function rlaifFiles(rows: number, seed: number): Promise<Map<string, Buffer>> {
+  const dir = await mkdtemp(join(tmpdir(), 'dpo-rlaif-'));
+  const demo = await generateDemoDataset({ outDir: join(dir, 'demo'), trainRows: rows, testRows: 1, seed });
+  const { stdout } = await promisify(execFile)(trainerPython(), ['test/fixtures/rlaif_v_layout.py', join(dir, 'out'), '2', demo.train!]);
+  const names = ['README.md', ...Object.keys(JSON.parse(stdout) as Record<string, number>)];
+  return new Map(await Promise.all(names.map(async (n) => [n, await readFile(join(dir, 'out', n))] as const)));
+}
+
 beforeAll(async () => {
   // Unique repo content per test run, so nothing is reused from an earlier run's storage.
   const seed = Date.now() % 100_000;
   hub = new FakeHub({
     name: NAME,
-    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1) },
-    refs: { main: MAIN_SHA, v1: V1_SHA },
+    commits: { [MAIN_SHA]: await repoFiles(20, seed), [V1_SHA]: await repoFiles(12, seed + 1), [RLAIF_SHA]: (rlaif = await rlaifFiles(40, seed + 2)) },
+    refs: { main: MAIN_SHA, v1: V1_SHA, rlaif: RLAIF_SHA },
   });
   await hub.start();
   // The worker's environment (these tests run the worker in this process).
@@ -192,5 +212,77 @@ describe('hf:// dataset sources', () => {
     } finally {
       process.env.HF_TOKEN = TOKEN;
     }
+  });
+
+  it("trains on RLAIF-V's own layout, holding out a slice of its only split", async () => {
+    const source = `hf://${NAME}@rlaif`;
+    const result = await runPipeline(
+      stack,
+      dataConfig(stack, inject('modelSource'), source, {
+        dataset: { source, train_split: 'train[:95%]', eval_split: 'train[95%:]' },
+        // The whole default DAG: download -> format -> tokenize -> shard -> train -> evaluate -> report.
+        stages: undefined,
+        train: { epochs: 1, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 5, seed: 3 },
+        evaluate: { batch_size: 16, generations: 1, max_new_tokens: 4 },
+      }),
+    );
+    const manifest = await stack.deps.storage.getJson<DownloadManifest>(TEST_BUCKET, result.dataStages.download!.manifestKey);
+    expect(manifest.config).toBe('default');
+    expect(manifest.files.map((f) => [f.split, f.sourcePath])).toEqual([
+      ['train', 'RLAIF-V-Dataset_000.parquet'],
+      ['train', 'RLAIF-V-Dataset_001.parquet'],
+    ]);
+    // 40 rows: [0, 38) to train, [38, 40) held out (the second file's last two rows).
+    const format = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, result.dataStages.format!.manifestKey);
+    expect(Object.keys(format.splits)).toEqual(['train._95pct', 'train.95pct_']);
+    expect(result.dataStages.format!.summary['train._95pct_rows']).toBe(38);
+    expect(result.dataStages.format!.summary['train.95pct__rows']).toBe(2);
+    // 38 pairs in steps of 8.
+    expect(result.trainings.train!.finalStep).toBe(5);
+    expect(result.evaluations.evaluate!.base.samples).toBe(2);
+    expect(result.evaluations.evaluate!.trained.samples).toBe(2);
+
+    // The repository has no test split: the default eval_split fails, saying how to slice one.
+    const failed = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source)).catch((e: unknown) => e);
+    let cause: unknown = (failed as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toMatch(/^dataset\.eval_split "test": .* has no Parquet or JSONL files for split "test" \(its splits: train;/);
+    expect((cause as ApplicationFailure).message).toContain('eval_split: "train[95%:]"');
+  });
+
+  it('refuses train and eval slices that share rows, naming both fields', async () => {
+    const source = `hf://${NAME}@rlaif`;
+    const config = dataConfig(stack, inject('modelSource'), source, { dataset: { source, train_split: 'train[:60%]', eval_split: 'train[50%:]' } });
+    const failed = await runPipeline(stack, config).catch((e: unknown) => e);
+    let cause: unknown = (failed as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toBe(
+      'dataset.train_split "train[:60%]" and dataset.eval_split "train[50%:]" overlap: both select rows [20, 24) of split "train"; held-out rows must not be trained on',
+    );
+  });
+
+  it('reads an s3:// copy whose README configs: picks the files, by dataset.config', async () => {
+    const prefix = `datasets/${uniqueId('rlaif-configs')}/`;
+    const card =
+      '---\nconfigs:\n- config_name: halves\n  data_files:\n  - split: train\n    path: RLAIF-V-Dataset_000.parquet\n' +
+      '  - split: test\n    path: RLAIF-V-Dataset_001.parquet\n- config_name: all\n  data_files: "*.parquet"\n  default: true\n---\n';
+    for (const [name, body] of rlaif) await stack.deps.storage.putBuffer(TEST_BUCKET, prefix + name, name === 'README.md' ? card : body);
+    const source = `s3://${TEST_BUCKET}/${prefix}`;
+    const result = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source, { dataset: { source, config: 'halves' } }));
+    const manifest = await stack.deps.storage.getJson<DownloadManifest>(TEST_BUCKET, result.dataStages.download!.manifestKey);
+    expect(manifest.config).toBe('halves');
+    expect(manifest.files.map((f) => [f.split, f.sourcePath])).toEqual([
+      ['train', 'RLAIF-V-Dataset_000.parquet'],
+      ['test', 'RLAIF-V-Dataset_001.parquet'],
+    ]);
+    expect(result.dataStages.format!.summary).toMatchObject({ train_rows: 20, test_rows: 20 });
+
+    const failed = await runPipeline(stack, dataConfig(stack, inject('modelSource'), source, { dataset: { source, config: 'nope' } })).catch((e: unknown) => e);
+    let cause: unknown = (failed as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toMatch(/^dataset\.config: config "nope" not found; the dataset's configs are: halves, all/);
   });
 });

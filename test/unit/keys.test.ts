@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { checkpointName, isSafeKeySegment, keys, parseCheckpointName } from '../../contracts/keys.js';
-import { fileBelongsToSplit } from '../../io/datasetSources.js';
 
 describe('storage keys', () => {
   it('refuses names that could escape their prefix', () => {
@@ -16,13 +15,5 @@ describe('storage keys', () => {
     expect(parseCheckpointName('step-00000100')).toBe(100);
     expect(parseCheckpointName('step-100.tmp')).toBeUndefined();
     expect([checkpointName(20), checkpointName(100)].sort()).toEqual([checkpointName(20), checkpointName(100)]);
-  });
-
-  it('assigns files to splits by the Hub conventions', () => {
-    expect(fileBelongsToSplit('data/train-00000-of-00002.parquet', 'train')).toBe(true);
-    expect(fileBelongsToSplit('train/part.parquet', 'train')).toBe(true);
-    expect(fileBelongsToSplit('test.parquet', 'test')).toBe(true);
-    expect(fileBelongsToSplit('data/test-00000.parquet', 'train')).toBe(false);
-    expect(fileBelongsToSplit('data/trainer-notes.parquet', 'train')).toBe(false);
   });
 });

@@ -23,6 +23,8 @@ describe('seed configs', () => {
     const config = await load('idefics2-8b.yaml');
     expect(config.model.source).toBe('hf://HuggingFaceM4/idefics2-8b');
     expect(config.dataset.source).toBe('hf://openbmb/RLAIF-V-Dataset');
+    // RLAIF-V has only a train split (its files carry no split word): a slice is held out.
+    expect([config.dataset.train_split, config.dataset.eval_split]).toEqual(['train[:95%]', 'train[95%:]']);
     expect(config.train).toMatchObject({
       per_device_train_batch_size: 2,
       gradient_accumulation_steps: 32,

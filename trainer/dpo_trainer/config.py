@@ -22,7 +22,14 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from .errors import InvalidInputError
 
-LossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+# TRL 1.16 DPOConfig's loss types, in its order.
+LossType = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]
+# The loss types that read label_smoothing (TRL ignores it for the others; we refuse it there).
+LabelSmoothingLossType = Literal["robust", "exo_pair", "aot", "aot_unpaired"]
+LABEL_SMOOTHING_USERS: tuple[str, ...] = get_args(LabelSmoothingLossType)
 SchedulerType = Literal["cosine", "linear", "constant"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -101,10 +108,44 @@ class TrainConfig:
         default=1.0, metadata=doc("clip the global gradient L2 norm to this; 0 disables", min=0)
     )
     beta: float = field(default=0.1, metadata=doc("DPO beta: strength of the KL penalty to the reference", gt=0))
-    loss_type: LossType = field(default="sigmoid", metadata=doc("preference loss variant"))
+    loss_type: Union[LossType, list[LossType]] = field(
+        default="sigmoid",
+        metadata=doc(
+            "preference loss (TRL's names), or a list of them summed with loss_weights (MPO: ['sigmoid',"
+            " 'bco_pair', 'sft'] with [0.8, 0.2, 1.0])",
+            nonempty=True,
+        ),
+    )
+    loss_weights: list[float] | None = field(
+        default=None,
+        metadata=doc("one weight per loss_type entry (dimensionless); null: 1.0 each"),
+    )
     label_smoothing: float = field(
         default=0.0,
-        metadata=doc("assumed probability that a preference label is flipped (robust DPO only)", min=0, lt=0.5),
+        metadata=doc(
+            "robust: assumed probability that a preference label is flipped, < 0.5; exo_pair: EXO's"
+            " epsilon, required > 0 (paper: 1e-3); aot/aot_unpaired: smoothing of their logistic loss;"
+            " must be 0 for the other loss types",
+            min=0,
+            lt=1,
+        ),
+    )
+    discopop_tau: float = field(
+        default=0.05,
+        metadata=doc("DiscoPOP temperature of the logistic/exponential blend (loss_type discopop)", gt=0),
+    )
+    ld_alpha: float | None = field(
+        default=None,
+        metadata=doc(
+            "LD-DPO: weight of the completion tokens past the shorter completion's length (0..1; 1 ="
+            " plain DPO, 0 = ignore them); null: off",
+            min=0,
+            max=1,
+        ),
+    )
+    use_weighting: bool = field(
+        default=False,
+        metadata=doc("WPO: weight each pair by its length-normalised sequence probabilities under the policy"),
     )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata=doc("LoRA adapter settings"))
     dtype: DType = field(default="bfloat16", metadata=doc("base weights and autocast compute dtype"))
@@ -155,12 +196,45 @@ class TrainConfig:
             problems.append("ref_log_probs_files: required when precompute_ref_log_probs is true")
         if self.ref_log_probs_files and not self.precompute_ref_log_probs:
             problems.append("ref_log_probs_files: given but precompute_ref_log_probs is false")
-        if self.label_smoothing > 0 and self.loss_type != "robust":
-            # TRL defines label smoothing for robust DPO (and EXO) only and ignores it otherwise;
-            # we refuse it rather than ignore it.
+        problems += self.loss_problems()
+        return problems
+
+    @property
+    def loss_types(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+    def loss_problems(self) -> list[str]:
+        """The loss combinations TRL's DPOConfig/DPOTrainer reject (or would fail on), plus the
+        settings TRL silently ignores, which we refuse so they are never ignored."""
+        problems: list[str] = []
+        types = self.loss_types
+        if self.loss_weights is not None and len(self.loss_weights) != len(types):
             problems.append(
-                f"label_smoothing: must be 0 for loss_type {self.loss_type!r}; only 'robust' has a"
-                " label-noise form (as in TRL)"
+                f"loss_weights: {len(self.loss_weights)} weights for {len(types)} loss types; give one per"
+                " loss_type entry (as TRL requires)"
+            )
+        smoothed = [t for t in types if t in LABEL_SMOOTHING_USERS]
+        if self.label_smoothing > 0 and not smoothed:
+            problems.append(
+                f"label_smoothing: must be 0 for loss_type {self.loss_type!r}; only"
+                f" {', '.join(LABEL_SMOOTHING_USERS)} read it (TRL ignores it for the others)"
+            )
+        if "robust" in types and self.label_smoothing >= 0.5:
+            problems.append(f"label_smoothing: must be < 0.5 with loss_type robust (a flip rate), got {self.label_smoothing}")
+        if "exo_pair" in types and self.label_smoothing == 0:
+            problems.append("label_smoothing: must be > 0 with loss_type exo_pair (EXO's epsilon; the paper uses 1e-3), as TRL requires")
+        if self.use_weighting and [t for t in types if t in ("aot", "aot_unpaired")]:
+            problems.append(
+                "use_weighting: not available with loss_type aot or aot_unpaired, which sort the pairs and"
+                " would misalign the per-pair weights (TRL refuses it too)"
+            )
+        if self.use_weighting and "sft" in types:
+            # TRL 1.16 fails at the first step (an in-place product on its expanded sft loss).
+            problems.append("use_weighting: not available with loss_type sft (TRL 1.16 fails on it)")
+        if self.ld_alpha is not None and self.precompute_ref_log_probs:
+            problems.append(
+                "ld_alpha: not available with precompute_ref_log_probs (the precomputed reference"
+                " log-probs are plain sums over the completion)"
             )
         return problems
 
@@ -243,6 +317,11 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             converted = _convert(value, option, path, attempt)
             if not attempt:
                 return converted
+        lists = [option for option in get_args(tp) if get_origin(option) is list]
+        if isinstance(value, list) and len(lists) == 1:
+            # A list that fails the one list option: name the bad items (`loss_type[1]: ...`).
+            _convert(value, lists[0], path, problems)
+            return None
         problems.append(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
         return None
     if tp is type(None):

@@ -52,6 +52,16 @@ class Distributed:
         torch.distributed.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
+    def gather_shards(self, values: torch.Tensor, total: int) -> torch.Tensor:
+        """The [total] vector whose entries `shard` gave this rank are `values`, from every rank:
+        undoes `shard` for per-pair values (a loss that sorts the whole step needs them all)."""
+        if self.world_size == 1:
+            return values
+        full = torch.zeros(total, dtype=torch.float64, device=self.device)
+        full[self.rank :: self.world_size] = values.to(self.device, torch.float64)
+        torch.distributed.all_reduce(full)
+        return full.to(values.device, values.dtype)
+
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum each trainable parameter's gradient over ranks, in place (one flat all-reduce)."""
         if self.world_size == 1:

@@ -167,6 +167,16 @@ def enable_gradient_checkpointing(model: Any) -> None:
 def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(token) over the completion tokens of each row (prompt and padding masked),
     and the number of those tokens -- TRL's concatenated_forward on [chosen; rejected]."""
+    token_logps, mask, _ = completion_token_logps(model, batch)
+    return token_logps.sum(-1), mask.sum(-1)
+
+
+def completion_token_logps(
+    model: Any, batch: PreferenceBatch, *, sum_sq_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token log p(token) [2B, T-1], zero outside the completions, and the completion mask
+    (float); with `sum_sq_probs`, also log sum_v p(v)^2 at each position (what WPO's weights
+    need; no gradient), as TRL's fused LM head returns them."""
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.pixel_values is not None:
         inputs["pixel_values"] = batch.pixel_values.to(model.dtype if hasattr(model, "dtype") else torch.float32)
@@ -182,8 +192,13 @@ def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, 
     targets = batch.input_ids[:, 1:]
     mask = batch.completion_mask[:, 1:].to(logits.dtype)
     # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    log_z = logits.logsumexp(-1)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+    log_sum_sq = None
+    if sum_sq_probs:
+        with torch.no_grad():
+            log_sum_sq = (2 * logits).logsumexp(-1) - 2 * log_z
+    return token_logps * mask, mask, log_sum_sq
 
 
 def _forward_takes(model: Any, name: str) -> bool:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from transformers import get_scheduler
 
@@ -43,13 +45,23 @@ from .estimate import auto_micro_batch
 from .distributed import Distributed, init_distributed
 from .control import ControlFile
 from .faults import FaultHooks
-from .losses import METRIC_NAMES, metric_sums, preference_loss
+from .losses import (
+    METRIC_NAMES,
+    LossSettings,
+    PairLogps,
+    coupled_step,
+    metric_sums,
+    pair_losses,
+    sequence_logps,
+    surrogate,
+    wpo_weights,
+)
 from .modeling import (
     DTYPES,
     check_dtype_supported,
     attach_lora,
     autocast,
-    completion_logps,
+    completion_token_logps,
     enable_gradient_checkpointing,
     load_base_model,
     resolve_device,
@@ -107,7 +119,12 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset, step_sample
         "weight_decay": config.weight_decay,
         "beta": config.beta,
         "loss_type": config.loss_type,
+        "loss_weights": config.loss_weights,
         "label_smoothing": config.label_smoothing,
+        # null when off or unused, so checkpoints written before these options existed resume.
+        "discopop_tau": config.discopop_tau if "discopop" in config.loss_types else None,
+        "ld_alpha": config.ld_alpha,
+        "use_weighting": config.use_weighting or None,
         "lora": asdict(config.lora),
         "dataset_samples": len(dataset),
         "dataset_sha256": dataset.fingerprint(),
@@ -195,44 +212,84 @@ class StepContext:
     dist: Distributed = field(default_factory=Distributed)
 
 
+def pair_logps(ctx: StepContext, batch: Any, micro_indices: list[int], settings: LossSettings) -> PairLogps:
+    """Policy and reference log-probs of one micro-batch, as TRL's _compute_loss derives them
+    (LD-DPO weighting and WPO weights included); the policy's carry the graph when grad is on."""
+    with autocast(ctx.device, ctx.dtype):
+        # Reference first, without a graph: its activations are gone before the policy forward
+        # keeps its own for backward, which lowers peak memory.
+        if ctx.reference is not None:
+            ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
+        else:
+            with torch.no_grad(), ctx.model.disable_adapter():
+                ref_tokens, ref_mask, _ = completion_token_logps(ctx.model, batch)
+                ref_logps = sequence_logps(ref_tokens, ref_mask, settings.ld_alpha).logps
+        per_token, mask, log_sum_sq = completion_token_logps(ctx.model, batch, sum_sq_probs=settings.use_weighting)
+    policy = sequence_logps(per_token, mask, settings.ld_alpha)
+    weights = wpo_weights(per_token, log_sum_sq, mask) if log_sum_sq is not None else None
+    return PairLogps.from_rows(policy, ref_logps, weights)
+
+
+def scored_chosen_tokens(dataset: PreferenceDataset, indices: list[int]) -> int:
+    """Completion tokens of y_w the loss scores in these pairs (collate's shifted completion
+    mask: the first sequence token has no prediction): the sft term's denominator."""
+    table = dataset.table.select(["prompt_input_ids", "chosen_input_ids"]).take(pa.array(indices, type=pa.int64()))
+    prompts = pc.list_value_length(table.column("prompt_input_ids")).to_pylist()
+    chosen = pc.list_value_length(table.column("chosen_input_ids")).to_pylist()
+    return sum(c if p > 0 else max(c - 1, 0) for p, c in zip(prompts, chosen))
+
+
 def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, step_pairs: int | None = None) -> dict[str, float]:
     """Accumulate gradients over micro-batches of `indices`, then apply one optimizer step.
 
-    The loss is the mean over all pairs of the step (sum of each micro-batch's per-pair losses
-    divided by the step's pair count), so the update does not depend on how the step is split
-    into micro-batches -- which is what makes OOM backoff and resume with a halved micro-batch
-    land on the same numbers. With several processes `indices` is this rank's share and
-    `step_pairs` the step's pair count over all ranks; gradients and metrics are summed across
-    ranks after the local accumulation (distributed.py).
+    The loss is TRL's loss with the step as its batch: the sum of each micro-batch's per-pair
+    losses divided by the step's pair count, so the update does not depend on how the step is
+    split into micro-batches -- which is what makes OOM backoff and resume with a halved
+    micro-batch land on the same numbers. A loss that sorts the step's pairs (aot) first scores
+    the whole step without a graph, then back-propagates each micro-batch's share of the step
+    loss's gradient (losses.coupled_step). With several processes `indices` is this rank's share
+    and `step_pairs` the step's pair count over all ranks; gradients and metrics are summed
+    across ranks after the local accumulation (distributed.py).
     """
     config = ctx.config
+    settings = LossSettings.from_config(config)
     n = step_pairs or len(indices)
     sums = dict.fromkeys(METRIC_NAMES, 0.0)
     tokens = 0
     out_of_memory = False
+    chosen_tokens: float | None = None
+    if "sft" in settings.loss_types:
+        chosen_tokens = ctx.dist.sum({"tokens": float(scored_chosen_tokens(ctx.dataset, indices))})["tokens"]
+    starts = range(0, len(indices), micro_batch)
+
+    def micro_batch_at(start: int) -> tuple[list[int], Any]:
+        micro_indices = indices[start : start + micro_batch]
+        batch = collate(ctx.dataset.rows(micro_indices), ctx.pad_token_id, ctx.pixels).to(ctx.device)
+        ctx.faults.before_forward(batch.pairs)
+        return micro_indices, batch
+
     try:
-        for start in range(0, len(indices), micro_batch):
-            micro_indices = indices[start : start + micro_batch]
-            rows = ctx.dataset.rows(micro_indices)
-            batch = collate(rows, ctx.pad_token_id, ctx.pixels).to(ctx.device)
-            ctx.faults.before_forward(batch.pairs)
-            with autocast(ctx.device, ctx.dtype):
-                # Reference first, without a graph: its activations are gone before the policy
-                # forward keeps its own for backward, which lowers peak memory.
-                if ctx.reference is not None:
-                    ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
-                else:
-                    with torch.no_grad(), ctx.model.disable_adapter():
-                        ref_logps, _ = completion_logps(ctx.model, batch)
-                policy_logps, lengths = completion_logps(ctx.model, batch)
-            b = batch.pairs
-            out = preference_loss(
-                policy_logps[:b], policy_logps[b:], ref_logps[:b], ref_logps[b:],
-                beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-                chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
-            )
-            ctx.scaler.scale(out.losses.sum() / n).backward()
-            for name, value in metric_sums(out, policy_logps[:b], policy_logps[b:]).items():
+        coupled = None
+        if settings.step_coupled:
+            # The graph-carrying pass must see the same dropout masks: it replays this pass's RNG.
+            cuda = [ctx.device] if ctx.device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                local = PairLogps.cat([pair_logps(ctx, b, m, settings) for m, b in map(micro_batch_at, starts)])
+            whole = PairLogps(*(None if v is None else ctx.dist.gather_shards(v, n) for v in vars(local).values()))
+            step = coupled_step(whole, settings)
+            mine = slice(ctx.dist.rank, None, ctx.dist.world_size)
+            coupled = [getattr(step, name)[mine] for name in ("losses", "d_chosen", "d_rejected", "d_chosen_token_sums")]
+        for start in starts:
+            micro_indices, batch = micro_batch_at(start)
+            p = pair_logps(ctx, batch, micro_indices, settings)
+            if coupled is None:
+                losses = pair_losses(p, settings, step_pairs=n, step_chosen_tokens=chosen_tokens)
+                ctx.scaler.scale(losses.sum() / n).backward()
+            else:
+                part = slice(start, start + batch.pairs)
+                losses, d_chosen, d_rejected, d_sums = (t[part] for t in coupled)
+                ctx.scaler.scale(surrogate(p, d_chosen, d_rejected, d_sums)).backward()
+            for name, value in metric_sums(p, losses, settings.beta).items():
                 sums[name] += value
             tokens += batch.tokens
             # Between micro-batches only in a single process: ranks agree at step boundaries.

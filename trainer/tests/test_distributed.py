@@ -12,7 +12,7 @@ import sys
 
 
 
-from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events
+from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events, run_train
 
 
 def free_port() -> int:
@@ -21,11 +21,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(reference_run, train_config, tmp_path, validate_events):
-    reference_config, reference = reference_run
-    # 2 ranks x micro-batch 4 x accumulation 1 = 8 pairs per step, as the reference's 4 x 2.
-    # No GPU here: accelerate's multi-process launcher (torchrun underneath) with device "cpu" -> gloo.
-    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu")
+def launch_two(config: dict, tmp_path) -> list[dict]:
+    """The train events of `config` run by two processes (rank 0's stdout)."""
     path = tmp_path / "train.json"
     path.write_text(json.dumps(config))
     proc = subprocess.run(
@@ -36,6 +33,15 @@ def test_two_processes_match_one(reference_run, train_config, tmp_path, validate
     )
     events = parse_events("\n".join(line for line in proc.stdout.splitlines() if line.startswith('{"event"')))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return events
+
+
+def test_two_processes_match_one(reference_run, train_config, tmp_path, validate_events):
+    reference_config, reference = reference_run
+    # 2 ranks x micro-batch 4 x accumulation 1 = 8 pairs per step, as the reference's 4 x 2.
+    # No GPU here: accelerate's multi-process launcher (torchrun underneath) with device "cpu" -> gloo.
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu")
+    events = launch_two(config, tmp_path)
     validate_events(events)
     started = events[0]
     assert (started["event"], started["world_size"], started["micro_batch"], started["grad_accum"]) == ("started", 2, 4, 1)
@@ -50,3 +56,23 @@ def test_two_processes_match_one(reference_run, train_config, tmp_path, validate
     assert adapter_distance(final, expected) < adapter_distance_bound(reference_config, reference)
     assert [e["step"] for e in events if e["event"] == "checkpoint_saved"] == [2, 4, 6]
 
+
+
+def test_step_level_losses_see_every_ranks_pairs(train_config, tmp_path, validate_events):
+    # aot_unpaired sorts the whole step's log-ratios and sft averages over all its chosen tokens:
+    # each rank must see the other's pairs (Distributed.gather_shards, a summed token count).
+    options = {"loss_type": ["aot_unpaired", "sft"], "label_smoothing": 0.1, "max_steps": 2}
+    one_config = train_config(tmp_path / "one", **options)
+    one = run_train(one_config)
+    assert one.exit_code == 0, one.last
+    events = launch_two(train_config(tmp_path / "two", per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                                     device="cpu", **options), tmp_path)
+    validate_events(events)
+    ours = [e["metrics"] for e in events if e["event"] == "step"]
+    theirs = [e["metrics"] for e in one.of("step")]
+    assert len(ours) == 2
+    for a, b in zip(ours, theirs):
+        for name in ("loss", "rewards/margins", "logps/chosen"):
+            assert abs(a[name] - b[name]) < 1e-5, name
+    distance = adapter_distance(adapter_tensors(events[-1]["adapter_path"]), adapter_tensors(one.last["adapter_path"]))
+    assert distance < adapter_distance_bound(one_config, one)

@@ -143,7 +143,7 @@ def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, process
 
     from dpo_trainer.config import LoraSettings
     from dpo_trainer.data import PixelCache, collate
-    from dpo_trainer.losses import preference_loss
+    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
     from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
 
     loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
@@ -164,9 +164,8 @@ def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, process
         policy, lengths = completion_logps(model, batch)
         with model.disable_adapter():
             ref, _ = completion_logps(model, batch)
-    b = batch.pairs
-    ours = preference_loss(policy[:b], policy[b:], ref[:b], ref[b:], beta=beta, loss_type="sigmoid",
-                           label_smoothing=0.0, chosen_lengths=lengths[:b], rejected_lengths=lengths[b:]).losses.mean()
+    pairs = PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref)
+    ours = pair_losses(pairs, LossSettings(beta=beta)).mean()
 
     # TRL's: its vision collator on the images and texts, its _compute_loss with the reference
     # from the disabled adapter, on the same model (TRL's fused LM head added, as its __init__ does).

@@ -51,13 +51,13 @@ def test_precomputed_reference_gives_the_same_losses_and_skips_the_reference_pas
     import dpo_trainer.train as train_module
 
     calls = {"forward": 0}
-    real = train_module.completion_logps
+    real = train_module.completion_token_logps
 
-    def counting(model, batch):
+    def counting(model, batch, **kwargs):
         calls["forward"] += 1
-        return real(model, batch)
+        return real(model, batch, **kwargs)
 
-    monkeypatch.setattr(train_module, "completion_logps", counting)
+    monkeypatch.setattr(train_module, "completion_token_logps", counting)
     config = train_config(tmp_path, precompute_ref_log_probs=True, ref_log_probs_files=[str(precomputed)])
     result = run_train(config)
     validate_events(result.events)
