@@ -9,6 +9,7 @@
  * boundary past the end of its split and a slice that selects no rows are errors.
  * Pure code: the config schema and the workflow use it.
  */
+import { roundHalfEven } from './pythonRound.js';
 
 /** datasets' split name rule (naming._split_re), ASCII: split names become storage key segments. */
 const SPLIT_NAME = '[A-Za-z0-9_]+(?:\\.[A-Za-z0-9_]+)*';
@@ -93,15 +94,6 @@ export function splitsOf(spec: string): string[] {
 /** True when the spec is a bare split name (no slice, no `+`). */
 export function isPlainSplit(spec: string): boolean {
   return new RegExp(`^${SPLIT_NAME}$`).test(spec);
-}
-
-/** Python's round(): to the nearest integer, halves to even. */
-function roundHalfEven(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
 }
 
 function pctToAbs(boundary: number, rows: number, rounding: Rounding | undefined, spec: string): number {

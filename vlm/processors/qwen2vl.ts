@@ -6,6 +6,7 @@
  * `<|vision_start|>` and `<|vision_end|>` the chat template writes. The count depends on the
  * image's size, so expansion needs each image's width and height (Qwen2VLProcessor).
  */
+import { roundHalfEven } from '../../contracts/pythonRound.js';
 import type { FamilySpec, ImageSize, Json } from './types.js';
 
 export interface QwenVisionSettings {
@@ -29,15 +30,6 @@ export function qwenVisionSettings(imageProcessorConfig: Json): QwenVisionSettin
     if (!Number.isInteger(value) || value <= 0) throw new Error(`Qwen2-VL image processor config: ${name} must be a positive integer, got ${String(value)}`);
   }
   return settings;
-}
-
-/** Python's round() on a float: halves go to the even neighbour. */
-function roundHalfEven(x: number): number {
-  const floor = Math.floor(x);
-  const diff = x - floor;
-  if (diff > 0.5) return floor + 1;
-  if (diff < 0.5) return floor;
-  return floor % 2 === 0 ? floor : floor + 1;
 }
 
 /** Thrown for an image the processor refuses (transformers raises ValueError). */
