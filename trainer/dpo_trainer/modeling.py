@@ -120,6 +120,9 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
     # LLaVA's processor expands <image> to a fixed count; other families (image splitting) vary,
     # and for those we only check that image rows have placeholders at all.
     image_tokens = getattr(config, "image_seq_length", None) if config.model_type == "llava" else None
+    if config.model_type == "gemma3":
+        # Fixed-size images: mm_tokens_per_image soft tokens each (pan-and-scan off).
+        image_tokens = getattr(config, "mm_tokens_per_image", None)
     spec = ModelInputSpec(
         vocab_size=text_config.vocab_size,
         pad_token_id=pad_token_id,
@@ -188,6 +191,9 @@ def completion_token_logps(
         # transformers >= 5.x finds the image tokens for get_rope_index through this; releases
         # whose forward does not name it find them by image_token_id themselves.
         inputs["mm_token_type_ids"] = batch.mm_token_type_ids
+    if batch.token_type_ids is not None:
+        # Gemma 3: the image blocks' bidirectional attention mask.
+        inputs["token_type_ids"] = batch.token_type_ids
     logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
     targets = batch.input_ids[:, 1:]
     mask = batch.completion_mask[:, 1:].to(logits.dtype)
