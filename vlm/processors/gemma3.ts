@@ -7,10 +7,8 @@
  * double it). Pan-and-scan (extra crops per image, their count from each image's size) is refused:
  * a processor config that turns it on is an error, not a silently different token count.
  */
+import { FailureType, nonRetryable } from '../../contracts/errors.js';
 import { replaceAll, type FamilySpec, type Json } from './types.js';
-
-/** Thrown for processor settings this Node expansion does not reproduce. */
-export class UnsupportedProcessorSettingError extends Error {}
 
 function tokenFrom(config: Json, key: string, fallback: string): string {
   const value = config[key];
@@ -23,9 +21,11 @@ export const gemma3: FamilySpec = {
   matches: (processorClass, modelType) => processorClass === 'Gemma3Processor' || modelType === 'gemma3',
   create({ processorConfig, imageProcessorConfig, tokenizerConfig, modelConfig }) {
     if (imageProcessorConfig?.do_pan_and_scan === true || processorConfig.do_pan_and_scan === true) {
-      throw new UnsupportedProcessorSettingError(
+      // A setting of the model folder: retrying cannot help.
+      throw nonRetryable(
         'Gemma 3 image processor config: do_pan_and_scan: true is not supported (its extra crops per image are not ' +
           'expanded by the Node tokenizer); set it to false or null in preprocessor_config.json',
+        FailureType.InvalidConfig,
       );
     }
     const count = Number(processorConfig.image_seq_length ?? modelConfig.mm_tokens_per_image ?? 256);
