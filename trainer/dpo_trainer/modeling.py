@@ -109,6 +109,13 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from None
+    if has_vision and config.model_type == "gemma3" and getattr(image_processor, "do_pan_and_scan", None):
+        # The image processor alone would add crops per image that Gemma3Processor's own call
+        # (and the Node tokenizer) do not expand into the prompt: refuse rather than mismatch.
+        raise ModelLoadError(
+            f"{model_dir}: preprocessor_config.json sets do_pan_and_scan: true, which is not supported for"
+            " Gemma 3 (its extra crops are not in the tokenized prompts); set it to false or null"
+        )
     model.to(device)
     model.config.use_cache = False  # no KV cache while training: it only costs memory
     text_config = config.get_text_config()

@@ -306,3 +306,18 @@ def test_estimate_counts_what_peft_trains(gemma_model_dir):
     assert counted["total"] == sum(p.numel() for p in model.parameters())
     peft = attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
     assert counted["lora_trainable"] == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+def test_pan_and_scan_is_refused_by_name(gemma_model_dir, tmp_path):
+    import shutil
+
+    from dpo_trainer.errors import ModelLoadError
+    from dpo_trainer.modeling import load_base_model
+
+    folder = shutil.copytree(gemma_model_dir, tmp_path / "pan-and-scan")
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        config = json.loads((folder / name).read_text())
+        config.get("image_processor", config)["do_pan_and_scan"] = True
+        (folder / name).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="do_pan_and_scan: true"):
+        load_base_model(str(folder), torch.float32, torch.device("cpu"))
