@@ -20,15 +20,17 @@ const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
 
 /**
  * Builds a tiny model once per version of its builder; returns the local folder. `llava` is the
- * demo model; `qwen2_5_vl` a tiny Qwen2.5-VL (its builder uses the Qwen processor module too).
+ * demo model; `qwen2_5_vl` a tiny Qwen2.5-VL (its builder uses the Qwen processor module too);
+ * `gemma3` a tiny Gemma 3.
  */
-export async function ensureTinyModel(seed = 0, arch: 'llava' | 'qwen2_5_vl' = 'llava'): Promise<string> {
+export async function ensureTinyModel(seed = 0, arch: 'llava' | 'qwen2_5_vl' | 'gemma3' = 'llava'): Promise<string> {
   const sources = ['build_tiny_model.py', ...(arch === 'qwen2_5_vl' ? ['vision_processors.py'] : [])];
   const hash = createHash('sha256');
   for (const source of sources) hash.update(readFileSync(join(REPO_ROOT, 'trainer/dpo_trainer', source)));
   // The LLaVA's version string is what it always was, so its cached builds stay valid.
   const version = hash.update(`seed=${seed}`).digest('hex').slice(0, 12);
-  const dir = join(CACHE, 'models', `tiny-${arch === 'llava' ? 'llava' : 'qwen2.5-vl'}-${version}`);
+  const names = { llava: 'llava', qwen2_5_vl: 'qwen2.5-vl', gemma3: 'gemma3' } as const;
+  const dir = join(CACHE, 'models', `tiny-${names[arch]}-${version}`);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });

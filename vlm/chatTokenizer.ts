@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { gemma3 } from './processors/gemma3.js';
 import { idefics2 } from './processors/idefics2.js';
 import { llava } from './processors/llava.js';
 import { paligemma } from './processors/paligemma.js';
@@ -21,7 +22,7 @@ export interface ChatMessage {
   content: Array<{ type: 'image' } | { type: 'text'; text: string }>;
 }
 
-const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma, qwen2vl];
+const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma, qwen2vl, gemma3];
 
 /**
  * Model folders are content-addressed (staged by fingerprint) or local folders that do not change
@@ -93,7 +94,7 @@ export class ChatTokenizer {
       if (!spec) {
         throw new Error(
           `image-token expansion for processor "${processorClass || modelType}" is not implemented ` +
-            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor)',
+            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Gemma3Processor)',
         );
       }
       family = spec.create(configs);
@@ -140,7 +141,7 @@ export class ChatTokenizer {
    */
   encodePrompt(prompt: string, images?: ImageSize[]): number[] {
     const text = this.family ? this.family.expandPrompt(prompt, images) : prompt;
-    return this.tokenizer.encode(text, { add_special_tokens: true }).ids;
+    return this.tokenizer.encode(text, { add_special_tokens: this.family?.addSpecialTokens ?? true }).ids;
   }
 
   /** Completion ids as TRL's tokenize_row: no special tokens, eos appended. */

@@ -2,11 +2,15 @@
 
     python -m dpo_trainer.build_tiny_model --arch llava --out DIR [--seed 0]
     python -m dpo_trainer.build_tiny_model --arch qwen2_5_vl --out DIR [--seed 0]
+    python -m dpo_trainer.build_tiny_model --arch gemma3 --out DIR [--seed 0]
 
 `--arch qwen2_5_vl` builds a tiny Qwen2.5-VL instead (Qwen2_5_VLForConditionalGeneration, its
 windowed vision tower and patch merger, M-RoPE, a Qwen2-style byte-level tokenizer with the
 family's special tokens and Qwen2.5-VL-Instruct's chat template, and a Qwen2_5_VLProcessor
-without its torchvision-only video processor; see vision_processors.py).
+without its torchvision-only video processor; see vision_processors.py). `--arch gemma3` builds
+a tiny Gemma 3 (Gemma3ForConditionalGeneration: SigLIP tower, pooled soft tokens, sliding and
+global attention layers), a Gemma-style tokenizer with the family's image tokens, Gemma 3's chat
+template and Gemma3Processor.
 
 The machine has no hub access, so tests and the demo pipeline train a real transformers
 architecture (CLIP vision tower + Llama language model + LLaVA projector) at toy size. Everything
@@ -391,9 +395,174 @@ def write_tiny_qwen2_5_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = 
     return out
 
 
+# google/gemma-3-4b-it's chat template (tokenizer_config.json): bos first, a system turn folded
+# into the first user turn, "model" for the assistant role, `<start_of_image>` per image.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+# Gemma's specials in Gemma's order (pad 0, eos 1, bos 2, unk 3), then the turn and image tokens.
+GEMMA3_SPECIAL_TOKENS = [
+    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+    "<end_of_image>", "<image_soft_token>",
+]
+
+
+def build_gemma3_tokenizer(corpus: list[str], vocab_size: int):
+    """Gemma's kind: spaces -> "▁" (no prefix space), BPE with byte fallback, bos added, and the
+    image tokens Gemma3Processor reads from the tokenizer (boi_token, eoi_token, image_token)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=1, special_tokens=GEMMA3_SPECIAL_TOKENS + byte_tokens, show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    bos_id = backend.token_to_id("<bos>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+        padding_side="left", clean_up_tokenization_spaces=False,
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    )
+
+
+@dataclass(frozen=True)
+class TinyGemma3Size:
+    """Sizes of the tiny Gemma 3. Every image becomes 32 x 32 px: 8 x 8 SigLIP patches, average-pooled
+    2 x 2 into 16 soft tokens (the real model: 896 px, 64 x 64 patches, pooled 4 x 4 into 256)."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    image_tokens: int = 16
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    # Shorter than a prompt, longer than an image block: the sliding layer masks something.
+    sliding_window: int = 24
+    vocab_size: int = 600
+    initializer_range: float = 0.1  # see TinyLlavaSize
+
+
+def write_tiny_gemma3(out: Path, seed: int = 0, size: TinyGemma3Size | None = None) -> Path:
+    """A tiny random-init Gemma3ForConditionalGeneration folder, as save_pretrained writes a hub
+    checkpoint, with Gemma3Processor (its PIL image processor) and Gemma 3's chat template."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    size = size or TinyGemma3Size()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_gemma3_tokenizer(demo_corpus(), size.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in GEMMA3_SPECIAL_TOKENS}
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": size.text_hidden,
+            "intermediate_size": size.text_hidden * 2,
+            "num_hidden_layers": size.text_layers,
+            "num_attention_heads": size.text_heads,
+            "num_key_value_heads": size.text_kv_heads,
+            "head_dim": size.text_hidden // size.text_heads,
+            "query_pre_attn_scalar": size.text_hidden // size.text_heads,
+            "sliding_window": size.sliding_window,
+            "layer_types": ["sliding_attention", "full_attention"] * (size.text_layers // 2) + ["sliding_attention"] * (size.text_layers % 2),
+            "max_position_embeddings": 2048,
+            "initializer_range": size.initializer_range,
+            "pad_token_id": ids["<pad>"], "bos_token_id": ids["<bos>"], "eos_token_id": ids["<eos>"],
+        },
+        vision_config={
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": size.vision_hidden * 2,
+            "num_hidden_layers": size.vision_layers,
+            "num_attention_heads": size.vision_heads,
+            "image_size": size.image_size,
+            "patch_size": size.patch_size,
+            "vision_use_head": False,
+        },
+        mm_tokens_per_image=size.image_tokens,
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+        initializer_range=size.initializer_range,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():
+        # Zero-initialised in transformers (the checkpoint supplies it); random here so images matter.
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, size.initializer_range)
+    model.generation_config.eos_token_id = [ids["<eos>"], ids["<end_of_turn>"]]
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.save_pretrained(out)
+    image_processor = Gemma3ImageProcessorPil(
+        size={"height": size.image_size, "width": size.image_size}, resample=2, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5], do_pan_and_scan=None,
+    )
+    processor = Gemma3Processor(image_processor, tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=size.image_tokens)
+    processor.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    tokenizer_config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text())
+    tokenizer_config["chat_template"] = GEMMA3_CHAT_TEMPLATE
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llava", "qwen2_5_vl"], required=True)
+    parser.add_argument("--arch", choices=["llava", "qwen2_5_vl", "gemma3"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     defaults = TinyLlavaSize()
@@ -405,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         # Its image-token count depends on each image's size; the size flags are LLaVA's.
         write_tiny_qwen2_5_vl(args.out, seed=args.seed)
         print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
+        return 0
+    if args.arch == "gemma3":
+        write_tiny_gemma3(args.out, seed=args.seed)
+        print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": TinyGemma3Size().image_tokens}))
         return 0
     size = TinyLlavaSize(**{name: getattr(args, name) for name in TinyLlavaSize.__dataclass_fields__})
     if size.image_size % size.patch_size:

@@ -256,6 +256,9 @@ class PreferenceBatch:
     # [2B, T], 1 on image tokens (Qwen2-VL's processor output of that name): transformers 5
     # computes M-RoPE position ids from it, and without it silently falls back to 1-D positions.
     mm_token_type_ids: torch.Tensor | None = None
+    # [2B, T], 1 on image soft tokens (Gemma 3's processor output of that name): the model lets
+    # each image's tokens attend to each other bidirectionally from it; without it, causally.
+    token_type_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "PreferenceBatch":
         return PreferenceBatch(
@@ -267,6 +270,7 @@ class PreferenceBatch:
             self.tokens,
             None if self.image_grid_thw is None else self.image_grid_thw.to(device),
             None if self.mm_token_type_ids is None else self.mm_token_type_ids.to(device),
+            None if self.token_type_ids is None else self.token_type_ids.to(device),
         )
 
 
@@ -328,6 +332,16 @@ class PixelCache:
         return int(features.grid_thw.prod()) // int(getattr(self.image_processor, "merge_size", 1)) ** 2
 
 
+# Image processors of families whose processor returns token_type_ids (1 on each image's soft
+# tokens) and whose model reads them: Gemma 3 builds its bidirectional image attention from them.
+# (PaliGemma's token_type_ids mean prefix/suffix instead, so the name alone does not decide.)
+TOKEN_TYPE_IMAGE_PROCESSORS = ("Gemma3ImageProcessorPil", "Gemma3ImageProcessor", "Gemma3ImageProcessorFast")
+
+
+def marks_image_tokens(image_processor: Any) -> bool:
+    return type(image_processor).__name__ in TOKEN_TYPE_IMAGE_PROCESSORS
+
+
 def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None) -> PreferenceBatch:
     """Build [prompt + chosen; prompt + rejected] sequences and their completion masks."""
     sequences: list[list[int]] = []
@@ -347,6 +361,7 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
     pixel_values = None
     image_grid_thw = None
     mm_token_type_ids = None
+    token_type_ids = None
     with_image = [row for row in rows if row["image"] is not None]
     if with_image:
         if pixels is None:
@@ -355,6 +370,8 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
         # Image features are scattered into <image> tokens in row order: chosen rows, then rejected.
         if images[0].grid_thw is None:
             pixel_values = torch.stack([f.pixel_values for f in images + images])
+            if pixels.image_token_id is not None and marks_image_tokens(pixels.image_processor):
+                token_type_ids = (input_ids == pixels.image_token_id).long()
         else:
             _check_image_tokens(with_image, images, pixels)
             pixel_values = torch.cat([f.pixel_values for f in images + images])
@@ -363,7 +380,7 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
                 mm_token_type_ids = (input_ids == pixels.image_token_id).long()
     return PreferenceBatch(
         input_ids, attention_mask, completion_mask, pixel_values, len(rows), int(attention_mask.sum()), image_grid_thw,
-        mm_token_type_ids,
+        mm_token_type_ids, token_type_ids,
     )
 
 

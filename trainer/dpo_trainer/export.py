@@ -206,6 +206,14 @@ def sha256_file(path: Path) -> str:
 NOT_EXPORTABLE = {
     "qwen2_vl": "Qwen2-VL",
     "qwen2_5_vl": "Qwen2.5-VL",
+    "gemma3": "Gemma 3",
+}
+# Why, where it is not the M-RoPE positions. Gemma 3's text model (sliding-window and global
+# layers, q/k norms, two rotary bases) is not the graph's, and its image tokens attend to each
+# other bidirectionally (token_type_ids), which the graph's causal mask cannot express.
+NOT_EXPORTABLE_BECAUSE = {
+    "gemma3": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the"
+    " exported scoring graph, whose mask is causal",
 }
 
 
@@ -218,8 +226,11 @@ def refuse_unexportable(model_dir: str) -> None:
         return  # load_base_model reports a missing or broken config itself
     if model_type in NOT_EXPORTABLE:
         raise ModelLoadError(
-            f"{model_dir}: ONNX export of {NOT_EXPORTABLE[model_type]} is not supported (its M-RoPE position ids"
-            " depend on each image's grid, which the exported scoring graph does not compute), so the evaluate"
+            f"{model_dir}: ONNX export of {NOT_EXPORTABLE[model_type]} is not supported ("
+            + NOT_EXPORTABLE_BECAUSE.get(
+                model_type, "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+            )
+            + "), so the evaluate"
             " stage cannot score this model; score held-out shards with PyTorch instead:"
             " python -m dpo_trainer.evaluate (same preference metrics), or leave evaluate out of the run's stages"
         )

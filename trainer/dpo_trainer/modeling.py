@@ -109,6 +109,13 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the model in {model_dir}: {type(exc).__name__}: {exc}") from None
+    if has_vision and config.model_type == "gemma3" and getattr(image_processor, "do_pan_and_scan", None):
+        # The image processor alone would add crops per image that Gemma3Processor's own call
+        # (and the Node tokenizer) do not expand into the prompt: refuse rather than mismatch.
+        raise ModelLoadError(
+            f"{model_dir}: preprocessor_config.json sets do_pan_and_scan: true, which is not supported for"
+            " Gemma 3 (its extra crops are not in the tokenized prompts); set it to false or null"
+        )
     model.to(device)
     model.config.use_cache = False  # no KV cache while training: it only costs memory
     text_config = config.get_text_config()
@@ -120,6 +127,9 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
     # LLaVA's processor expands <image> to a fixed count; other families (image splitting) vary,
     # and for those we only check that image rows have placeholders at all.
     image_tokens = getattr(config, "image_seq_length", None) if config.model_type == "llava" else None
+    if config.model_type == "gemma3":
+        # Fixed-size images: mm_tokens_per_image soft tokens each (pan-and-scan off).
+        image_tokens = getattr(config, "mm_tokens_per_image", None)
     spec = ModelInputSpec(
         vocab_size=text_config.vocab_size,
         pad_token_id=pad_token_id,
@@ -188,6 +198,9 @@ def completion_token_logps(
         # transformers >= 5.x finds the image tokens for get_rope_index through this; releases
         # whose forward does not name it find them by image_token_id themselves.
         inputs["mm_token_type_ids"] = batch.mm_token_type_ids
+    if batch.token_type_ids is not None:
+        # Gemma 3: the image blocks' bidirectional attention mask.
+        inputs["token_type_ids"] = batch.token_type_ids
     logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
     targets = batch.input_ids[:, 1:]
     mask = batch.completion_mask[:, 1:].to(logits.dtype)

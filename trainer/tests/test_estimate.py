@@ -39,7 +39,7 @@ def test_activations_and_suggestion(idefics2):
 @pytest.mark.parametrize(
     "config,total",
     [("paligemma-3b.yaml", 2_923_466_480), ("llava-1.5-7b.yaml", 7_063_427_072),
-     ("qwen2.5-vl-7b.yaml", 8_292_166_656)],
+     ("qwen2.5-vl-7b.yaml", 8_292_166_656), ("gemma-3-4b.yaml", 4_300_079_472)],
 )
 def test_vendored_configs_give_the_published_parameter_counts(config, total):
     result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / config)), gpu_memory="24GB")
@@ -62,3 +62,16 @@ def test_qwen_patches_follow_the_pixel_budget():
     # The model card's "8.29B"; LoRA r=16 on every linear layer of tower, merger and language model.
     assert result["parameters"]["lora_trainable"] == 51_824_640
     assert result["suggestion"]["micro_batch"] is not None
+
+
+def test_gemma3_counts_and_fixed_image_size():
+    config = load_pipeline_config(str(REPO_ROOT / "configs" / "gemma-3-4b.yaml"))
+    small = estimate(config, gpu_memory="80GB")
+    # 896 px in 14 px patches: 64 x 64 patches per image (pooled to 256 tokens after the tower).
+    assert small["shapes"]["patches_per_image"] == 4096 and small["shapes"]["vision_layers"] == 27
+    # LoRA r=16 on every linear layer of the SigLIP tower and the language model (the projector
+    # is a bare weight, not a Linear, so all-linear leaves it out).
+    assert small["parameters"]["lora_trainable"] == 38_497_792
+    large = estimate(config, gpu_memory="80GB", model_dir=str(REPO_ROOT / "configs" / "models" / "gemma-3-12b-it"))
+    assert large["parameters"]["total"] == 12_187_325_040
+    assert large["parameters"]["lora_trainable"] == 74_165_760

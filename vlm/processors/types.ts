@@ -40,6 +40,11 @@ export interface ProcessorFamily {
    * conversation with a default system turn, which a lone assistant turn would repeat.
    */
   chatTurns?: 'separate' | 'prompt-prefix';
+  /**
+   * Whether prompt ids get the tokenizer's special tokens (default true). False where the chat
+   * template writes bos itself (Gemma 3), as TRL's vision collator tokenizes such prompts.
+   */
+  addSpecialTokens?: boolean;
   /** Families without a chat template render user turns by their prompt convention. */
   renderUserWithoutTemplate?: (images: number, text: string) => string;
 }

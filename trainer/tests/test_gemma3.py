@@ -1,0 +1,323 @@
+"""Gemma 3 end to end in the trainer, on a tiny random-init Gemma3ForConditionalGeneration (its
+real classes through AutoModelForImageTextToText / AutoProcessor; build_tiny_model --arch gemma3).
+
+Gemma 3's processor resizes every image to one fixed size (SigLIP pixels, [C, H, W] per image),
+expands each `<start_of_image>` into a block of mm_tokens_per_image soft tokens, and returns
+`token_type_ids` marking those soft tokens, from which the model lets each image's tokens attend
+to each other bidirectionally; the collate stage must build that mask from the shard. Checked: the
+DPO loss equals TRL's (its own vision collator and `_compute_loss` on the same model and LoRA
+weights) and differs without the mask, LoRA reaches the vision tower, resume is bitwise exact,
+OOM backoff keeps the numbers, precomputed reference log-probs give the same losses, a prompt with
+the wrong soft-token count is refused by name, and the ONNX export is refused up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
+from demo_data import SHARD_SCHEMA, generate_pairs
+
+# (width, height) of the thumbnails, cycled over the pairs: square, landscape, portrait, a strip
+# (the processor resizes each to 32 x 32).
+SIZES = [(48, 48), (64, 40), (30, 60), (80, 16), (56, 56), (20, 44)]
+
+
+@pytest.fixture(scope="module")
+def gemma_model_dir(tmp_path_factory) -> Path:
+    from dpo_trainer.build_tiny_model import write_tiny_gemma3
+
+    return write_tiny_gemma3(tmp_path_factory.mktemp("gemma3") / "tiny-gemma3", seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor(gemma_model_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(gemma_model_dir, local_files_only=True)
+
+
+def sized_jpeg(jpeg: bytes, size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def texts(processor, question: str, answer: str) -> tuple[str, str]:
+    """TRL's maybe_apply_chat_template split (what the Node format stage stores for Gemma 3)."""
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    prompt = processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    whole = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False)
+    assert whole.startswith(prompt)
+    return prompt, whole[len(prompt):]
+
+
+def gemma_rows(processor, n: int, seed: int) -> list[dict]:
+    """Shard rows as the Node stages make them: image tokens expanded by the processor itself."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for i, pair in enumerate(generate_pairs(n, seed, "gemma3")):
+        image = sized_jpeg(pair.image_jpeg, SIZES[i % len(SIZES)])
+        prompt, chosen = texts(processor, pair.question, pair.chosen)
+        _, rejected = texts(processor, pair.question, pair.rejected)
+        # The template writes bos: tokenized without special tokens, as TRL's collator does.
+        prompt_ids = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], text=prompt, add_special_tokens=False)["input_ids"][0]
+        answer = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+        rows.append({
+            "sample_id": pair.sample_id, "prompt_input_ids": [int(t) for t in prompt_ids],
+            "chosen_input_ids": answer(chosen), "rejected_input_ids": answer(rejected), "image": image,
+            # For TRL's collator: the same texts (the eos our tokenize stage appends, spelled out).
+            "_trl": {"prompt": prompt, "chosen": chosen + tokenizer.eos_token, "rejected": rejected + tokenizer.eos_token},
+        })
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    table = {name: [row[name] for row in rows] for name in SHARD_SCHEMA.names}
+    pq.write_table(pa.table(table, schema=SHARD_SCHEMA), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gemma_shards(processor, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("gemma-shards")
+    rows = gemma_rows(processor, 16, seed=5)
+    return [write_rows(folder / "train-000.parquet", rows[:8]), write_rows(folder / "train-001.parquet", rows[8:])]
+
+
+@pytest.fixture(scope="module")
+def gemma_config(gemma_model_dir, gemma_shards):
+    def make(output_dir: Path, **overrides):
+        config = {
+            "model_dir": str(gemma_model_dir), "train_shards": [str(p) for p in gemma_shards], "output_dir": str(output_dir),
+            "seed": 3, "epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+            "learning_rate": 0.005, "lr_scheduler_type": "cosine", "warmup_ratio": 0.25,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+            "checkpoint_every_steps": 2, "log_every_steps": 1, "dtype": "float32",
+        }
+        config.update(overrides)
+        return config
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def gemma_reference_run(gemma_config, tmp_path_factory):
+    config = gemma_config(tmp_path_factory.mktemp("gemma-reference"))
+    result = run_train(config)
+    assert result.exit_code == 0, result.last
+    return config, result
+
+
+def test_collate_builds_the_pixels_and_the_image_token_mask(gemma_model_dir, gemma_shards, processor):
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import load_base_model
+
+    loaded = load_base_model(str(gemma_model_dir), torch.float32, torch.device("cpu"))
+    assert type(loaded.image_processor).__name__ == "Gemma3ImageProcessorPil"
+    assert loaded.spec.image_tokens_per_image == 16
+    rows = load_shards([str(gemma_shards[0])]).rows(range(4))
+    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
+    expected = [processor.image_processor(images=[Image.open(io.BytesIO(r["image"])).convert("RGB")], return_tensors="pt") for r in rows]
+    assert torch.equal(batch.pixel_values, torch.cat([e["pixel_values"] for e in expected] * 2))
+    assert batch.pixel_values.shape[1:] == (3, 32, 32)
+    # One block of 16 soft tokens per row, marked 1; <start_of_image>/<end_of_image> and text 0.
+    assert batch.token_type_ids is not None and batch.token_type_ids.sum(-1).tolist() == [16] * 8
+    soft = processor.tokenizer.image_token_id
+    assert torch.equal(batch.token_type_ids.bool(), batch.input_ids == soft)
+
+
+def test_loss_equals_trls_on_the_tiny_model(gemma_model_dir, processor, tmp_path):
+    pytest.importorskip("trl")
+    from accelerate import Accelerator
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo_trainer.config import LoraSettings
+    from dpo_trainer.data import PixelCache, collate
+    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
+    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
+
+    loaded = load_base_model(str(gemma_model_dir), torch.float32, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    # LoRA B starts at zero (policy == reference); move it so the loss measures something.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    beta = 0.1
+    rows = gemma_rows(processor, 4, seed=9)
+
+    # Ours: the trainer's collate, log-probs and loss.
+    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
+    with torch.no_grad():
+        policy, lengths = completion_logps(model, batch)
+        with model.disable_adapter():
+            ref, _ = completion_logps(model, batch)
+    pairs = PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref)
+    ours = pair_losses(pairs, LossSettings(beta=beta)).mean()
+
+    # TRL's: its vision collator on the images and texts, its _compute_loss with the reference
+    # from the disabled adapter, on the same model (TRL's fused LM head added, as its __init__ does).
+    collator = DataCollatorForVisionPreference(processor)
+    examples = [{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows]
+    inputs = collator(examples)
+    assert "token_type_ids" in inputs
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
+    trainer = object.__new__(DPOTrainer)
+    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
+    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
+    trainer.loss_weights = [1.0]
+    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
+    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
+    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    trainer._total_train_tokens, trainer._tp_size = 0, 1
+    with torch.no_grad():
+        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    # The same sequences and the same image-token mask (TRL's from the processor).
+    keep = inputs["attention_mask"].bool()
+    assert torch.equal(inputs["input_ids"][keep], batch.input_ids[batch.attention_mask.bool()])
+    assert torch.equal(inputs["token_type_ids"][keep].long(), batch.token_type_ids[batch.attention_mask.bool()])
+    assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    # Without the mask the image tokens attend causally: other log-probs.
+    with torch.no_grad():
+        causal_policy, _ = completion_logps(model, dataclasses.replace(batch, token_type_ids=None))
+    assert not torch.allclose(causal_policy, policy, atol=1e-4)
+
+
+def test_lora_reaches_the_vision_tower(gemma_reference_run):
+    _, result = gemma_reference_run
+    assert [e["step"] for e in result.of("step")] == [1, 2, 3, 4]
+    weights = adapter_tensors(result.last["adapter_path"])
+    assert any(".vision_tower." in n for n in weights)
+    assert any("language_model" in n for n in weights)
+    assert all(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
+
+
+def test_crash_then_resume_is_bitwise_exact(gemma_reference_run, gemma_config, tmp_path):
+    _, reference = gemma_reference_run
+    crashed = run_train(gemma_config(tmp_path), env={"DPO_FAULT_CRASH_AT_STEP": "3"})
+    assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
+    resumed = run_train(gemma_config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002")))
+    assert resumed.exit_code == 0, resumed.last
+    assert [e["metrics"] for e in resumed.of("step")] == [e["metrics"] for e in reference.of("step")[2:]]
+    final, expected = adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_oom_backoff_keeps_the_effective_batch(gemma_reference_run, gemma_config, tmp_path):
+    reference_config, reference = gemma_reference_run
+    result = run_train(gemma_config(tmp_path), env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "1"})
+    assert result.exit_code == 0, result.last
+    assert [(e["micro_batch"], e["grad_accum"]) for e in result.of("oom_backoff")] == [(1, 4)]
+    distance = adapter_distance(adapter_tensors(result.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < adapter_distance_bound(reference_config, reference)
+
+
+def test_precomputed_reference_gives_the_same_losses(gemma_reference_run, gemma_config, gemma_model_dir, gemma_shards, tmp_path):
+    from test_reference import run_reference
+
+    reference = run_reference({"model_dir": str(gemma_model_dir), "shards": [str(p) for p in gemma_shards],
+                               "output_dir": str(tmp_path / "ref"), "batch_size": 5})
+    assert reference.exit_code == 0, reference.last
+    ref_file = str(Path(reference.last["path"]) / "ref_logps.parquet")
+    result = run_train(gemma_config(tmp_path / "out", precompute_ref_log_probs=True, ref_log_probs_files=[ref_file]))
+    assert result.exit_code == 0, result.last
+    for a, b in zip(result.of("step"), gemma_reference_run[1].of("step"), strict=True):
+        for name in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
+            assert a["metrics"][name] == pytest.approx(b["metrics"][name], abs=1e-5), name
+
+
+def test_image_tokens_that_do_not_fit_the_image_are_refused(gemma_config, gemma_shards, processor, tmp_path):
+    table = pq.read_table(gemma_shards[0]).to_pylist()
+    # The soft token (Gemma3Processor.image_token_id is <start_of_image>, the placeholder).
+    image_token = processor.tokenizer.image_token_id
+    # One soft token too few (as a tokenize run for another mm_tokens_per_image would make).
+    ids = table[0]["prompt_input_ids"]
+    table[0]["prompt_input_ids"] = ids[: ids.index(image_token)] + ids[ids.index(image_token) + 1 :]
+    bad = write_rows(tmp_path / "bad.parquet", table)
+    result = run_train(gemma_config(tmp_path / "out", train_shards=[str(bad)], max_steps=1))
+    assert result.exit_code == 65, result.last
+    assert result.last["error_type"] == "InvalidInput"
+    message = result.last["message"]
+    expected = len([t for t in ids if t == image_token])
+    assert expected == 16
+    assert table[0]["sample_id"] in message and f"has {expected - 1} <image> tokens" in message and f"expects {expected}" in message, message
+    # Refused before training: no step ran.
+    assert not result.of("step")
+
+
+def test_pytorch_scoring_of_base_and_adapter(gemma_reference_run, gemma_model_dir, gemma_shards):
+    from conftest import run_evaluate
+
+    _, reference = gemma_reference_run
+    common = {"model_dir": str(gemma_model_dir), "shards": [str(gemma_shards[1])], "batch_size": 3}
+    base = run_evaluate(common)
+    tuned = run_evaluate({**common, "adapter_dir": reference.last["adapter_path"]})
+    assert base.exit_code == tuned.exit_code == 0, (base.last, tuned.last)
+    assert base.last["metrics"]["samples"] == 8
+    assert base.last["metrics"]["reward_margin_mean"] == 0 and tuned.last["metrics"]["reward_margin_mean"] != 0
+
+
+def test_onnx_export_is_refused_by_name(gemma_model_dir, tmp_path):
+    import contextlib
+    import io as _io
+
+    from dpo_trainer.cli import run_command
+    from dpo_trainer.config import ExportConfig, load_config
+    from dpo_trainer.export import export
+
+    config = tmp_path / "export.json"
+    config.write_text(json.dumps({"model_dir": str(gemma_model_dir), "adapter_dir": None, "out_dir": str(tmp_path / "out")}))
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_command(lambda: export(load_config(ExportConfig, str(config))))
+    last = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert (code, last["error_type"]) == (65, "ModelLoadError")
+    assert "ONNX export of Gemma 3 is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimate_counts_what_peft_trains(gemma_model_dir):
+    from dpo_trainer.config import LoraSettings
+    from dpo_trainer.estimate import estimate
+    from dpo_trainer.modeling import attach_lora, load_base_model
+
+    raw = {"model": {"source": str(gemma_model_dir)}, "train": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}}}
+    counted = estimate(raw, model_dir=str(gemma_model_dir))["parameters"]
+    model = load_base_model(str(gemma_model_dir), torch.float32, torch.device("cpu")).model
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    peft = attach_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    assert counted["lora_trainable"] == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+def test_pan_and_scan_is_refused_by_name(gemma_model_dir, tmp_path):
+    import shutil
+
+    from dpo_trainer.errors import ModelLoadError
+    from dpo_trainer.modeling import load_base_model
+
+    folder = shutil.copytree(gemma_model_dir, tmp_path / "pan-and-scan")
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        config = json.loads((folder / name).read_text())
+        config.get("image_processor", config)["do_pan_and_scan"] = True
+        (folder / name).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="do_pan_and_scan: true"):
+        load_base_model(str(folder), torch.float32, torch.device("cpu"))
