@@ -8,7 +8,7 @@ import { downloadDataset } from './data/download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluation/evaluate.js';
 import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
-import { recordRun, resolveInitFrom } from './run/lineage.js';
+import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
 import { writeReport } from './report/report.js';
 import { shardDataset } from './data/shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './data/tokenize.js';
@@ -47,8 +47,9 @@ export function createCpuActivities(deps: ActivityDeps) {
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
-    // Run lifecycle: init_from and the run manifest.
+    // Run lifecycle: init_from, the Hub model's revision, and the run manifest.
     resolveInitFrom: bind(resolveInitFrom, deps),
+    resolveModelSource: bind(resolveModelSource, deps),
     recordRun: bind(recordRun, deps),
   };
 }

@@ -321,6 +321,8 @@ export interface ReportInput {
   stageId: string;
   bucket: string;
   config: PipelineConfig;
+  /** The commit sha a Hub model source was pinned to at run start. */
+  modelRevision?: string;
   /** Mermaid flowchart of the planned DAG. */
   dagMermaid: string;
   timeline: StageTimeline[];

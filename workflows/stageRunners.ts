@@ -40,6 +40,8 @@ export interface RunContext {
   noteReplan: (stageId: string, change: string) => void;
   /** A sweep's branches: the report ends in their comparison table. */
   sweepBranches?: SweepBranch[];
+  /** What the stages read as the model: config.model.source, a Hub one pinned to its commit sha. */
+  modelSource?: string;
   /** init_from: train stages start from this run's final adapter of the same stage id. */
   initFromRun?: string;
   /** Pause and checkpoint interval for training children, and the ones running now. */
@@ -125,7 +127,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const acts = activitiesFor(ctx, stage);
   const { config, runId } = ctx;
   const bucket = config.storage.bucket;
-  const modelSource = config.model.source;
+  const modelSource = ctx.modelSource ?? config.model.source;
   const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
@@ -281,6 +283,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         stageId: stage.id,
         bucket,
         config,
+        ...(ctx.modelSource && ctx.modelSource !== config.model.source && { modelRevision: ctx.modelSource.slice(ctx.modelSource.lastIndexOf('@') + 1) }),
         dagMermaid: planToMermaidWithStates(ctx),
         timeline: ctx.timeline(),
         dataStages,

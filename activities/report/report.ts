@@ -85,6 +85,7 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
         runId: input.runId,
         name: input.config.name,
         model: input.config.model.source,
+        ...(input.modelRevision && { modelRevision: input.modelRevision }),
         dataset: input.config.dataset.source,
         timeline: input.timeline,
         dataStages: input.dataStages,
@@ -262,7 +263,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
   const lines = [
     `# DPO run ${input.runId}`,
     '',
-    `- model: \`${input.config.model.source}\``,
+    `- model: \`${input.config.model.source}\`${input.modelRevision ? ` at commit \`${input.modelRevision}\`` : ''}`,
     `- dataset: \`${input.config.dataset.source}\`${anyEval ? ` (${anyEval.base.samples} held-out pairs)` : ''}`,
     ...(anyEval?.engine ? [`- evaluated with ${anyEval.engine} on ONNX exports (base: \`${s3(anyEval.onnx?.base ?? '')}\`)`] : []),
     '',
@@ -329,7 +330,7 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
   const generations = generationRows(input);
   const body = [
     `<h1>DPO run ${h(input.runId)}</h1>`,
-    `<p>model <code>${h(input.config.model.source)}</code>, dataset <code>${h(input.config.dataset.source)}</code></p>`,
+    `<p>model <code>${h(input.config.model.source)}</code>${input.modelRevision ? ` at commit <code>${h(input.modelRevision)}</code>` : ''}, dataset <code>${h(input.config.dataset.source)}</code></p>`,
     '<h2>Evaluation: base vs DPO</h2>',
     rows.length ? htmlTable(header, rows) : '<p>(no evaluation)</p>',
     '<p>AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class.</p>',
