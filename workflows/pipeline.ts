@@ -89,6 +89,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   const { lineage, modelSource } = await startLineage(config, runId, plan);
   ctx.initFromRun = lineage.initFromRun ?? undefined;
   ctx.modelSource = modelSource;
+  ctx.lineage = lineage;
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();

@@ -13,6 +13,7 @@ import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainRes
 import { keys, trainingWorkflowId } from '../contracts/keys.js';
 import { dpoTraining } from './training.js';
 import { formatSplitInput, splitLabels } from '../contracts/splitSpec.js';
+import type { RunLineage } from '../contracts/lineage.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {
@@ -42,6 +43,8 @@ export interface RunContext {
   sweepBranches?: SweepBranch[];
   /** What the stages read as the model: config.model.source, a Hub one pinned to its commit sha. */
   modelSource?: string;
+  /** The run's lineage (model and dataset revisions, filled in as they become known). */
+  lineage?: RunLineage;
   /** init_from: train stages start from this run's final adapter of the same stage id. */
   initFromRun?: string;
   /** Pause and checkpoint interval for training children, and the ones running now. */
@@ -210,6 +213,12 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                 train,
                 resumeFromRunId: config.resume_from_run,
                 ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
+                card: {
+                  name: config.name,
+                  modelSource: config.model.source,
+                  modelRevision: ctx.lineage?.modelRevision ?? null,
+                  dataset: { source: config.dataset.source, revision: ctx.lineage?.datasetRevision ?? null, trainSplit: config.dataset.train_split, evalSplit: config.dataset.eval_split },
+                },
                 ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
               },
               activity: activityOptionsFor(ctx, stage),

@@ -101,9 +101,33 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
   );
   await put(htmlKey, renderHtml(view), 'text/html; charset=utf-8');
   await put(markdownKey, renderMarkdown(view), 'text/markdown; charset=utf-8');
+  const modelCards: Record<string, string> = {};
+  for (const [id, card] of Object.entries(await evaluatedModelCards(deps, input))) {
+    modelCards[id] = `${prefix}model-cards/${id}.md`;
+    await put(modelCards[id], card, 'text/markdown; charset=utf-8');
+  }
   // Last: the report is final only once its manifest lists every file.
   await storage.putJson(input.bucket, manifestKey, { format: REPORT_MANIFEST_FORMAT, runId: input.runId, createdAt: new Date().toISOString(), files: written });
-  return { markdownKey, htmlKey, jsonKey, manifestKey };
+  return { markdownKey, htmlKey, jsonKey, manifestKey, ...(Object.keys(modelCards).length && { modelCards }) };
+}
+
+/**
+ * The card the train stage wrote beside its adapter (base model, data, recipe), with the
+ * evaluations of that adapter added: what `dpo pull` and publishing give as the adapter's README.md.
+ */
+async function evaluatedModelCards(deps: ActivityDeps, input: ReportInput): Promise<Record<string, string>> {
+  const cards: Record<string, string> = {};
+  for (const [id, t] of Object.entries(input.trainings)) {
+    const key = `${t.adapterPrefix}README.md`;
+    if (!(await deps.storage.exists(t.adapterBucket, key))) continue;
+    const adapterUri = `s3://${t.adapterBucket}/${t.adapterPrefix}`;
+    const evaluations = Object.fromEntries(Object.entries(input.evaluations).filter(([, e]) => e.adapter === adapterUri));
+    const card = (await deps.storage.getBuffer(t.adapterBucket, key)).toString('utf8').trimEnd();
+    cards[id] = Object.keys(evaluations).length
+      ? `${card}\n\n## Evaluation: base vs DPO\n\n${evaluationTable(evaluations).join('\n')}\n`
+      : `${card}\n`;
+  }
+  return cards;
 }
 
 interface ReportView {

@@ -42,3 +42,33 @@ describe('Hub model sources', () => {
     ]);
   });
 });
+
+describe('model cards', () => {
+  it('name the base by its source id and put the recipe in a TRL-style card', async () => {
+    const { baseModelId, effectiveBatch, renderModelCard } = await import('../../contracts/modelCard.js');
+    expect(baseModelId(`hf://o/n@${'a'.repeat(40)}`)).toBe('o/n');
+    expect(baseModelId('o/n')).toBe('o/n');
+    expect(baseModelId('s3://b/models/x')).toBe('s3://b/models/x');
+    const parsed = parsePipelineConfig({ name: 'x', model: { source: 's3://b/m' }, dataset: { source: 's3://b/d' }, train: { per_device_train_batch_size: 4, gradient_accumulation_steps: 3, loss_type: ['sigmoid', 'sft'] } });
+    if (!parsed.ok) throw new Error('config');
+    const train = parsed.config.train;
+    expect(effectiveBatch(train)).toBe(12);
+    expect(effectiveBatch(train, { per_device_train_batch_size: 2, gradient_accumulation_steps: 6 })).toBe(12);
+    const card = renderModelCard({
+      name: 'x',
+      runId: 'r1',
+      stageId: 'train',
+      modelSource: 's3://b/m',
+      dataset: { source: 's3://b/d', revision: 'abc', trainSplit: 'train', evalSplit: 'test' },
+      train,
+      steps: 7,
+    });
+    // Not a Hub model: no Hub link, no base_model:adapter tag, no datasets: entry.
+    expect(card).toMatch(/^---\nbase_model: "s3:\/\/b\/m"\nlibrary_name: peft\n/);
+    expect(card).not.toContain('base_model:adapter:');
+    expect(card).not.toContain('datasets:');
+    expect(card).toContain('| loss | sigmoid + sft |');
+    expect(card).toContain('| optimizer steps | 7 |');
+    expect(card).toContain('on `s3://b/d` at revision `abc` (train: `train`, held out: `test`)');
+  });
+});
