@@ -10,6 +10,7 @@ import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
 import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
 import { writeReport } from './report/report.js';
+import { publishAdapter } from './publish/publish.js';
 import { shardDataset } from './data/shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './data/tokenize.js';
 import { trainModel } from './training/train.js';
@@ -47,6 +48,7 @@ export function createCpuActivities(deps: ActivityDeps) {
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
+    publishAdapter: bind(publishAdapter, deps),
     // Run lifecycle: init_from, the Hub model's revision, and the run manifest.
     resolveInitFrom: bind(resolveInitFrom, deps),
     resolveModelSource: bind(resolveModelSource, deps),

@@ -131,7 +131,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const { config, runId } = ctx;
   const bucket = config.storage.bucket;
   const modelSource = ctx.modelSource ?? config.model.source;
-  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics') =>
+  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
   const dataOutput = (r: StageResult): StageOutput => ({ data: r, cached: r.cached, summary: r.summary });
@@ -278,6 +278,23 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           base_export: plan.baseExportCached ? 'cached' : 'exported',
         },
       };
+    }
+    case 'publish': {
+      const { repo, private: isPrivate } = STAGE_KINDS.publish.params.parse(stage.params);
+      const from = input('adapter')[0]!;
+      const adapter = from.train ? { bucket: from.train.adapterBucket, prefix: from.train.adapterPrefix } : from.adapter!;
+      // The report's copy of the card holds the evaluation; it is keyed by the train stage.
+      const trainId = stage.inputs.adapter![0]!;
+      const cardKey = stage.inputs.report ? input('report')[0]!.report!.modelCards?.[trainId] : undefined;
+      const published = await acts.publishAdapter({
+        runId,
+        stageId: stage.id,
+        adapter,
+        ...(cardKey && { card: { bucket, key: cardKey } }),
+        repo,
+        private: isPrivate,
+      });
+      return { summary: { repo: published.repo, commit: published.commit, url: published.url } };
     }
     case 'report': {
       const evaluations = Object.fromEntries((stage.inputs.metrics ?? []).map((id) => [id, ctx.outputs.get(id)!.evaluation!]));

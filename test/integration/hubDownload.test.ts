@@ -37,6 +37,7 @@ const MODEL_SHA = 'd'.repeat(40);
 const MODEL = 'tiny-org/tiny-llava';
 const GATED = 'gated-org/tiny-llava';
 const NO_TEMPLATE = 'tiny-org/no-chat-template';
+const PUBLISHED = 'dpo-org/tiny-llava-dpo';
 
 /** One dataset repo with two commits: `main` (current) and the tag `v1` (older, fewer rows). */
 interface Repo {
@@ -60,6 +61,9 @@ class FakeHub {
   readonly failures = new Map<string, number>();
   /** Paths served with their last byte flipped (a corrupted transfer). */
   readonly corrupt = new Set<string>();
+  /** Repositories created through the commit API, with each commit's files. */
+  readonly published = new Map<string, { private: boolean; commits: Array<{ title: string; files: Map<string, Buffer> }> }>();
+  private readonly lfs = new Map<string, Buffer>();
   private server!: Server;
   constructor(
     private readonly repo: Repo,
@@ -84,6 +88,12 @@ class FakeHub {
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
+    if (req.method === 'POST' || req.method === 'PUT') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => this.handleWrite(req, res, Buffer.concat(chunks)));
+      return;
+    }
     const url = new URL(req.url!, 'http://x');
     const path = decodeURIComponent(url.pathname);
     this.requests.push(`${req.method} ${path}${req.headers.range ? ` ${req.headers.range}` : ''}`);
@@ -132,6 +142,60 @@ class FakeHub {
       return void res.end(body);
     }
     json(404, { error: 'Repository not found' }, { 'X-Error-Code': 'RepoNotFound' });
+  }
+
+  /**
+   * The Hub's commit API as @huggingface/hub drives it: create the repo, preupload (which files go
+   * through LFS), the LFS batch and its PUTs (sha256-checked), then the NDJSON commit.
+   */
+  private handleWrite(req: IncomingMessage, res: ServerResponse, body: Buffer): void {
+    const path = decodeURIComponent(new URL(req.url!, 'http://x').pathname);
+    this.requests.push(`${req.method} ${path}`);
+    const json = (status: number, value: unknown) => {
+      res.writeHead(status, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(value));
+    };
+    // LFS upload URLs are presigned (as the Hub's storage URLs are): no token goes there.
+    if (!path.startsWith('/lfs-upload/') && req.headers.authorization !== `Bearer ${TOKEN}`) return json(401, { error: 'Invalid credentials in Authorization header' });
+    if (path === '/api/repos/create') {
+      const { name, organization, visibility, type } = JSON.parse(body.toString()) as { name: string; organization: string; visibility?: string; type: string };
+      const id = `${organization}/${name}`;
+      if (type !== 'model') return json(400, { error: `unexpected repo type ${type}` });
+      if (this.published.has(id)) return json(409, { error: 'You already created this model repo' });
+      this.published.set(id, { private: visibility === 'private', commits: [] });
+      return json(200, { url: `${this.url}/${id}`, name: id });
+    }
+    let m = /^\/api\/models\/(.+)\/preupload\/main$/.exec(path);
+    if (m) {
+      const { files } = JSON.parse(body.toString()) as { files: Array<{ path: string }> };
+      return json(200, { files: files.map((f) => ({ path: f.path, uploadMode: f.path.endsWith('.safetensors') ? 'lfs' : 'regular', shouldIgnore: false })) });
+    }
+    m = /^\/(.+)\.git\/info\/lfs\/objects\/batch$/.exec(path);
+    if (m) {
+      const { objects } = JSON.parse(body.toString()) as { objects: Array<{ oid: string; size: number }> };
+      return json(200, { transfer: 'basic', objects: objects.map((o) => ({ ...o, actions: { upload: { href: `${this.url}/lfs-upload/${o.oid}` } } })) });
+    }
+    m = /^\/lfs-upload\/([0-9a-f]{64})$/.exec(path);
+    if (m) {
+      if (createHash('sha256').update(body).digest('hex') !== m[1]) return json(400, { error: 'sha256 mismatch' });
+      this.lfs.set(m[1]!, body);
+      return json(200, {});
+    }
+    m = /^\/api\/models\/(.+)\/commit\/main$/.exec(path);
+    const repo = m && this.published.get(m[1]!);
+    if (repo) {
+      const lines = body.toString().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { key: string; value: Record<string, string> });
+      const files = new Map<string, Buffer>();
+      for (const { key, value } of lines.slice(1)) {
+        if (key === 'file') files.set(value.path!, Buffer.from(value.content!, 'base64'));
+        else if (key === 'lfsFile' && this.lfs.has(value.oid!)) files.set(value.path!, this.lfs.get(value.oid!)!);
+        else return json(422, { error: `cannot commit ${key} ${value.path}` });
+      }
+      repo.commits.push({ title: lines[0]!.value.summary!, files });
+      const oid = createHash('sha1').update(`${m![1]}:${repo.commits.length}`).digest('hex');
+      return json(200, { commitOid: oid, commitUrl: `${this.url}/${m![1]}/commit/${oid}`, hookOutput: '', success: true });
+    }
+    json(404, { error: 'Repository not found' });
   }
 
   /** The model routes: /api/models/<name>/revision|tree/<rev>, /<name>/resolve/<rev>/<path>. */
@@ -326,14 +390,25 @@ describe('hf:// dataset sources', () => {
       workflowId,
       args: [dataConfig(stack, modelSource, source, {
         dataset: { source, train_split: 'train[:95%]', eval_split: 'train[95%:]' },
-        // The whole default DAG: download -> format -> tokenize -> shard -> train -> evaluate -> report.
-        stages: undefined,
+        // The whole standard chain, download -> format -> tokenize -> shard -> train -> evaluate ->
+        // report, then the adapter and its card pushed to a Hub repository.
+        stages: [
+          { id: 'download', kind: 'download' },
+          { id: 'format', kind: 'format', needs: ['download'] },
+          { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
+          { id: 'shard', kind: 'shard', needs: ['tokenize'] },
+          { id: 'train', kind: 'train', needs: ['shard'] },
+          { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
+          { id: 'report', kind: 'report', needs: ['evaluate'] },
+          { id: 'publish', kind: 'publish', needs: ['train', 'report'], params: { repo: PUBLISHED } },
+        ],
         train: { epochs: 1, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 5, seed: 3 },
         evaluate: { batch_size: 16, generations: 1, max_new_tokens: 4 },
       })],
     });
     await expectHubModelStaged(workflowId, result.lineage!, result.reports.report!.markdownKey);
-    await expectPulledAdapterLoads(workflowId);
+    const pulled = await expectPulledAdapterLoads(workflowId);
+    await expectPublished(workflowId, result.timeline, pulled);
     const manifest = await stack.deps.storage.getJson<DownloadManifest>(TEST_BUCKET, result.dataStages.download!.manifestKey);
     expect(manifest.config).toBe('default');
     expect(manifest.files.map((f) => [f.split, f.sourcePath])).toEqual([
@@ -501,7 +576,7 @@ const dpo = (...args: string[]) => promisify(execFile)(process.execPath, ['--imp
  * seed's `model.load_adapter(folder)` loads it onto the base that transformers finds by that id
  * in the worker's Hub cache (offline).
  */
-async function expectPulledAdapterLoads(workflowId: string): Promise<void> {
+async function expectPulledAdapterLoads(workflowId: string): Promise<string> {
   const out = await mkdtemp(join(tmpdir(), 'dpo-pull-'));
   const { stdout } = await dpo('pull', workflowId, '--to', join(out, 'adapter'));
   expect(stdout).toContain(`pulled the adapter of ${workflowId}/train into ${join(out, 'adapter')}`);
@@ -532,4 +607,49 @@ async function expectPulledAdapterLoads(workflowId: string): Promise<void> {
   const refused = await dpo('pull', workflowId, '--to', join(out, 'adapter')).catch((e: { code: number; stderr: string }) => e);
   expect((refused as { code: number }).code).toBe(2);
   expect((refused as { stderr: string }).stderr).toContain('is not empty');
+  return join(out, 'adapter');
+}
+
+/**
+ * The publish stage pushed exactly the pulled folder (adapter, config, the card with the
+ * evaluation) in one commit to a new private repository; an `adapter` stage's adapter publishes
+ * with its own card; without a token the stage fails naming its repo and the variable.
+ */
+async function expectPublished(workflowId: string, timeline: Array<{ id: string; summary?: Record<string, unknown> }>, pulled: string): Promise<void> {
+  const repo = hub.published.get(PUBLISHED)!;
+  expect(repo.private).toBe(true);
+  expect(repo.commits).toHaveLength(1);
+  expect(repo.commits[0]!.title).toBe(`DPO adapter from run ${workflowId}`);
+  const names = (await readdir(pulled)).sort();
+  expect([...repo.commits[0]!.files.keys()].sort()).toEqual(names);
+  for (const name of names) expect(repo.commits[0]!.files.get(name)!.equals(await readFile(join(pulled, name))), name).toBe(true);
+  expect(timeline.find((t) => t.id === 'publish')!.summary).toMatchObject({ repo: PUBLISHED, commit: expect.stringMatching(/^[0-9a-f]{40}$/) });
+
+  const adapterOnly = (repoName: string) =>
+    runPipeline(stack, {
+      ...dataConfig(stack, inject('modelSource'), `hf://${NAME}`),
+      stages: [
+        { id: 'trained', kind: 'adapter', params: { source: `s3://${TEST_BUCKET}/runs/${workflowId}/train/final/adapter/` } },
+        { id: 'publish', kind: 'publish', needs: ['trained'], params: { repo: repoName, private: false } },
+      ],
+    });
+  delete process.env.HF_TOKEN;
+  try {
+    const failed = await adapterOnly('dpo-org/no-token').catch((e: unknown) => e);
+    let cause: unknown = (failed as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toBe(
+      'stage "publish" params.repo "dpo-org/no-token": HF_TOKEN is not set in the worker environment (publishing needs a token with write access)',
+    );
+  } finally {
+    process.env.HF_TOKEN = TOKEN;
+  }
+  expect(hub.published.has('dpo-org/no-token')).toBe(false);
+  await adapterOnly('dpo-org/public-copy');
+  const copy = hub.published.get('dpo-org/public-copy')!;
+  expect(copy.private).toBe(false);
+  const card = copy.commits[0]!.files.get('README.md')!.toString();
+  expect(card).toContain('| optimizer steps | 5 |');
+  expect(card).not.toContain('## Evaluation');
 }
