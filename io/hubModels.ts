@@ -162,6 +162,7 @@ export async function stageHubModel(workDir: string, source: string, only?: (fil
   const ref = parseHubRefOrFail(source);
   const repoDir = join(hubCacheDir(workDir, env), `models--${ref.name.replace('/', '--')}`);
   const sha = COMMIT_SHA.test(ref.revision) ? ref.revision : (await resolveHubModel(source, env)).sha;
+  // Callers pass the same few filters (io/models.ts), so a filter's source text identifies it.
   const key = `${repoDir}@${sha}:${only ? only.toString() : '*'}`;
   const running = inProcess.get(key);
   if (running) return running;
