@@ -8,8 +8,9 @@ import { downloadDataset } from './data/download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluation/evaluate.js';
 import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
-import { recordRun, resolveInitFrom } from './run/lineage.js';
+import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
 import { writeReport } from './report/report.js';
+import { publishAdapter } from './publish/publish.js';
 import { shardDataset } from './data/shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './data/tokenize.js';
 import { trainModel } from './training/train.js';
@@ -47,8 +48,10 @@ export function createCpuActivities(deps: ActivityDeps) {
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
-    // Run lifecycle: init_from and the run manifest.
+    publishAdapter: bind(publishAdapter, deps),
+    // Run lifecycle: init_from, the Hub model's revision, and the run manifest.
     resolveInitFrom: bind(resolveInitFrom, deps),
+    resolveModelSource: bind(resolveModelSource, deps),
     recordRun: bind(recordRun, deps),
   };
 }

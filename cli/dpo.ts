@@ -7,6 +7,7 @@
  *   dpo logs <runId> [--json]                             stage events and trainer progress from the history
  *   dpo cancel <runId>                                    cancel a run (the trainer checkpoints first)
  *   dpo resume <runId> [--set key=value ...] [--detach]   a new run reusing finished stages and checkpoints
+ *   dpo pull <runId> [--stage ID] [--what adapter|report] --to DIR   a finished run's adapter (with its model card) or report
  *   dpo schedule create|list|describe|pause|unpause|trigger|backfill|delete ...   recurring fine-tunes
  *   dpo stack up|down                                     the local Temporal dev server and MinIO
  *   dpo validate <config>                                 check a config, listing every problem
@@ -23,6 +24,7 @@ import { dataCommand } from './commands/data.js';
 import { estimateCommand } from './commands/estimate.js';
 import { listCommand } from './commands/list.js';
 import { logsCommand } from './commands/logs.js';
+import { pullCommand } from './commands/pull.js';
 import { resumeCommand } from './commands/resume.js';
 import { runCommand } from './commands/run.js';
 import { scheduleCommand } from './commands/schedule.js';
@@ -38,6 +40,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   logs: logsCommand,
   cancel: cancelCommand,
   resume: resumeCommand,
+  pull: pullCommand,
   schedule: scheduleCommand,
   stack: stackCommand,
   validate: validateCommand,

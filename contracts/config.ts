@@ -6,6 +6,7 @@
  * and every problem is reported with its path. Pure code: it is bundled into the workflow.
  */
 import { z } from 'zod';
+import { HubRefError, isHubModelSource, parseHubRef } from './hubRepo.js';
 import { isSafeKeySegment } from './keys.js';
 import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
 import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
@@ -97,8 +98,30 @@ function checkSplitPair(dataset: { train_split: string; eval_split: string }, ct
   }
 }
 
+/** A model also takes TRL's bare `Org/name[@revision]`; `hf://` and bare names are checked like Hub ids. */
+const modelSourceUri = z
+  .string()
+  .min(1)
+  .superRefine((s, ctx) => {
+    if (isHubModelSource(s)) {
+      try {
+        parseHubRef(s, 'model.source', { bare: true, kind: 'model' });
+      } catch (err) {
+        if (!(err instanceof HubRefError)) throw err;
+        ctx.addIssue({ code: 'custom', message: err.message.replace(/^model\.source "[^"]*": /, '') });
+      }
+      return;
+    }
+    if (!/^(s3:\/\/[^/]+(\/.*)?|file:\/\/\/.+|\/.+|\.{1,2}\/.*)$/.test(s)) {
+      ctx.addIssue({ code: 'custom', message: 'must be hf://Org/name[@revision], Org/name[@revision], s3://bucket/prefix, file:///abs/path, /abs/path or ./relative/path' });
+    }
+  });
+
 export const ModelSchema = z.strictObject({
-  source: sourceUri.describe('model folder as saved by save_pretrained: s3://bucket/prefix or a local folder'),
+  source: modelSourceUri.describe(
+    'model folder as saved by save_pretrained: hf://Org/name[@revision] or Org/name[@revision] (the Hub: the revision is pinned to its ' +
+      'commit sha at run start; HF_TOKEN and HF_ENDPOINT come from the worker env), s3://bucket/prefix or a local folder',
+  ),
 });
 
 export const FormatSchema = z.strictObject({

@@ -7,8 +7,9 @@
 import { z } from 'zod';
 import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
 import { REFERENCE_DEFAULTS } from './trainerContract.js';
+import { HubRefError, parseHubRef } from './hubRepo.js';
 
-export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report';
+export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report' | 'published';
 
 export interface StageKindSpec {
   /** Artifacts this kind needs from its dependencies, each from exactly one of them. */
@@ -52,6 +53,29 @@ export const STAGE_KINDS = {
   },
   evaluate: { consumes: ['shards', 'adapter'], produces: 'metrics', params: 'evaluate', queue: 'cpu' },
   report: { consumes: [], consumesMany: ['metrics'], produces: 'report', params: z.strictObject({}), queue: 'cpu' },
+  /** The adapter and its model card (with the evaluation, from a report it needs) pushed to a Hub model repository. */
+  publish: {
+    consumes: ['adapter'],
+    consumesOptional: ['report'],
+    produces: 'published',
+    params: z.strictObject({
+      repo: z
+        .string()
+        .superRefine((repo, ctx) => {
+          try {
+            parseHubRef(repo, 'repo', { bare: true, kind: 'model' });
+            if (repo.includes('@')) ctx.addIssue({ code: 'custom', message: 'a repository id, Org/name, without a revision' });
+          } catch (err) {
+            if (!(err instanceof HubRefError)) throw err;
+            ctx.addIssue({ code: 'custom', message: err.message.replace(/^repo "[^"]*": /, '') });
+          }
+        })
+        .transform((repo) => repo.replace(/^hf:\/\/(models\/)?/, ''))
+        .describe('Hub model repository to push to: Org/name (created if missing; HF_TOKEN with write access comes from the worker env)'),
+      private: z.boolean().default(true).describe('create the repository private (an existing one keeps its visibility)'),
+    }),
+    queue: 'cpu',
+  },
 } satisfies Record<string, StageKindSpec>;
 
 export type StageKindName = keyof typeof STAGE_KINDS;

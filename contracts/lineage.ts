@@ -17,6 +17,7 @@ export const SEARCH_ATTRIBUTES = {
   model: defineSearchAttributeKey('DpoModel', SearchAttributeType.KEYWORD),
   dataset: defineSearchAttributeKey('DpoDataset', SearchAttributeType.KEYWORD),
   datasetRevision: defineSearchAttributeKey('DpoDatasetRevision', SearchAttributeType.KEYWORD),
+  modelRevision: defineSearchAttributeKey('DpoModelRevision', SearchAttributeType.KEYWORD),
   configHash: defineSearchAttributeKey('DpoConfigHash', SearchAttributeType.KEYWORD),
   parentRun: defineSearchAttributeKey('DpoParentRun', SearchAttributeType.KEYWORD),
   schedule: defineSearchAttributeKey('DpoSchedule', SearchAttributeType.KEYWORD),
@@ -30,6 +31,8 @@ export interface RunLineage {
   name: string;
   model: string;
   dataset: string;
+  /** The Hub commit sha a Hub model source resolved to at run start; null for s3:// and local models. */
+  modelRevision?: string | null;
   /** Content fingerprint of the dataset this run read (the download stage's input hash, or the revision it records). */
   datasetRevision: string | null;
   /** Hash of the resolved config without its lineage fields: equal hashes, equal recipe. */

@@ -168,6 +168,16 @@ export interface TrainInput {
    * (`init_from`): s3://<bucket>/<prefix> of a PEFT adapter folder.
    */
   initAdapter?: { bucket: string; prefix: string };
+  /** What the final adapter's model card says about the run (its config name, sources and revisions). */
+  card?: TrainCardInfo;
+}
+
+export interface TrainCardInfo {
+  name: string;
+  /** `model.source` as the config wrote it (the stages read the pinned form). */
+  modelSource: string;
+  modelRevision: string | null;
+  dataset: { source: string; revision: string | null; trainSplit: string; evalSplit: string };
 }
 
 /**
@@ -321,6 +331,8 @@ export interface ReportInput {
   stageId: string;
   bucket: string;
   config: PipelineConfig;
+  /** The commit sha a Hub model source was pinned to at run start. */
+  modelRevision?: string;
   /** Mermaid flowchart of the planned DAG. */
   dagMermaid: string;
   timeline: StageTimeline[];
@@ -334,6 +346,8 @@ export interface ReportInput {
 
 export interface ReportResult {
   markdownKey: string;
+  /** Each train stage's model card with its evaluation (README.md for the adapter), by train stage id. */
+  modelCards?: Record<string, string>;
   htmlKey?: string;
   jsonKey: string;
   /** Written last: the report is final only when this exists. */

@@ -12,7 +12,8 @@ const isStagingMarker = (name: string) => name.startsWith('.dpo-');
 
 /**
  * Identifies the base model's content. A model staged from s3:// lives in a folder named by the
- * hash of its objects' etags (io/models.ts), which already is a content fingerprint; a local
+ * hash of its objects' etags (io/models.ts), one from the Hub in a snapshot named by its commit
+ * sha (io/hubModels.ts); both already are content fingerprints; a local
  * folder is hashed file by file (relative names and bytes).
  */
 export async function modelFingerprint(modelDir: string): Promise<string> {
@@ -29,5 +30,8 @@ export async function modelFingerprint(modelDir: string): Promise<string> {
 function stagedModelFingerprint(modelDir: string): string {
   // stageModel's cache: <workDir>/models/<24-hex fingerprint of the source objects>.
   const name = basename(modelDir);
+  // The Hub cache: models--Org--name/snapshots/<commit sha>; a commit names its content.
+  const repo = basename(join(modelDir, '..', '..'));
+  if (basename(join(modelDir, '..')) === 'snapshots' && /^[0-9a-f]{40}$/.test(name) && repo.startsWith('models--')) return `hf:${repo}@${name}`;
   return basename(join(modelDir, '..')) === 'models' && /^[0-9a-f]{24}$/.test(name) ? `s3:${name}` : '';
 }

@@ -1,23 +1,21 @@
 /**
- * Stages a model folder (as written by save_pretrained) onto local disk: from s3://bucket/prefix
- * into a cache keyed by the objects' etags, or used in place when it is a local folder.
+ * Stages a model folder (as written by save_pretrained) onto local disk: from the Hub into the
+ * worker's Hub cache (io/hubModels.ts), from s3://bucket/prefix into a cache keyed by the objects'
+ * etags, or used in place when it is a local folder.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { FailureType, nonRetryable } from '../contracts/errors.js';
+import { isHubModelSource } from '../contracts/hubRepo.js';
 import type { ActivityDeps } from './deps.js';
+import { stageHubModel } from './hubModels.js';
 import { parseS3Uri } from './storage.js';
 
 const COMPLETE_MARKER = '.dpo-complete';
 
 export async function stageModel(deps: ActivityDeps, source: string, only?: (file: string) => boolean): Promise<string> {
-  if (source.startsWith('hf://')) {
-    throw nonRetryable(
-      `model.source "${source}": Hugging Face Hub sources are not supported by this version; use s3:// or a local folder`,
-      FailureType.InvalidConfig,
-    );
-  }
+  if (isHubModelSource(source)) return stageHubModel(deps.workDir, source, only);
   if (!source.startsWith('s3://')) {
     const dir = resolve(source.startsWith('file://') ? source.slice('file://'.length) : source);
     if (!(await stat(dir).catch(() => null))?.isDirectory()) {

@@ -54,7 +54,7 @@ gradient accumulation 32, bf16, LoRA on all linear layers). Only \`model.source\
 \`\`\`yaml
 name: my-run                       # letters, digits, . _ -
 model:
-  source: s3://bucket/models/x     # folder saved by save_pretrained (s3:// or a local folder)
+  source: s3://bucket/models/x     # folder saved by save_pretrained: Org/name[@rev], hf://Org/name[@rev], s3:// or a local folder
 dataset:
   source: s3://bucket/datasets/y   # s3://bucket/prefix, a local folder, or hf://owner/name[@revision]
 train:

@@ -1,13 +1,14 @@
 /**
- * Lineage of a dpoPipeline run: resolves `init_from`, and records parent run, schedule,
- * dataset revision and config hash in the memo, as search attributes (findable in the Web UI) and
+ * Lineage of a dpoPipeline run: resolves `init_from` and a Hub model's revision, and records
+ * parent run, schedule, model and dataset revisions and config hash in the memo, as search attributes (findable in the Web UI) and
  * in the run manifest. Orchestration only.
  */
-import { CancellationScope, log, proxyActivities, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { CancellationScope, log, patched, proxyActivities, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import type { PipelineConfig } from '../contracts/config.js';
 import type { PipelinePlan } from '../contracts/dag.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
+import { isHubModelSource } from '../contracts/hubRepo.js';
 import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../contracts/lineage.js';
 import type { StageResult } from '../contracts/payloads.js';
 
@@ -19,7 +20,8 @@ const lineageActivities = (config: PipelineConfig) =>
     retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES },
   });
 
-export async function startLineage(config: PipelineConfig, runId: string, plan: PipelinePlan): Promise<RunLineage> {
+/** The lineage, and the model source every stage reads (a Hub source pinned to its commit sha). */
+export async function startLineage(config: PipelineConfig, runId: string, plan: PipelinePlan): Promise<{ lineage: RunLineage; modelSource: string }> {
   const attrs = workflowInfo().typedSearchAttributes;
   // `dpo schedule create` sets DpoSchedule; a schedule made with the Temporal CLI still has the server's own.
   const schedule = attrs.get(SEARCH_ATTRIBUTES.schedule) ?? attrs.get(SCHEDULED_BY_ID) ?? null;
@@ -35,6 +37,14 @@ export async function startLineage(config: PipelineConfig, runId: string, plan: 
     initFromRun: null,
     schedule,
   };
+  let modelSource = config.model.source;
+  // Pinned before anything runs, so every stage (and a retry hours later) reads the same commit,
+  // and a missing repository, revision or token fails the run before any stage starts.
+  if (isHubModelSource(config.model.source) && patched('pin-hub-model-revision')) {
+    const model = await lineageActivities(config).resolveModelSource({ source: config.model.source });
+    lineage.modelRevision = model.sha;
+    modelSource = model.pinned;
+  }
   if (config.init_from) {
     const parent = await lineageActivities(config).resolveInitFrom({
       bucket: config.storage.bucket,
@@ -49,7 +59,7 @@ export async function startLineage(config: PipelineConfig, runId: string, plan: 
   publish(lineage);
   // The manifest exists from the start: a run that is terminated still names its parent (resume chains).
   await lineageActivities(config).recordRun({ bucket: config.storage.bucket, lineage, outcome: 'running' });
-  return lineage;
+  return { lineage, modelSource };
 }
 
 /** The dataset revision is what the download stage read: the revision it records, else its input hash (file fingerprints). */
@@ -79,6 +89,7 @@ function publish(lineage: RunLineage): void {
     { key: SEARCH_ATTRIBUTES.dataset, value: lineage.dataset },
     { key: SEARCH_ATTRIBUTES.configHash, value: lineage.configHash },
     ...(lineage.datasetRevision ? [{ key: SEARCH_ATTRIBUTES.datasetRevision, value: lineage.datasetRevision }] : []),
+    ...(lineage.modelRevision ? [{ key: SEARCH_ATTRIBUTES.modelRevision, value: lineage.modelRevision }] : []),
     ...(lineage.parentRun ? [{ key: SEARCH_ATTRIBUTES.parentRun, value: lineage.parentRun }] : []),
     ...(lineage.schedule ? [{ key: SEARCH_ATTRIBUTES.schedule, value: lineage.schedule }] : []),
   ];

@@ -86,8 +86,10 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   });
 
   // Lineage: parent run, schedule, config hash as memo + search attributes; init_from.
-  const lineage = await startLineage(config, runId, plan);
+  const { lineage, modelSource } = await startLineage(config, runId, plan);
   ctx.initFromRun = lineage.initFromRun ?? undefined;
+  ctx.modelSource = modelSource;
+  ctx.lineage = lineage;
 
   // Start every stage whose dependencies are done; a stage whose dependency failed is skipped.
   const inFlight = new Map<string, Promise<void>>();

@@ -13,6 +13,7 @@ import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainRes
 import { keys, trainingWorkflowId } from '../contracts/keys.js';
 import { dpoTraining } from './training.js';
 import { formatSplitInput, splitLabels } from '../contracts/splitSpec.js';
+import type { RunLineage } from '../contracts/lineage.js';
 
 /** What a finished stage hands on: one of these is set, by the artifact its kind produces. */
 export interface StageOutput {
@@ -40,6 +41,10 @@ export interface RunContext {
   noteReplan: (stageId: string, change: string) => void;
   /** A sweep's branches: the report ends in their comparison table. */
   sweepBranches?: SweepBranch[];
+  /** What the stages read as the model: config.model.source, a Hub one pinned to its commit sha. */
+  modelSource?: string;
+  /** The run's lineage (model and dataset revisions, filled in as they become known). */
+  lineage?: RunLineage;
   /** init_from: train stages start from this run's final adapter of the same stage id. */
   initFromRun?: string;
   /** Pause and checkpoint interval for training children, and the ones running now. */
@@ -125,8 +130,8 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const acts = activitiesFor(ctx, stage);
   const { config, runId } = ctx;
   const bucket = config.storage.bucket;
-  const modelSource = config.model.source;
-  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics') =>
+  const modelSource = ctx.modelSource ?? config.model.source;
+  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
   const dataOutput = (r: StageResult): StageOutput => ({ data: r, cached: r.cached, summary: r.summary });
@@ -208,6 +213,12 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                 train,
                 resumeFromRunId: config.resume_from_run,
                 ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
+                card: {
+                  name: config.name,
+                  modelSource: config.model.source,
+                  modelRevision: ctx.lineage?.modelRevision ?? null,
+                  dataset: { source: config.dataset.source, revision: ctx.lineage?.datasetRevision ?? null, trainSplit: config.dataset.train_split, evalSplit: config.dataset.eval_split },
+                },
                 ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
               },
               activity: activityOptionsFor(ctx, stage),
@@ -268,6 +279,23 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         },
       };
     }
+    case 'publish': {
+      const { repo, private: isPrivate } = STAGE_KINDS.publish.params.parse(stage.params);
+      const from = input('adapter')[0]!;
+      const adapter = from.train ? { bucket: from.train.adapterBucket, prefix: from.train.adapterPrefix } : from.adapter!;
+      // The report's copy of the card holds the evaluation; it is keyed by the train stage.
+      const trainId = stage.inputs.adapter![0]!;
+      const cardKey = stage.inputs.report ? input('report')[0]!.report!.modelCards?.[trainId] : undefined;
+      const published = await acts.publishAdapter({
+        runId,
+        stageId: stage.id,
+        adapter,
+        ...(cardKey && { card: { bucket, key: cardKey } }),
+        repo,
+        private: isPrivate,
+      });
+      return { summary: { repo: published.repo, commit: published.commit, url: published.url } };
+    }
     case 'report': {
       const evaluations = Object.fromEntries((stage.inputs.metrics ?? []).map((id) => [id, ctx.outputs.get(id)!.evaluation!]));
       const trainings: Record<string, TrainResult> = {};
@@ -281,6 +309,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         stageId: stage.id,
         bucket,
         config,
+        ...(ctx.modelSource && ctx.modelSource !== config.model.source && { modelRevision: ctx.modelSource.slice(ctx.modelSource.lastIndexOf('@') + 1) }),
         dagMermaid: planToMermaidWithStates(ctx),
         timeline: ctx.timeline(),
         dataStages,

@@ -85,6 +85,7 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
         runId: input.runId,
         name: input.config.name,
         model: input.config.model.source,
+        ...(input.modelRevision && { modelRevision: input.modelRevision }),
         dataset: input.config.dataset.source,
         timeline: input.timeline,
         dataStages: input.dataStages,
@@ -100,9 +101,33 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
   );
   await put(htmlKey, renderHtml(view), 'text/html; charset=utf-8');
   await put(markdownKey, renderMarkdown(view), 'text/markdown; charset=utf-8');
+  const modelCards: Record<string, string> = {};
+  for (const [id, card] of Object.entries(await evaluatedModelCards(deps, input))) {
+    modelCards[id] = `${prefix}model-cards/${id}.md`;
+    await put(modelCards[id], card, 'text/markdown; charset=utf-8');
+  }
   // Last: the report is final only once its manifest lists every file.
   await storage.putJson(input.bucket, manifestKey, { format: REPORT_MANIFEST_FORMAT, runId: input.runId, createdAt: new Date().toISOString(), files: written });
-  return { markdownKey, htmlKey, jsonKey, manifestKey };
+  return { markdownKey, htmlKey, jsonKey, manifestKey, ...(Object.keys(modelCards).length && { modelCards }) };
+}
+
+/**
+ * The card the train stage wrote beside its adapter (base model, data, recipe), with the
+ * evaluations of that adapter added: what `dpo pull` and publishing give as the adapter's README.md.
+ */
+async function evaluatedModelCards(deps: ActivityDeps, input: ReportInput): Promise<Record<string, string>> {
+  const cards: Record<string, string> = {};
+  for (const [id, t] of Object.entries(input.trainings)) {
+    const key = `${t.adapterPrefix}README.md`;
+    if (!(await deps.storage.exists(t.adapterBucket, key))) continue;
+    const adapterUri = `s3://${t.adapterBucket}/${t.adapterPrefix}`;
+    const evaluations = Object.fromEntries(Object.entries(input.evaluations).filter(([, e]) => e.adapter === adapterUri));
+    const card = (await deps.storage.getBuffer(t.adapterBucket, key)).toString('utf8').trimEnd();
+    cards[id] = Object.keys(evaluations).length
+      ? `${card}\n\n## Evaluation: base vs DPO\n\n${evaluationTable(evaluations).join('\n')}\n`
+      : `${card}\n`;
+  }
+  return cards;
 }
 
 interface ReportView {
@@ -262,7 +287,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
   const lines = [
     `# DPO run ${input.runId}`,
     '',
-    `- model: \`${input.config.model.source}\``,
+    `- model: \`${input.config.model.source}\`${input.modelRevision ? ` at commit \`${input.modelRevision}\`` : ''}`,
     `- dataset: \`${input.config.dataset.source}\`${anyEval ? ` (${anyEval.base.samples} held-out pairs)` : ''}`,
     ...(anyEval?.engine ? [`- evaluated with ${anyEval.engine} on ONNX exports (base: \`${s3(anyEval.onnx?.base ?? '')}\`)`] : []),
     '',
@@ -329,7 +354,7 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
   const generations = generationRows(input);
   const body = [
     `<h1>DPO run ${h(input.runId)}</h1>`,
-    `<p>model <code>${h(input.config.model.source)}</code>, dataset <code>${h(input.config.dataset.source)}</code></p>`,
+    `<p>model <code>${h(input.config.model.source)}</code>${input.modelRevision ? ` at commit <code>${h(input.modelRevision)}</code>` : ''}, dataset <code>${h(input.config.dataset.source)}</code></p>`,
     '<h2>Evaluation: base vs DPO</h2>',
     rows.length ? htmlTable(header, rows) : '<p>(no evaluation)</p>',
     '<p>AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class.</p>',

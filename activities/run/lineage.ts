@@ -7,6 +7,7 @@ import { FailureType } from '../../contracts/errors.js';
 import { keys } from '../../contracts/keys.js';
 import { lineageKeys, type RunLineage } from '../../contracts/lineage.js';
 import type { ActivityDeps } from '../../io/deps.js';
+import { resolveHubModel } from '../../io/hubModels.js';
 
 export interface ResolveInitFromInput {
   bucket: string;
@@ -113,4 +114,22 @@ async function ensureRunBucket(deps: ActivityDeps, bucket: string): Promise<void
       FailureType.InvalidConfig,
     );
   }
+}
+
+export interface ResolvedModelSource {
+  /** `Org/name` */
+  name: string;
+  /** The commit sha the revision resolved to. */
+  sha: string;
+  /** `hf://Org/name@<sha>`: the source every stage reads. */
+  pinned: string;
+}
+
+/**
+ * A Hub model source at run start: its revision resolved to a commit sha, and its files checked
+ * to make a loadable model (config, safetensors, processor, chat template) before any stage runs.
+ */
+export async function resolveModelSource(_deps: ActivityDeps, input: { source: string }): Promise<ResolvedModelSource> {
+  const model = await resolveHubModel(input.source);
+  return { name: model.name, sha: model.sha, pinned: model.pinned };
 }

@@ -23,6 +23,9 @@ import { trainerFailure } from '../../bridge/trainerFailure.js';
 import { startHeartbeatTicker } from '../heartbeat.js';
 import { trainingControlQuery } from '../../contracts/messages.js';
 import { trainRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.js';
+import { nameAdapterBase } from '../../io/adapterCard.js';
+import { baseModelId, renderModelCard, type ModelCardInput } from '../../contracts/modelCard.js';
+import { COMMIT_SHA, isHubModelSource, parseHubRef } from '../../contracts/hubRepo.js';
 
 /** How often a running segment reads its controls: as often as it heartbeats. */
 const CONTROL_POLL_MS = 5_000;
@@ -225,6 +228,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     const adapterDir = finished.adapter_path as string;
     const finalDir = join(adapterDir, '..');
     const finalPrefix = keys.finalAdapterPrefix(runId, input.stageId);
+    await nameAdapterBase(finalDir, adapterBase(input.modelSource), renderModelCard(trainCard(input, finished.step as number, backoff)));
     await fence.assertCurrent('publishing the final adapter');
     await withStorageRetries(() => storage.uploadDir(bucket, finalDir, finalPrefix, MANIFEST_FILE));
     await storage.putJson(bucket, stepMetricsKey, history);
@@ -294,4 +298,30 @@ async function loadStepHistory(storage: ActivityDeps['storage'], bucket: string,
     if (await storage.exists(bucket, key)) return (await storage.getJson<StepRecord[]>(bucket, key)).filter((h) => h.step <= upToStep);
   }
   return [];
+}
+
+/** The base an adapter names: the Hub id and pinned commit, or the s3:// / local source as written. */
+function adapterBase(modelSource: string): { id: string; revision: string | null } {
+  if (!isHubModelSource(modelSource)) return { id: modelSource, revision: null };
+  const { revision } = parseHubRef(modelSource, 'model.source', { bare: true, kind: 'model' });
+  return { id: baseModelId(modelSource), revision: COMMIT_SHA.test(revision) ? revision : null };
+}
+
+/** The card written with the adapter (the report stage adds the evaluation to its own copy). */
+function trainCard(input: TrainSegmentInput, steps: number, backoff: TrainSegmentResult['backoff']): ModelCardInput {
+  const card = input.card;
+  return {
+    name: card?.name ?? input.runId,
+    runId: input.runId,
+    stageId: input.stageId,
+    modelSource: card?.modelSource ?? input.modelSource,
+    modelRevision: card?.modelRevision ?? adapterBase(input.modelSource).revision,
+    dataset: card?.dataset ?? { source: 'unknown', revision: null, trainSplit: input.trainSplit, evalSplit: 'unknown' },
+    train: input.train,
+    steps,
+    memory: {
+      per_device_train_batch_size: backoff?.micro_batch ?? input.train.per_device_train_batch_size,
+      gradient_accumulation_steps: backoff?.grad_accum ?? input.train.gradient_accumulation_steps,
+    },
+  };
 }

@@ -58,5 +58,6 @@ function stageLine(id: string, s: PipelineStatus['stages'][string]): string {
 
 function lineageLine(lineage: RunLineage): string {
   const parent = lineage.parentRun ? `${lineage.parentRelation === 'resume' ? 'resumes' : 'init from'} ${lineage.parentRun}; ` : '';
-  return `  lineage: ${parent}dataset revision ${lineage.datasetRevision ?? '(not yet)'}; config ${lineage.configHash}${lineage.schedule ? `; schedule ${lineage.schedule}` : ''}`;
+  const model = lineage.modelRevision ? `model revision ${lineage.modelRevision}; ` : '';
+  return `  lineage: ${parent}${model}dataset revision ${lineage.datasetRevision ?? '(not yet)'}; config ${lineage.configHash}${lineage.schedule ? `; schedule ${lineage.schedule}` : ''}`;
 }

@@ -115,7 +115,7 @@ describe('DAG planning', () => {
 
   it('names the stage in each planning error', () => {
     expect(problemsOf([...data, stage('x', 'distill', ['sh'])])).toEqual([
-      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, reference, train, adapter, evaluate, report)',
+      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, reference, train, adapter, evaluate, report, publish)',
     ]);
     expect(problemsOf([...data, stage('t', 'train', ['nope'])])).toContain('stage "t": needs unknown stage "nope"');
     expect(problemsOf([...data, stage('sh', 'shard', ['tok'])])).toContain('stage "sh": duplicate id');
@@ -130,6 +130,13 @@ describe('DAG planning', () => {
       'stage "t": params.beta: Too small: expected number to be >0',
       'stage "t": params: unknown key "betta"',
     ]);
+    const train = stage('t', 'train', ['sh']);
+    expect(problemsOf([...data, train, stage('p', 'publish', ['t'], { repo: 'o/n@../../x' })])).toEqual([
+      'stage "p": params.repo: the path leaves the repository ("." or ".." segments are not allowed)',
+    ]);
+    expect(problemsOf([...data, train, stage('p', 'publish', ['t'], { repo: 'o/n@v1' })])).toEqual(['stage "p": params.repo: a repository id, Org/name, without a revision']);
+    expect(problemsOf([...data, train, stage('p', 'publish', ['t'], {})])).toEqual([expect.stringMatching(/^stage "p": params\.repo: /)]);
+    expect(problemsOf([...data, train, stage('p', 'publish', ['t'], { repo: 'hf://o/n', private: false })])).toEqual([]);
     expect(problemsOf([...data, stage('r', 'report', [])])).toContain(
       'stage "r" (report) needs at least one stage that produces metrics; its dependencies produce nothing (it has no dependencies)',
     );
