@@ -53,6 +53,8 @@ export const keys = {
   /** The ONNX export of a run's adapter merged into the base (the base's own is a stage output). */
   policyOnnxPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}onnx/policy/`,
   stepMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}step-metrics.json`,
+  /** A train stage's TensorBoard run directory: the event files of all its attempts, side by side. */
+  tensorboardPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}tensorboard/`,
 };
 
 /** `step-00000100`: zero-padded so lexical order is step order. */

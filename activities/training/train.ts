@@ -23,6 +23,8 @@ import { trainerFailure } from '../../bridge/trainerFailure.js';
 import { startHeartbeatTicker } from '../heartbeat.js';
 import { trainingControlQuery } from '../../contracts/messages.js';
 import { trainRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.js';
+import { lineageTags, resolveReportTo } from '../../contracts/tracking.js';
+import { EventFileUploader } from '../../io/tensorboardEvents.js';
 
 /** How often a running segment reads its controls: as often as it heartbeats. */
 const CONTROL_POLL_MS = 5_000;
@@ -89,10 +91,35 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
 
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
+    // report_to: the trainer writes the trackers; TensorBoard's event files travel with the
+    // checkpoints into the stage's storage folder. A failed upload is a warning, never a failure.
+    const tracking = {
+      reportTo: resolveReportTo(input.train.report_to ?? 'none'), // absent in runs started before the option
+      loggingDir: join(outputDir, 'runs'),
+      runName: `${runId}/${input.stageId}`,
+      tags: lineageTags({
+        run_id: runId,
+        stage: input.stageId,
+        temporal_workflow_id: ctx.info.workflowExecution?.workflowId,
+        temporal_run_id: ctx.info.workflowExecution?.runId,
+        resumed_from_run: input.resumeFromRunId,
+      }),
+    };
+    const events = new EventFileUploader(storage, bucket, tracking.loggingDir, keys.tensorboardPrefix(runId, input.stageId));
+    let trackingUploadFailures = 0;
+    const uploadEvents = async () => {
+      if (!tracking.reportTo.includes('tensorboard')) return;
+      try {
+        await events.upload();
+      } catch (err) {
+        trackingUploadFailures++;
+        log.warn('could not upload TensorBoard event files; retrying at the next checkpoint', { error: String(err) });
+      }
+    };
     await writeTrainerConfig(
       configPath,
       'TrainConfig',
-      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles }),
+      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles, tracking }),
     );
     const control = new ControlFile(join(attemptDir, 'control.json'), {
       paused: input.control?.paused ?? false,
@@ -122,6 +149,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     let stopAtStep: number | null = null;
     let preemptedAt: number | null = null;
     let backoff: TrainSegmentResult['backoff'];
+    let trackerSummary: { failures: Record<string, number>; seconds: number } | undefined;
     progress.phase = 'loading';
     heartbeat(progress);
 
@@ -162,6 +190,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
               try {
                 await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
                 await storage.putJson(bucket, stepMetricsKey, history.filter((h) => h.step <= step));
+                await uploadEvents();
                 checkpointKeys.push(prefix);
                 progress.checkpointKey = prefix;
                 heartbeat(progress);
@@ -183,14 +212,17 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
             break;
           case 'preempted':
             preemptedAt = event.step as number;
+            trackerSummary = event.tracking as typeof trackerSummary;
             break;
           case 'finished':
             finished = event;
+            trackerSummary = event.tracking as typeof trackerSummary;
             break;
         }
       },
     });
     await uploads;
+    await uploadEvents(); // whatever the outcome: the curves up to where the trainer stopped
     if (uploadError) throw uploadError;
 
     if (ctx.cancellationSignal.aborted) {
@@ -214,6 +246,9 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       trainSeconds: (Date.now() - started) / 1000,
       stepMetricsKey,
       ...(backoff && { backoff }),
+      ...(tracking.reportTo.length && {
+        tracking: { failures: trackerSummary?.failures ?? {}, uploadFailures: trackingUploadFailures, seconds: trackerSummary?.seconds ?? 0 },
+      }),
       ...(input.initAdapter && { initAdapter: `s3://${input.initAdapter.bucket}/${input.initAdapter.prefix}` }),
     };
     if (outcome.exitCode === TrainerExit.Preempted && stopAtStep !== null && preemptedAt !== null && preemptedAt >= stopAtStep) {
