@@ -8,10 +8,14 @@ import { REPORT_TO_INTEGRATIONS, type ReportToIntegration } from './trainerContr
 /** What `train.report_to` accepts: TRL's values. */
 export type ReportTo = 'none' | 'all' | ReportToIntegration | ReportToIntegration[];
 
-/** `none` -> [], `all` -> every integration, one name or a list -> those, each once, in order. */
-export function resolveReportTo(value: ReportTo): ReportToIntegration[] {
+/**
+ * `none` -> [], one name or a list -> those, each once, in order. `all` -> every integration this
+ * worker can reach, as transformers' `all` means every one installed: MLflow only where
+ * MLFLOW_TRACKING_URI names a server (`available`).
+ */
+export function resolveReportTo(value: ReportTo, available: { mlflow: boolean } = { mlflow: true }): ReportToIntegration[] {
   if (value === 'none') return [];
-  if (value === 'all') return [...REPORT_TO_INTEGRATIONS];
+  if (value === 'all') return REPORT_TO_INTEGRATIONS.filter((name) => name !== 'mlflow' || available.mlflow);
   return [...new Set(typeof value === 'string' ? [value] : value)];
 }
 

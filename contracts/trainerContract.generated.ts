@@ -495,7 +495,8 @@ export const TRAINER_CONFIG_SCHEMA = {
     },
     "ReportTo": {
       "enum": [
-        "tensorboard"
+        "tensorboard",
+        "mlflow"
       ]
     }
   }

@@ -94,7 +94,8 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     // report_to: the trainer writes the trackers; TensorBoard's event files travel with the
     // checkpoints into the stage's storage folder. A failed upload is a warning, never a failure.
     const tracking = {
-      reportTo: resolveReportTo(input.train.report_to ?? 'none'), // absent in runs started before the option
+      // Absent in runs started before the option; MLflow's server comes from the worker's env.
+      reportTo: resolveReportTo(input.train.report_to ?? 'none', { mlflow: Boolean(process.env.MLFLOW_TRACKING_URI) }),
       loggingDir: join(outputDir, 'runs'),
       runName: `${runId}/${input.stageId}`,
       tags: lineageTags({

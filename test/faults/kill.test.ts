@@ -2,11 +2,12 @@
  * Lost and preempted GPU workers, on the real stack: kill -9 three times in one run; SIGTERM
  * (the emergency checkpoint is used, no step redone). The GPU worker is its own process.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { writeReport } from '../../activities/report/report.js';
@@ -109,6 +110,24 @@ describe('fault injection: lost and preempted GPU workers', () => {
       expect(shown[tag]!.map(([step]) => step), tag).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
     }
     for (const [i, [, loss]] of shown['train/loss']!.entries()) expect(loss).toBeCloseTo(curve[i]!.metrics.loss!, 5);
+    // `dpo tensorboard` serves the same curve: the CLI pulls the run and starts TensorBoard.
+    const port = await freePort();
+    const cli = spawn(process.execPath, ['--import', 'tsx', 'cli/dpo.ts', 'tensorboard', runId, '--bucket', TEST_BUCKET, '--dir', await mkdtemp(join(tmpdir(), 'dpo-tb-cli-')), '--port', String(port)], { stdio: 'ignore' });
+    const exited = new Promise((done) => cli.once('exit', done));
+    try {
+      const url = `http://127.0.0.1:${port}/data/plugin/scalars/scalars?run=${encodeURIComponent(`${runId}/train`)}&tag=${encodeURIComponent('train/loss')}`;
+      let served: Array<[number, number, number]> = [];
+      await waitFor(async () => {
+        const response = await fetch(url).catch(() => null);
+        if (!response?.ok) return false;
+        served = (await response.json()) as typeof served;
+        return true;
+      }, 90_000, 'TensorBoard to serve the run');
+      expect(served.map(([, step]) => step)).toEqual(shown['train/loss']!.map(([step]) => step));
+    } finally {
+      cli.kill('SIGTERM');
+      await exited;
+    }
   });
 
   it('SIGTERM of the GPU worker: the emergency checkpoint is used and no step is redone', async () => {
@@ -168,4 +187,13 @@ async function reportTrainRow(runId: string, result: PipelineResult): Promise<{ 
   expect(html).toContain(`<th>preemptions</th>`);
   expect(html).toContain(`<td>${cell('retries')}</td><td>${cell('preemptions')}</td>`);
   return { retries: cell('retries'), preemptions: cell('preemptions'), replans: cell('OOM replans') };
+}
+
+/** A port nothing listens on right now (for a TensorBoard the test starts). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  const { port } = server.address() as { port: number };
+  await new Promise((done) => server.close(done));
+  return port;
 }

@@ -48,7 +48,7 @@ class Tracker(Protocol):
 
     def flush(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, finished: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,11 @@ class TensorBoardTracker:
     def flush(self) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         self.writer.close()
 
 
-SUPPORTED = ("tensorboard",)
+SUPPORTED = ("tensorboard", "mlflow")
 
 
 @dataclass
@@ -146,6 +146,10 @@ class Trackers:
         for name in report_to:
             if name == "tensorboard":
                 trackers.append(TensorBoardTracker(logging_dir, start_step, info))
+            elif name == "mlflow":
+                from .mlflow_tracker import MlflowTracker
+
+                trackers.append(MlflowTracker.from_env(info))
             else:
                 raise InvalidInputError(f"report_to: {name!r} is not supported here (supported: {', '.join(SUPPORTED)})")
         if trackers:
@@ -173,16 +177,27 @@ class Trackers:
         for tracker in self.trackers:
             self._guarded(tracker, "flush", tracker.flush)
 
-    def close(self) -> None:
+    def log_artifacts(self, folder: Path, path: str) -> None:
+        """A folder (the final adapter) for the trackers that keep artifacts."""
         for tracker in self.trackers:
-            self._guarded(tracker, "close", tracker.close)
+            upload = getattr(tracker, "log_artifacts", None)
+            if upload is not None:
+                self._guarded(tracker, f"logging {path}", lambda u=upload: u(folder, path))
+
+    def close(self, finished: bool = True) -> None:
+        """`finished`: the stage is done; otherwise it goes on in another process (segment end,
+        preemption, crash), and a tracker's run stays open for it."""
+        for tracker in self.trackers:
+            self._guarded(tracker, "close", lambda t=tracker: t.close(finished))
 
     def event_fields(self) -> dict[str, Any]:
         """For the stage summary (`finished` / `preempted` events): failures per tracker and the
         seconds spent in tracker calls; nothing when no tracker was asked for."""
         if not self.trackers:
             return {}
-        return {"tracking": {"failures": dict(self.failures), "seconds": round(self.seconds, 6)}}
+        # Trackers that send from a thread of their own count their failures there.
+        failures = {t.name: self.failures[t.name] + int(getattr(t, "failures", 0)) for t in self.trackers}
+        return {"tracking": {"failures": failures, "seconds": round(self.seconds, 6)}}
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
@@ -203,6 +218,16 @@ def start_trackers(config: Any, output_dir: Path, start_step: int) -> Trackers:
     info = RunInfo(config.run_name, flat_hyperparameters(settings), parse_tags(config.run_tags))
     logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "runs"
     trackers = Trackers.start(list(config.report_to), logging_dir, start_step, info)
-    # A crash leaves through an exception: still write out what the writers hold.
-    atexit.register(trackers.close)
+    _open.append(trackers)
     return trackers
+
+
+_open: list[Trackers] = []
+
+
+@atexit.register
+def close_open_trackers() -> None:
+    """A crash leaves through an exception: still send what the trackers hold, leaving their runs
+    open for the attempt that resumes (closing twice is harmless)."""
+    while _open:
+        _open.pop().close(finished=False)

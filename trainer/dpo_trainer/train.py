@@ -561,6 +561,8 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     dist.barrier()
     if not last_metrics and progress.history:
         last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}
+    if dist.is_main:
+        trackers.log_artifacts(final_path / ckpt.ADAPTER_DIR, "adapter")
     trackers.close()
     emit("finished", step=progress.step, adapter_path=str(final_path / ckpt.ADAPTER_DIR), metrics=last_metrics,
          **trackers.event_fields())
@@ -570,7 +572,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
 def preempt(step: int, last: ckpt.CheckpointRef | None, save: Any, rng: dict[str, Any], trackers: Trackers) -> int:
     """Checkpoint the last completed step (unless one exists already) and report preemption."""
     ref = last if last is not None and last.step == step else save(rng)
-    trackers.close()
+    trackers.close(finished=False)
     emit("preempted", step=step, checkpoint_path=str(ref.path), **trackers.event_fields())
     return ExitCode.PREEMPTED
 
