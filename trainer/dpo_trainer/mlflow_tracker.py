@@ -39,6 +39,10 @@ from .events import log
 
 DEFAULT_EXPERIMENT = "dpo-vlm"
 TIMEOUT_SECONDS = 10.0
+# An artifact upload goes through the server to its store (S3: the first one imports boto3 there):
+# give it longer. close() waits at most CLOSE_WAIT_SECONDS for the queue, then the trainer exits.
+ARTIFACT_TIMEOUT_SECONDS = 60.0
+CLOSE_WAIT_SECONDS = 120.0
 MAX_BATCH = 1000  # MLflow's limit of metrics per log-batch call
 MAX_PENDING = 100_000  # metrics kept while the server is down; older ones are dropped beyond
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit of a param value's length
@@ -61,7 +65,7 @@ class MlflowRest:
             self.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None,
-             data: bytes | None = None) -> dict[str, Any]:
+             data: bytes | None = None, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
         url = f"{self.uri}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         payload = data if data is not None else (json.dumps(body).encode() if body is not None else None)
         headers = dict(self.headers)
@@ -69,7 +73,7 @@ class MlflowRest:
             headers["Content-Type"] = "application/octet-stream"
         request = urllib.request.Request(url, data=payload, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 text = response.read().decode() or "{}"
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
@@ -125,7 +129,7 @@ class MlflowTracker:
     def flush(self) -> None:
         pass  # the sender thread sends as soon as it can; close() waits for it
 
-    def close(self, finished: bool = True, wait_seconds: float = 30.0) -> None:
+    def close(self, finished: bool = True, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
         """Send what is queued (waiting at most `wait_seconds`); `finished`: the stage is done, so
         the run is marked FINISHED (a segment end or a preemption leaves it RUNNING)."""
         if not self._thread.is_alive():
@@ -231,4 +235,4 @@ class MlflowTracker:
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = f"{path}/{file.relative_to(folder).as_posix()}"
             self.rest.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path}/{urllib.parse.quote(rel)}",
-                           data=file.read_bytes())
+                           data=file.read_bytes(), timeout=ARTIFACT_TIMEOUT_SECONDS)

@@ -110,11 +110,16 @@ def test_crash_then_resume_one_run_each_step_once(mlflow_server, reference_run, 
     assert "adapter/adapter_model.safetensors" in train["artifacts"]
 
 
-def test_a_server_that_is_down_never_stops_training(train_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
+def test_a_server_that_is_down_never_stops_training_nor_shows_the_token(train_config, tmp_path, monkeypatch, capfd):
+    token = "mlflow-token-0123456789abcdef"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{token}@127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
     result = run_train(train_config(tmp_path, report_to=["mlflow"], max_steps=2, run_tags=["run_id=p2", "stage=train"]))
     assert result.exit_code == 0
     assert result.last["tracking"]["failures"]["mlflow"] >= 1
+    log = capfd.readouterr().err
+    assert "mlflow call failed" in log  # the warning is there...
+    assert token not in log and token not in json.dumps(result.events)  # ...without the credentials
 
 
 def test_mlflow_needs_a_tracking_server(train_config, tmp_path, monkeypatch, validate_events):
