@@ -55,6 +55,8 @@ export const keys = {
   stepMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}step-metrics.json`,
   /** A train stage's TensorBoard run directory: the event files of all its attempts, side by side. */
   tensorboardPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}tensorboard/`,
+  /** A train stage's W&B run folders (offline-run-*), for `wandb sync`. */
+  wandbPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}wandb/`,
 };
 
 /** `step-00000100`: zero-padded so lexical order is step order. */

@@ -496,7 +496,8 @@ export const TRAINER_CONFIG_SCHEMA = {
     "ReportTo": {
       "enum": [
         "tensorboard",
-        "mlflow"
+        "mlflow",
+        "wandb"
       ]
     }
   }

@@ -11,7 +11,12 @@ import { keys } from '../contracts/keys.js';
 import { listFilesRecursive } from './files.js';
 import type { Storage } from './storage.js';
 
-/** Uploads the event files of one local run directory that grew since the previous call. */
+const isEventFile = (rel: string) => rel.split('/').at(-1)!.startsWith('events.out.tfevents.');
+
+/**
+ * Uploads the files of one local tracker folder that grew since the previous call: TensorBoard's
+ * event files by default, or every file `keep` accepts (a W&B offline run folder).
+ */
 export class EventFileUploader {
   private readonly uploaded = new Map<string, number>();
 
@@ -20,13 +25,14 @@ export class EventFileUploader {
     private readonly bucket: string,
     private readonly dir: string,
     private readonly prefix: string,
+    private readonly keep: (relativePath: string) => boolean = isEventFile,
   ) {}
 
   /** The number of files uploaded; none when the trainer has written nothing (yet). */
   async upload(): Promise<number> {
     let files: string[];
     try {
-      files = (await listFilesRecursive(this.dir)).filter((f) => f.split('/').at(-1)!.startsWith('events.out.tfevents.'));
+      files = (await listFilesRecursive(this.dir)).filter(this.keep);
     } catch {
       return 0; // no run directory: report_to has no tensorboard, or nothing written yet
     }

@@ -106,15 +106,20 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
         resumed_from_run: input.resumeFromRunId,
       }),
     };
-    const events = new EventFileUploader(storage, bucket, tracking.loggingDir, keys.tensorboardPrefix(runId, input.stageId));
+    const uploaders = [
+      ...(tracking.reportTo.includes('tensorboard') ? [new EventFileUploader(storage, bucket, tracking.loggingDir, keys.tensorboardPrefix(runId, input.stageId))] : []),
+      // W&B offline runs (offline-run-*/), kept with the stage's outputs for `wandb sync`.
+      ...(tracking.reportTo.includes('wandb') ? [new EventFileUploader(storage, bucket, join(outputDir, 'wandb'), keys.wandbPrefix(runId, input.stageId), (rel) => rel.includes('/'))] : []),
+    ];
     let trackingUploadFailures = 0;
     const uploadEvents = async () => {
-      if (!tracking.reportTo.includes('tensorboard')) return;
-      try {
-        await events.upload();
-      } catch (err) {
-        trackingUploadFailures++;
-        log.warn('could not upload TensorBoard event files; retrying at the next checkpoint', { error: String(err) });
+      for (const uploader of uploaders) {
+        try {
+          await uploader.upload();
+        } catch (err) {
+          trackingUploadFailures++;
+          log.warn('could not upload tracker files; retrying at the next checkpoint', { error: String(err) });
+        }
       }
     };
     await writeTrainerConfig(

@@ -18,8 +18,8 @@ describe('train.report_to', () => {
     const parsed = parsePipelineConfig(minimal);
     expect(parsed.ok && parsed.config.train.report_to).toBe('none');
     expect(reportTo('none')).toEqual([]);
-    expect(reportTo('all')).toEqual(['tensorboard', 'mlflow']);
-    expect(resolveReportTo('all', { mlflow: false })).toEqual(['tensorboard']); // no MLflow server configured
+    expect(reportTo('all')).toEqual(['tensorboard', 'mlflow', 'wandb']);
+    expect(resolveReportTo('all', { mlflow: false })).toEqual(['tensorboard', 'wandb']); // no MLflow server configured
     expect(reportTo(['mlflow', 'tensorboard'])).toEqual(['mlflow', 'tensorboard']);
     expect(reportTo('tensorboard')).toEqual(['tensorboard']);
     expect(reportTo(['tensorboard', 'tensorboard'])).toEqual(['tensorboard']);

@@ -34,7 +34,7 @@ SchedulerType = Literal["cosine", "linear", "constant"]
 DType = Literal["float32", "bfloat16", "float16"]
 # TRL's report_to integrations the trainer writes to (the pipeline config's 'none' / 'all' are
 # resolved to a list of these before the trainer starts).
-ReportTo = Literal["tensorboard", "mlflow"]
+ReportTo = Literal["tensorboard", "mlflow", "wandb"]
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-SUPPORTED = ("tensorboard", "mlflow")
+SUPPORTED = ("tensorboard", "mlflow", "wandb")
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Trackers:
     seconds: float = 0.0  # time spent in tracker calls, for the overhead figure
 
     @classmethod
-    def start(cls, report_to: list[str], logging_dir: Path, start_step: int, info: RunInfo) -> Trackers:
+    def start(cls, report_to: list[str], logging_dir: Path, start_step: int, info: RunInfo, output_dir: Path | None = None) -> Trackers:
         trackers: list[Tracker] = []
         for name in report_to:
             if name == "tensorboard":
@@ -150,6 +150,10 @@ class Trackers:
                 from .mlflow_tracker import MlflowTracker
 
                 trackers.append(MlflowTracker.from_env(info))
+            elif name == "wandb":
+                from .wandb_tracker import WandbTracker
+
+                trackers.append(WandbTracker(output_dir or logging_dir.parent, info))  # -> <output_dir>/wandb/
             else:
                 raise InvalidInputError(f"report_to: {name!r} is not supported here (supported: {', '.join(SUPPORTED)})")
         if trackers:
@@ -217,7 +221,7 @@ def start_trackers(config: Any, output_dir: Path, start_step: int) -> Trackers:
     settings = {k: v for k, v in asdict(config).items() if k not in NOT_HYPERPARAMETERS}
     info = RunInfo(config.run_name, flat_hyperparameters(settings), parse_tags(config.run_tags))
     logging_dir = Path(config.logging_dir) if config.logging_dir else output_dir / "runs"
-    trackers = Trackers.start(list(config.report_to), logging_dir, start_step, info)
+    trackers = Trackers.start(list(config.report_to), logging_dir, start_step, info, output_dir)
     _open.append(trackers)
     return trackers
 
