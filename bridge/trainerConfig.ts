@@ -11,7 +11,7 @@ import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.
 import type { TrainConfig } from '../contracts/config.js';
 import { FailureType } from '../contracts/errors.js';
 import { TRAINER_CONFIG_SCHEMA } from '../contracts/trainerContract.generated.js';
-import { trainerConfigFields, type TrainerConfigName } from '../contracts/trainerContract.js';
+import { trainerConfigFields, type ReportToIntegration, type TrainerConfigName } from '../contracts/trainerContract.js';
 
 type Defs = typeof TRAINER_CONFIG_SCHEMA.$defs;
 type Primitive<T> = T extends 'integer' | 'number' ? number : T extends 'string' ? string : T extends 'boolean' ? boolean : T extends 'null' ? null : never;
@@ -149,6 +149,8 @@ export interface TrainRun {
   initAdapter: string | null;
   /** Precomputed reference log-prob files; empty: the trainer runs the reference forward pass. */
   referenceFiles: string[];
+  /** Experiment tracking (report_to); absent: none. */
+  tracking?: { reportTo: ReportToIntegration[]; loggingDir: string; runName: string; tags: string[] };
 }
 
 /**
@@ -168,6 +170,10 @@ export function trainRunConfig(train: TrainConfig, run: TrainRun): TrainerTrainC
     // The pipeline's precompute_ref_log_probs asks for a reference stage; the trainer's says the files are here.
     precompute_ref_log_probs: run.referenceFiles.length > 0,
     ref_log_probs_files: run.referenceFiles,
+    report_to: run.tracking?.reportTo ?? [],
+    logging_dir: run.tracking?.loggingDir ?? null,
+    run_name: run.tracking?.runName ?? null,
+    run_tags: run.tracking?.tags ?? [],
   };
 }
 

@@ -15,6 +15,7 @@
  *   dpo schema                                            print the config's JSON Schema
  *   dpo estimate <config> [--gpu-memory 80GB] [--json]    GPU memory estimate and a starting micro-batch
  *   dpo data demo --out DIR [--train N --test N --seed S] generate the demo dataset
+ *   dpo tensorboard <runId...> [--port N] [--pull-only]   pull runs' TensorBoard event files and start TensorBoard
  * Exit codes: 0 ok, 1 the run failed, 2 bad usage or invalid config, 3 cannot reach Temporal,
  * 4 no such run or schedule.
  */
@@ -30,6 +31,7 @@ import { runCommand } from './commands/run.js';
 import { scheduleCommand } from './commands/schedule.js';
 import { stackCommand } from './commands/stack.js';
 import { statusCommand } from './commands/status.js';
+import { tensorboardCommand } from './commands/tensorboard.js';
 import { CliError, exitCodeOf, USAGE, UsageError } from './errors.js';
 
 /** One entry per subcommand, each in cli/commands/. */
@@ -48,6 +50,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   schema: schemaCommand,
   estimate: estimateCommand,
   data: dataCommand,
+  tensorboard: tensorboardCommand,
 };
 
 async function main([command, ...rest]: string[]): Promise<number> {

@@ -2,7 +2,7 @@
 import { ConfigFileError } from './runPipeline.js';
 import { ScheduleMissingError } from './schedules.js';
 
-export const USAGE = `usage: dpo <run|status|list|logs|cancel|resume|pull|schedule|stack|validate|config-json|schema|estimate|data> ...  (see docs/cli.md)`;
+export const USAGE = `usage: dpo <run|status|list|logs|cancel|resume|pull|schedule|stack|validate|config-json|schema|estimate|data|tensorboard> ...  (see docs/cli.md)`;
 
 /** Errors print as one line plus a hint; the class picks the exit code. */
 export class CliError extends Error {

@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { HubRefError, isHubModelSource, parseHubRef } from './hubRepo.js';
 import { isSafeKeySegment } from './keys.js';
 import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
-import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
+import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
 
 const safeName = z
   .string()
@@ -268,6 +268,10 @@ export const TrainSchema = z
     .default(50)
     .describe('training activities per run of the training workflow before it continues as new (bounds its history)'),
   seed: z.int().min(0).default(TRAIN.seed).describe('seeds LoRA init, dropout and the data order (epoch e uses seed + e)'),
+  report_to: z
+    .union([z.enum(['none', 'all', ...REPORT_TO_INTEGRATIONS]), z.array(z.enum(REPORT_TO_INTEGRATIONS)).min(1)])
+    .default('none')
+    .describe(`experiment trackers for every step's metrics (TRL's report_to): "none", "all", one of ${REPORT_TO_INTEGRATIONS.join(', ')}, or a list (docs/experiment-tracking.md)`),
   })
   .refine((t) => t.per_device_train_batch_size !== 'auto' || t.total_train_batch_size !== undefined, {
     message: 'required when per_device_train_batch_size is "auto"',

@@ -53,6 +53,10 @@ export const keys = {
   /** The ONNX export of a run's adapter merged into the base (the base's own is a stage output). */
   policyOnnxPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}onnx/policy/`,
   stepMetrics: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}step-metrics.json`,
+  /** A train stage's TensorBoard run directory: the event files of all its attempts, side by side. */
+  tensorboardPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}tensorboard/`,
+  /** A train stage's W&B run folders (offline-run-*), for `wandb sync`. */
+  wandbPrefix: (runId: string, stageId: string) => `${keys.runStagePrefix(runId, stageId)}wandb/`,
 };
 
 /** `step-00000100`: zero-padded so lexical order is step order. */

@@ -212,6 +212,12 @@ export interface TrainSegmentResult {
   interruptions: Interruptions;
   /** The trainer's own out-of-memory backoff in this segment: the settings it ended with. */
   backoff?: { micro_batch: number; grad_accum: number; gradient_checkpointing: boolean };
+  /**
+   * Experiment tracking (train.report_to) in this segment: tracker calls that failed (training
+   * went on; each was retried at the next step), failed event-file uploads, and the seconds the
+   * trainer spent in tracker calls. Absent when report_to is none.
+   */
+  tracking?: { failures: Record<string, number>; uploadFailures: number; seconds: number };
 }
 
 export interface ReferenceInput {

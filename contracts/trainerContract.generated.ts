@@ -225,6 +225,38 @@ export const TRAINER_CONFIG_SCHEMA = {
           "minimum": 1,
           "default": 1
         },
+        "report_to": {
+          "description": "experiment trackers every optimizer step's metrics go to (TRL's report_to names); []: none",
+          "type": "array",
+          "items": {
+            "$ref": "#/$defs/ReportTo"
+          },
+          "default": []
+        },
+        "logging_dir": {
+          "description": "TensorBoard run directory (absolute path); null: output_dir/runs",
+          "type": [
+            "string",
+            "null"
+          ],
+          "default": null
+        },
+        "run_name": {
+          "description": "the run's name in the trackers (TRL's run_name)",
+          "type": [
+            "string",
+            "null"
+          ],
+          "default": null
+        },
+        "run_tags": {
+          "description": "'key=value' lineage the trackers show beside the curves (run id, stage, config hash)",
+          "type": "array",
+          "items": {
+            "type": "string"
+          },
+          "default": []
+        },
         "device": {
           "description": "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'",
           "type": "string",
@@ -459,6 +491,13 @@ export const TRAINER_CONFIG_SCHEMA = {
         "float32",
         "bfloat16",
         "float16"
+      ]
+    },
+    "ReportTo": {
+      "enum": [
+        "tensorboard",
+        "mlflow",
+        "wandb"
       ]
     }
   }

@@ -16,6 +16,9 @@ export const LOSS_TYPES = defs.LossType.enum;
 export const LABEL_SMOOTHING_LOSS_TYPES = defs.LabelSmoothingLossType.enum;
 export const LR_SCHEDULER_TYPES = defs.SchedulerType.enum;
 export const DTYPES = defs.DType.enum;
+/** TRL's report_to integrations the trainer writes to. */
+export const REPORT_TO_INTEGRATIONS = defs.ReportTo.enum;
+export type ReportToIntegration = (typeof REPORT_TO_INTEGRATIONS)[number];
 export type LossType = (typeof LOSS_TYPES)[number];
 export type LrSchedulerType = (typeof LR_SCHEDULER_TYPES)[number];
 export type DType = (typeof DTYPES)[number];

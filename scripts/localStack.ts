@@ -10,12 +10,12 @@ import { connect } from 'node:net';
 import { homedir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { REPO_ROOT } from '../io/deps.js';
-import { LOCAL_MINIO_CREDENTIALS } from '../io/storage.js';
+import { LOCAL_MINIO_CREDENTIALS, Storage, storageEnvFromProcess } from '../io/storage.js';
 
 export const STATE_DIR = resolve(process.env.DPO_STATE_DIR ?? join(REPO_ROOT, '.dpo/state'));
 
 interface ServiceSpec {
-  name: 'temporal' | 'minio';
+  name: 'temporal' | 'minio' | 'mlflow';
   host: string;
   port: number;
   command: () => { bin: string; args: string[]; env?: Record<string, string> };
@@ -28,10 +28,10 @@ function pinnedVersions(): Record<string, string> {
 }
 
 /** The tool from the per-user cache that scripts/install-tools.sh fills, else from PATH. */
-export function toolPath(name: 'temporal' | 'minio'): string {
+export function toolPath(name: 'temporal' | 'minio' | 'mlflow'): string {
   const v = pinnedVersions();
   const cacheDir = (process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm')).replace('$HOME', homedir());
-  const version = name === 'temporal' ? v.TEMPORAL_CLI_VERSION : v.MINIO_VERSION;
+  const version = { temporal: v.TEMPORAL_CLI_VERSION, minio: v.MINIO_VERSION, mlflow: v.MLFLOW_VERSION }[name];
   const cached = join(cacheDir, 'tools', `${name}-${version}`, 'bin', name);
   if (existsSync(cached)) return cached;
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
@@ -92,16 +92,50 @@ function services(): ServiceSpec[] {
           MINIO_BROWSER: 'off',
         },
       }),
-      ready: async () => {
-        try {
-          const res = await fetch(`http://${minio.host}:${minio.port}/minio/health/ready`);
-          return res.ok;
-        } catch {
-          return false;
-        }
-      },
+      ready: async () => httpOk(`http://${minio.host}:${minio.port}/minio/health/ready`),
     },
+    ...(process.env.DPO_STACK_MLFLOW === '1' ? [mlflowService(minio)] : []),
   ];
+}
+
+async function httpOk(url: string): Promise<boolean> {
+  try {
+    return (await fetch(url)).ok;
+  } catch {
+    return false;
+  }
+}
+
+/** The bucket the MLflow server keeps its artifacts in (under mlflow-artifacts/), in MinIO. */
+export const MLFLOW_ARTIFACT_BUCKET = 'dpo';
+
+/**
+ * With DPO_STACK_MLFLOW=1: an MLflow tracking server (PyPI's, from the tools cache) on
+ * 127.0.0.1:DPO_MLFLOW_PORT (5000), runs in SQLite under the state folder, artifacts in MinIO
+ * through its S3 API, proxied by the server so that clients need no storage credentials.
+ */
+function mlflowService(minio: { host: string; port: number }): ServiceSpec {
+  const port = Number(process.env.DPO_MLFLOW_PORT ?? 5000);
+  return {
+    name: 'mlflow',
+    host: '127.0.0.1',
+    port,
+    command: () => ({
+      bin: toolPath('mlflow'),
+      args: [
+        'server', '--host', '127.0.0.1', '--port', String(port), '--workers', '1',
+        '--backend-store-uri', `sqlite:///${join(STATE_DIR, 'mlflow.db')}`,
+        '--serve-artifacts', '--artifacts-destination', `s3://${MLFLOW_ARTIFACT_BUCKET}/mlflow-artifacts`,
+      ],
+      env: {
+        MLFLOW_S3_ENDPOINT_URL: `http://${minio.host}:${minio.port}`,
+        AWS_ACCESS_KEY_ID: LOCAL_MINIO_CREDENTIALS.accessKey,
+        AWS_SECRET_ACCESS_KEY: LOCAL_MINIO_CREDENTIALS.secretKey,
+        AWS_DEFAULT_REGION: 'us-east-1',
+      },
+    }),
+    ready: async () => httpOk(`http://127.0.0.1:${port}/health`),
+  };
 }
 
 const pidFile = (name: string) => join(STATE_DIR, `${name}.pid`);
@@ -156,8 +190,9 @@ export async function stackUp(log: (line: string) => void = () => {}): Promise<S
     child.unref();
     await writeFile(pidFile(svc.name), String(child.pid));
     log(`${svc.name}: starting on ${svc.host}:${svc.port} (pid ${child.pid}, data in ${STATE_DIR})`);
-    await waitFor(svc.ready, svc.name, 90_000);
+    await waitFor(svc.ready, svc.name, svc.name === 'mlflow' ? 180_000 : 90_000);
     status.started.push(svc.name);
+    if (svc.name === 'minio' && process.env.DPO_STACK_MLFLOW === '1') await new Storage(storageEnvFromProcess()).ensureBucket(MLFLOW_ARTIFACT_BUCKET);
   }
   await registerSearchAttributes(log);
   return status;
@@ -190,20 +225,23 @@ export async function registerSearchAttributes(log: (line: string) => void = () 
 /** Stops the services this stack started (those with a pid file), nothing else. */
 export async function stackDown(log: (line: string) => void = () => {}): Promise<string[]> {
   const stopped: string[] = [];
-  for (const svc of services()) {
-    const pid = Number(await readFile(pidFile(svc.name), 'utf8').catch(() => ''));
+  // Every service a pid file names, whether or not this environment would start it (MLflow).
+  for (const name of ['temporal', 'minio', 'mlflow'] as const) {
+    const pid = Number(await readFile(pidFile(name), 'utf8').catch(() => ''));
     if (!pid) continue;
+    // MLflow's server runs its workers as children: signal its whole process group (it leads one).
+    const target = name === 'mlflow' ? -pid : pid;
     try {
-      process.kill(pid, 'SIGTERM');
+      process.kill(target, 'SIGTERM');
       const deadline = Date.now() + 15_000;
       while (Date.now() < deadline && alive(pid)) await new Promise((r) => setTimeout(r, 100));
-      if (alive(pid)) process.kill(pid, 'SIGKILL');
-      stopped.push(svc.name);
-      log(`${svc.name}: stopped (pid ${pid})`);
+      if (alive(pid)) process.kill(target, 'SIGKILL');
+      stopped.push(name);
+      log(`${name}: stopped (pid ${pid})`);
     } catch {
-      log(`${svc.name}: was not running`);
+      log(`${name}: was not running`);
     }
-    await rm(pidFile(svc.name), { force: true });
+    await rm(pidFile(name), { force: true });
   }
   return stopped;
 }

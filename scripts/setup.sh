@@ -45,7 +45,7 @@ venv_stamp="trainer/.venv/.dpo-lock-hash"
 py_lock_hash="$( (cat trainer/uv.lock trainer/pyproject.toml; echo bytecode) | sha256sum | cut -c1-16)"
 if [[ ! -f "$venv_stamp" || "$(cat "$venv_stamp")" != "$py_lock_hash" ]]; then
   say "syncing trainer/.venv from trainer/uv.lock (PyTorch, transformers, peft, accelerate; the first time downloads ~3 GB)..."
-  (cd trainer && "$uv_dir/bin/uv" sync --frozen --compile-bytecode --quiet)
+  (cd trainer && "$uv_dir/bin/uv" sync --frozen --compile-bytecode --extra tracking --quiet)
   echo "$py_lock_hash" > "$venv_stamp"
 fi
 say "ready"

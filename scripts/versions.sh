@@ -13,5 +13,9 @@ TEMPORAL_CLI_WHEEL_SHA256="3cca23d0d2caaa2f1273b78be7a01e8c2c65da435a3d286395814
 # MinIO publishes no semver tags; this pseudo-version is the newest commit the Go proxy serves
 # without replace directives, so `go install` works on it.
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
+# MLflow tracking server (train.report_to: mlflow): PyPI's mlflow in a virtualenv of its own, not
+# the trainer's (the trainer speaks its REST API); boto3 stores its artifacts in MinIO over S3.
+MLFLOW_VERSION="3.17.2"
+MLFLOW_BOTO3_VERSION="1.44.8"
 # Per-user cache shared by every clone of this repository (CI runs in a fresh clone).
 DPO_CACHE_DIR="${DPO_CACHE_DIR:-$HOME/.cache/dpo-vlm}"

@@ -26,6 +26,8 @@ import { trainRunConfig, writeTrainerConfig } from '../../bridge/trainerConfig.j
 import { nameAdapterBase } from '../../io/adapterCard.js';
 import { baseModelId, renderModelCard, type ModelCardInput } from '../../contracts/modelCard.js';
 import { COMMIT_SHA, isHubModelSource, parseHubRef } from '../../contracts/hubRepo.js';
+import { lineageTags, resolveReportTo } from '../../contracts/tracking.js';
+import { EventFileUploader } from '../../io/tensorboardEvents.js';
 
 /** How often a running segment reads its controls: as often as it heartbeats. */
 const CONTROL_POLL_MS = 5_000;
@@ -92,10 +94,41 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
 
     const outputDir = join(attemptDir, 'out');
     const configPath = join(attemptDir, 'train-config.json');
+    // report_to: the trainer writes the trackers; TensorBoard's event files travel with the
+    // checkpoints into the stage's storage folder. A failed upload is a warning, never a failure.
+    const tracking = {
+      // Absent in runs started before the option; MLflow's server comes from the worker's env.
+      reportTo: resolveReportTo(input.train.report_to ?? 'none', { mlflow: Boolean(process.env.MLFLOW_TRACKING_URI) }),
+      loggingDir: join(outputDir, 'runs'),
+      runName: `${runId}/${input.stageId}`,
+      tags: lineageTags({
+        run_id: runId,
+        stage: input.stageId,
+        temporal_workflow_id: ctx.info.workflowExecution?.workflowId,
+        temporal_run_id: ctx.info.workflowExecution?.runId,
+        resumed_from_run: input.resumeFromRunId,
+      }),
+    };
+    const uploaders = [
+      ...(tracking.reportTo.includes('tensorboard') ? [new EventFileUploader(storage, bucket, tracking.loggingDir, keys.tensorboardPrefix(runId, input.stageId))] : []),
+      // W&B offline runs (offline-run-*/), kept with the stage's outputs for `wandb sync`.
+      ...(tracking.reportTo.includes('wandb') ? [new EventFileUploader(storage, bucket, join(outputDir, 'wandb'), keys.wandbPrefix(runId, input.stageId), (rel) => rel.includes('/'))] : []),
+    ];
+    let trackingUploadFailures = 0;
+    const uploadEvents = async () => {
+      for (const uploader of uploaders) {
+        try {
+          await uploader.upload();
+        } catch (err) {
+          trackingUploadFailures++;
+          log.warn('could not upload tracker files; retrying at the next checkpoint', { error: String(err) });
+        }
+      }
+    };
     await writeTrainerConfig(
       configPath,
       'TrainConfig',
-      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles }),
+      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles, tracking }),
     );
     const control = new ControlFile(join(attemptDir, 'control.json'), {
       paused: input.control?.paused ?? false,
@@ -125,6 +158,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     let stopAtStep: number | null = null;
     let preemptedAt: number | null = null;
     let backoff: TrainSegmentResult['backoff'];
+    let trackerSummary: { failures: Record<string, number>; seconds: number } | undefined;
     progress.phase = 'loading';
     heartbeat(progress);
 
@@ -165,6 +199,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
               try {
                 await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
                 await storage.putJson(bucket, stepMetricsKey, history.filter((h) => h.step <= step));
+                await uploadEvents();
                 checkpointKeys.push(prefix);
                 progress.checkpointKey = prefix;
                 heartbeat(progress);
@@ -186,14 +221,17 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
             break;
           case 'preempted':
             preemptedAt = event.step as number;
+            trackerSummary = event.tracking as typeof trackerSummary;
             break;
           case 'finished':
             finished = event;
+            trackerSummary = event.tracking as typeof trackerSummary;
             break;
         }
       },
     });
     await uploads;
+    await uploadEvents(); // whatever the outcome: the curves up to where the trainer stopped
     if (uploadError) throw uploadError;
 
     if (ctx.cancellationSignal.aborted) {
@@ -217,6 +255,9 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       trainSeconds: (Date.now() - started) / 1000,
       stepMetricsKey,
       ...(backoff && { backoff }),
+      ...(tracking.reportTo.length && {
+        tracking: { failures: trackerSummary?.failures ?? {}, uploadFailures: trackingUploadFailures, seconds: trackerSummary?.seconds ?? 0 },
+      }),
       ...(input.initAdapter && { initAdapter: `s3://${input.initAdapter.bucket}/${input.initAdapter.prefix}` }),
     };
     if (outcome.exitCode === TrainerExit.Preempted && stopAtStep !== null && preemptedAt !== null && preemptedAt >= stopAtStep) {

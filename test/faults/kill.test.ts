@@ -2,8 +2,13 @@
  * Lost and preempted GPU workers, on the real stack: kill -9 three times in one run; SIGTERM
  * (the emergency checkpoint is used, no step redone). The GPU worker is its own process.
  */
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { writeReport } from '../../activities/report/report.js';
 import { parsePipelineConfig } from '../../contracts/config.js';
@@ -21,6 +26,9 @@ import {
   workRoot,
 } from './faultKit.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import type { StepRecord } from '../../contracts/progress.js';
+import { trainerPython } from '../../io/deps.js';
+import { pullRunEvents } from '../../io/tensorboardEvents.js';
 
 const EVERY = 3; // checkpoint interval (steps)
 const STEPS = 16; // 64 pairs / micro-batch 4
@@ -43,13 +51,13 @@ describe('fault injection: lost and preempted GPU workers', () => {
     expect(reference.trainings.train!.finalStep).toBe(STEPS);
   });
 
-  it('kill -9 of the GPU worker three times: completes, same adapter, at most one interval redone per kill', async () => {
+  it('kill -9 of the GPU worker three times: completes, same adapter, at most one interval redone per kill, each step once in TensorBoard', async () => {
     const suffix = randomBytes(3).toString('hex');
     const workName = `kill-${suffix}`;
     const eventsFile = join(suite.datasetDir, `kill-${suffix}.jsonl`);
     const runId = uniqueId('faults-kill');
     let worker = await gpuWorker(workName, eventsFile);
-    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config()] });
+    const handle = await suite.stack.client.workflow.start(PIPELINE_WORKFLOW, { taskQueue: suite.stack.queues.cpu, workflowId: runId, args: [config({ report_to: 'tensorboard' })] });
     const kills: Array<{ newestPublished: number }> = [];
     // Targets stay clear of the segment ends (steps 8 and 16): a trainer that reaches its segment's
     // end exits normally, and a kill just after would hit a worker with no trainer running.
@@ -90,6 +98,36 @@ describe('fault injection: lost and preempted GPU workers', () => {
     expect(row.retries).toBe('3 (3 workers lost)');
     expect(row.preemptions).toBe('0');
     expect(result.timeline.find((t) => t.id === 'format')).toMatchObject({ retries: 0 });
+
+    // TensorBoard (its own reader, as `dpo tensorboard` pulls the files): every step once, in
+    // order, with the values of the stored learning curve, across the attempts' event files.
+    const logDir = await mkdtemp(join(tmpdir(), 'dpo-tb-'));
+    expect(await pullRunEvents(suite.stack.deps.storage, TEST_BUCKET, runId, logDir)).toEqual(['train']);
+    const { stdout } = await promisify(execFile)(trainerPython(), ['test/fixtures/tensorboard_scalars.py', logDir]);
+    const shown = (JSON.parse(stdout) as Record<string, Record<string, Array<[number, number]>>>)[`${runId}/train`]!;
+    const curve = await suite.stack.deps.storage.getJson<StepRecord[]>(TEST_BUCKET, train.stepMetricsKey!);
+    for (const tag of ['train/loss', 'train/rewards/margins', 'train/learning_rate', 'train/grad_norm', 'train/epoch']) {
+      expect(shown[tag]!.map(([step]) => step), tag).toEqual(Array.from({ length: STEPS }, (_, i) => i + 1));
+    }
+    for (const [i, [, loss]] of shown['train/loss']!.entries()) expect(loss).toBeCloseTo(curve[i]!.metrics.loss!, 5);
+    // `dpo tensorboard` serves the same curve: the CLI pulls the run and starts TensorBoard.
+    const port = await freePort();
+    const cli = spawn(process.execPath, ['--import', 'tsx', 'cli/dpo.ts', 'tensorboard', runId, '--bucket', TEST_BUCKET, '--dir', await mkdtemp(join(tmpdir(), 'dpo-tb-cli-')), '--port', String(port)], { stdio: 'ignore' });
+    const exited = new Promise((done) => cli.once('exit', done));
+    try {
+      const url = `http://127.0.0.1:${port}/data/plugin/scalars/scalars?run=${encodeURIComponent(`${runId}/train`)}&tag=${encodeURIComponent('train/loss')}`;
+      let served: Array<[number, number, number]> = [];
+      await waitFor(async () => {
+        const response = await fetch(url).catch(() => null);
+        if (!response?.ok) return false;
+        served = (await response.json()) as typeof served;
+        return true;
+      }, 90_000, 'TensorBoard to serve the run');
+      expect(served.map(([, step]) => step)).toEqual(shown['train/loss']!.map(([step]) => step));
+    } finally {
+      cli.kill('SIGTERM');
+      await exited;
+    }
   });
 
   it('SIGTERM of the GPU worker: the emergency checkpoint is used and no step is redone', async () => {
@@ -149,4 +187,13 @@ async function reportTrainRow(runId: string, result: PipelineResult): Promise<{ 
   expect(html).toContain(`<th>preemptions</th>`);
   expect(html).toContain(`<td>${cell('retries')}</td><td>${cell('preemptions')}</td>`);
   return { retries: cell('retries'), preemptions: cell('preemptions'), replans: cell('OOM replans') };
+}
+
+/** A port nothing listens on right now (for a TensorBoard the test starts). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  const { port } = server.address() as { port: number };
+  await new Promise((done) => server.close(done));
+  return port;
 }

@@ -24,13 +24,19 @@ import type { PipelineResult } from '../../contracts/payloads.js';
 import { toolPath } from '../../scripts/localStack.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { keys } from '../../contracts/keys.js';
 import { temporalEnv } from '../../contracts/connection.js';
 
 const exec = promisify(execFile);
 let stack: TestStack;
 let datasetDir: string;
+// The run reports to TensorBoard and to an MLflow server that is down (nothing listens on
+// port 9): training must not care, and the token in the worker's environment must not leak.
+const MLFLOW_TOKEN = 'mlflow-e2e-token-5f3a9c0d7e1b';
 
 beforeAll(async () => {
+  process.env.MLFLOW_TRACKING_URI = 'http://127.0.0.1:9';
+  process.env.MLFLOW_TRACKING_TOKEN = MLFLOW_TOKEN;
   stack = await startTestStack();
   datasetDir = await mkdtemp(join(tmpdir(), 'dpo-e2e-'));
   await generateDemoDataset({
@@ -71,6 +77,7 @@ function smallConfig(overrides: Partial<PipelineConfigInput> = {}): PipelineConf
       dtype: 'float32',
       checkpoint_every_steps: 5,
       seed: 3,
+      report_to: ['tensorboard', 'mlflow'],
     },
     evaluate: { batch_size: 16, amber_suite: join(datasetDir, 'amber'), amber_questions_per_shard: 10, generations: 2, max_new_tokens: 4 },
     queues: stack.queues,
@@ -231,6 +238,24 @@ describe('dpoPipeline end to end', () => {
     expect(history).not.toContain(Buffer.from(secretKey).toString('base64'));
     expect(stdout).not.toContain(secretKey);
     expect(history).not.toContain(accessKey);
+    // Tracking: the token stays in the worker; the down MLflow server is counted in the train
+    // segment's result, and the TensorBoard event files are stored with the stage.
+    const payloads = await payloadTexts([runId, `${runId}.train.train`]);
+    expect([history, stdout, ...payloads].join('\n')).not.toContain(MLFLOW_TOKEN);
+    const parsed = payloads.map((p) => {
+      try {
+        return JSON.parse(p) as { tracking?: { failures: Record<string, number> } } | null;
+      } catch {
+        return null; // a payload that is not JSON (binary/null)
+      }
+    });
+    const summaries = parsed.flatMap((r) => (r?.tracking ? [r.tracking] : []));
+    expect(summaries.length).toBeGreaterThan(0);
+    for (const tracking of summaries) {
+      expect(tracking.failures.tensorboard).toBe(0);
+      expect(tracking.failures.mlflow).toBeGreaterThan(0);
+    }
+    expect((await stack.deps.storage.list(TEST_BUCKET, keys.tensorboardPrefix(runId, 'train'))).length).toBeGreaterThan(0);
   });
 
   it('reuses every data stage when the same inputs run again', async () => {
@@ -314,3 +339,16 @@ describe('bad input', () => {
     expect((cause as ApplicationFailure).message).toContain('no column "preferred" (dataset.columns.chosen)');
   });
 });
+
+/** Every payload of the runs' histories as text (JSON-encoded payloads carry bytes). */
+async function payloadTexts(workflowIds: string[]): Promise<string[]> {
+  const texts: string[] = [];
+  const collect = (value: unknown): void => {
+    if (!value || typeof value !== 'object') return;
+    const payload = value as { data?: Uint8Array; metadata?: unknown };
+    if (payload.data instanceof Uint8Array && payload.metadata) texts.push(Buffer.from(payload.data).toString('utf8'));
+    else for (const child of Object.values(value)) collect(child);
+  };
+  for (const id of workflowIds) collect(await stack.client.workflow.getHandle(id).fetchHistory());
+  return texts;
+}

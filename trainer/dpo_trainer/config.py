@@ -32,6 +32,9 @@ LabelSmoothingLossType = Literal["robust", "exo_pair", "aot", "aot_unpaired"]
 LABEL_SMOOTHING_USERS: tuple[str, ...] = get_args(LabelSmoothingLossType)
 SchedulerType = Literal["cosine", "linear", "constant"]
 DType = Literal["float32", "bfloat16", "float16"]
+# TRL's report_to integrations the trainer writes to (the pipeline config's 'none' / 'all' are
+# resolved to a list of these before the trainer starts).
+ReportTo = Literal["tensorboard", "mlflow", "wandb"]
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -156,6 +159,19 @@ class TrainConfig:
         default=50, metadata=doc("write a checkpoint every N optimizer steps", min=1)
     )
     log_every_steps: int = field(default=1, metadata=doc("emit a `step` event every N optimizer steps", min=1))
+    report_to: list[ReportTo] = field(
+        default_factory=list,
+        metadata=doc("experiment trackers every optimizer step's metrics go to (TRL's report_to names); []: none"),
+    )
+    logging_dir: str | None = field(
+        default=None,
+        metadata=doc("TensorBoard run directory (absolute path); null: output_dir/runs"),
+    )
+    run_name: str | None = field(default=None, metadata=doc("the run's name in the trackers (TRL's run_name)"))
+    run_tags: list[str] = field(
+        default_factory=list,
+        metadata=doc("'key=value' lineage the trackers show beside the curves (run id, stage, config hash)"),
+    )
     device: str = field(default="auto", metadata=doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'", **DEVICE))
     preemption_grace_seconds: float = field(
         default=30.0, metadata=doc("seconds between SIGTERM and SIGKILL the parent allows", gt=0)
@@ -197,6 +213,9 @@ class TrainConfig:
         if self.ref_log_probs_files and not self.precompute_ref_log_probs:
             problems.append("ref_log_probs_files: given but precompute_ref_log_probs is false")
         problems += self.loss_problems()
+        problems += [f"run_tags[{i}]: {tag!r} is not 'key=value'" for i, tag in enumerate(self.run_tags) if not tag.partition("=")[0] or "=" not in tag]
+        if len(set(self.report_to)) != len(self.report_to):
+            problems.append(f"report_to: {self.report_to} names a tracker twice")
         return problems
 
     @property

@@ -33,6 +33,7 @@ from .config import (
     LoraSettings,
     LossType,
     ReferenceConfig,
+    ReportTo,
     SchedulerType,
     TrainConfig,
 )
@@ -50,6 +51,7 @@ ENUMS: dict[str, Any] = {
     "LabelSmoothingLossType": LabelSmoothingLossType,
     "SchedulerType": SchedulerType,
     "DType": DType,
+    "ReportTo": ReportTo,
 }
 CONFIGS: tuple[type, ...] = (TrainConfig, LoraSettings, ReferenceConfig, EvalConfig, ExportConfig)
 BOUNDS = {"min": "minimum", "max": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}

@@ -68,6 +68,7 @@ from .modeling import (
 )
 from .preemption import PreemptionFlag, PreemptionRequested
 from .reference import ReferenceLogps, load_reference_logps
+from .tracking import Trackers, start_trackers
 from .watchdog import ParentWatchdog
 
 STATE_FORMAT = 1
@@ -408,6 +409,10 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             " to it, or use an empty output_dir (stored checkpoints are never overwritten)"
         )
 
+    # Rank 0 reports (metrics are summed across ranks already); what earlier attempts logged past
+    # the start step is purged (tracking.py).
+    trackers = start_trackers(config, output_dir, progress.step) if dist.is_main else Trackers()
+
     def trainer_state(rng: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
@@ -427,6 +432,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         # Rank 0 writes (the adapter and optimizer state are identical on every rank).
         if dist.is_main:
             ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng))
+            trackers.flush()  # the worker uploads the event files with the checkpoint
             emit("checkpoint_saved", step=ref.step, path=str(ref.path), files=ref.files, manifest=ckpt.MANIFEST)
         else:
             ref = ckpt.CheckpointRef(progress.step, output_dir / "checkpoints" / ckpt.step_folder_name(progress.step), [])
@@ -480,7 +486,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     while progress.step < total_steps:
         rng_at_step_start = capture_rng()
         if dist.any(preemption.requested):
-            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start, trackers)
         # The worker's control file (control.py): pause here, between steps, or end a segment.
         if control.poll().paused:
             if progress.step > 0 and (last_checkpoint is None or last_checkpoint.step != progress.step):
@@ -489,7 +495,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             control.wait_while_paused(lambda: preemption.requested)
             continue
         if control.current.stop_at_step is not None and progress.step >= control.current.stop_at_step:
-            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start, trackers)
         step_indices, cursor_after = progress.cursor.next_step(config.seed, len(dataset), step_samples)
         indices = dist.shard(step_indices)
         started = time.perf_counter()
@@ -500,7 +506,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             metrics = optimizer_step(ctx, indices, micro_batch=micro_batch, step_pairs=len(step_indices))
         except PreemptionRequested:
             free_memory(ctx)  # the partial accumulation is dropped; the step is redone on resume
-            return preempt(progress.step, last_checkpoint, save, rng_at_step_start)
+            return preempt(progress.step, last_checkpoint, save, rng_at_step_start, trackers)
         except StepOutOfMemory:
             free_memory(ctx)
             oom_attempts.append(f"micro_batch={micro_batch} gradient_checkpointing={gradient_checkpointing}")
@@ -535,6 +541,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         epoch = progress.cursor.epoch_progress(len(dataset))
         progress.history.append({"step": progress.step, "epoch": epoch, "samples": len(step_indices), **metrics})
         last_metrics = metrics
+        trackers.log_step(progress.step, epoch, metrics)
         if progress.step % config.log_every_steps == 0 or progress.step == total_steps:
             emit(
                 "step",
@@ -554,14 +561,19 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     dist.barrier()
     if not last_metrics and progress.history:
         last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}
-    emit("finished", step=progress.step, adapter_path=str(final_path / ckpt.ADAPTER_DIR), metrics=last_metrics)
+    if dist.is_main:
+        trackers.log_artifacts(final_path / ckpt.ADAPTER_DIR, "adapter")
+    trackers.close()
+    emit("finished", step=progress.step, adapter_path=str(final_path / ckpt.ADAPTER_DIR), metrics=last_metrics,
+         **trackers.event_fields())
     return ExitCode.FINISHED
 
 
-def preempt(step: int, last: ckpt.CheckpointRef | None, save: Any, rng: dict[str, Any]) -> int:
+def preempt(step: int, last: ckpt.CheckpointRef | None, save: Any, rng: dict[str, Any], trackers: Trackers) -> int:
     """Checkpoint the last completed step (unless one exists already) and report preemption."""
     ref = last if last is not None and last.step == step else save(rng)
-    emit("preempted", step=step, checkpoint_path=str(ref.path))
+    trackers.close(finished=False)
+    emit("preempted", step=step, checkpoint_path=str(ref.path), **trackers.event_fields())
     return ExitCode.PREEMPTED
 
 

@@ -1,0 +1,27 @@
+/**
+ * Experiment tracking (TRL's `report_to`): the pipeline config's value as the list of trackers
+ * the trainer writes to, and the lineage every tracker shows beside the curves. Pure code:
+ * bundled into workflows.
+ */
+import { REPORT_TO_INTEGRATIONS, type ReportToIntegration } from './trainerContract.js';
+
+/** What `train.report_to` accepts: TRL's values. */
+export type ReportTo = 'none' | 'all' | ReportToIntegration | ReportToIntegration[];
+
+/**
+ * `none` -> [], one name or a list -> those, each once, in order. `all` -> every integration this
+ * worker can reach, as transformers' `all` means every one installed: MLflow only where
+ * MLFLOW_TRACKING_URI names a server (`available`).
+ */
+export function resolveReportTo(value: ReportTo, available: { mlflow: boolean } = { mlflow: true }): ReportToIntegration[] {
+  if (value === 'none') return [];
+  if (value === 'all') return REPORT_TO_INTEGRATIONS.filter((name) => name !== 'mlflow' || available.mlflow);
+  return [...new Set(typeof value === 'string' ? [value] : value)];
+}
+
+/** Lineage as `key=value` tags (the trainer's run_tags): links a tracker's run back to Temporal. */
+export function lineageTags(lineage: Record<string, string | number | null | undefined>): string[] {
+  return Object.entries(lineage)
+    .filter((entry): entry is [string, string | number] => entry[1] !== null && entry[1] !== undefined && entry[1] !== '')
+    .map(([key, value]) => `${key}=${value}`);
+}
