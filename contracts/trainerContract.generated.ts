@@ -471,3 +471,9 @@ export const TRAINER_EXIT_CODES = {
   "PREEMPTED": 75,
   "OUT_OF_MEMORY": 76
 } as const;
+
+/** config.json model_type -> family name, for the families the ONNX exporter refuses. */
+export const ONNX_UNEXPORTABLE_MODEL_TYPES = {
+  "qwen2_vl": "Qwen2-VL",
+  "qwen2_5_vl": "Qwen2.5-VL"
+} as const;

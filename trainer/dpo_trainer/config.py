@@ -270,6 +270,17 @@ class ReferenceConfig:
         return []
 
 
+# Model families (config.json `model_type`) whose scoring graph the ONNX exporter does not build.
+# Qwen2-VL's M-RoPE positions come from each image's grid (get_rope_index), which the packed
+# graph's 1-D position ids and rotary table cannot express; exporting it anyway would score with
+# the wrong positions. The exporter refuses them, and the pipeline's evaluate stage scores them
+# with PyTorch instead (generated into contracts/trainerContract.generated.ts for it).
+ONNX_UNEXPORTABLE_MODEL_TYPES: dict[str, str] = {
+    "qwen2_vl": "Qwen2-VL",
+    "qwen2_5_vl": "Qwen2.5-VL",
+}
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """`python -m dpo_trainer.export --config CONFIG.json`."""
