@@ -11,6 +11,9 @@
  *   finishEvaluation       sums the shards' counts into metrics and stores them
  *
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
+ * Families the exporter cannot build a correct graph for (contracts/evalEngine.ts, decided here
+ * from the model's config.json before any export) are scored by the pytorch engine instead:
+ * prepareEvaluation then plans the shards only, and ./torchScoring.ts scores them.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
@@ -139,7 +142,15 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
 
 /** contracts/evalEngine.ts on the model folder's config.json; `evaluate.engine: onnx` on a family that cannot export is the config's error. */
 async function engineFor(modelDir: string, input: EvaluateInput): Promise<EngineChoice> {
-  const config = JSON.parse(await readFile(join(modelDir, 'config.json'), 'utf8').catch(() => '{}')) as { model_type?: unknown };
+  // A missing or broken config.json is the exporter's to report (it names the model folder).
+  const text = await readFile(join(modelDir, 'config.json'), 'utf8').catch(() => '{}');
+  const config = ((): { model_type?: unknown } => {
+    try {
+      return JSON.parse(text) as { model_type?: unknown };
+    } catch {
+      return {};
+    }
+  })();
   try {
     return chooseEvalEngine(input.evaluate.engine, String(config.model_type ?? ''), input.engineField);
   } catch (err) {
