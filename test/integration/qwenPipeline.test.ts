@@ -12,6 +12,8 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FormatManifest } from '../../activities/data/format.js';
 import type { ShardManifest } from '../../activities/data/shard.js';
@@ -22,12 +24,15 @@ import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { readParquetTable } from '../../io/parquet.js';
 import { ensureTinyModel, publishFolder } from '../../scripts/assets.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
-import { startTestStack, TEST_BUCKET, type TestStack } from '../harness.js';
+import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
+import type { PipelineConfigInput } from '../../contracts/config.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 import { runPipeline } from '../dataFixtures.js';
 
 let stack: TestStack;
 let modelDir: string;
 let result: PipelineResult;
+let config: PipelineConfigInput;
 
 beforeAll(async () => {
   stack = await startTestStack();
@@ -35,7 +40,7 @@ beforeAll(async () => {
   const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, 'models/tiny-qwen2.5-vl/', modelDir);
   const datasetDir = await mkdtemp(join(tmpdir(), 'dpo-qwen-'));
   await generateDemoDataset({ outDir: datasetDir, trainRows: 24, testRows: 8, seed: 21 });
-  result = await runPipeline(stack, {
+  config = {
     name: 'qwen',
     model: { source: modelSource },
     dataset: { source: datasetDir },
@@ -55,7 +60,8 @@ beforeAll(async () => {
       { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
       { id: 'report', kind: 'report', needs: ['evaluate'] },
     ],
-  });
+  };
+  result = await runPipeline(stack, config);
 }, 900_000);
 
 afterAll(async () => {
@@ -121,5 +127,30 @@ describe('Qwen2.5-VL pipeline on the demo data', () => {
     expect(markdown).toContain('evaluated with PyTorch (the trainer evaluator, on CPU workers): Qwen2.5-VL cannot be exported to ONNX');
     expect(markdown).toContain('not computed by pytorch: generations');
     expect(markdown).toContain('preference accuracy (held-out)');
+  });
+
+  it('refuses evaluate.engine onnx on Qwen2.5-VL as a config error naming the field', async () => {
+    const err = await stack.client.workflow
+      .execute(PIPELINE_WORKFLOW, {
+        taskQueue: stack.queues.cpu,
+        workflowId: uniqueId('qwen-onnx'),
+        args: [
+          {
+            ...config,
+            evaluate: { ...config.evaluate, engine: 'onnx' },
+            stages: [
+              ...config.stages!.slice(0, 4),
+              { id: 'adapter', kind: 'adapter', params: { source: `s3://${TEST_BUCKET}/${result.trainings.train!.adapterPrefix}` } },
+              { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'adapter'] },
+            ],
+          },
+        ],
+      })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    let cause: unknown = (err as WorkflowFailedError).cause;
+    while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
+    expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
+    expect((cause as ApplicationFailure).message).toContain('stage "evaluate": evaluate.engine: onnx cannot score Qwen2.5-VL');
   });
 });
