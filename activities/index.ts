@@ -6,6 +6,7 @@ import { Context } from '@temporalio/activity';
 import type { ActivityDeps } from '../io/deps.js';
 import { downloadDataset } from './data/download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluation/evaluate.js';
+import { scorePreferenceShardTorch } from './evaluation/torchScoring.js';
 import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
 import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
@@ -44,6 +45,7 @@ export function createCpuActivities(deps: ActivityDeps) {
     shardDataset: bind(shardDataset, deps),
     prepareEvaluation: bind(prepareEvaluation, deps),
     scorePreferenceShard: bind(scorePreferenceShard, deps),
+    scorePreferenceShardTorch: bind(scorePreferenceShardTorch, deps),
     scoreAmberShard: bind(scoreAmberShard, deps),
     generateExamples: bind(generateExamples, deps),
     finishEvaluation: bind(finishEvaluation, deps),

@@ -332,7 +332,8 @@ async function direct(i: number): Promise<ArmRun> {
       evaluate: settings,
       imageLongestEdge: stageSettings(config, 'format', {}).image_longest_edge,
     });
-    const scoring = { bucket, modelSource, onnx: p.onnx, threads: settings.ort_threads, batchSize: settings.batch_size };
+    // The bench model (LLaVA) always exports: the ONNX engine.
+    const scoring = { bucket, modelSource, onnx: p.onnx!, threads: settings.ort_threads, batchSize: settings.batch_size };
     const [preference, amber, generations] = await Promise.all([
       Promise.all(p.preferenceShards.map((shard) => a.scorePreferenceShard({ ...scoring, shard, beta }))),
       p.amber ? Promise.all(p.amber.ranges.map((range) => a.scoreAmberShard({ ...scoring, suiteKey: p.amber!.key, range }))) : Promise.resolve(null),

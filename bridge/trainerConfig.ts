@@ -184,3 +184,8 @@ export function referenceRunConfig(run: { modelDir: string; shards: string[]; ou
 export function exportRunConfig(run: { modelDir: string; adapterDir: string | null; outDir: string }): TrainerConfigFile<'ExportConfig'> {
   return { model_dir: run.modelDir, adapter_dir: run.adapterDir, out_dir: run.outDir };
 }
+
+/** Held-out pairs scored on the CPU (the pytorch evaluate engine): same device as onnxruntime's, float32. */
+export function evalRunConfig(run: { modelDir: string; adapterDir: string | null; shards: string[]; batchSize: number; beta: number }): TrainerConfigFile<'EvalConfig'> {
+  return { model_dir: run.modelDir, adapter_dir: run.adapterDir, shards: run.shards, batch_size: run.batchSize, beta: run.beta, device: 'cpu', dtype: 'float32' };
+}

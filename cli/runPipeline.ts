@@ -204,6 +204,7 @@ const RESUMABLE_ACTIVITIES = new Set([
   'trainModel',
   'prepareEvaluation',
   'scorePreferenceShard',
+  'scorePreferenceShardTorch',
   'scoreAmberShard',
   'generateExamples',
   'finishEvaluation',

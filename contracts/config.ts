@@ -344,6 +344,12 @@ export const EvaluateSchema = z.strictObject({
   generations: z.int().min(0).max(32).default(4).describe('held-out prompts answered greedily by base and DPO for the report'),
   max_new_tokens: z.int().positive().max(256).default(16).describe('tokens per greedy answer'),
   ort_threads: z.int().positive().max(64).default(1).describe('onnxruntime intra-op threads per scoring activity'),
+  engine: z
+    .enum(['auto', 'onnx', 'pytorch'])
+    .default('auto')
+    .describe(
+      'scoring engine: onnx (onnxruntime-node on ONNX exports), pytorch (the trainer evaluator: held-out pair metrics only), auto (onnx unless the model family cannot be exported, e.g. Qwen2-VL)',
+    ),
 });
 
 export const QueuesSchema = z.strictObject({

@@ -130,3 +130,14 @@ export function amberMetrics(c: AmberCounts): Record<string, YesNoMetrics> {
   const overall = Object.values(c).reduce(addYesNoCounts, emptyYesNoCounts());
   return { overall: yesNoMetrics(overall), ...Object.fromEntries(Object.entries(c).sort().map(([k, v]) => [k, yesNoMetrics(v)])) };
 }
+
+/** Counts back from the trainer evaluator's means (its eval_result), so its shards sum like the ONNX engine's. */
+export function countsFromMetrics(m: EvalMetrics): PreferenceCounts {
+  return {
+    pairs: m.samples,
+    preferred: Math.round(m.preference_accuracy * m.samples),
+    rewardCorrect: Math.round(m.reward_accuracy * m.samples),
+    rewardMarginSum: m.reward_margin_mean * m.samples,
+    logpMarginSum: m.logp_margin_mean * m.samples,
+  };
+}

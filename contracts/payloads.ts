@@ -5,6 +5,7 @@
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
 import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
+import type { EvalEngine } from './evalEngine.js';
 import type { RunLineage } from './lineage.js';
 import type { TrainingControl } from './progress.js';
 import type { Interruptions } from './attempts.js';
@@ -267,12 +268,20 @@ export interface EvaluateInput {
   evaluate: PipelineConfig['evaluate'];
   /** Thumbnail edge of the format stage, applied to the AMBER suite's images too. */
   imageLongestEdge?: number;
+  /** Names `evaluate.engine` in errors: the config field or the stage's params override. */
+  engineField?: string;
 }
 
 /** What the evaluation fans out over: the ONNX exports and the shards to score with them. */
 export interface EvaluationPlan {
-  /** s3 prefixes (in `bucket`) of the two ONNX exports, each a folder with model.onnx. */
-  onnx: { base: string; trained: string };
+  /** Absent in plans of older workers, which only had onnxruntime-node (contracts/evalEngine.ts). */
+  engine?: EvalEngine;
+  /** Why that engine (the stage summary and the report name it). */
+  engineReason?: string;
+  /** Requested metrics the engine does not compute, each with its reason (pytorch: the yes/no suite, generations). */
+  notComputed?: string[];
+  /** s3 prefixes (in `bucket`) of the two ONNX exports, each a folder with model.onnx; null with the pytorch engine. */
+  onnx: { base: string; trained: string } | null;
   /** True when the base model's export came from an earlier run (content-addressed). */
   baseExportCached: boolean;
   preferenceShards: Array<{ key: string; sha256: string; rows: number }>;
@@ -284,7 +293,7 @@ export interface EvaluationPlan {
 export interface ScoreShardInput {
   bucket: string;
   modelSource: string;
-  onnx: EvaluationPlan['onnx'];
+  onnx: NonNullable<EvaluationPlan['onnx']>;
   threads: number;
   batchSize: number;
 }
@@ -309,10 +318,13 @@ export interface EvaluateResult {
   metricsKey: string;
   /** s3:// location of the adapter that was evaluated. */
   adapter: string;
-  onnx?: EvaluationPlan['onnx'];
+  onnx?: EvaluationPlan['onnx'] | undefined;
   /** The base model's ONNX export was reused from an earlier run. */
   baseExportCached?: boolean;
-  engine?: string;
+  engine?: EvalEngine;
+  engineReason?: string;
+  /** Requested metrics this engine did not compute, each with its reason. */
+  notComputed?: string[];
 }
 
 /**

@@ -510,3 +510,19 @@ export const TRAINER_EXIT_CODES = {
   "PREEMPTED": 75,
   "OUT_OF_MEMORY": 76
 } as const;
+
+/** config.json model_type -> family name, for the families the ONNX exporter refuses. */
+export const ONNX_UNEXPORTABLE_MODEL_TYPES = {
+  "qwen2_vl": {
+    "family": "Qwen2-VL",
+    "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+  },
+  "qwen2_5_vl": {
+    "family": "Qwen2.5-VL",
+    "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+  },
+  "gemma3": {
+    "family": "Gemma 3",
+    "reason": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the exported scoring graph, whose mask is causal"
+  }
+} as const;

@@ -9,7 +9,7 @@ import type { StageAttempts } from '../contracts/attempts.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import type { PipelineConfig } from '../contracts/config.js';
 import { sweepRows, type SweepBranch } from '../contracts/sweep.js';
-import type { EvaluateResult, ReportResult, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
+import type { EvaluateResult, EvaluationPlan, ReportResult, ScoreShardInput, StageResult, StageTimeline, TrainResult } from '../contracts/payloads.js';
 import { keys, trainingWorkflowId } from '../contracts/keys.js';
 import { dpoTraining } from './training.js';
 import { formatSplitInput, splitLabels } from '../contracts/splitSpec.js';
@@ -258,24 +258,45 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         evaluate: settings,
         // Sized like the images this run's format stage produced (its params override config.format).
         imageLongestEdge: stageSettings(config, 'format', upstreamStage(ctx.plan, stage, 'format')?.params ?? {}).image_longest_edge,
+        engineField: 'engine' in stage.params ? `stage "${stage.id}" params.engine` : 'evaluate.engine',
       });
-      const scoring = { bucket, modelSource, onnx: plan.onnx, threads: settings.ort_threads, batchSize: settings.batch_size };
-      const [preference, amber, generations] = await Promise.all([
-        Promise.all(plan.preferenceShards.map((shard) => acts.scorePreferenceShard({ ...scoring, shard, beta }))),
-        plan.amber ? Promise.all(plan.amber.ranges.map((range) => acts.scoreAmberShard({ ...scoring, suiteKey: plan.amber!.key, range }))) : Promise.resolve(null),
-        settings.generations > 0 && plan.preferenceShards.length
-          ? acts.generateExamples({ ...scoring, runId, stageId: stage.id, shard: plan.preferenceShards[0]!, count: settings.generations, maxNewTokens: settings.max_new_tokens })
-          : Promise.resolve([]),
-      ]);
-      const evaluation = await acts.finishEvaluation({ runId, stageId: stage.id, bucket, adapter: adapterUri, onnx: plan.onnx, baseExportCached: plan.baseExportCached, preference, amber, generations });
+      // The plan names the engine (from the model's family); plans without one are ONNX.
+      const [preference, amber, generations] =
+        plan.engine === 'pytorch'
+          ? [
+              await Promise.all(
+                plan.preferenceShards.map((shard) =>
+                  acts.scorePreferenceShardTorch({ runId, stageId: stage.id, bucket, modelSource, adapterBucket: adapter.bucket, adapterPrefix: adapter.prefix, shard, beta, batchSize: settings.batch_size }),
+                ),
+              ),
+              null,
+              [],
+            ]
+          : await scoreWithOnnx(acts, { bucket, modelSource, onnx: plan.onnx!, threads: settings.ort_threads, batchSize: settings.batch_size }, plan, { runId, stageId: stage.id, beta, settings });
+      const evaluation = await acts.finishEvaluation({
+        runId,
+        stageId: stage.id,
+        bucket,
+        adapter: adapterUri,
+        onnx: plan.onnx,
+        baseExportCached: plan.baseExportCached,
+        ...(plan.engine && { engine: plan.engine }),
+        ...(plan.engineReason && { engineReason: plan.engineReason }),
+        ...(plan.notComputed && { notComputed: plan.notComputed }),
+        preference,
+        amber,
+        generations,
+      });
       return {
         evaluation,
         cached: false,
         summary: {
+          engine: evaluation.engine ?? 'onnxruntime-node',
           base_accuracy: evaluation.base.preference_accuracy,
           dpo_accuracy: evaluation.trained.preference_accuracy,
           ...(evaluation.amber && { base_amber_f1: evaluation.amber.base.overall!.f1, dpo_amber_f1: evaluation.amber.trained.overall!.f1 }),
-          base_export: plan.baseExportCached ? 'cached' : 'exported',
+          ...(plan.onnx && { base_export: plan.baseExportCached ? 'cached' : 'exported' }),
+          ...(plan.notComputed?.length && { not_computed: plan.notComputed.join('; ') }),
         },
       };
     }
@@ -338,4 +359,21 @@ function adapterStage(ctx: RunContext, stage: PlannedStage): PlannedStage {
 function planToMermaidWithStates(ctx: RunContext): string {
   const states = Object.fromEntries(ctx.timeline().map((t) => [t.id, t.cached ? 'cached' : t.state]));
   return planToMermaid(ctx.plan, states);
+}
+
+/** The ONNX engine's scoring, fanned out: held-out shards, yes/no suite ranges, greedy answers. */
+async function scoreWithOnnx(
+  acts: Activities,
+  scoring: ScoreShardInput,
+  plan: EvaluationPlan,
+  at: { runId: string; stageId: string; beta: number; settings: PipelineConfig['evaluate'] },
+) {
+  const { settings } = at;
+  return Promise.all([
+    Promise.all(plan.preferenceShards.map((shard) => acts.scorePreferenceShard({ ...scoring, shard, beta: at.beta }))),
+    plan.amber ? Promise.all(plan.amber.ranges.map((range) => acts.scoreAmberShard({ ...scoring, suiteKey: plan.amber!.key, range }))) : Promise.resolve(null),
+    settings.generations > 0 && plan.preferenceShards.length
+      ? acts.generateExamples({ ...scoring, runId: at.runId, stageId: at.stageId, shard: plan.preferenceShards[0]!, count: settings.generations, maxNewTokens: settings.max_new_tokens })
+      : Promise.resolve([]),
+  ]);
 }

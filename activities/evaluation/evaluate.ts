@@ -11,6 +11,9 @@
  *   finishEvaluation       sums the shards' counts into metrics and stores them
  *
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
+ * Families the exporter cannot build a correct graph for (contracts/evalEngine.ts, decided here
+ * from the model's config.json before any export) are scored by the pytorch engine instead:
+ * prepareEvaluation then plans the shards only, and ./torchScoring.ts scores them.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
@@ -49,6 +52,7 @@ import { listFilesRecursive, sha256Hex } from '../../io/files.js';
 import { withHeartbeat } from '../heartbeat.js';
 import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { modelFingerprint } from '../../io/fingerprint.js';
+import { chooseEvalEngine, EngineChoiceError, pytorchOmissions, type EngineChoice, type EvalEngine } from '../../contracts/evalEngine.js';
 
 const exportFailure = (err: unknown): never => {
   if (err instanceof OnnxExportError) {
@@ -63,6 +67,19 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
   return withHeartbeat({ phase: 'exporting' }, async () => {
     const { storage } = deps;
     const modelDir = await stageModel(deps, input.modelSource);
+    const manifest = await storage.getJson<ShardManifest>(input.bucket, input.shards.manifestKey);
+    const split = manifest.splits[input.evalSplit];
+    if (!split) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": the shards have no split "${input.evalSplit}"`, FailureType.InvalidDataset);
+    const preferenceShards = split.shards.map((s) => ({ key: s.key, sha256: s.sha256, rows: s.rows }));
+    const imageLongestEdge = input.imageLongestEdge ?? (await defaultImageEdge(modelDir));
+
+    // The engine follows from the model's family, before anything is exported.
+    const choice = await engineFor(modelDir, input);
+    if (choice.engine === 'pytorch') {
+      const notComputed = pytorchOmissions(input.evaluate);
+      return { engine: 'pytorch', engineReason: choice.reason, notComputed, onnx: null, baseExportCached: false, preferenceShards, amber: null, imageLongestEdge };
+    }
+
     const work = join(deps.workDir, 'runs', input.runId, `${input.stageId}-${ctx.info.attempt}-${process.pid}`);
     await rm(work, { recursive: true, force: true });
     await mkdir(work, { recursive: true });
@@ -105,17 +122,15 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
         await storage.uploadDir(input.bucket, dir, trainedPrefix, 'manifest.json');
       }
 
-      const manifest = await storage.getJson<ShardManifest>(input.bucket, input.shards.manifestKey);
-      const split = manifest.splits[input.evalSplit];
-      if (!split) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": the shards have no split "${input.evalSplit}"`, FailureType.InvalidDataset);
-      const imageLongestEdge = input.imageLongestEdge ?? (await defaultImageEdge(modelDir));
       const amber = input.evaluate.amber_suite
         ? await stageAmberSuite(deps, input, imageLongestEdge)
         : null;
       return {
+        engine: 'onnxruntime-node',
+        engineReason: choice.reason,
         onnx: { base: basePrefix, trained: trainedPrefix },
         baseExportCached: base.cached,
-        preferenceShards: split.shards.map((s) => ({ key: s.key, sha256: s.sha256, rows: s.rows })),
+        preferenceShards,
         amber,
         imageLongestEdge,
       };
@@ -123,6 +138,25 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
       await rm(work, { recursive: true, force: true });
     }
   });
+}
+
+/** contracts/evalEngine.ts on the model folder's config.json; `evaluate.engine: onnx` on a family that cannot export is the config's error. */
+async function engineFor(modelDir: string, input: EvaluateInput): Promise<EngineChoice> {
+  // A missing or broken config.json is the exporter's to report (it names the model folder).
+  const text = await readFile(join(modelDir, 'config.json'), 'utf8').catch(() => '{}');
+  const config = ((): { model_type?: unknown } => {
+    try {
+      return JSON.parse(text) as { model_type?: unknown };
+    } catch {
+      return {};
+    }
+  })();
+  try {
+    return chooseEvalEngine(input.evaluate.engine, String(config.model_type ?? ''), input.engineField);
+  } catch (err) {
+    if (err instanceof EngineChoiceError) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": ${err.message}`, FailureType.InvalidConfig);
+    throw err;
+  }
 }
 
 /** Reads the suite (every row checked), thumbnails its images like the format stage, stores one file. */
@@ -372,6 +406,10 @@ export async function finishEvaluation(
     adapter: string;
     onnx: EvaluationPlan['onnx'];
     baseExportCached: boolean;
+    /** Absent from workflows started before the pytorch engine: onnxruntime-node. */
+    engine?: EvalEngine;
+    engineReason?: string;
+    notComputed?: string[];
     preference: Array<{ base: PreferenceCounts; trained: PreferenceCounts }>;
     amber: Array<{ base: AmberCounts; trained: AmberCounts }> | null;
     generations: GeneratedExample[];
@@ -386,9 +424,10 @@ export async function finishEvaluation(
     generations: input.generations,
     metricsKey: keys.evalMetrics(input.runId, input.stageId),
     adapter: input.adapter,
-    onnx: input.onnx,
-    baseExportCached: input.baseExportCached,
-    engine: 'onnxruntime-node',
+    ...(input.onnx && { onnx: input.onnx, baseExportCached: input.baseExportCached }),
+    engine: input.engine ?? 'onnxruntime-node',
+    ...(input.engineReason && { engineReason: input.engineReason }),
+    ...(input.notComputed?.length && { notComputed: input.notComputed }),
   };
   const { metricsKey: _key, ...stored } = result;
   await deps.storage.putJson(input.bucket, result.metricsKey, stored);

@@ -12,7 +12,7 @@
 import type { EvalMetrics, YesNoMetrics } from '../../contracts/evalMetrics.js';
 import { keys } from '../../contracts/keys.js';
 import { attemptCells } from '../../contracts/attempts.js';
-import type { GeneratedExample, ReportInput, ReportResult } from '../../contracts/payloads.js';
+import type { EvaluateResult, GeneratedExample, ReportInput, ReportResult } from '../../contracts/payloads.js';
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
 import { renderSweepTable } from '../../contracts/sweep.js';
 import type { ActivityDeps } from '../../io/deps.js';
@@ -279,6 +279,17 @@ function generationRows(input: ReportInput): Array<{ stage: string; g: Generated
   return Object.entries(input.evaluations).flatMap(([stage, e]) => (e.generations ?? []).map((g) => ({ stage, g })));
 }
 
+/** Which engine scored an evaluate stage, and what it did not compute: never a silent fallback. */
+function engineLines(id: string, e: EvaluateResult, s3: (key: string) => string, named: boolean): string[] {
+  if (!e.engine) return [];
+  const who = named ? `${id}: ` : '';
+  const how = e.engine === 'pytorch' ? 'PyTorch (the trainer evaluator, on CPU workers)' : `${e.engine} on ONNX exports (base: \`${s3(e.onnx?.base ?? '')}\`)`;
+  return [
+    `- ${who}evaluated with ${how}${e.engineReason ? `: ${e.engineReason}` : ''}`,
+    ...(e.notComputed ?? []).map((what) => `- ${who}not computed by ${e.engine}: ${what}`),
+  ];
+}
+
 function renderMarkdown({ input, charts, prefix }: ReportView): string {
   const s3 = (key: string) => `s3://${input.bucket}/${key}`;
   const evaluations = Object.entries(input.evaluations);
@@ -289,7 +300,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
     '',
     `- model: \`${input.config.model.source}\`${input.modelRevision ? ` at commit \`${input.modelRevision}\`` : ''}`,
     `- dataset: \`${input.config.dataset.source}\`${anyEval ? ` (${anyEval.base.samples} held-out pairs)` : ''}`,
-    ...(anyEval?.engine ? [`- evaluated with ${anyEval.engine} on ONNX exports (base: \`${s3(anyEval.onnx?.base ?? '')}\`)`] : []),
+    ...evaluations.flatMap(([id, e]) => engineLines(id, e, s3, evaluations.length > 1)),
     '',
     '## Evaluation: base vs DPO',
     '',

@@ -17,7 +17,6 @@ import type { ShardManifest } from '../../activities/data/shard.js';
 import { storageEnvFromProcess } from '../../io/storage.js';
 import { writeAmberSuite } from '../../datagen/amber.js';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
-import { trainerPython } from '../../io/deps.js';
 import type { ReportResult } from '../../contracts/payloads.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
@@ -162,31 +161,46 @@ describe('dpoPipeline end to end', () => {
     expect(stored.trained).toEqual(trained);
   });
 
-  it('agrees with the PyTorch evaluator on the same shards and adapter', async () => {
+  it('agrees with the pytorch engine on the same shards and adapter, which names what it leaves out', async () => {
     const evaluation = result.evaluations.evaluate!;
-    const work = await mkdtemp(join(tmpdir(), 'dpo-torch-eval-'));
-    const manifest = await stack.deps.storage.getJson<ShardManifest>(TEST_BUCKET, result.dataStages.shard!.manifestKey);
-    const shards: string[] = [];
-    for (const [i, s] of manifest.splits.test!.shards.entries()) {
-      shards.push(join(work, `shard-${i}.parquet`));
-      await stack.deps.storage.downloadFile(TEST_BUCKET, s.key, shards[i]!);
-    }
-    const adapterDir = join(work, 'adapter');
-    await stack.deps.storage.downloadPrefix(TEST_BUCKET, result.trainings.train!.adapterPrefix, adapterDir);
-    const torch = async (adapter: string | null) => {
-      const configPath = join(work, `eval-${adapter ? 'trained' : 'base'}.json`);
-      await writeFile(configPath, JSON.stringify({ model_dir: inject('modelDir'), adapter_dir: adapter, shards, batch_size: 16, beta: 0.1, device: 'cpu' }));
-      const { stdout } = await exec(trainerPython(), ['-m', 'dpo_trainer.evaluate', '--config', configPath], { env: { ...process.env, OMP_NUM_THREADS: '1' } });
-      return JSON.parse(stdout.trim().split('\n').at(-1)!).metrics as Record<string, number>;
-    };
-    for (const [name, ort] of [['base', evaluation.base], ['trained', evaluation.trained]] as const) {
-      const ref = await torch(name === 'base' ? null : adapterDir);
+    // An evaluation-only run of the trained adapter (the data stages are cached), scored by the
+    // trainer's PyTorch evaluator instead of onnxruntime-node.
+    const torchRun: PipelineResult = await stack.client.workflow.execute(PIPELINE_WORKFLOW, {
+      taskQueue: stack.queues.cpu,
+      workflowId: uniqueId('e2e-torch'),
+      args: [
+        smallConfig({
+          stages: [
+            { id: 'download', kind: 'download' },
+            { id: 'format', kind: 'format', needs: ['download'] },
+            { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
+            { id: 'shard', kind: 'shard', needs: ['tokenize'] },
+            { id: 'adapter', kind: 'adapter', params: { source: `s3://${TEST_BUCKET}/${result.trainings.train!.adapterPrefix}` } },
+            { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'adapter'], params: { engine: 'pytorch' } },
+            { id: 'report', kind: 'report', needs: ['evaluate'] },
+          ],
+        }),
+      ],
+    });
+    const torch = torchRun.evaluations.evaluate!;
+    expect(torch.engine).toBe('pytorch');
+    expect(torch.onnx).toBeUndefined();
+    for (const [ort, ref] of [[evaluation.base, torch.base], [evaluation.trained, torch.trained]] as const) {
       expect(ort.samples).toBe(ref.samples);
       expect(ort.preference_accuracy).toBe(ref.preference_accuracy);
       expect(ort.reward_accuracy).toBe(ref.reward_accuracy);
-      expect(ort.reward_margin_mean).toBeCloseTo(ref.reward_margin_mean!, 4);
-      expect(ort.logp_margin_mean).toBeCloseTo(ref.logp_margin_mean!, 3);
+      expect(ort.reward_margin_mean).toBeCloseTo(ref.reward_margin_mean, 4);
+      expect(ort.logp_margin_mean).toBeCloseTo(ref.logp_margin_mean, 3);
     }
+    // The config asks for the yes/no suite and generations, which only the ONNX engine computes:
+    // said in the result, the stage summary and the report, not silently dropped.
+    expect(torch.amber).toBeUndefined();
+    expect(torch.notComputed?.map((w) => w.split(' ')[0])).toEqual(['amber_suite', 'generations']);
+    const line = torchRun.timeline.find((t) => t.id === 'evaluate') as { summary?: Record<string, number | string> };
+    expect(line.summary).toMatchObject({ engine: 'pytorch', not_computed: expect.stringContaining('amber_suite') });
+    const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, torchRun.reports.report!.markdownKey)).toString();
+    expect(markdown).toContain('evaluated with PyTorch (the trainer evaluator, on CPU workers): stage "evaluate" params.engine is pytorch');
+    expect(markdown).toContain('not computed by pytorch: amber_suite');
   });
 
   it('scores the AMBER-style yes/no suite, overall and per question kind', () => {

@@ -289,6 +289,24 @@ class ReferenceConfig:
         return []
 
 
+# Model families (config.json `model_type`) whose scoring graph the ONNX exporter does not build,
+# with the family's name and why. Exporting them anyway would score with the wrong positions or
+# mask. The exporter refuses them, and the pipeline's evaluate stage scores them with PyTorch
+# instead (generated into contracts/trainerContract.generated.ts for it).
+_MROPE = "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+ONNX_UNEXPORTABLE_MODEL_TYPES: dict[str, dict[str, str]] = {
+    "qwen2_vl": {"family": "Qwen2-VL", "reason": _MROPE},
+    "qwen2_5_vl": {"family": "Qwen2.5-VL", "reason": _MROPE},
+    # Gemma 3's text model (sliding-window and global layers, q/k norms, two rotary bases) is not
+    # the graph's, and its image tokens attend to each other bidirectionally (token_type_ids).
+    "gemma3": {
+        "family": "Gemma 3",
+        "reason": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the"
+        " exported scoring graph, whose mask is causal",
+    },
+}
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """`python -m dpo_trainer.export --config CONFIG.json`."""

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from .cli import run_command
-from .config import ExportConfig, load_config
+from .config import ONNX_UNEXPORTABLE_MODEL_TYPES, ExportConfig, load_config
 from .errors import ExitCode, ModelLoadError
 from .evaluate import load_adapter
 from .events import claim_stdout
@@ -200,23 +200,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-# Families whose scoring graph this exporter does not build yet. Qwen2-VL's M-RoPE positions
-# come from each image's grid (get_rope_index), which the packed graph's 1-D position ids and
-# rotary table cannot express; exporting it anyway would score with the wrong positions.
-NOT_EXPORTABLE = {
-    "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "gemma3": "Gemma 3",
-}
-# Why, where it is not the M-RoPE positions. Gemma 3's text model (sliding-window and global
-# layers, q/k norms, two rotary bases) is not the graph's, and its image tokens attend to each
-# other bidirectionally (token_type_ids), which the graph's causal mask cannot express.
-NOT_EXPORTABLE_BECAUSE = {
-    "gemma3": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the"
-    " exported scoring graph, whose mask is causal",
-}
-
-
 def refuse_unexportable(model_dir: str) -> None:
     """Refuse, before loading any weights, a family whose export would not score correctly."""
     config_file = Path(model_dir) / "config.json"
@@ -224,15 +207,12 @@ def refuse_unexportable(model_dir: str) -> None:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (OSError, json.JSONDecodeError):
         return  # load_base_model reports a missing or broken config itself
-    if model_type in NOT_EXPORTABLE:
+    if model_type in ONNX_UNEXPORTABLE_MODEL_TYPES:
+        refused = ONNX_UNEXPORTABLE_MODEL_TYPES[model_type]
         raise ModelLoadError(
-            f"{model_dir}: ONNX export of {NOT_EXPORTABLE[model_type]} is not supported ("
-            + NOT_EXPORTABLE_BECAUSE.get(
-                model_type, "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
-            )
-            + "), so the evaluate"
-            " stage cannot score this model; score held-out shards with PyTorch instead:"
-            " python -m dpo_trainer.evaluate (same preference metrics), or leave evaluate out of the run's stages"
+            f"{model_dir}: ONNX export of {refused['family']} is not supported ({refused['reason']}); score it with"
+            " PyTorch instead: python -m dpo_trainer.evaluate (the pipeline's evaluate stage does so with"
+            " evaluate.engine auto or pytorch)"
         )
 
 

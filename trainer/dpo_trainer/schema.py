@@ -32,6 +32,7 @@ from .config import (
     LabelSmoothingLossType,
     LoraSettings,
     LossType,
+    ONNX_UNEXPORTABLE_MODEL_TYPES,
     ReferenceConfig,
     ReportTo,
     SchedulerType,
@@ -149,7 +150,9 @@ def typescript(schema: dict[str, Any], codes: dict[str, Any]) -> str:
         f"// {GENERATED_BY}\n"
         f"// The constants are {CONFIG_SCHEMA} and {EXIT_CODES}, verbatim, with literal types.\n\n"
         f"export const TRAINER_CONFIG_SCHEMA = {body(schema)} as const;\n\n"
-        f"export const TRAINER_EXIT_CODES = {body(codes['exit_codes'])} as const;\n"
+        f"export const TRAINER_EXIT_CODES = {body(codes['exit_codes'])} as const;\n\n"
+        "/** config.json model_type -> family name, for the families the ONNX exporter refuses. */\n"
+        f"export const ONNX_UNEXPORTABLE_MODEL_TYPES = {body(ONNX_UNEXPORTABLE_MODEL_TYPES)} as const;\n"
     )
 
 
