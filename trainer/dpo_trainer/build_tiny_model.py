@@ -231,6 +231,12 @@ def write_tiny_llava(out: Path, seed: int = 0, size: TinyLlavaSize | None = None
     model = build_model(size, tokenizer, seed)
     processor = build_processor(size, tokenizer)
     model.save_pretrained(out)
+    save_processor(processor, out, CHAT_TEMPLATE)
+    return out
+
+
+def save_processor(processor, out: Path, chat_template: str) -> None:
+    """Writes the processor the way every reader of the folder finds it."""
     # The processor saves the tokenizer (tokenizer.json, tokenizer_config.json), the image
     # processor and chat_template.jinja.
     processor.save_pretrained(out)
@@ -241,12 +247,11 @@ def write_tiny_llava(out: Path, seed: int = 0, size: TinyLlavaSize | None = None
     # (and some JS tooling) look in tokenizer_config.json, so write it there too.
     tokenizer_config_path = out / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_config_path.read_text())
-    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config["chat_template"] = chat_template
     # transformers 5 records its internal backend name here; "PreTrainedTokenizerFast" is the
     # name every reader knows (transformers 4 and 5, transformers.js) for a plain tokenizer.json.
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
-    return out
 
 
 # Qwen/Qwen2.5-VL-7B-Instruct's (and Qwen2-VL-7B-Instruct's) chat template.
@@ -385,13 +390,7 @@ def write_tiny_qwen2_5_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = 
         temporal_patch_size=2,
     )
     processor = image_only_processor_class("Qwen2_5_VLProcessor")(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    processor.image_processor.save_pretrained(out)
-    tokenizer_config_path = out / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text())
-    tokenizer_config["chat_template"] = QWEN2_VL_CHAT_TEMPLATE
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    save_processor(processor, out, QWEN2_VL_CHAT_TEMPLATE)
     return out
 
 
@@ -550,13 +549,7 @@ def write_tiny_gemma3(out: Path, seed: int = 0, size: TinyGemma3Size | None = No
         image_std=[0.5, 0.5, 0.5], do_pan_and_scan=None,
     )
     processor = Gemma3Processor(image_processor, tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=size.image_tokens)
-    processor.save_pretrained(out)
-    processor.image_processor.save_pretrained(out)
-    tokenizer_config_path = out / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text())
-    tokenizer_config["chat_template"] = GEMMA3_CHAT_TEMPLATE
-    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    save_processor(processor, out, GEMMA3_CHAT_TEMPLATE)
     return out
 
 
