@@ -5,8 +5,9 @@
  * not the tokenizer) and expands every `<start_of_image>` into the processor's block of soft
  * tokens; the trainer checks each prompt's soft-token count against mm_tokens_per_image before
  * step 1 and builds the pixels and the bidirectional image mask (token_type_ids) per batch, so a
- * finished train stage means Node and transformers agreed on every sample. Evaluation is not part
- * of this run: the ONNX exporter refuses Gemma 3 by name (tested in the trainer).
+ * finished train stage means Node and transformers agreed on every sample. Then evaluate ->
+ * report: the ONNX exporter cannot express Gemma 3's bidirectional image mask, so
+ * `evaluate.engine: auto` picks the pytorch engine from the model's family up front.
  */
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -40,6 +41,7 @@ beforeAll(async () => {
     tokenize: { max_length: 256, max_prompt_length: 192 },
     shard: { samples_per_shard: 16 },
     train: { epochs: 1, per_device_train_batch_size: 4, gradient_accumulation_steps: 2, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 2, seed: 3 },
+    evaluate: { batch_size: 4, generations: 0 },
     queues: stack.queues,
     storage: { bucket: TEST_BUCKET },
     stages: [
@@ -48,6 +50,8 @@ beforeAll(async () => {
       { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
       { id: 'shard', kind: 'shard', needs: ['tokenize'] },
       { id: 'train', kind: 'train', needs: ['shard'] },
+      { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
+      { id: 'report', kind: 'report', needs: ['evaluate'] },
     ],
   });
 }, 900_000);
@@ -58,7 +62,7 @@ afterAll(async () => {
 
 describe('Gemma 3 pipeline on the demo data', () => {
   it('runs every stage and keeps every row', async () => {
-    expect(result.timeline.map((t) => [t.id, t.state])).toEqual(['download', 'format', 'tokenize', 'shard', 'train'].map((s) => [s, 'done']));
+    expect(result.timeline.map((t) => [t.id, t.state])).toEqual(['download', 'format', 'tokenize', 'shard', 'train', 'evaluate', 'report'].map((s) => [s, 'done']));
     const tokenize = await stack.deps.storage.getJson<TokenizeManifest>(TEST_BUCKET, result.dataStages.tokenize!.manifestKey);
     expect(tokenize.splits.train!.rows).toBe(24);
     expect(tokenize.splits.train!.dropped).toEqual({});
@@ -85,5 +89,18 @@ describe('Gemma 3 pipeline on the demo data', () => {
     // 24 pairs / (4 x 2) = 3 optimizer steps.
     expect(train.finalStep).toBe(3);
     expect(train.checkpointKeys.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('evaluates base and DPO model with the pytorch engine, chosen from the family, and reports why', async () => {
+    const evaluation = result.evaluations.evaluate!;
+    expect(evaluation.engine).toBe('pytorch');
+    expect(evaluation.engineReason).toContain('Gemma 3 cannot be exported to ONNX');
+    for (const side of [evaluation.base, evaluation.trained]) expect(side.samples).toBe(8);
+    // The base model is its own reference; training moved the policy away from it.
+    expect(evaluation.base.reward_margin_mean).toBe(0);
+    expect(evaluation.trained.reward_margin_mean).not.toBe(0);
+    expect(evaluation.notComputed ?? []).toEqual([]); // no AMBER suite or generations were asked for
+    const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
+    expect(markdown).toContain('evaluated with PyTorch (the trainer evaluator, on CPU workers): Gemma 3 cannot be exported to ONNX');
   });
 });
