@@ -20,18 +20,17 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from demo_data import SHARD_SCHEMA, generate_pairs
+from family_kit import lora_train_config, processor_rows, two_shards, write_rows
 
-# (width, height) of the thumbnails, cycled over the pairs: square, landscape, portrait, a strip
-# (the processor resizes each to 32 x 32).
-SIZES = [(48, 48), (64, 40), (30, 60), (80, 16), (56, 56), (20, 44)]
+
+def gemma_rows(processor, n: int, seed: int) -> list[dict]:
+    return processor_rows(processor, n, seed, "gemma3", prompt_special_tokens=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,68 +47,15 @@ def processor(gemma_model_dir):
     return AutoProcessor.from_pretrained(gemma_model_dir, local_files_only=True)
 
 
-def sized_jpeg(jpeg: bytes, size: tuple[int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.open(io.BytesIO(jpeg)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=90)
-    return out.getvalue()
-
-
-def texts(processor, question: str, answer: str) -> tuple[str, str]:
-    """TRL's maybe_apply_chat_template split (what the Node format stage stores for Gemma 3)."""
-    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    prompt = processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
-    whole = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False)
-    assert whole.startswith(prompt)
-    return prompt, whole[len(prompt):]
-
-
-def gemma_rows(processor, n: int, seed: int) -> list[dict]:
-    """Shard rows as the Node stages make them: image tokens expanded by the processor itself."""
-    tokenizer = processor.tokenizer
-    rows = []
-    for i, pair in enumerate(generate_pairs(n, seed, "gemma3")):
-        image = sized_jpeg(pair.image_jpeg, SIZES[i % len(SIZES)])
-        prompt, chosen = texts(processor, pair.question, pair.chosen)
-        _, rejected = texts(processor, pair.question, pair.rejected)
-        # The template writes bos: tokenized without special tokens, as TRL's collator does.
-        prompt_ids = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], text=prompt, add_special_tokens=False)["input_ids"][0]
-        answer = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
-        rows.append({
-            "sample_id": pair.sample_id, "prompt_input_ids": [int(t) for t in prompt_ids],
-            "chosen_input_ids": answer(chosen), "rejected_input_ids": answer(rejected), "image": image,
-            # For TRL's collator: the same texts (the eos our tokenize stage appends, spelled out).
-            "_trl": {"prompt": prompt, "chosen": chosen + tokenizer.eos_token, "rejected": rejected + tokenizer.eos_token},
-        })
-    return rows
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    table = {name: [row[name] for row in rows] for name in SHARD_SCHEMA.names}
-    pq.write_table(pa.table(table, schema=SHARD_SCHEMA), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def gemma_shards(processor, tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("gemma-shards")
-    rows = gemma_rows(processor, 16, seed=5)
-    return [write_rows(folder / "train-000.parquet", rows[:8]), write_rows(folder / "train-001.parquet", rows[8:])]
+    return two_shards(folder, gemma_rows(processor, 16, seed=5))
 
 
 @pytest.fixture(scope="module")
 def gemma_config(gemma_model_dir, gemma_shards):
-    def make(output_dir: Path, **overrides):
-        config = {
-            "model_dir": str(gemma_model_dir), "train_shards": [str(p) for p in gemma_shards], "output_dir": str(output_dir),
-            "seed": 3, "epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
-            "learning_rate": 0.005, "lr_scheduler_type": "cosine", "warmup_ratio": 0.25,
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-            "checkpoint_every_steps": 2, "log_every_steps": 1, "dtype": "float32",
-        }
-        config.update(overrides)
-        return config
-
-    return make
+    return lambda output_dir, **overrides: lora_train_config(gemma_model_dir, gemma_shards, output_dir, **overrides)
 
 
 @pytest.fixture(scope="module")

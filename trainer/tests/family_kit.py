@@ -1,0 +1,77 @@
+"""What the per-family trainer tests share: shard rows made the way the Node stages make them
+(image tokens expanded by the family's own processor, prompt and answers split as TRL's
+maybe_apply_chat_template splits them), Parquet shards, and a small LoRA train config."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from demo_data import SHARD_SCHEMA, generate_pairs
+
+# (width, height) of the thumbnails, cycled over the pairs: square, landscape, portrait, a strip.
+SIZES = [(48, 48), (64, 40), (30, 60), (80, 16), (56, 56), (20, 44)]
+
+
+def sized_jpeg(jpeg: bytes, size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def texts(processor, question: str, answer: str) -> tuple[str, str]:
+    """TRL's maybe_apply_chat_template split (what the Node format stage stores)."""
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    prompt = processor.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    whole = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}], tokenize=False)
+    assert whole.startswith(prompt)
+    return prompt, whole[len(prompt):]
+
+
+def processor_rows(processor, n: int, seed: int, family: str, *, prompt_special_tokens: bool = True) -> list[dict]:
+    """Shard rows as the Node stages make them: image tokens expanded by the processor itself.
+    `prompt_special_tokens` False where the chat template writes bos itself (as TRL's collator
+    then tokenizes)."""
+    tokenizer = processor.tokenizer
+    rows = []
+    for i, pair in enumerate(generate_pairs(n, seed, family)):
+        image = sized_jpeg(pair.image_jpeg, SIZES[i % len(SIZES)])
+        prompt, chosen = texts(processor, pair.question, pair.chosen)
+        _, rejected = texts(processor, pair.question, pair.rejected)
+        prompt_ids = processor(images=[Image.open(io.BytesIO(image)).convert("RGB")], text=prompt, add_special_tokens=prompt_special_tokens)["input_ids"][0]
+        answer = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+        rows.append({
+            "sample_id": pair.sample_id, "prompt_input_ids": [int(t) for t in prompt_ids],
+            "chosen_input_ids": answer(chosen), "rejected_input_ids": answer(rejected), "image": image,
+            # For TRL's collator: the same texts (the eos our tokenize stage appends, spelled out).
+            "_trl": {"prompt": prompt, "chosen": chosen + tokenizer.eos_token, "rejected": rejected + tokenizer.eos_token},
+        })
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    table = {name: [row[name] for row in rows] for name in SHARD_SCHEMA.names}
+    pq.write_table(pa.table(table, schema=SHARD_SCHEMA), path)
+    return path
+
+
+def two_shards(folder: Path, rows: list[dict]) -> list[Path]:
+    half = len(rows) // 2
+    return [write_rows(folder / "train-000.parquet", rows[:half]), write_rows(folder / "train-001.parquet", rows[half:])]
+
+
+def lora_train_config(model_dir: Path, shards: list[Path], output_dir: Path, **overrides) -> dict:
+    """4 optimizer steps over 16 pairs (micro-batch 2 x 2), LoRA r=4 on all linear layers."""
+    config = {
+        "model_dir": str(model_dir), "train_shards": [str(p) for p in shards], "output_dir": str(output_dir),
+        "seed": 3, "epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+        "learning_rate": 0.005, "lr_scheduler_type": "cosine", "warmup_ratio": 0.25,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "checkpoint_every_steps": 2, "log_every_steps": 1, "dtype": "float32",
+    }
+    config.update(overrides)
+    return config
