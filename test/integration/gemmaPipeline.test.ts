@@ -44,15 +44,7 @@ beforeAll(async () => {
     evaluate: { batch_size: 4, generations: 0 },
     queues: stack.queues,
     storage: { bucket: TEST_BUCKET },
-    stages: [
-      { id: 'download', kind: 'download' },
-      { id: 'format', kind: 'format', needs: ['download'] },
-      { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
-      { id: 'shard', kind: 'shard', needs: ['tokenize'] },
-      { id: 'train', kind: 'train', needs: ['shard'] },
-      { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
-      { id: 'report', kind: 'report', needs: ['evaluate'] },
-    ],
+    // No `stages`: the standard chain, download -> ... -> evaluate -> report.
   });
 }, 900_000);
 

@@ -26,6 +26,7 @@ import { generateDemoDataset } from '../../datagen/demoShapes.js';
 import { dataConfig, runPipeline } from '../dataFixtures.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { standardChain } from '../../contracts/dag.js';
 import { trainerPython } from '../../io/deps.js';
 import type { FormatManifest } from '../../activities/data/format.js';
 
@@ -392,16 +393,7 @@ describe('hf:// dataset sources', () => {
         dataset: { source, train_split: 'train[:95%]', eval_split: 'train[95%:]' },
         // The whole standard chain, download -> format -> tokenize -> shard -> train -> evaluate ->
         // report, then the adapter and its card pushed to a Hub repository.
-        stages: [
-          { id: 'download', kind: 'download' },
-          { id: 'format', kind: 'format', needs: ['download'] },
-          { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
-          { id: 'shard', kind: 'shard', needs: ['tokenize'] },
-          { id: 'train', kind: 'train', needs: ['shard'] },
-          { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
-          { id: 'report', kind: 'report', needs: ['evaluate'] },
-          { id: 'publish', kind: 'publish', needs: ['train', 'report'], params: { repo: PUBLISHED } },
-        ],
+        stages: [...standardChain(), { id: 'publish', kind: 'publish', needs: ['train', 'report'], params: { repo: PUBLISHED } }],
         train: { epochs: 1, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 5, seed: 3 },
         evaluate: { batch_size: 16, generations: 1, max_new_tokens: 4 },
       })],

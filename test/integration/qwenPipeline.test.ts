@@ -27,6 +27,7 @@ import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { standardChain } from '../../contracts/dag.js';
 import { runPipeline } from '../dataFixtures.js';
 
 let stack: TestStack;
@@ -51,15 +52,7 @@ beforeAll(async () => {
     train: { epochs: 1, per_device_train_batch_size: 4, gradient_accumulation_steps: 2, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 2, seed: 3 },
     queues: stack.queues,
     storage: { bucket: TEST_BUCKET },
-    stages: [
-      { id: 'download', kind: 'download' },
-      { id: 'format', kind: 'format', needs: ['download'] },
-      { id: 'tokenize', kind: 'tokenize', needs: ['format'] },
-      { id: 'shard', kind: 'shard', needs: ['tokenize'] },
-      { id: 'train', kind: 'train', needs: ['shard'] },
-      { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'train'] },
-      { id: 'report', kind: 'report', needs: ['evaluate'] },
-    ],
+    // No `stages`: the standard chain, download -> ... -> evaluate -> report.
   };
   result = await runPipeline(stack, config);
 }, 900_000);
@@ -139,7 +132,7 @@ describe('Qwen2.5-VL pipeline on the demo data', () => {
             ...config,
             evaluate: { ...config.evaluate, engine: 'onnx' },
             stages: [
-              ...config.stages!.slice(0, 4),
+              ...standardChain().slice(0, 4),
               { id: 'adapter', kind: 'adapter', params: { source: `s3://${TEST_BUCKET}/${result.trainings.train!.adapterPrefix}` } },
               { id: 'evaluate', kind: 'evaluate', needs: ['shard', 'adapter'] },
             ],
