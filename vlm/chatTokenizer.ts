@@ -94,7 +94,7 @@ export class ChatTokenizer {
       if (!spec) {
         throw new Error(
           `image-token expansion for processor "${processorClass || modelType}" is not implemented ` +
-            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Gemma3Processor)',
+            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor, Gemma3Processor)',
         );
       }
       family = spec.create(configs);
