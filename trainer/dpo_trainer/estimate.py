@@ -196,6 +196,15 @@ def model_shapes(config: Any, image_longest_edge: int | None, max_pixels: int | 
     if vision is not None:
         size = vision.image_size if isinstance(vision.image_size, int) else max(vision.image_size)
         patch = vision.patch_size if isinstance(vision.patch_size, int) else max(vision.patch_size)
+        if config.model_type == "llava_next":
+            # Anyres: the base tile plus the tiles of the largest grid pinpoint (672 x 672 is four
+            # 336 px tiles), the most an image can take.
+            tiles = 1 + max(h * w for h, w in config.image_grid_pinpoints) // size**2
+            patches = tiles * (size // patch) ** 2
+            return Shapes(
+                text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size,
+                vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, patches,
+            )
         if config.model_type.startswith("idefics"):
             # Native-resolution processors: the thumbnail's longest edge (half the processor's
             # longest edge by default, the seed's setting) sets the patch count, square at most.
