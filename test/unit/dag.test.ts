@@ -151,7 +151,7 @@ describe('DAG planning', () => {
   });
 
   it('ships example DAG configs that plan cleanly', async () => {
-    for (const file of ['configs/demo-beta-sweep.yaml', 'configs/evaluate-adapter.yaml']) {
+    for (const file of ['configs/demo-beta-sweep.yaml', 'configs/evaluate-adapter.yaml', 'configs/demo-sft-dpo.yaml']) {
       const parsed = parsePipelineConfig(YAML.parse(await readFile(file, 'utf8')));
       expect(parsed.ok, file).toBe(true);
       if (parsed.ok) expect(() => planPipeline(parsed.config.stages ?? standardChain(), parsed.config)).not.toThrow();
