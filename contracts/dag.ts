@@ -5,7 +5,7 @@
  * list gets the standard chain. Pure code: it runs inside the workflow.
  */
 import { z } from 'zod';
-import { EvaluateSchema, FormatSchema, ShardSchema, SFT_REFUSED_TRAIN_FIELDS, sftBaseSettings, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
+import { DatasetSchema, EvaluateSchema, FormatSchema, ShardSchema, SFT_REFUSED_TRAIN_FIELDS, sftBaseSettings, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
 import { REFERENCE_DEFAULTS } from './trainerContract.js';
 import { HubRefError, parseHubRef } from './hubRepo.js';
 
@@ -42,7 +42,17 @@ function sectionBase(config: PipelineConfig, section: SettingsSection): Record<s
 
 /** The registry of stage kinds: adding a kind is one entry here plus its activity. */
 export const STAGE_KINDS = {
-  download: { consumes: [], produces: 'dataset', params: z.strictObject({}), queue: 'cpu' },
+  download: {
+    consumes: [],
+    produces: 'dataset',
+    params: z.strictObject({
+      dataset: z
+        .record(z.string(), z.unknown())
+        .optional()
+        .describe("fields of the dataset section this chain reads instead (source, splits, columns, limits); e.g. a separate SFT dataset"),
+    }),
+    queue: 'cpu',
+  },
   format: { consumes: ['dataset'], produces: 'formatted', params: 'format', queue: 'cpu' },
   tokenize: { consumes: ['formatted'], produces: 'tokens', params: 'tokenize', queue: 'cpu' },
   shard: { consumes: ['tokens'], produces: 'shards', params: 'shard', queue: 'cpu' },
@@ -180,6 +190,14 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
           const message = issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
           problems.push(`stage "${decl.id}": ${where}: ${message}`);
         }
+      }
+    }
+    if (decl.kind === 'download' && decl.params.dataset && typeof decl.params.dataset === 'object') {
+      const dataset = DatasetSchema.safeParse({ ...config.dataset, ...decl.params.dataset });
+      for (const issue of dataset.success ? [] : dataset.error.issues) {
+        const where = ['params', 'dataset', ...issue.path].join('.');
+        const message = issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+        problems.push(`stage "${decl.id}": ${where}: ${message}`);
       }
     }
     for (const need of decl.needs) {
@@ -327,6 +345,22 @@ export function upstreamStage(plan: PipelinePlan, stage: PlannedStage, kind: Sta
 
 export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): SectionSettings[K] {
   return SECTION_SCHEMAS[section].parse({ ...sectionBase(config, section), ...params }) as SectionSettings[K];
+}
+
+/**
+ * The dataset settings behind a stage's data: those of the download stage at the root of its
+ * shards (or tokens, formatted rows, dataset) chain -- the config's dataset section with that
+ * stage's `params.dataset` over it.
+ */
+export function stageDataset(plan: PipelinePlan, config: PipelineConfig, stage: PlannedStage): PipelineConfig['dataset'] {
+  const byId = new Map(plan.stages.map((s) => [s.id, s]));
+  let at: PlannedStage | undefined = stage;
+  while (at && at.kind !== 'download') {
+    const from: string | undefined = (['shards', 'tokens', 'formatted', 'dataset'] as const).map((a) => at!.inputs[a]?.[0]).find(Boolean);
+    at = from ? byId.get(from) : undefined;
+  }
+  const override = at?.params.dataset as Record<string, unknown> | undefined;
+  return override ? DatasetSchema.parse({ ...config.dataset, ...override }) : config.dataset;
 }
 
 /** Kinds that run the training loop in a dpoTraining child workflow (their progress is its query). */

@@ -4,7 +4,7 @@
  */
 import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { planToMermaid, STAGE_KINDS, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { planToMermaid, STAGE_KINDS, stageDataset, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import type { StageAttempts } from '../contracts/attempts.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import type { PipelineConfig } from '../contracts/config.js';
@@ -133,6 +133,8 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const modelSource = ctx.modelSource ?? config.model.source;
   const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'model' | 'metrics' | 'report') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
+  // The dataset section behind the stage's data (its download stage's params.dataset over config.dataset).
+  const dataset = stageDataset(ctx.plan, config, stage);
   // The model the stage starts from: an sft stage's merged model when it consumes one, else model.source.
   const startModel = stage.inputs.model ? mergedModelSource(input('model')[0]!) : modelSource;
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
@@ -140,7 +142,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
 
   switch (stage.kind) {
     case 'download':
-      return dataOutput(await acts.downloadDataset({ bucket, dataset: config.dataset }));
+      return dataOutput(await acts.downloadDataset({ bucket, dataset }));
     case 'format': {
       // Plan, then every chunk as its own activity (spread over all CPU workers; each worker's
       // slot count bounds its share), then finish: duplicates across chunks, drop share, manifest.
@@ -150,18 +152,18 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         upstream: data('dataset'),
         modelSource,
         format,
-        columns: config.dataset.columns,
-        ...formatSplitInput(config.dataset),
-        limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
+        columns: dataset.columns,
+        ...formatSplitInput(dataset),
+        limits: { train: dataset.max_train_samples, eval: dataset.max_eval_samples },
       });
       if (plan.cached) return dataOutput(plan.cached);
       const { hash, imageLongestEdge, filesPrefix } = plan;
       const chunks = await Promise.all(
         plan.chunks.map((chunk) =>
-          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, filesPrefix, chunk }),
+          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: dataset.columns, filesPrefix, chunk }),
         ),
       );
-      const labels = splitLabels(config.dataset);
+      const labels = splitLabels(dataset);
       const splits = [labels.train, labels.eval];
       return dataOutput(await acts.formatFinish({ bucket, hash, imageLongestEdge, format, splits, chunks }));
     }
@@ -187,7 +189,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           bucket,
           modelSource: startModel,
           shards: data('shards'),
-          trainSplit: splitLabels(config.dataset).train,
+          trainSplit: splitLabels(dataset).train,
           batchSize,
           dtype: train.dtype,
           lengths: config.tokenize,
@@ -216,7 +218,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                 bucket,
                 modelSource: startModel,
                 shards: data('shards'),
-                trainSplit: splitLabels(config.dataset).train,
+                trainSplit: splitLabels(dataset).train,
                 train,
                 ...(sft && { objective: 'sft' as const, mergeModel }),
                 resumeFromRunId: config.resume_from_run,
@@ -226,7 +228,12 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                   // A train stage on an sft model names that model (its adapter applies to it).
                   modelSource: stage.inputs.model ? startModel : config.model.source,
                   modelRevision: stage.inputs.model ? null : (ctx.lineage?.modelRevision ?? null),
-                  dataset: { source: config.dataset.source, revision: ctx.lineage?.datasetRevision ?? null, trainSplit: config.dataset.train_split, evalSplit: config.dataset.eval_split },
+                  dataset: {
+                    source: dataset.source,
+                    revision: dataset.source === config.dataset.source ? (ctx.lineage?.datasetRevision ?? null) : null,
+                    trainSplit: dataset.train_split,
+                    evalSplit: dataset.eval_split,
+                  },
                 },
                 ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
               },
@@ -264,7 +271,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         bucket,
         modelSource: evalBase,
         shards: data('shards'),
-        evalSplit: splitLabels(config.dataset).eval,
+        evalSplit: splitLabels(dataset).eval,
         adapterBucket: adapter.bucket,
         adapterPrefix: adapter.prefix,
         evaluate: settings,

@@ -14,15 +14,19 @@ import type { PipelineConfigInput } from '../../contracts/config.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
 import type { StepRecord } from '../../contracts/progress.js';
 import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
+import { splitLabel } from '../../contracts/splitSpec.js';
 import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harness.js';
 
 let stack: TestStack;
 let datasetDir: string;
+let sftDatasetDir: string;
 
 beforeAll(async () => {
   stack = await startTestStack();
   datasetDir = await mkdtemp(join(tmpdir(), 'dpo-sft-'));
   await generateDemoDataset({ outDir: datasetDir, trainRows: 48, testRows: 16, seed: 31 });
+  sftDatasetDir = await mkdtemp(join(tmpdir(), 'dpo-sft-data-'));
+  await generateDemoDataset({ outDir: sftDatasetDir, trainRows: 40, testRows: 8, seed: 32 });
 });
 
 afterAll(async () => {
@@ -41,30 +45,34 @@ const stages: PipelineConfigInput['stages'] = [
   { id: 'report', kind: 'report', needs: ['evaluate'] },
 ];
 
+function run(id: string, runStages: PipelineConfigInput['stages']): Promise<PipelineResult> {
+  return stack.client.workflow.execute(PIPELINE_WORKFLOW, {
+    taskQueue: stack.queues.cpu,
+    workflowId: id,
+    args: [
+      {
+        name: 'sft-then-dpo',
+        model: { source: inject('modelSource') },
+        dataset: { source: datasetDir },
+        format: { image_longest_edge: 48 },
+        tokenize: { max_length: 128, max_prompt_length: 96 },
+        train: { max_steps: 3, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 50, seed: 3 },
+        evaluate: { batch_size: 16, generations: 0 },
+        queues: stack.queues,
+        storage: { bucket: TEST_BUCKET },
+        stages: runStages,
+      } satisfies PipelineConfigInput,
+    ],
+  });
+}
+
 describe('sft -> train (from the SFT model) -> evaluate -> report', () => {
   const runId = uniqueId('sft');
   let result: PipelineResult;
   const curve = async (stageId: string) => stack.deps.storage.getJson<StepRecord[]>(TEST_BUCKET, result.trainings[stageId]!.stepMetricsKey!);
 
   beforeAll(async () => {
-    result = await stack.client.workflow.execute(PIPELINE_WORKFLOW, {
-      taskQueue: stack.queues.cpu,
-      workflowId: runId,
-      args: [
-        {
-          name: 'sft-then-dpo',
-          model: { source: inject('modelSource') },
-          dataset: { source: datasetDir },
-          format: { image_longest_edge: 48 },
-          tokenize: { max_length: 128, max_prompt_length: 96 },
-          train: { max_steps: 3, per_device_train_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 50, seed: 3 },
-          evaluate: { batch_size: 16, generations: 0 },
-          queues: stack.queues,
-          storage: { bucket: TEST_BUCKET },
-          stages,
-        } satisfies PipelineConfigInput,
-      ],
-    });
+    result = await run(runId, stages);
   });
 
   it('runs every stage', () => {
@@ -126,5 +134,33 @@ describe('sft -> train (from the SFT model) -> evaluate -> report', () => {
     expect(markdown).toContain(`- merged model: \`s3://${TEST_BUCKET}/${result.trainings.sft!.modelPrefix}\``);
     expect(markdown).toContain('![SFT loss (NLL per assistant token)](');
     expect(markdown).toContain(`- started from (and referenced to): \`s3://${TEST_BUCKET}/${result.trainings.sft!.modelPrefix}\``);
+  });
+});
+
+describe('sft on a separate dataset: its own download -> format -> tokenize -> shard chain', () => {
+  let result: PipelineResult;
+
+  beforeAll(async () => {
+    result = await run(uniqueId('sft-data'), [
+      ...stages.slice(0, 4),
+      // The DPO chain above is cached from the first run; this one reads another dataset, sliced.
+      { id: 'download-sft', kind: 'download', params: { dataset: { source: sftDatasetDir, train_split: 'train[:24]', eval_split: 'test' } } },
+      { id: 'format-sft', kind: 'format', needs: ['download-sft'] },
+      { id: 'tokenize-sft', kind: 'tokenize', needs: ['format-sft'] },
+      { id: 'shard-sft', kind: 'shard', needs: ['tokenize-sft'] },
+      { id: 'sft', kind: 'sft', needs: ['shard-sft'], params: { learning_rate: 0.005, max_steps: 3 } },
+      { id: 'train', kind: 'train', needs: ['shard', 'sft'], params: { max_steps: 2 } },
+    ]);
+  });
+
+  it("trains the sft stage on the other dataset's rows and DPO on the config's, from the SFT model", async () => {
+    expect(result.timeline.every((t) => t.state === 'done')).toBe(true);
+    expect(result.timeline.filter((t) => t.cached).map((t) => t.id)).toEqual(['download', 'format', 'tokenize', 'shard']);
+    const format = await stack.deps.storage.getJson<{ splits: Record<string, { rows: number }> }>(TEST_BUCKET, result.dataStages['format-sft']!.manifestKey);
+    expect(format.splits[splitLabel('train[:24]')]!.rows).toBe(24);
+    // 24 rows, 8 per step: 3 steps are one epoch over the SFT dataset.
+    const steps = await stack.deps.storage.getJson<StepRecord[]>(TEST_BUCKET, result.trainings.sft!.stepMetricsKey!);
+    expect(steps.at(-1)!.epoch).toBe(1);
+    expect(result.trainings.train!.baseModelSource).toBe(`s3://${TEST_BUCKET}/${result.trainings.sft!.modelPrefix}`);
   });
 });

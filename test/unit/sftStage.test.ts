@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parsePipelineConfig, type PipelineConfig } from '../../contracts/config.js';
-import { PlanError, planPipeline, stageSettings, type StageDecl } from '../../contracts/dag.js';
+import { PlanError, planPipeline, stageDataset, stageSettings, type StageDecl } from '../../contracts/dag.js';
 import { TRAIN_DEFAULTS } from '../../contracts/trainerContract.js';
 
 function config(extra: object = {}): PipelineConfig {
@@ -94,5 +94,32 @@ describe('the sft stage kind', () => {
     ]);
     const plan = planPipeline([...base, stage('ref', 'reference', ['sh', 'sft']), stage('dpo', 'train', ['sh', 'ref', 'sft'])], cfg);
     expect(plan.stages.find((s) => s.id === 'ref')!.inputs).toEqual({ shards: ['sh'], model: ['sft'] });
+  });
+});
+
+describe('a separate SFT dataset: its own download -> format -> tokenize -> shard chain', () => {
+  const sftData = [
+    stage('dl-sft', 'download', [], { dataset: { source: 's3://b/sft-data', train_split: 'train[:50%]', eval_split: 'train[50%:]', max_train_samples: 100 } }),
+    stage('fmt-sft', 'format', ['dl-sft']),
+    stage('tok-sft', 'tokenize', ['fmt-sft']),
+    stage('sh-sft', 'shard', ['tok-sft']),
+  ];
+
+  it("gives each stage the dataset of the download at the root of its shards, the config's dataset under it", () => {
+    const cfg = config({ dataset: { source: './d', max_eval_samples: 7 } });
+    const plan = planPipeline([...data, ...sftData, stage('sft', 'sft', ['sh-sft']), stage('dpo', 'train', ['sh', 'sft']), stage('ev', 'evaluate', ['sh', 'dpo'])], cfg);
+    const datasetOf = (id: string) => stageDataset(plan, cfg, plan.stages.find((s) => s.id === id)!);
+    for (const id of ['fmt-sft', 'sh-sft', 'sft']) {
+      expect(datasetOf(id)).toMatchObject({ source: 's3://b/sft-data', train_split: 'train[:50%]', max_train_samples: 100, max_eval_samples: 7 });
+    }
+    for (const id of ['fmt', 'dpo', 'ev']) expect(datasetOf(id)).toBe(cfg.dataset);
+  });
+
+  it('checks the merged dataset settings, naming the stage', () => {
+    expect(problemsOf([stage('dl', 'download', [], { dataset: { source: 'ftp://x', train_split: 'test', colums: {} } })])).toEqual([
+      expect.stringMatching(/^stage "dl": params\.dataset\.source: must be s3:\/\/bucket\/prefix/),
+      'stage "dl": params.dataset: unknown key "colums"',
+      expect.stringMatching(/^stage "dl": params\.dataset\.eval_split: dataset\.train_split "test" and dataset\.eval_split "test" both select rows of split "test"/),
+    ]);
   });
 });

@@ -3,10 +3,11 @@
     python -m dpo_trainer.train --config CONFIG.json
 
 Reads top to bottom like nanoGPT's train.py: load data and model, restore state if resuming
-(the same code path as a fresh start), then one optimizer step per loop iteration (`objective` picks DPO's preference loss or SFT's
-completion-only NLL; everything else is shared). Unlike nanoGPT,
-checkpoints hold RNG and data-cursor state and are written atomically, so a run killed at any
-moment resumes onto exactly the samples and numbers the uninterrupted run would have produced.
+(the same code path as a fresh start), then one optimizer step per loop iteration; `objective`
+picks DPO's preference loss or SFT's completion-only NLL, everything else is shared. Unlike
+nanoGPT, checkpoints hold RNG and data-cursor state and are written atomically, so a run killed
+at any moment resumes onto exactly the samples and numbers the uninterrupted run would have
+produced.
 """
 
 from __future__ import annotations
