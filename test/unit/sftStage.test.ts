@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parsePipelineConfig, type PipelineConfig } from '../../contracts/config.js';
 import { PlanError, planPipeline, stageDataset, stageSettings, type StageDecl } from '../../contracts/dag.js';
+import { planRun } from '../../contracts/runPlan.js';
 import { TRAIN_DEFAULTS } from '../../contracts/trainerContract.js';
 
 function config(extra: object = {}): PipelineConfig {
@@ -120,6 +121,23 @@ describe('a separate SFT dataset: its own download -> format -> tokenize -> shar
       expect.stringMatching(/^stage "dl": params\.dataset\.source: must be s3:\/\/bucket\/prefix/),
       'stage "dl": params.dataset: unknown key "colums"',
       expect.stringMatching(/^stage "dl": params\.dataset\.eval_split: dataset\.train_split "test" and dataset\.eval_split "test" both select rows of split "test"/),
+    ]);
+  });
+});
+
+describe('an sft stage in a sweep', () => {
+  it('stays one shared stage; every DPO branch starts from its model', () => {
+    const cfg = config({
+      sweep: { 'train.beta': [0.05, 0.5] },
+      stages: [...data, stage('sft', 'sft', ['sh']), stage('dpo', 'train', ['sh', 'sft']), stage('ev', 'evaluate', ['sh', 'dpo']), stage('report', 'report', ['ev'])],
+    });
+    const { plan, branches } = planRun(cfg);
+    expect(branches).toHaveLength(2);
+    expect(plan.stages.filter((s) => s.kind === 'sft').map((s) => s.id)).toEqual(['sft']);
+    const trains = plan.stages.filter((s) => s.kind === 'train');
+    expect(trains.map((s) => [s.params.beta, s.inputs.model])).toEqual([
+      [0.05, ['sft']],
+      [0.5, ['sft']],
     ]);
   });
 });
