@@ -241,7 +241,8 @@ def steps_until_epoch(cursor: DataCursor, n: int, step_samples: int, epochs: int
 
 @dataclass
 class PreferenceBatch:
-    """Chosen rows first, then rejected rows, right-padded: one forward pass for both."""
+    """Chosen rows first, then rejected rows, right-padded: one forward pass for both (chosen rows
+    alone in a supervised fine-tuning batch)."""
 
     input_ids: torch.Tensor  # [2B, T]
     attention_mask: torch.Tensor  # [2B, T]
@@ -342,11 +343,15 @@ def marks_image_tokens(image_processor: Any) -> bool:
     return type(image_processor).__name__ in TOKEN_TYPE_IMAGE_PROCESSORS
 
 
-def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None) -> PreferenceBatch:
-    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks."""
+def collate(
+    rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None, *, chosen_only: bool = False
+) -> PreferenceBatch:
+    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks; with
+    `chosen_only` (supervised fine-tuning), the prompt + chosen rows alone."""
     sequences: list[list[int]] = []
     completion_starts: list[int] = []
-    for column in ("chosen_input_ids", "rejected_input_ids"):
+    columns = ("chosen_input_ids",) if chosen_only else ("chosen_input_ids", "rejected_input_ids")
+    for column in columns:
         for row in rows:
             sequences.append(row["prompt_input_ids"] + row[column])
             completion_starts.append(len(row["prompt_input_ids"]))
@@ -368,14 +373,15 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
             raise InvalidInputError("the shards hold images but the model has no image processor")
         images = [pixels.get(row["sample_id"], row["image"]) for row in with_image]
         # Image features are scattered into <image> tokens in row order: chosen rows, then rejected.
+        images_in_order = images * len(columns)
         if images[0].grid_thw is None:
-            pixel_values = torch.stack([f.pixel_values for f in images + images])
+            pixel_values = torch.stack([f.pixel_values for f in images_in_order])
             if pixels.image_token_id is not None and marks_image_tokens(pixels.image_processor):
                 token_type_ids = (input_ids == pixels.image_token_id).long()
         else:
             _check_image_tokens(with_image, images, pixels)
-            pixel_values = torch.cat([f.pixel_values for f in images + images])
-            image_grid_thw = torch.stack([f.grid_thw for f in images + images])
+            pixel_values = torch.cat([f.pixel_values for f in images_in_order])
+            image_grid_thw = torch.stack([f.grid_thw for f in images_in_order])
             if pixels.image_token_id is not None:
                 mm_token_type_ids = (input_ids == pixels.image_token_id).long()
     return PreferenceBatch(

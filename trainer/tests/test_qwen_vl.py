@@ -254,3 +254,32 @@ def test_onnx_export_is_refused_by_name(qwen_model_dir, model_type, tmp_path):
     assert (code, last["error_type"]) == (65, "ModelLoadError")
     assert f"ONNX export of {FAMILIES[model_type]} is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_forwards_the_chosen_rows_with_their_images(qwen_model_dir, qwen_shards, qwen_config, tmp_path):
+    """The sft objective's batch holds the chosen rows alone, with one image grid each, and its
+    loss is transformers' own Qwen2.5-VL loss with the prompt labelled -100; a short sft run on
+    the flat pixel layout finishes."""
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import _forward_takes, completion_token_stats, load_base_model
+
+    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
+    rows = load_shards([str(qwen_shards[0])]).rows(range(4))
+    pixels = PixelCache(loaded.image_processor, loaded.spec.image_token_id)
+    both = collate(rows, loaded.spec.pad_token_id, pixels)
+    chosen = collate(rows, loaded.spec.pad_token_id, pixels, chosen_only=True)
+    assert chosen.input_ids.shape[0] == 4 and torch.equal(chosen.image_grid_thw, both.image_grid_thw[:4])
+    assert torch.equal(chosen.pixel_values, both.pixel_values[: chosen.pixel_values.shape[0]])
+    model = loaded.model.eval()
+    inputs = {"input_ids": chosen.input_ids, "attention_mask": chosen.attention_mask, "pixel_values": chosen.pixel_values,
+              "image_grid_thw": chosen.image_grid_thw}
+    if _forward_takes(model, "mm_token_type_ids"):
+        inputs["mm_token_type_ids"] = chosen.mm_token_type_ids
+    with torch.no_grad():
+        stats = completion_token_stats(model, chosen)
+        theirs = model(**inputs, labels=chosen.input_ids.masked_fill(chosen.completion_mask == 0, -100)).loss
+    assert (-stats.log_probs.sum() / stats.mask.sum()).item() == pytest.approx(theirs.item(), abs=1e-5)
+    result = run_train(qwen_config(tmp_path, objective="sft", max_steps=2, merge_model=True))
+    assert result.exit_code == 0, result.last
+    assert set(result.of("step")[-1]["metrics"]) >= {"loss", "mean_token_accuracy", "entropy", "num_tokens"}
+    assert (Path(result.last["model_path"]) / "config.json").is_file()
