@@ -37,6 +37,23 @@ export function writeParquetTable(table: arrow.Table, options: ParquetWriteOptio
 /** The image column of format parts, token parts and shards holds JPEG bytes. */
 export const IMAGE_COLUMN_OPTIONS: ParquetWriteOptions = { incompressible: ['image'] };
 
+/** `extra_images`: a row's images after the first (format parts and shards). */
+export const extraImagesType = () => new arrow.List(new arrow.Field('item', new arrow.Binary(), true));
+
+/**
+ * Every row's images in order: `image` then `extra_images` (absent in tables written before rows
+ * could hold several; a null `image` is no image).
+ */
+export function rowImages(table: arrow.Table): Uint8Array[][] {
+  const first = table.getChild('image');
+  const extra = table.getChild('extra_images');
+  return Array.from({ length: table.numRows }, (_, i) => {
+    const head = first?.get(i) as Uint8Array | null | undefined;
+    const rest = extra?.get(i) as arrow.Vector | null | undefined;
+    return [...(head ? [head] : []), ...(rest ? (Array.from(rest) as Uint8Array[]) : [])];
+  });
+}
+
 export const int32List = () => new arrow.List(new arrow.Field('item', new arrow.Int32(), true));
 
 /** Builds a table from column vectors; `metadata` lands in the Parquet schema's key-value metadata. */

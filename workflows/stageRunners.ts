@@ -149,6 +149,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         modelSource,
         format,
         columns: config.dataset.columns,
+        datasetFormat: config.dataset.format,
         ...formatSplitInput(config.dataset),
         limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
       });
@@ -156,7 +157,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       const { hash, imageLongestEdge, filesPrefix } = plan;
       const chunks = await Promise.all(
         plan.chunks.map((chunk) =>
-          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, filesPrefix, chunk }),
+          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, datasetFormat: config.dataset.format, filesPrefix, chunk }),
         ),
       );
       const labels = splitLabels(config.dataset);
