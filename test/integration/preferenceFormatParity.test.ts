@@ -43,25 +43,75 @@ interface Reference {
   rejected_input_ids: number[];
 }
 
-async function python(args: string[], stdin: unknown): Promise<string> {
-  const child = exec(trainerPython(), ['test/fixtures/trl_formats.py', ...args], { maxBuffer: 256 << 20, env: { ...process.env, OMP_NUM_THREADS: '1' } });
+async function python(command: 'write' | 'reference', stdin: unknown): Promise<string> {
+  const child = exec(trainerPython(), ['test/fixtures/trl_formats.py', command], { maxBuffer: 256 << 20, env: { ...process.env, OMP_NUM_THREADS: '1' } });
   child.child.stdin!.end(JSON.stringify(stdin));
   return (await child).stdout;
 }
 
-let dir: string;
-let rows: SourceRow[];
+interface Case {
+  name: string;
+  model: 'llava' | 'qwen';
+  layout: string;
+  rows: SourceRow[];
+  placeholder: string;
+  expected: { format: PreferenceLayoutName; implicitPrompt: boolean };
+}
 
+interface Outcome {
+  chat: ChatTokenizer;
+  out: Awaited<ReturnType<typeof formatRow>>[];
+  reference?: Reference[];
+}
+
+const QWEN_PLACEHOLDER = '<|vision_start|><|image_pad|><|vision_end|>';
+const LAYOUTS = [
+  ['conversational', { format: 'conversational', implicitPrompt: false }],
+  ['conversational_implicit', { format: 'conversational', implicitPrompt: true }],
+  ['conversational_string', { format: 'conversational', implicitPrompt: false }],
+  ['standard', { format: 'standard', implicitPrompt: false }],
+  ['standard_implicit', { format: 'standard', implicitPrompt: true }],
+] as const;
+
+const outcomes = new Map<string, Outcome>();
+
+/**
+ * Every case's file written by `datasets` (one Python process), formatted by the format stage's
+ * code, then rendered by TRL (one more process) where Node kept every row.
+ */
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'dpo-trl-formats-'));
+  const dir = await mkdtemp(join(tmpdir(), 'dpo-trl-formats-'));
   const demo = await generateRows('parity', 6, 11);
-  rows = demo.map((r) => ({ question: r.question, chosen: r.chosen, rejected: r.rejected, images: [b64(r.image.bytes)] }));
-  // Awkward text: unicode, newlines, leading and trailing spaces.
+  const rows: SourceRow[] = demo.map((r) => ({ question: r.question, chosen: r.chosen, rejected: r.rejected, images: [b64(r.image.bytes)] }));
+  // Awkward text: unicode, tabs, newlines, leading and trailing spaces.
   rows.push({ question: 'Unicode: émoji 🦄, CJK 漢字,\ttabs\nand newlines?', chosen: '  leading and trailing  ', rejected: 'x', images: rows[0]!.images });
-}, 120_000);
+  const twoImages = (shift: number) => rows.map((r, i) => ({ ...r, images: [...r.images, rows[(i + shift) % rows.length]!.images[0]!] }));
+  const cases: Case[] = [
+    ...LAYOUTS.flatMap(([layout, expected]) => [
+      { name: `llava ${layout}`, model: 'llava' as const, layout, rows, placeholder: '<image>', expected },
+      { name: `qwen ${layout}`, model: 'qwen' as const, layout, rows, placeholder: QWEN_PLACEHOLDER, expected },
+    ]),
+    { name: 'qwen two images conversational', model: 'qwen', layout: 'conversational', rows: twoImages(2), placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[0][1] },
+    { name: 'qwen two images standard', model: 'qwen', layout: 'standard', rows: twoImages(3), placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[3][1] },
+    { name: 'llava two images', model: 'llava', layout: 'conversational', rows: twoImages(1), placeholder: '<image>', expected: LAYOUTS[0][1] },
+    // Standard prompts without a placeholder for their one image.
+    { name: 'qwen no placeholder', model: 'qwen', layout: 'standard_implicit', rows: rows.slice(0, 2), placeholder: '', expected: LAYOUTS[4][1] },
+  ];
+  const models = { llava: await ensureTinyModel(), qwen: await ensureTinyModel(0, 'qwen2_5_vl') };
+  const paths = cases.map((_, i) => join(dir, `case-${i}.parquet`));
+  await python('write', { files: cases.map((c, i) => ({ out: paths[i], layout: c.layout, placeholder: c.placeholder, rows: c.rows })) });
+  for (const [i, c] of cases.entries()) outcomes.set(c.name, await formatFile(models[c.model], paths[i]!, c.expected));
+  const kept = cases.map((c, i) => ({ c, i })).filter(({ c }) => outcomes.get(c.name)!.out.every((r) => !('reason' in r)));
+  const reference = JSON.parse(
+    await python('reference', {
+      jobs: kept.map(({ c, i }) => ({ model_dir: models[c.model], path: paths[i], images: (outcomes.get(c.name)!.out as FormattedRow[]).map((r) => r.images.map(b64)) })),
+    }),
+  ) as { jobs: Array<{ rows: Reference[] }> };
+  kept.forEach(({ c }, j) => (outcomes.get(c.name)!.reference = reference.jobs[j]!.rows));
+}, 600_000);
 
-/** Formats one Parquet file with the format stage's code; every row must be kept. */
-async function formatFile(modelDir: string, path: string, expected: { format: PreferenceLayoutName; implicitPrompt: boolean }) {
+/** Formats one Parquet file with the format stage's code. */
+async function formatFile(modelDir: string, path: string, expected: { format: PreferenceLayoutName; implicitPrompt: boolean }): Promise<Outcome> {
   const chat = await ChatTokenizer.load(modelDir);
   const { layout, rows: raw } = await readRowRange({ path, format: 'parquet', sourcePath: 'train.parquet', idPrefix: 'train-0', offset: 0, limit: 1000 }, ColumnMappingSchema.parse({}));
   expect(layout).toMatchObject(expected);
@@ -72,77 +122,51 @@ async function formatFile(modelDir: string, path: string, expected: { format: Pr
     maxPixels: defaults.max_image_pixels,
     jpegQuality: defaults.jpeg_quality,
   };
-  const out = await Promise.all(raw.map((row) => formatRow(row, layout, chat, options)));
-  return { chat, out };
+  return { chat, out: await Promise.all(raw.map((row) => formatRow(row, layout, chat, options))) };
 }
 
-async function expectParity(modelDir: string, layout: string, source: SourceRow[], expected: { format: PreferenceLayoutName; implicitPrompt: boolean }, placeholder: string) {
-  const path = join(dir, `${layout}-${source.length}-${modelDir.split('/').pop()}.parquet`);
-  await python(['write', path, layout, '--placeholder', placeholder], { rows: source });
-  const { chat, out } = await formatFile(modelDir, path, expected);
+/** Node's strings and ids equal TRL's and the processor's, row by row. */
+async function expectParity(name: string, images: number) {
+  const { chat, out, reference } = outcomes.get(name)!;
   for (const r of out) expect(r).not.toHaveProperty('reason');
   const formatted = out as FormattedRow[];
-  const reference = (JSON.parse(await python(['reference', modelDir, path], { images: formatted.map((r) => r.images.map(b64)) })) as { rows: Reference[] }).rows;
   expect(reference).toHaveLength(formatted.length);
   for (const [i, r] of formatted.entries()) {
-    const ref = reference[i]!;
+    const ref = reference![i]!;
+    expect(r.images).toHaveLength(images);
     expect({ prompt: r.prompt, chosen: r.chosen, rejected: r.rejected }).toEqual({ prompt: ref.prompt, chosen: ref.chosen, rejected: ref.rejected });
     const sizes = chat.needsImageSizes ? await Promise.all(r.images.map(async (b) => sharp(b).metadata().then(({ width, height }) => ({ width: width!, height: height! })))) : undefined;
     expect(chat.encodePrompt(r.prompt, sizes)).toEqual(ref.prompt_input_ids);
     expect(chat.encodeCompletion(r.chosen)).toEqual(ref.chosen_input_ids);
     expect(chat.encodeCompletion(r.rejected)).toEqual(ref.rejected_input_ids);
   }
-  return formatted;
 }
 
-const LAYOUTS = [
-  ['conversational', { format: 'conversational', implicitPrompt: false }],
-  ['conversational_implicit', { format: 'conversational', implicitPrompt: true }],
-  ['conversational_string', { format: 'conversational', implicitPrompt: false }],
-  ['standard', { format: 'standard', implicitPrompt: false }],
-  ['standard_implicit', { format: 'standard', implicitPrompt: true }],
-] as const;
-
 describe('TRL preference formats: the format stage renders what TRL renders', () => {
-  describe('the demo LLaVA', () => {
-    for (const [layout, expected] of LAYOUTS) {
-      it(`${layout}`, async () => {
-        await expectParity(await ensureTinyModel(), layout, rows, expected, '<image>');
-      }, 120_000);
-    }
+  for (const model of ['llava', 'qwen'] as const) {
+    for (const [layout] of LAYOUTS) it(`${model}: ${layout}`, () => expectParity(`${model} ${layout}`, 1));
+  }
 
-    it('drops two-image rows, counted by reason and naming the family', async () => {
-      const modelDir = await ensureTinyModel();
-      const path = join(dir, 'llava-two.parquet');
-      await python(['write', path, 'conversational'], { rows: rows.map((r, i) => ({ ...r, images: [...r.images, rows[(i + 1) % rows.length]!.images[0]!] })) });
-      const { out } = await formatFile(modelDir, path, { format: 'conversational', implicitPrompt: false });
-      for (const r of out) expect(r).toMatchObject({ reason: 'multi_image_unsupported', detail: expect.stringContaining('llava model family takes one image') });
-    }, 120_000);
+  it('Qwen2.5-VL takes two images per prompt, each expanded for its own size', async () => {
+    await expectParity('qwen two images conversational', 2);
+    await expectParity('qwen two images standard', 2);
   });
 
-  describe('Qwen2.5-VL', () => {
-    const qwenPlaceholder = '<|vision_start|><|image_pad|><|vision_end|>';
-    for (const [layout, expected] of LAYOUTS) {
-      it(`${layout}`, async () => {
-        await expectParity(await ensureTinyModel(0, 'qwen2_5_vl'), layout, rows, expected, qwenPlaceholder);
-      }, 120_000);
-    }
-
-    it('takes two images per prompt, each expanded for its own size', async () => {
-      const two = rows.map((r, i) => ({ ...r, images: [...r.images, rows[(i + 2) % rows.length]!.images[0]!] }));
-      const formatted = await expectParity(await ensureTinyModel(0, 'qwen2_5_vl'), 'conversational', two, { format: 'conversational', implicitPrompt: false }, qwenPlaceholder);
-      for (const r of formatted) expect(r.images).toHaveLength(2);
-      const standard = await expectParity(await ensureTinyModel(0, 'qwen2_5_vl'), 'standard', two, { format: 'standard', implicitPrompt: false }, qwenPlaceholder);
-      for (const r of standard) expect(r.images).toHaveLength(2);
-    }, 180_000);
+  it('renders a multi-turn shape TRL does: the prompt ends at the generation prompt', () => {
+    const { out } = outcomes.get('qwen conversational')!;
+    const r = out[0] as FormattedRow;
+    // Qwen's template opens with its default system turn; the prompt ends where the answer starts.
+    expect(r.prompt).toMatch(/^<\|im_start\|>system\n[\s\S]*<\|vision_start\|><\|image_pad\|><\|vision_end\|>[\s\S]*<\|im_start\|>assistant\n$/);
+    expect(r.chosen).toMatch(/<\|im_end\|>\n$/);
   });
 
-  it('drops a row whose placeholders and images differ in number, as TRL refuses it', async () => {
-    const modelDir = await ensureTinyModel(0, 'qwen2_5_vl');
-    // Standard prompts without a placeholder for their one image.
-    const path = join(dir, 'mismatch.parquet');
-    await python(['write', path, 'standard_implicit', '--placeholder', ''], { rows: rows.slice(0, 2) });
-    const { out } = await formatFile(modelDir, path, { format: 'standard', implicitPrompt: true });
-    for (const r of out) expect(r).toMatchObject({ reason: 'image_count_mismatch', detail: '0 image placeholders, 1 images' });
-  }, 120_000);
+  it('drops two-image rows for LLaVA, counted by reason and naming the family', () => {
+    for (const r of outcomes.get('llava two images')!.out) {
+      expect(r).toMatchObject({ reason: 'multi_image_unsupported', detail: expect.stringContaining('llava model family takes one image') });
+    }
+  });
+
+  it('drops a row whose placeholders and images differ in number, which TRL refuses', () => {
+    for (const r of outcomes.get('qwen no placeholder')!.out) expect(r).toMatchObject({ reason: 'image_count_mismatch', detail: '0 image placeholders, 1 images' });
+  });
 });
