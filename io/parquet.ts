@@ -34,7 +34,10 @@ export function writeParquetTable(table: arrow.Table, options: ParquetWriteOptio
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** The image column of format parts, token parts and shards holds JPEG bytes. */
+/**
+ * The image column of format parts and shards holds JPEG bytes. (`extra_images` stays zstd: the
+ * writer's per-column settings name top-level columns only, and it is empty for one-image rows.)
+ */
 export const IMAGE_COLUMN_OPTIONS: ParquetWriteOptions = { incompressible: ['image'] };
 
 /** `extra_images`: a row's images after the first (format parts and shards). */
