@@ -91,6 +91,8 @@ export interface FormatChunkResult {
   rows: number;
   dropped: Record<string, number>;
   droppedExamples: Array<{ sampleId: string; reason: string; detail?: string }>;
+  /** The layout its file was read with (contracts/preferenceFormat.ts layoutLabel). */
+  layout?: string;
 }
 
 export interface FormatFinishInput {

@@ -41,6 +41,11 @@ export interface PreferenceLayout {
   imageList: boolean;
 }
 
+/** How a stage summary names a layout: "conversational", "standard (implicit prompt)", ... */
+export function layoutLabel(layout: PreferenceLayout): string {
+  return `${layout.format}${layout.implicitPrompt ? ' (implicit prompt)' : ''}`;
+}
+
 /** A layout that cannot be read from these columns: the dataset's (or the config's) to fix. */
 export class LayoutError extends Error {}
 

@@ -28,6 +28,7 @@ import { progress } from '../heartbeat.js';
 import { countStoredRows, localCopy, readRowRange } from '../../io/sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
 import { overlapOf, rowWindows, selectRows, SplitSpecError } from '../../contracts/splitSpec.js';
+import { layoutLabel } from '../../contracts/preferenceFormat.js';
 
 export type { DropReason } from '../../vlm/formatRows.js';
 
@@ -54,6 +55,8 @@ export interface DroppedExample {
 
 export interface FormatManifest extends StageManifestBase {
   imageLongestEdge: number;
+  /** The layouts the files were read with (dataset.format, or what auto detected), e.g. ["conversational"]. */
+  layouts?: string[];
   splits: Record<string, FormattedSplit>;
 }
 
@@ -228,6 +231,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     rows: out.ids.length,
     dropped: dropped as Record<string, number>,
     droppedExamples,
+    layout: layoutLabel(layout),
   };
 }
 
@@ -273,13 +277,16 @@ export async function formatFinish(deps: ActivityDeps, input: FormatFinishInput)
     }
     splits[split] = s;
   }
-  const summary: Record<string, number> = {};
+  const layouts = [...new Set(input.chunks.map((c) => c.layout).filter((l): l is string => !!l))];
+  const summary: Record<string, number | string> = {};
+  if (layouts.length) summary.layout = layouts.join(', ');
   for (const [split, s] of Object.entries(splits)) {
     summary[`${split}_rows`] = s.rows;
     summary[`${split}_dropped`] = s.inputRows - s.rows;
   }
   return writeStageManifest<FormatManifest>(storage, input.bucket, 'format', input.hash, {
     imageLongestEdge: input.imageLongestEdge,
+    layouts,
     splits,
     summary,
   });

@@ -74,6 +74,8 @@ describe("TRL's conversational format, held out from its only split", () => {
 
   it('detects the layout, renders with the chat template and keeps every row', async () => {
     const format = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, result.dataStages.format!.manifestKey);
+    expect(format.layouts).toEqual(['conversational']);
+    expect(result.dataStages.format!.summary.layout).toBe('conversational');
     expect(Object.keys(format.splits)).toEqual(['train._95pct', 'train.95pct_']);
     // 40 rows: [0, 38) to train, [38, 40) held out.
     expect(format.splits['train._95pct']!.rows).toBe(38);

@@ -211,7 +211,7 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
                 [_size_tokens(table, row, spec.image_tokens_for_size) if has_image[row] else 0 for row in range(len(counts))]
             )
             wrong = np.flatnonzero(counts != expected_counts)
-            expects = lambda row: f"{expected_counts[row]} for its {int(image_counts[row])} image(s)"  # noqa: E731
+            expects = lambda row: f"{expected_counts[row]} for its {_images_phrase(int(image_counts[row]), 'image')}"  # noqa: E731
         elif spec.image_tokens_per_image is None:
             # Image splitting (Idefics2) makes the count vary: only placeholders vs no placeholders.
             wrong = np.flatnonzero((counts > 0) != has_image)
@@ -223,11 +223,16 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
             row = int(wrong[0])
             problems.append(
                 f"sample {dataset.sample_ids[row]!r}: prompt has {int(counts[row])} <image> tokens, the model"
-                f" expects {expects(row)} ({'one image' if has_image[row] else 'no image'});"
+                f" expects {expects(row)} ({_images_phrase(int(image_counts[row]), 'one image')});"
                 " re-run the tokenize stage for this model"
             )
     if problems:
         raise InvalidInputError(problems)
+
+
+def _images_phrase(count: int, one: str) -> str:
+    """"no image", `one` ("image" / "one image"), or "N images"."""
+    return "no image" if count == 0 else one if count == 1 else f"{count} images"
 
 
 def _size_tokens(table: pa.Table, row: int, tokens_for_size: Callable[[int, int], int]) -> int:
