@@ -8,7 +8,7 @@
  * two images per prompt).
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -21,7 +21,7 @@ import { trainerPython } from '../../io/deps.js';
 import { readRowRange } from '../../io/sourceRows.js';
 import { ensureTinyModel } from '../../scripts/assets.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
-import { formatRow, type FormattedRow } from '../../vlm/formatRows.js';
+import { formatRow, type FormattedRow, type ImageFileResolver } from '../../vlm/formatRows.js';
 import { defaultImageEdge, defaultMaxPixels } from '../../vlm/imageSize.js';
 
 const exec = promisify(execFile);
@@ -108,12 +108,28 @@ beforeAll(async () => {
     }),
   ) as { jobs: Array<{ rows: Reference[] }> };
   kept.forEach(({ c }, j) => (outcomes.get(c.name)!.reference = reference.jobs[j]!.rows));
+
+  // The two-image conversational rows again as JSONL, their images files beside it.
+  const jsonl = join(dir, 'jsonl');
+  await mkdir(join(jsonl, 'images'), { recursive: true });
+  const two = cases.find((c) => c.name === 'qwen two images conversational')!.rows;
+  const lines = await Promise.all(
+    two.map(async (r, i) => {
+      const images = await Promise.all(r.images.map(async (b, k) => (await writeFile(join(jsonl, 'images', `${i}-${k}.jpg`), Buffer.from(b, 'base64')), `images/${i}-${k}.jpg`)));
+      const user = { role: 'user', content: [...images.map(() => ({ type: 'image' })), { type: 'text', text: r.question }] };
+      return JSON.stringify({ prompt: [user], chosen: [{ role: 'assistant', content: r.chosen }], rejected: [{ role: 'assistant', content: r.rejected }], images });
+    }),
+  );
+  await writeFile(join(jsonl, 'train.jsonl'), `${lines.join('\n')}\n`);
+  const resolve = async (relative: string) => readFile(join(jsonl, relative)).catch(() => null);
+  outcomes.set('qwen two images jsonl', await formatFile(models.qwen, join(jsonl, 'train.jsonl'), LAYOUTS[0][1], resolve));
 }, 600_000);
 
 /** Formats one Parquet file with the format stage's code. */
-async function formatFile(modelDir: string, path: string, expected: { format: PreferenceLayoutName; implicitPrompt: boolean }): Promise<Outcome> {
+async function formatFile(modelDir: string, path: string, expected: { format: PreferenceLayoutName; implicitPrompt: boolean }, resolve?: ImageFileResolver): Promise<Outcome> {
   const chat = await ChatTokenizer.load(modelDir);
-  const { layout, rows: raw } = await readRowRange({ path, format: 'parquet', sourcePath: 'train.parquet', idPrefix: 'train-0', offset: 0, limit: 1000 }, ColumnMappingSchema.parse({}));
+  const format = resolve ? 'jsonl' : 'parquet';
+  const { layout, rows: raw } = await readRowRange({ path, format, sourcePath: `train.${format}`, idPrefix: 'train-0', offset: 0, limit: 1000 }, ColumnMappingSchema.parse({}));
   expect(layout).toMatchObject(expected);
   const defaults = FormatSchema.parse({});
   const options = {
@@ -122,7 +138,7 @@ async function formatFile(modelDir: string, path: string, expected: { format: Pr
     maxPixels: defaults.max_image_pixels,
     jpegQuality: defaults.jpeg_quality,
   };
-  return { chat, out: await Promise.all(raw.map((row) => formatRow(row, layout, chat, options))) };
+  return { chat, out: await Promise.all(raw.map((row) => formatRow(row, layout, chat, options, resolve))) };
 }
 
 /** Node's strings and ids equal TRL's and the processor's, row by row. */
@@ -150,6 +166,18 @@ describe('TRL preference formats: the format stage renders what TRL renders', ()
   it('Qwen2.5-VL takes two images per prompt, each expanded for its own size', async () => {
     await expectParity('qwen two images conversational', 2);
     await expectParity('qwen two images standard', 2);
+  });
+
+  it('reads the same rows from JSONL, images named by paths beside it', () => {
+    const parquet = outcomes.get('qwen two images conversational')!.out as FormattedRow[];
+    const jsonl = outcomes.get('qwen two images jsonl')!.out;
+    expect(jsonl).toHaveLength(parquet.length);
+    jsonl.forEach((r, i) => {
+      expect(r).not.toHaveProperty('reason');
+      const { prompt, chosen, rejected, images } = r as FormattedRow;
+      expect({ prompt, chosen, rejected }).toEqual({ prompt: parquet[i]!.prompt, chosen: parquet[i]!.chosen, rejected: parquet[i]!.rejected });
+      expect(images.map(b64)).toEqual(parquet[i]!.images.map(b64));
+    });
   });
 
   it('renders a multi-turn shape TRL does: the prompt ends at the generation prompt', () => {
