@@ -33,7 +33,7 @@ export const ColumnMappingSchema = z
     chosen: z.string().default('chosen').describe('column holding the preferred answer'),
     rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
   })
-  .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
+  .describe("Column names of the rlaif_v layout (dataset.format); defaults follow openbmb/RLAIF-V-Dataset's. TRL's layouts use TRL's names: prompt, chosen, rejected, images");
 
 /** A split with `datasets`' slicing syntax, checked for syntax here; its rows when the data is read. */
 const splitSpec = z
