@@ -22,6 +22,7 @@ export const DROP_REASONS = [
   'image_decode_failed',
   'image_count_mismatch',
   'multi_image_unsupported',
+  'chat_template_error',
   'duplicate',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -173,7 +174,8 @@ function conversationTexts(row: RawRow, layout: PreferenceLayout, chat: ChatToke
   try {
     rendered = chat.renderPreference(p.messages, c.messages, r.messages);
   } catch (err) {
-    return { reason: 'wrong_type', detail: `the chat template cannot render the conversation: ${(err as Error).message.slice(0, 200)}` };
+    // e.g. a template that insists on alternating roles, or a final assistant turn without text.
+    return { reason: 'chat_template_error', detail: (err as Error).message.slice(0, 200) };
   }
   if (!rendered.chosen.trim()) return { reason: 'empty_chosen' };
   if (!rendered.rejected.trim()) return { reason: 'empty_rejected' };
