@@ -71,6 +71,8 @@ const LAYOUTS = [
   ['conversational_string', { format: 'conversational', implicitPrompt: false }],
   ['standard', { format: 'standard', implicitPrompt: false }],
   ['standard_implicit', { format: 'standard', implicitPrompt: true }],
+  // A prompt ending with an assistant turn: rendered continuing it (continue_final_message).
+  ['conversational_prefill', { format: 'conversational', implicitPrompt: false }],
 ] as const;
 
 const outcomes = new Map<string, Outcome>();
@@ -186,6 +188,8 @@ describe('TRL preference formats: the format stage renders what TRL renders', ()
     // Qwen's template opens with its default system turn; the prompt ends where the answer starts.
     expect(r.prompt).toMatch(/^<\|im_start\|>system\n[\s\S]*<\|vision_start\|><\|image_pad\|><\|vision_end\|>[\s\S]*<\|im_start\|>assistant\n$/);
     expect(r.chosen).toMatch(/<\|im_end\|>\n$/);
+    // A final assistant turn is continued: the prompt stops right after its text.
+    for (const model of ['llava', 'qwen']) expect((outcomes.get(`${model} conversational_prefill`)!.out[0] as FormattedRow).prompt).toMatch(/Answer:$/);
   });
 
   it('drops two-image rows for LLaVA, counted by reason and naming the family', () => {
