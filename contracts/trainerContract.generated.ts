@@ -521,6 +521,10 @@ export const ONNX_UNEXPORTABLE_MODEL_TYPES = {
     "family": "Qwen2.5-VL",
     "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
   },
+  "qwen3_vl": {
+    "family": "Qwen3-VL",
+    "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+  },
   "gemma3": {
     "family": "Gemma 3",
     "reason": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the exported scoring graph, whose mask is causal"

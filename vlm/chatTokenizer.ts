@@ -15,6 +15,7 @@ import { idefics2 } from './processors/idefics2.js';
 import { llava } from './processors/llava.js';
 import { paligemma } from './processors/paligemma.js';
 import { qwen2vl } from './processors/qwen2vl.js';
+import { llavaNext } from './processors/llavaNext.js';
 import type { FamilySpec, ImageSize, Json, ProcessorConfigs, ProcessorFamily } from './processors/types.js';
 
 export interface ChatMessage {
@@ -22,7 +23,7 @@ export interface ChatMessage {
   content: Array<{ type: 'image' } | { type: 'text'; text: string }>;
 }
 
-const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma, qwen2vl, gemma3];
+const FAMILIES: FamilySpec[] = [llava, llavaNext, idefics2, paligemma, qwen2vl, gemma3];
 
 /**
  * Model folders are content-addressed (staged by fingerprint) or local folders that do not change
@@ -94,7 +95,7 @@ export class ChatTokenizer {
       if (!spec) {
         throw new Error(
           `image-token expansion for processor "${processorClass || modelType}" is not implemented ` +
-            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Gemma3Processor)',
+            '(supported: LlavaProcessor, LlavaNextProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor, Gemma3Processor)',
         );
       }
       family = spec.create(configs);

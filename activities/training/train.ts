@@ -197,9 +197,15 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
             uploads = uploads.then(async () => {
               if (uploadError) return;
               try {
-                await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
+                // The curve and the tracker files first: once the manifest is out, a successor may
+                // resume past these steps and never log them again. Steps stored beyond a
+                // checkpoint that never got published are dropped on resume (and purged by
+                // TensorBoard), so this order loses nothing either way. A fenced-out worker
+                // stops here rather than overwrite the current holder's curve with a shorter one.
+                await fence.assertCurrent('storing the learning curve');
                 await storage.putJson(bucket, stepMetricsKey, history.filter((h) => h.step <= step));
                 await uploadEvents();
+                await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
                 checkpointKeys.push(prefix);
                 progress.checkpointKey = prefix;
                 heartbeat(progress);
