@@ -4,8 +4,8 @@
  * (test/fixtures/trl_formats.py), rendered in Python by maybe_extract_prompt +
  * prepare_multimodal_messages + maybe_apply_chat_template with the model's processor, then
  * tokenized by the processor with the thumbnails Node made. Prompt, chosen and rejected strings
- * and their token ids must be equal, for the demo's LLaVA and for Qwen2.5-VL (which also takes
- * two images per prompt).
+ * and their token ids must be equal, for the demo's LLaVA, Qwen2.5-VL and Qwen3-VL (the two
+ * also with two images per prompt).
  */
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
@@ -51,7 +51,7 @@ async function python(command: 'write' | 'reference', stdin: unknown): Promise<s
 
 interface Case {
   name: string;
-  model: 'llava' | 'qwen';
+  model: 'llava' | 'qwen' | 'qwen3';
   layout: string;
   rows: SourceRow[];
   placeholder: string;
@@ -95,11 +95,14 @@ beforeAll(async () => {
     ]),
     { name: 'qwen two images conversational', model: 'qwen', layout: 'conversational', rows: twoImages(2), placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[0][1] },
     { name: 'qwen two images standard', model: 'qwen', layout: 'standard', rows: twoImages(3), placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[3][1] },
+    // Qwen3-VL: the same processor logic with its own settings and template.
+    { name: 'qwen3 conversational', model: 'qwen3', layout: 'conversational', rows, placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[0][1] },
+    { name: 'qwen3 two images conversational', model: 'qwen3', layout: 'conversational', rows: twoImages(2), placeholder: QWEN_PLACEHOLDER, expected: LAYOUTS[0][1] },
     { name: 'llava two images', model: 'llava', layout: 'conversational', rows: twoImages(1), placeholder: '<image>', expected: LAYOUTS[0][1] },
     // Standard prompts without a placeholder for their one image.
     { name: 'qwen no placeholder', model: 'qwen', layout: 'standard_implicit', rows: rows.slice(0, 2), placeholder: '', expected: LAYOUTS[4][1] },
   ];
-  const models = { llava: await ensureTinyModel(), qwen: await ensureTinyModel(0, 'qwen2_5_vl') };
+  const models = { llava: await ensureTinyModel(), qwen: await ensureTinyModel(0, 'qwen2_5_vl'), qwen3: await ensureTinyModel(0, 'qwen3_vl') };
   const paths = cases.map((_, i) => join(dir, `case-${i}.parquet`));
   await python('write', { files: cases.map((c, i) => ({ out: paths[i], layout: c.layout, placeholder: c.placeholder, rows: c.rows })) });
   for (const [i, c] of cases.entries()) outcomes.set(c.name, await formatFile(models[c.model], paths[i]!, c.expected));
@@ -168,6 +171,11 @@ describe('TRL preference formats: the format stage renders what TRL renders', ()
   it('Qwen2.5-VL takes two images per prompt, each expanded for its own size', async () => {
     await expectParity('qwen two images conversational', 2);
     await expectParity('qwen two images standard', 2);
+  });
+
+  it('Qwen3-VL: one and two images per prompt', async () => {
+    await expectParity('qwen3 conversational', 1);
+    await expectParity('qwen3 two images conversational', 2);
   });
 
   it('reads the same rows from JSONL, images named by paths beside it', () => {
