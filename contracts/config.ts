@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { HubRefError, isHubModelSource, parseHubRef } from './hubRepo.js';
 import { isSafeKeySegment } from './keys.js';
+import { DATASET_FORMATS } from './preferenceFormat.js';
 import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
 import { DPO_ONLY_FIELDS, DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
 
@@ -32,7 +33,7 @@ export const ColumnMappingSchema = z
     chosen: z.string().default('chosen').describe('column holding the preferred answer'),
     rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
   })
-  .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
+  .describe("Column names of the rlaif_v layout (dataset.format); defaults follow openbmb/RLAIF-V-Dataset's. TRL's layouts use TRL's names: prompt, chosen, rejected, images");
 
 /** A split with `datasets`' slicing syntax, checked for syntax here; its rows when the data is read. */
 const splitSpec = z
@@ -64,6 +65,14 @@ export const DatasetSchema = z.strictObject({
   eval_split: splitSpec
     .default('test')
     .describe('held-out split used for evaluation, sliceable like train_split (e.g. train[95%:] to hold out part of train)'),
+  format: z
+    .enum(DATASET_FORMATS)
+    .default('auto')
+    .describe(
+      "the dataset's layout: rlaif_v (question/chosen/rejected + image, named by columns), standard (TRL's prompt/chosen/rejected " +
+        'strings + images), conversational (TRL\'s message lists + images; the chat template applied in the format stage); ' +
+        'either TRL layout without a prompt column takes the shared prefix of chosen and rejected as the prompt; auto detects it from the columns',
+    ),
   columns: ColumnMappingSchema.prefault({}),
   max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
   max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),

@@ -4,6 +4,7 @@
  */
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
+import type { DatasetFormat } from './preferenceFormat.js';
 import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
 import type { EvalEngine } from './evalEngine.js';
 import type { RunLineage } from './lineage.js';
@@ -37,6 +38,8 @@ export interface FormatInput extends StageInput {
   modelSource: string;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  /** dataset.format: the layout declared, or auto (absent in runs started before it existed: auto). */
+  datasetFormat?: DatasetFormat;
   /** The labels the two selections go by in keys and summaries (contracts/splitSpec.ts splitLabels). */
   splits: { train: string; eval: string };
   /** The specs they select (dataset.train_split / eval_split); absent: the labels are plain split names. */
@@ -75,6 +78,7 @@ export interface FormatChunkInput {
   imageLongestEdge: number;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  datasetFormat?: DatasetFormat;
   filesPrefix?: string;
   chunk: FormatChunkSpec;
 }
@@ -87,6 +91,8 @@ export interface FormatChunkResult {
   rows: number;
   dropped: Record<string, number>;
   droppedExamples: Array<{ sampleId: string; reason: string; detail?: string }>;
+  /** The layout its file was read with (contracts/preferenceFormat.ts layoutLabel). */
+  layout?: string;
 }
 
 export interface FormatFinishInput {

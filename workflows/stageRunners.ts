@@ -153,6 +153,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         modelSource,
         format,
         columns: dataset.columns,
+        datasetFormat: dataset.format,
         ...formatSplitInput(dataset),
         limits: { train: dataset.max_train_samples, eval: dataset.max_eval_samples },
       });
@@ -160,7 +161,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       const { hash, imageLongestEdge, filesPrefix } = plan;
       const chunks = await Promise.all(
         plan.chunks.map((chunk) =>
-          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: dataset.columns, filesPrefix, chunk }),
+          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: dataset.columns, datasetFormat: dataset.format, filesPrefix, chunk }),
         ),
       );
       const labels = splitLabels(dataset);

@@ -83,6 +83,8 @@ export const qwen2vl: FamilySpec = {
       imageTokensFor: tokensFor,
       imageBlockTokens: [imageToken, '<|vision_start|>', '<|vision_end|>'],
       chatTurns: 'prompt-prefix',
+      // Flat pixel layout: every image's patches concatenated, one grid per image.
+      multiImage: true,
       expandPrompt(prompt, images) {
         const parts = prompt.split(imageToken);
         if (!images || images.length !== parts.length - 1) {
