@@ -538,6 +538,10 @@ export const ONNX_UNEXPORTABLE_MODEL_TYPES = {
     "family": "Qwen3-VL",
     "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
   },
+  "llava_next": {
+    "family": "LLaVA-NeXT",
+    "reason": "its anyres tiles, their unpadding and the row newlines are not in the exported scoring graph"
+  },
   "gemma3": {
     "family": "Gemma 3",
     "reason": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the exported scoring graph, whose mask is causal"

@@ -334,6 +334,7 @@ ONNX_UNEXPORTABLE_MODEL_TYPES: dict[str, dict[str, str]] = {
     "qwen2_vl": {"family": "Qwen2-VL", "reason": _MROPE},
     "qwen2_5_vl": {"family": "Qwen2.5-VL", "reason": _MROPE},
     "qwen3_vl": {"family": "Qwen3-VL", "reason": _MROPE},
+    "llava_next": {"family": "LLaVA-NeXT", "reason": "its anyres tiles, their unpadding and the row newlines are not in the exported scoring graph"},
     # Gemma 3's text model (sliding-window and global layers, q/k norms, two rotary bases) is not
     # the graph's, and its image tokens attend to each other bidirectionally (token_type_ids).
     "gemma3": {

@@ -137,7 +137,12 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
         has_vision=has_vision,
         image_token_id=image_token_id,
         image_tokens_per_image=image_tokens,
-        image_tokens_for_size=_size_token_counter(image_processor) if has_vision and config.model_type in IMAGE_ONLY_FAMILIES else None,
+        image_tokens_for_size=(
+            _size_token_counter(image_processor) if has_vision and config.model_type in IMAGE_ONLY_FAMILIES
+            else _anyres_token_counter(processor) if config.model_type == "llava_next"
+            else None
+        ),
+        multi_image=has_vision and config.model_type in IMAGE_ONLY_FAMILIES,
     )
     return LoadedModel(model, image_processor, spec)
 
@@ -148,6 +153,12 @@ def _size_token_counter(image_processor: Any) -> Any:
         return None
     merge = int(getattr(image_processor, "merge_size", 1))
     return lambda height, width: int(image_processor.get_number_of_image_patches(height, width, {})) // merge**2
+
+
+def _anyres_token_counter(processor: Any) -> Any:
+    """(height, width) -> image tokens, by LlavaNextProcessor's own count (grid pinpoint, letterbox
+    removed, a newline per row, the base tile)."""
+    return lambda height, width: int(processor._get_num_multimodal_tokens(image_sizes=[[height, width]]).num_image_tokens[0])
 
 
 def attach_lora(model: Any, lora: LoraSettings) -> Any:
@@ -233,6 +244,9 @@ def _shifted_logits(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, t
         # Qwen2-VL: the patches' grid per image, from which the model also derives its M-RoPE
         # position ids (get_rope_index, with the attention mask for the padding).
         inputs["image_grid_thw"] = batch.image_grid_thw
+    if batch.image_sizes is not None:
+        # LLaVA-NeXT: each image's size, from which the model counts its tiles and unpads them.
+        inputs["image_sizes"] = batch.image_sizes
     if batch.mm_token_type_ids is not None and _forward_takes(model, "mm_token_type_ids"):
         # transformers >= 5.x finds the image tokens for get_rope_index through this; releases
         # whose forward does not name it find them by image_token_id themselves.
