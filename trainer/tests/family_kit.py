@@ -87,6 +87,7 @@ class LossComparison:
     batch: object  # our PreferenceBatch
     inputs: dict  # TRL's collated inputs
     policy_logps: object  # our policy's completion log-probs [2B]
+    model: object  # the LoRA model both sides scored with
 
 
 def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Path, beta: float = 0.1) -> LossComparison:
@@ -136,4 +137,4 @@ def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Pat
     trainer._total_train_tokens, trainer._tp_size = 0, 1
     with torch.no_grad():
         theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
-    return LossComparison(ours.item(), theirs.item(), batch, inputs, policy)
+    return LossComparison(ours.item(), theirs.item(), batch, inputs, policy, model)
