@@ -150,7 +150,7 @@ export function describeTrainProgress(p: TrainProgress): string {
   const metric = (name: string) => (m[name] !== undefined ? ` ${name}=${m[name]!.toFixed(4)}` : '');
   const rate = p.samplesPerSecond ? ` ${p.samplesPerSecond.toFixed(1)} samples/s` : '';
   const eta = p.totalSteps && p.samplesPerSecond && p.stepSamples ? ` eta ${Math.round(((p.totalSteps - p.step) * p.stepSamples) / p.samplesPerSecond)}s` : '';
-  return `  ${p.stageId.padEnd(10)} step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${rate}${eta}`;
+  return `  ${p.stageId.padEnd(10)} step ${p.step}${of}${metric('loss')}${metric('rewards/accuracies')}${metric('rewards/margins')}${metric('mean_token_accuracy')}${rate}${eta}`;
 }
 
 /** What `dpo status` shows of a run that has ended. */

@@ -168,3 +168,26 @@ def test_a_dpo_checkpoint_does_not_resume_as_sft(reference_run, train_config, tm
     checkpoint = Path(reference_config["output_dir"]) / "checkpoints" / "step-00000002"
     result = run_train(train_config(tmp_path, objective="sft", resume_from=str(checkpoint)))
     assert result.exit_code == 65 and "objective" in result.last["message"]
+
+
+def test_sigterm_checkpoints_then_resume_gives_the_same_adapter_bytes(sft_run, train_config, tmp_path, validate_events):
+    """The real CLI with objective sft under SIGTERM: it checkpoints the last whole step and exits
+    75 (preempted); resuming from that checkpoint lands on the uninterrupted run's bytes."""
+    import signal
+
+    from test_train import CliRun
+
+    _, reference = sft_run
+    run = CliRun(train_config(tmp_path, objective="sft", preemption_grace_seconds=10), tmp_path / "term.json",
+                 {"DPO_FAULT_SLEEP_PER_STEP": "1.0"})
+    run.wait_for(lambda e: e["event"] == "step" and e["step"] == 2)
+    run.proc.send_signal(signal.SIGTERM)
+    terminated = run.finish()
+    validate_events(terminated.events)
+    assert terminated.exit_code == 75 and terminated.last["event"] == "preempted"
+    assert 2 <= terminated.last["step"] < 6
+    resumed = run_train(train_config(tmp_path, objective="sft", resume_from=terminated.last["checkpoint_path"]))
+    assert resumed.exit_code == 0, resumed.last
+    assert sha256_file(Path(resumed.last["adapter_path"]) / "adapter_model.safetensors") == sha256_file(
+        Path(reference.last["adapter_path"]) / "adapter_model.safetensors"
+    )
