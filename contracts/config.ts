@@ -10,7 +10,7 @@ import { HubRefError, isHubModelSource, parseHubRef } from './hubRepo.js';
 import { isSafeKeySegment } from './keys.js';
 import { DATASET_FORMATS } from './preferenceFormat.js';
 import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
-import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
+import { DPO_ONLY_FIELDS, DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
 
 const safeName = z
   .string()
@@ -297,6 +297,17 @@ export const TrainSchema = z
     for (const problem of lossProblems(t)) ctx.addIssue({ code: 'custom', ...problem });
   });
 
+/**
+ * The train settings only DPO reads (the trainer's DPO_ONLY_FIELDS that the pipeline has): an sft
+ * stage does not inherit them from the train section and refuses them in its params.
+ */
+export const SFT_REFUSED_TRAIN_FIELDS = DPO_ONLY_FIELDS.filter((f): f is Extract<typeof f, keyof TrainConfig> => f in TrainSchema.shape);
+
+/** What an sft stage starts from: the train section without its DPO settings (the trainer's defaults for them). */
+export function sftBaseSettings(train: TrainConfig): Partial<TrainConfig> {
+  return Object.fromEntries(Object.entries(train).filter(([k]) => !(SFT_REFUSED_TRAIN_FIELDS as readonly string[]).includes(k))) as Partial<TrainConfig>;
+}
+
 /** A loss setting TRL refuses (or ignores, which we refuse), with the field it names. */
 export interface LossProblem {
   path: string[];
@@ -379,7 +390,7 @@ const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|min
 
 export const StageDeclSchema = z.strictObject({
   id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)').describe('unique stage id; names its storage folder'),
-  kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
+  kind: z.string().describe('download, format, tokenize, shard, reference, train, sft, adapter, evaluate, report or publish'),
   needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
   params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
   queue: z.string().min(1).optional().describe('task queue override'),

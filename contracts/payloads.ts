@@ -177,6 +177,10 @@ export interface TrainInput {
   initAdapter?: { bucket: string; prefix: string };
   /** What the final adapter's model card says about the run (its config name, sources and revisions). */
   card?: TrainCardInfo;
+  /** What the trainer optimises (absent: dpo, as in runs started before sft stages existed). */
+  objective?: 'dpo' | 'sft';
+  /** Also store the base model with the final adapter merged in (an sft stage whose model a later stage consumes). */
+  mergeModel?: boolean;
 }
 
 export interface TrainCardInfo {
@@ -211,6 +215,8 @@ export interface TrainSegmentResult {
   trainSeconds: number;
   adapterBucket?: string;
   adapterPrefix?: string;
+  /** With mergeModel: the merged model folder, s3://<adapterBucket>/<modelPrefix>. */
+  modelPrefix?: string;
   /** Step metrics of every optimizer step so far (learning curves in the report). */
   stepMetricsKey?: string;
   /** s3:// location of the adapter training started from (`init_from`), when there was one. */
@@ -243,6 +249,12 @@ export interface TrainResult {
   /** Where the adapter is: s3://<adapterBucket>/<adapterPrefix>. */
   adapterBucket: string;
   adapterPrefix: string;
+  /** An sft stage whose model a later stage consumes: the merged model folder, s3://<adapterBucket>/<modelPrefix>. */
+  modelPrefix?: string;
+  /** What was optimised (absent: dpo). */
+  objective?: 'dpo' | 'sft';
+  /** The model the adapter applies to when it is not model.source: an sft stage's merged model (s3://...). */
+  baseModelSource?: string;
   finalStep: number;
   checkpointKeys: string[];
   resumedFromStep: number | null;

@@ -128,7 +128,17 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     await writeTrainerConfig(
       configPath,
       'TrainConfig',
-      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles, tracking }),
+      trainRunConfig(input.train, {
+        modelDir,
+        shards: shardPaths,
+        outputDir,
+        resumeFrom: resume?.dir ?? null,
+        initAdapter: initAdapterDir,
+        referenceFiles,
+        tracking,
+        objective: input.objective ?? 'dpo',
+        mergeModel: input.mergeModel ?? false,
+      }),
     );
     const control = new ControlFile(join(attemptDir, 'control.json'), {
       paused: input.control?.paused ?? false,
@@ -286,6 +296,8 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       metrics: (finished.metrics as TrainMetrics) ?? progress.metrics,
       adapterBucket: bucket,
       adapterPrefix: `${finalPrefix}adapter/`,
+      // final/model/ travelled with final/ (the trainer wrote it inside the same atomic folder).
+      ...(finished.model_path !== undefined && { modelPrefix: `${finalPrefix}model/` }),
       ...common,
     };
   } catch (err) {
@@ -365,6 +377,7 @@ function trainCard(input: TrainSegmentInput, steps: number, backoff: TrainSegmen
     modelRevision: card?.modelRevision ?? adapterBase(input.modelSource).revision,
     dataset: card?.dataset ?? { source: 'unknown', revision: null, trainSplit: input.trainSplit, evalSplit: 'unknown' },
     train: input.train,
+    ...(input.objective === 'sft' && { objective: 'sft' as const }),
     steps,
     memory: {
       per_device_train_batch_size: backoff?.micro_batch ?? input.train.per_device_train_batch_size,

@@ -4,6 +4,7 @@
     python -m dpo_trainer.build_tiny_model --arch qwen2_5_vl --out DIR [--seed 0]
     python -m dpo_trainer.build_tiny_model --arch qwen3_vl --out DIR [--seed 0]
     python -m dpo_trainer.build_tiny_model --arch gemma3 --out DIR [--seed 0]
+    python -m dpo_trainer.build_tiny_model --arch llava_next --out DIR [--seed 0]
 
 `--arch qwen2_5_vl` builds a tiny Qwen2.5-VL instead (Qwen2_5_VLForConditionalGeneration, its
 windowed vision tower and patch merger, M-RoPE, a Qwen2-style byte-level tokenizer with the
@@ -254,6 +255,90 @@ def save_processor(processor, out: Path, chat_template: str) -> None:
     # name every reader knows (transformers 4 and 5, transformers.js) for a plain tokenizer.json.
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+
+
+# llava-hf/llava-v1.6-mistral-7b-hf's chat template: Mistral's [INST] turns, images first.
+LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'][0]['text'] + '</s> ' }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyLlavaNextSize:
+    """Sizes of the tiny LLaVA-NeXT: 32 px tiles of 8 px patches (16 features each), anyres grid
+    pinpoints of 1 x 2, 2 x 1 and 2 x 2 tiles (the 7B: 336 px tiles, up to 672 x 672 / 1008 x 336)."""
+
+    tile: int = 32
+    patch_size: int = 8
+    pinpoints: tuple[tuple[int, int], ...] = ((32, 64), (64, 32), (64, 64))
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab_size: int = 512
+    initializer_range: float = 0.1  # see TinyLlavaSize
+
+
+def write_tiny_llava_next(out: Path, seed: int = 0, size: TinyLlavaNextSize | None = None) -> Path:
+    """A tiny random-init LLaVA-NeXT folder (LlavaNextForConditionalGeneration: CLIP tower, MLP
+    projector, learned image-newline vector, Llama), with LlavaNextProcessor and the Mistral template."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    size = size or TinyLlavaNextSize()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(size.vocab_size)
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden, intermediate_size=size.vision_hidden * 2, num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads, image_size=size.tile, patch_size=size.patch_size,
+        projection_dim=size.vision_hidden, initializer_range=size.initializer_range,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=size.text_hidden * 2,
+        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, num_key_value_heads=size.text_heads,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[list(p) for p in size.pinpoints],
+        vision_feature_layer=-1,  # with two vision layers, LLaVA's -2 would skip the last one
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    with torch.no_grad():  # transformers draws it at 1/sqrt(hidden); keep it at the tiny init's scale
+        model.model.image_newline.normal_(0, size.initializer_range)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    model.save_pretrained(out)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size.tile}, crop_size={"height": size.tile, "width": size.tile},
+        image_grid_pinpoints=[list(p) for p in size.pinpoints],
+    )
+    processor = LlavaNextProcessor(
+        image_processor, tokenizer, patch_size=size.patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, image_token="<image>",
+    )
+    save_processor(processor, out, LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE)
+    return out
 
 
 # Qwen/Qwen2.5-VL-7B-Instruct's (and Qwen2-VL-7B-Instruct's) chat template.
@@ -611,7 +696,7 @@ def write_tiny_gemma3(out: Path, seed: int = 0, size: TinyGemma3Size | None = No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llava", "qwen2_5_vl", "qwen3_vl", "gemma3"], required=True)
+    parser.add_argument("--arch", choices=["llava", "llava_next", "qwen2_5_vl", "qwen3_vl", "gemma3"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     defaults = TinyLlavaSize()
@@ -622,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.arch in ("qwen2_5_vl", "qwen3_vl"):
         # Its image-token count depends on each image's size; the size flags are LLaVA's.
         (write_tiny_qwen2_5_vl if args.arch == "qwen2_5_vl" else write_tiny_qwen3_vl)(args.out, seed=args.seed)
+        print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
+        return 0
+    if args.arch == "llava_next":
+        write_tiny_llava_next(args.out, seed=args.seed)
         print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
         return 0
     if args.arch == "gemma3":

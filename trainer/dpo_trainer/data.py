@@ -42,14 +42,11 @@ class ModelInputSpec:
     image_token_id: int | None
     image_tokens_per_image: int | None
     # (height, width) -> image tokens, for processors whose count depends on the image's size
-    # (Qwen2-VL); None where the count is fixed or unknown.
+    # (Qwen2-VL, LLaVA-NeXT); None where the count is fixed or unknown.
     image_tokens_for_size: Callable[[int, int], int] | None = None
-
-    @property
-    def multi_image(self) -> bool:
-        """Whether a prompt may hold several images: the flat layout (Qwen2-VL), where every image's
-        patches are concatenated with one grid each, is the one the collator builds for them."""
-        return self.image_tokens_for_size is not None
+    # Whether a prompt may hold several images: the flat layout (Qwen2-VL), where every image's
+    # patches are concatenated with one grid each, is the one the collator builds for them.
+    multi_image: bool = False
 
 
 def with_extra_images(table: pa.Table) -> pa.Table:
@@ -195,7 +192,7 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
         row = int(several[0])
         problems.append(
             f"sample {dataset.sample_ids[row]!r} has {int(image_counts[row])} images, but this model family takes one"
-            " image per prompt here (several: Qwen2-VL and Qwen2.5-VL); re-run the format stage for this model"
+            " image per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL); re-run the format stage for this model"
         )
     if has_image.any() and not spec.has_vision:
         row = int(np.flatnonzero(has_image)[0])
@@ -294,7 +291,8 @@ def steps_until_epoch(cursor: DataCursor, n: int, step_samples: int, epochs: int
 
 @dataclass
 class PreferenceBatch:
-    """Chosen rows first, then rejected rows, right-padded: one forward pass for both."""
+    """Chosen rows first, then rejected rows, right-padded: one forward pass for both (chosen rows
+    alone in a supervised fine-tuning batch)."""
 
     input_ids: torch.Tensor  # [2B, T]
     attention_mask: torch.Tensor  # [2B, T]
@@ -312,6 +310,10 @@ class PreferenceBatch:
     # [2B, T], 1 on image soft tokens (Gemma 3's processor output of that name): the model lets
     # each image's tokens attend to each other bidirectionally from it; without it, causally.
     token_type_ids: torch.Tensor | None = None
+    # [images, 2], each image's (height, width) for anyres processors (LLaVA-NeXT), whose
+    # pixel_values are [images, tiles, C, H, W] with missing tiles zero: the model takes the
+    # tile count and the letterbox to remove from it.
+    image_sizes: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "PreferenceBatch":
         return PreferenceBatch(
@@ -324,6 +326,7 @@ class PreferenceBatch:
             None if self.image_grid_thw is None else self.image_grid_thw.to(device),
             None if self.mm_token_type_ids is None else self.mm_token_type_ids.to(device),
             None if self.token_type_ids is None else self.token_type_ids.to(device),
+            None if self.image_sizes is None else self.image_sizes.to(device),
         )
 
 
@@ -331,8 +334,9 @@ class PreferenceBatch:
 class ImageFeatures:
     """One image as the image processor returns it."""
 
-    pixel_values: torch.Tensor  # [C, H, W], or [patches, C*t*p*p] in the flat layout
+    pixel_values: torch.Tensor  # [C, H, W], [patches, C*t*p*p] in the flat layout, [tiles, C, H, W] anyres
     grid_thw: torch.Tensor | None  # [3] in the flat layout (Qwen2-VL), else None
+    size: tuple[int, int] | None = None  # (height, width) of the image, for anyres (LLaVA-NeXT)
 
     @property
     def nbytes(self) -> int:
@@ -368,6 +372,9 @@ class PixelCache:
             raise InvalidInputError(f"sample {sample_id!r}: the image processor refuses the image ({exc})") from None
         if "image_grid_thw" in out:
             features = ImageFeatures(out["pixel_values"], out["image_grid_thw"][0])
+        elif "image_sizes" in out:
+            height, width = (int(v) for v in out["image_sizes"][0])
+            features = ImageFeatures(out["pixel_values"][0], None, (height, width))
         else:
             features = ImageFeatures(out["pixel_values"][0], None)
         if features.nbytes <= self.budget:
@@ -395,11 +402,15 @@ def marks_image_tokens(image_processor: Any) -> bool:
     return type(image_processor).__name__ in TOKEN_TYPE_IMAGE_PROCESSORS
 
 
-def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None) -> PreferenceBatch:
-    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks."""
+def collate(
+    rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None, *, chosen_only: bool = False
+) -> PreferenceBatch:
+    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks; with
+    `chosen_only` (supervised fine-tuning), the prompt + chosen rows alone."""
     sequences: list[list[int]] = []
     completion_starts: list[int] = []
-    for column in ("chosen_input_ids", "rejected_input_ids"):
+    columns = ("chosen_input_ids",) if chosen_only else ("chosen_input_ids", "rejected_input_ids")
+    for column in columns:
         for row in rows:
             sequences.append(row["prompt_input_ids"] + row[column])
             completion_starts.append(len(row["prompt_input_ids"]))
@@ -415,6 +426,7 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
     image_grid_thw = None
     mm_token_type_ids = None
     token_type_ids = None
+    image_sizes = None
     with_image = [row for row in rows if row["image"] is not None]
     if with_image:
         if pixels is None:
@@ -426,26 +438,39 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
         ]
         images = [f for row_features in per_row for f in row_features]
         # Image features are scattered into <image> tokens in row order: chosen rows, then rejected.
+        images_in_order = images * len(columns)
         if images[0].grid_thw is None:
             several = next((row for row, fs in zip(with_image, per_row) if len(fs) > 1), None)
             if several is not None:
                 raise InvalidInputError(
                     f"sample {several['sample_id']!r} has several images; the image processor"
-                    f" {type(pixels.image_processor).__name__} takes one per prompt here (several: Qwen2-VL and Qwen2.5-VL)"
+                    f" {type(pixels.image_processor).__name__} takes one per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL)"
                 )
-            pixel_values = torch.stack([f.pixel_values for f in images + images])
+            if images[0].size is not None:
+                # Anyres: tiles padded to the batch's most (the model reads each image's own count
+                # from image_sizes and drops the rest).
+                tiles = max(f.pixel_values.shape[0] for f in images)
+                pixel_values = torch.stack([_pad_tiles(f.pixel_values, tiles) for f in images_in_order])
+                image_sizes = torch.tensor([f.size for f in images_in_order], dtype=torch.long)
+            else:
+                pixel_values = torch.stack([f.pixel_values for f in images_in_order])
             if pixels.image_token_id is not None and marks_image_tokens(pixels.image_processor):
                 token_type_ids = (input_ids == pixels.image_token_id).long()
         else:
             _check_image_tokens(with_image, per_row, pixels)
-            pixel_values = torch.cat([f.pixel_values for f in images + images])
-            image_grid_thw = torch.stack([f.grid_thw for f in images + images])
+            pixel_values = torch.cat([f.pixel_values for f in images_in_order])
+            image_grid_thw = torch.stack([f.grid_thw for f in images_in_order])
             if pixels.image_token_id is not None:
                 mm_token_type_ids = (input_ids == pixels.image_token_id).long()
     return PreferenceBatch(
         input_ids, attention_mask, completion_mask, pixel_values, len(rows), int(attention_mask.sum()), image_grid_thw,
-        mm_token_type_ids, token_type_ids,
+        mm_token_type_ids, token_type_ids, image_sizes,
     )
+
+
+def _pad_tiles(pixel_values: torch.Tensor, tiles: int) -> torch.Tensor:
+    missing = tiles - pixel_values.shape[0]
+    return pixel_values if missing == 0 else torch.cat([pixel_values, pixel_values.new_zeros((missing, *pixel_values.shape[1:]))])
 
 
 def _check_image_tokens(rows: list[dict[str, Any]], images: list[list[ImageFeatures]], pixels: PixelCache) -> None:

@@ -5,6 +5,7 @@ maybe_apply_chat_template splits them), Parquet shards, and a small LoRA train c
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -75,3 +76,65 @@ def lora_train_config(model_dir: Path, shards: list[Path], output_dir: Path, **o
     }
     config.update(overrides)
     return config
+
+
+@dataclass
+class LossComparison:
+    """Our DPO loss and TRL's on the same LoRA model and rows (see `compare_with_trl`)."""
+
+    ours: float
+    theirs: float
+    batch: object  # our PreferenceBatch
+    inputs: dict  # TRL's collated inputs
+    policy_logps: object  # our policy's completion log-probs [2B]
+    model: object  # the LoRA model both sides scored with
+
+
+def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Path, beta: float = 0.1) -> LossComparison:
+    """The sigmoid DPO loss by our collate + log-probs + loss, and by TRL's own vision collator and
+    `DPOTrainer._compute_loss` (its fused LM head added, as its __init__ does), on one model with
+    LoRA whose B matrices are moved off zero (so policy and reference differ); the reference is
+    the disabled adapter on both sides."""
+    from collections import defaultdict
+
+    import torch
+    from accelerate import Accelerator
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo_trainer.config import LoraSettings
+    from dpo_trainer.data import PixelCache, collate
+    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
+    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
+
+    loaded = load_base_model(str(model_dir), torch.float32, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
+    with torch.no_grad():
+        policy, lengths = completion_logps(model, batch)
+        with model.disable_adapter():
+            ref, _ = completion_logps(model, batch)
+    ours = pair_losses(PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref), LossSettings(beta=beta)).mean()
+    collator = DataCollatorForVisionPreference(processor)
+    inputs = collator([{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows])
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
+    trainer = object.__new__(DPOTrainer)
+    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
+    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
+    trainer.loss_weights = [1.0]
+    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
+    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
+    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    trainer._total_train_tokens, trainer._tp_size = 0, 1
+    with torch.no_grad():
+        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    return LossComparison(ours.item(), theirs.item(), batch, inputs, policy, model)

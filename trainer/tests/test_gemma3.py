@@ -17,7 +17,6 @@ import dataclasses
 import io
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from family_kit import lora_train_config, processor_rows, two_shards, write_rows
+from family_kit import compare_with_trl, lora_train_config, processor_rows, two_shards, write_rows
 
 
 def gemma_rows(processor, n: int, seed: int) -> list[dict]:
@@ -86,66 +85,21 @@ def test_collate_builds_the_pixels_and_the_image_token_mask(gemma_model_dir, gem
 
 def test_loss_equals_trls_on_the_tiny_model(gemma_model_dir, processor, tmp_path):
     pytest.importorskip("trl")
-    from accelerate import Accelerator
-    from trl import DPOConfig, DPOTrainer
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
-    from trl.trainer.utils import add_fused_lm_head
+    from dpo_trainer.modeling import completion_logps
 
-    from dpo_trainer.config import LoraSettings
-    from dpo_trainer.data import PixelCache, collate
-    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
-    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
-
-    loaded = load_base_model(str(gemma_model_dir), torch.float32, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
-    # LoRA B starts at zero (policy == reference); move it so the loss measures something.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    beta = 0.1
-    rows = gemma_rows(processor, 4, seed=9)
-
-    # Ours: the trainer's collate, log-probs and loss.
-    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
-    with torch.no_grad():
-        policy, lengths = completion_logps(model, batch)
-        with model.disable_adapter():
-            ref, _ = completion_logps(model, batch)
-    pairs = PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref)
-    ours = pair_losses(pairs, LossSettings(beta=beta)).mean()
-
-    # TRL's: its vision collator on the images and texts, its _compute_loss with the reference
-    # from the disabled adapter, on the same model (TRL's fused LM head added, as its __init__ does).
-    collator = DataCollatorForVisionPreference(processor)
-    examples = [{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows]
-    inputs = collator(examples)
+    result = compare_with_trl(gemma_model_dir, processor, gemma_rows(processor, 4, seed=9), tmp_path)
+    batch, inputs = result.batch, result.inputs
     assert "token_type_ids" in inputs
-    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
-    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
-    trainer = object.__new__(DPOTrainer)
-    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
-    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
-    trainer.loss_weights = [1.0]
-    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
-    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
-    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
-    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    trainer._total_train_tokens, trainer._tp_size = 0, 1
-    with torch.no_grad():
-        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     # The same sequences and the same image-token mask (TRL's from the processor).
     keep = inputs["attention_mask"].bool()
     assert torch.equal(inputs["input_ids"][keep], batch.input_ids[batch.attention_mask.bool()])
     assert torch.equal(inputs["token_type_ids"][keep].long(), batch.token_type_ids[batch.attention_mask.bool()])
-    assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
-    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    assert abs(result.ours - math.log(2)) > 1e-3, "policy and reference should differ"
+    assert result.ours == pytest.approx(result.theirs, abs=1e-5)
     # Without the mask the image tokens attend causally: other log-probs.
     with torch.no_grad():
-        causal_policy, _ = completion_logps(model, dataclasses.replace(batch, token_type_ids=None))
-    assert not torch.allclose(causal_policy, policy, atol=1e-4)
+        causal_policy, _ = completion_logps(result.model, dataclasses.replace(batch, token_type_ids=None))
+    assert not torch.allclose(causal_policy, result.policy_logps, atol=1e-4)
 
 
 def test_lora_reaches_the_vision_tower(gemma_reference_run):

@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 
 from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from family_kit import lora_train_config, processor_rows, two_shards, write_rows
+from family_kit import compare_with_trl, lora_train_config, processor_rows, two_shards, write_rows
 
 
 def qwen_rows(processor, n: int, seed: int) -> list[dict]:
@@ -93,74 +92,29 @@ def test_collate_builds_the_flat_pixels_and_grids(qwen_model_dir, qwen_shards, p
     assert len({tuple(g.tolist()) for g in grids}) > 1, "the batch should mix image sizes"
 
 
-def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, processor, model_type, tmp_path):
-    trl = pytest.importorskip("trl")
-    from accelerate import Accelerator
-    from trl import DPOConfig, DPOTrainer
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
-    from trl.trainer.utils import add_fused_lm_head
+def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, processor, model_type, tmp_path):
+    pytest.importorskip("trl")
+    from dpo_trainer.modeling import completion_logps
 
-    from dpo_trainer.config import LoraSettings
-    from dpo_trainer.data import PixelCache, collate
-    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
-    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
-
-    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
-    # LoRA B starts at zero (policy == reference); move it so the loss measures something.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    beta = 0.1
-    rows = qwen_rows(processor, 4, seed=9)
-
-    # Ours: the trainer's collate, log-probs and loss.
-    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
-    with torch.no_grad():
-        policy, lengths = completion_logps(model, batch)
-        with model.disable_adapter():
-            ref, _ = completion_logps(model, batch)
-    pairs = PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref)
-    ours = pair_losses(pairs, LossSettings(beta=beta)).mean()
-
-    # TRL's: its vision collator on the images and texts, its _compute_loss with the reference
-    # from the disabled adapter, on the same model (TRL's fused LM head added, as its __init__ does).
-    collator = DataCollatorForVisionPreference(processor)
-    examples = [{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows]
-    inputs = collator(examples)
+    result = compare_with_trl(qwen_model_dir, processor, qwen_rows(processor, 4, seed=9), tmp_path)
+    batch, inputs = result.batch, result.inputs
     assert "image_grid_thw" in inputs
-    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
-    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
-    trainer = object.__new__(DPOTrainer)
-    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
-    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
-    trainer.loss_weights = [1.0]
-    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
-    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
-    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
-    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    trainer._total_train_tokens, trainer._tp_size = 0, 1
-    with torch.no_grad():
-        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     # The same sequences: TRL pads prompts left then flushes left, which must land on ours; the
     # image-token mask the model takes its M-RoPE positions from is the processor's.
     assert torch.equal(inputs["input_ids"][inputs["attention_mask"].bool()], batch.input_ids[batch.attention_mask.bool()])
     assert torch.equal(inputs["mm_token_type_ids"].long(), batch.mm_token_type_ids)
-    assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
-    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    assert abs(result.ours - math.log(2)) > 1e-3, "policy and reference should differ"
+    assert result.ours == pytest.approx(result.theirs, abs=1e-5)
     # Without the image-token mask Qwen2.5-VL silently uses 1-D positions (a different loss);
     # Qwen3-VL refuses to run.
     flat = dataclasses.replace(batch, mm_token_type_ids=None)
     with torch.no_grad():
         if model_type == "qwen3_vl":
             with pytest.raises(ValueError, match="mm_token_type_ids"):
-                completion_logps(model, flat)
+                completion_logps(result.model, flat)
         else:
-            flat_policy, _ = completion_logps(model, flat)
-            assert not torch.allclose(flat_policy, policy, atol=1e-3)
+            flat_policy, _ = completion_logps(result.model, flat)
+            assert not torch.allclose(flat_policy, result.policy_logps, atol=1e-3)
 
 
 def test_lora_reaches_the_vision_tower_and_merger(qwen_reference_run, model_type):
@@ -254,3 +208,32 @@ def test_onnx_export_is_refused_by_name(qwen_model_dir, model_type, tmp_path):
     assert (code, last["error_type"]) == (65, "ModelLoadError")
     assert f"ONNX export of {FAMILIES[model_type]} is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_forwards_the_chosen_rows_with_their_images(qwen_model_dir, qwen_shards, qwen_config, tmp_path):
+    """The sft objective's batch holds the chosen rows alone, with one image grid each, and its
+    loss is transformers' own Qwen2.5-VL loss with the prompt labelled -100; a short sft run on
+    the flat pixel layout finishes."""
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import _forward_takes, completion_token_stats, load_base_model
+
+    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
+    rows = load_shards([str(qwen_shards[0])]).rows(range(4))
+    pixels = PixelCache(loaded.image_processor, loaded.spec.image_token_id)
+    both = collate(rows, loaded.spec.pad_token_id, pixels)
+    chosen = collate(rows, loaded.spec.pad_token_id, pixels, chosen_only=True)
+    assert chosen.input_ids.shape[0] == 4 and torch.equal(chosen.image_grid_thw, both.image_grid_thw[:4])
+    assert torch.equal(chosen.pixel_values, both.pixel_values[: chosen.pixel_values.shape[0]])
+    model = loaded.model.eval()
+    inputs = {"input_ids": chosen.input_ids, "attention_mask": chosen.attention_mask, "pixel_values": chosen.pixel_values,
+              "image_grid_thw": chosen.image_grid_thw}
+    if _forward_takes(model, "mm_token_type_ids"):
+        inputs["mm_token_type_ids"] = chosen.mm_token_type_ids
+    with torch.no_grad():
+        stats = completion_token_stats(model, chosen)
+        theirs = model(**inputs, labels=chosen.input_ids.masked_fill(chosen.completion_mask == 0, -100)).loss
+    assert (-stats.log_probs.sum() / stats.mask.sum()).item() == pytest.approx(theirs.item(), abs=1e-5)
+    result = run_train(qwen_config(tmp_path, objective="sft", max_steps=2, merge_model=True))
+    assert result.exit_code == 0, result.last
+    assert set(result.of("step")[-1]["metrics"]) >= {"loss", "mean_token_accuracy", "entropy", "num_tokens"}
+    assert (Path(result.last["model_path"]) / "config.json").is_file()

@@ -1,12 +1,14 @@
 /**
- * Qwen2.5-VL and Qwen3-VL through the pipeline on the real stack (Temporal dev server, MinIO, the
- * Python trainer), on the demo data: download -> format -> tokenize -> shard -> train, with a tiny
- * random-init model of each family. Node tokenizes every prompt with each thumbnail's own image-token count
- * (smart_resize); the trainer checks those counts against its processor before step 1 and builds
- * the flat pixel_values, image_grid_thw and M-RoPE mask per batch, so a finished train stage
+ * The families whose image-token count depends on each image's size, through the pipeline on the
+ * real stack (Temporal dev server, MinIO, the Python trainer), on the demo data: download ->
+ * format -> tokenize -> shard -> train, with a tiny random-init model of each: Qwen2.5-VL and
+ * Qwen3-VL (smart_resize) and LLaVA-NeXT (anyres). Node tokenizes every prompt with each
+ * thumbnail's own image-token count; the trainer checks those counts against its processor
+ * before step 1 and builds the family's pixel layout (Qwen's flat patches, image_grid_thw and
+ * M-RoPE mask; LLaVA-NeXT's padded tiles and image_sizes) per batch, so a finished train stage
  * means Node and transformers agreed on every sample. Then evaluate -> report: the ONNX exporter
- * cannot build Qwen2-VL's M-RoPE positions, so `evaluate.engine: auto` picks the pytorch engine
- * from the model's family up front (no export is attempted), and the report says so.
+ * cannot build these families' scoring graphs, so `evaluate.engine: auto` picks the pytorch
+ * engine from the model's family up front (no export is attempted), and the report says so.
  */
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -35,7 +37,7 @@ let datasetDir: string;
 
 beforeAll(async () => {
   stack = await startTestStack();
-  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-qwen-'));
+  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-families-'));
   await generateDemoDataset({ outDir: datasetDir, trainRows: 24, testRows: 8, seed: 21 });
 }, 300_000);
 
@@ -44,9 +46,13 @@ afterAll(async () => {
 });
 
 describe.each([
-  { arch: 'qwen2_5_vl', family: 'Qwen2.5-VL' },
-  { arch: 'qwen3_vl', family: 'Qwen3-VL' },
-] as const)('$family pipeline on the demo data', ({ arch, family }) => {
+  // blockExtra: the tokens around each image's placeholders (<|vision_start|>, <|vision_end|>);
+  // thumbnails: Qwen's are bounded by the processor's max_pixels, LLaVA-NeXT's by half its
+  // largest grid pinpoint's edge (64 px).
+  { arch: 'qwen2_5_vl', family: 'Qwen2.5-VL', blockExtra: 2, fits: (w: number, h: number) => w * h <= 4096 },
+  { arch: 'qwen3_vl', family: 'Qwen3-VL', blockExtra: 2, fits: (w: number, h: number) => w * h <= 4096 },
+  { arch: 'llava_next', family: 'LLaVA-NeXT', blockExtra: 0, fits: (w: number, h: number) => Math.max(w, h) <= 32 },
+] as const)('$family pipeline on the demo data', ({ arch, family, blockExtra, fits }) => {
   let modelDir: string;
   let result: PipelineResult;
   let config: PipelineConfigInput;
@@ -55,10 +61,10 @@ describe.each([
     modelDir = await ensureTinyModel(0, arch);
     const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, `models/tiny-${arch}/`, modelDir);
     config = {
-      name: 'qwen',
+      name: arch.replace(/_/g, '-'),
       model: { source: modelSource },
       dataset: { source: datasetDir },
-      // No image_longest_edge: the default for this processor family is its max_pixels (4096).
+      // No image_longest_edge: the family's default (max_pixels for Qwen, half the largest pinpoint for LLaVA-NeXT).
       tokenize: { max_length: 256, max_prompt_length: 192 },
       shard: { samples_per_shard: 16 },
       evaluate: { batch_size: 4 },
@@ -74,7 +80,7 @@ describe.each([
     expect(result.timeline.map((t) => [t.id, t.state])).toEqual(['download', 'format', 'tokenize', 'shard', 'train', 'evaluate', 'report'].map((s) => [s, 'done']));
   });
 
-  it('thumbnails within the processor\'s max_pixels and keeps every row', async () => {
+  it('thumbnails within the family\'s default bound and keeps every row', async () => {
     const format = await stack.deps.storage.getJson<FormatManifest>(TEST_BUCKET, result.dataStages.format!.manifestKey);
     expect(format.splits.train!.rows).toBe(24);
     const tokenize = await stack.deps.storage.getJson<TokenizeManifest>(TEST_BUCKET, result.dataStages.tokenize!.manifestKey);
@@ -90,10 +96,9 @@ describe.each([
     for (let i = 0; i < table.numRows; i++) {
       const image = table.getChild('image')!.get(i) as Uint8Array;
       const { width, height } = await sharp(image).metadata();
-      expect(width! * height!).toBeLessThanOrEqual(4096);
+      expect({ width, height, fits: fits(width!, height!) }).toEqual({ width, height, fits: true });
       const prompt = Array.from(table.getChild('prompt_input_ids')!.get(i)!.toArray() as Int32Array);
-      // Image pads plus <|vision_start|> and <|vision_end|>.
-      expect(prompt.filter((t) => imageToken.has(t)).length).toBe(chat.imageTokensFor({ width: width!, height: height! }) + 2);
+      expect(prompt.filter((t) => imageToken.has(t)).length).toBe(chat.imageTokensFor({ width: width!, height: height! }) + blockExtra);
     }
   });
 
