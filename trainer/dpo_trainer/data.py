@@ -49,11 +49,18 @@ class ModelInputSpec:
     multi_image: bool = False
 
 
+def with_extra_images(table: pa.Table) -> pa.Table:
+    """The table with an `extra_images` column: empty lists where it has none (one image a row)."""
+    if EXTRA_IMAGES in table.column_names:
+        return table
+    return table.append_column(EXTRA_IMAGES, pa.array([[]] * table.num_rows, type=pa.list_(pa.binary())))
+
+
 class PreferenceDataset:
     """All preference pairs of the given shards, in shard order."""
 
     def __init__(self, table: pa.Table, sources: list[str]):
-        self.table = table
+        self.table = with_extra_images(table)
         self.sources = sources
         self.sample_ids: list[str] = table.column("sample_id").to_pylist()
 
@@ -108,9 +115,7 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
             raise InvalidInputError(
                 f"shard {path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})"
             )
-        if EXTRA_IMAGES not in table.column_names:
-            table = table.append_column(EXTRA_IMAGES, pa.array([[]] * table.num_rows, type=pa.list_(pa.binary())))
-        table = table.select([*REQUIRED_COLUMNS, EXTRA_IMAGES])
+        table = with_extra_images(table).select([*REQUIRED_COLUMNS, EXTRA_IMAGES])
         problems = _column_type_problems(table, path)
         if problems:
             raise InvalidInputError(problems)

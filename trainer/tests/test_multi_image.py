@@ -1,4 +1,4 @@
-"""Rows with several images (shard column `extra_images`), on the tiny Qwen2.5-VL: the collate
+"""Rows with several images (shard column `extra_images`), on the tiny Qwen2.5-VL and Qwen3-VL: the collate
 stage concatenates every image's patches with one grid per image, in placeholder order, and the
 DPO loss equals TRL's (its vision collator given the same `images` lists, its `_compute_loss`);
 a training run on mixed one- and two-image shards finishes. Families without the flat layout
@@ -25,18 +25,25 @@ from family_kit import SIZES, lora_train_config, sized_jpeg
 MULTI_SCHEMA = SHARD_SCHEMA.append(pa.field("extra_images", pa.list_(pa.binary())))
 
 
+# The families with the flat layout, each on its tiny random-init model.
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def model_type(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qwen_model_dir(tmp_path_factory) -> Path:
-    from dpo_trainer.build_tiny_model import write_tiny_qwen2_5_vl
+def qwen_model_dir(model_type, tmp_path_factory) -> Path:
+    from dpo_trainer import build_tiny_model
 
-    return write_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "tiny-qwen2.5-vl", seed=0)
+    build = {"qwen2_5_vl": build_tiny_model.write_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_model.write_tiny_qwen3_vl}[model_type]
+    return build(tmp_path_factory.mktemp(model_type) / f"tiny-{model_type}", seed=0)
 
 
 @pytest.fixture(scope="module")
-def processor(qwen_model_dir):
+def processor(qwen_model_dir, model_type):
     from dpo_trainer.vision_processors import load_image_only_processor
 
-    return load_image_only_processor(qwen_model_dir, "qwen2_5_vl")
+    return load_image_only_processor(qwen_model_dir, model_type)
 
 
 def multi_rows(processor, n: int, seed: int) -> list[dict]:
