@@ -13,7 +13,7 @@ import { causeMessages, FailureType } from '../contracts/errors.js';
 import { SweepError } from '../contracts/sweep.js';
 import { trainingWorkflowId } from '../contracts/keys.js';
 import type { RunLineage } from '../contracts/lineage.js';
-import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
+import type { PipelineResult, StageTimeline, TrackingSummary } from '../contracts/payloads.js';
 import type { TrainProgress } from '../contracts/progress.js';
 import { temporalEnv } from '../contracts/connection.js';
 import { PIPELINE_WORKFLOW, statusQuery, type PipelineStatus } from '../contracts/messages.js';
@@ -162,6 +162,8 @@ export interface ClosedRunStatus {
   plan?: Array<{ id: string; kind: string; needs: string[] }>;
   stages?: Record<string, StageTimeline>;
   lineage: RunLineage | null;
+  /** Where each train stage's experiment-tracker runs are (train.report_to), by stage id. */
+  tracking?: Record<string, TrackingSummary>;
   /** Why a run that did not complete ended, and what to do next. */
   error?: string;
   hint?: string;
@@ -181,6 +183,7 @@ export async function closedRunStatus(handle: WorkflowHandle, description: Workf
       plan: result.timeline.map((s) => ({ id: s.id, kind: s.kind, needs: s.needs })),
       stages: Object.fromEntries(result.timeline.map((s) => [s.id, s])),
       lineage: result.lineage ?? lineage,
+      tracking: Object.fromEntries(Object.entries(result.trainings).flatMap(([id, t]) => (t.tracking ? [[id, t.tracking]] : []))),
     };
   } catch (err) {
     return { ...base, error: describeFailure(err), hint: failureHint(handle.workflowId, err) };

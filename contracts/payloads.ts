@@ -225,12 +225,24 @@ export interface TrainSegmentResult {
   interruptions: Interruptions;
   /** The trainer's own out-of-memory backoff in this segment: the settings it ended with. */
   backoff?: { micro_batch: number; grad_accum: number; gradient_checkpointing: boolean };
-  /**
-   * Experiment tracking (train.report_to) in this segment: tracker calls that failed (training
-   * went on; each was retried at the next step), failed event-file uploads, and the seconds the
-   * trainer spent in tracker calls. Absent when report_to is none.
-   */
-  tracking?: { failures: Record<string, number>; uploadFailures: number; seconds: number };
+  /** Experiment tracking (train.report_to) in this segment; absent when report_to is none. */
+  tracking?: TrackingSummary;
+}
+
+/**
+ * Experiment tracking of a train stage: tracker calls that failed (training went on; each was
+ * retried at the next step), failed event-file uploads, the seconds the trainer spent in tracker
+ * calls, and where each tracker's run can be looked at: the MLflow run's page, an online W&B
+ * run's page, the s3:// folder of the TensorBoard event files or of the offline W&B run.
+ */
+/** The memo's `trackerLinks`: train stage id -> tracker -> its run's page or files. */
+export type TrackerLinks = Record<string, Record<string, string>>;
+
+export interface TrackingSummary {
+  failures: Record<string, number>;
+  uploadFailures: number;
+  seconds: number;
+  links: Record<string, string>;
 }
 
 export interface ReferenceInput {
@@ -270,6 +282,8 @@ export interface TrainResult {
   finalMemorySettings?: { per_device_train_batch_size: number | 'auto'; gradient_accumulation_steps: number; gradient_checkpointing: boolean };
   /** Segment activities, their attempts, preemptions and lost workers (contracts/attempts.ts). */
   attempts?: StageAttempts;
+  /** Experiment tracking, as the last segment reported it (train.report_to; absent for none). */
+  tracking?: TrackingSummary;
 }
 
 export type { EvalMetrics } from './evalMetrics.js';

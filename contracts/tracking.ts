@@ -3,6 +3,7 @@
  * the trainer writes to, and the lineage every tracker shows beside the curves. Pure code:
  * bundled into workflows.
  */
+import type { TrackingSummary } from './payloads.js';
 import { REPORT_TO_INTEGRATIONS, type ReportToIntegration } from './trainerContract.js';
 
 /** What `train.report_to` accepts: TRL's values. */
@@ -24,4 +25,19 @@ export function lineageTags(lineage: Record<string, string | number | null | und
   return Object.entries(lineage)
     .filter((entry): entry is [string, string | number] => entry[1] !== null && entry[1] !== undefined && entry[1] !== '')
     .map(([key, value]) => `${key}=${value}`);
+}
+
+/**
+ * Where a train stage's tracker runs are, one phrase per tracker, for the report and `dpo
+ * status`: the run's page (MLflow, online W&B) or its files' s3:// folder (TensorBoard, with the
+ * command that serves them; an offline W&B run, for `wandb sync`), and failed calls when any.
+ */
+export function describeTracking(tracking: TrackingSummary, runId: string): string[] {
+  const names = [...new Set([...Object.keys(tracking.links), ...Object.keys(tracking.failures)])];
+  return names.map((name) => {
+    const link = tracking.links[name];
+    const failed = (tracking.failures[name] ?? 0) + (name === 'tensorboard' || name === 'wandb' ? tracking.uploadFailures : 0);
+    const how = name === 'tensorboard' ? ` (\`dpo tensorboard ${runId}\`)` : name === 'wandb' && link?.startsWith('s3://') ? ' (offline run: `wandb sync` it)' : '';
+    return `${name}: ${link ?? 'no run'}${link ? how : ''}${failed ? `, ${failed} failed call${failed === 1 ? '' : 's'}` : ''}`;
+  });
 }

@@ -10,7 +10,7 @@ import type { PipelinePlan } from '../contracts/dag.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import { isHubModelSource } from '../contracts/hubRepo.js';
 import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../contracts/lineage.js';
-import type { StageResult } from '../contracts/payloads.js';
+import type { StageResult, TrackerLinks, TrackingSummary } from '../contracts/payloads.js';
 
 /** Small storage reads and writes. */
 const lineageActivities = (config: PipelineConfig) =>
@@ -80,6 +80,18 @@ export async function finishLineage(config: PipelineConfig, lineage: RunLineage,
       log.warn('could not write the run manifest of a failed run', { error: String(err) });
     }
   });
+}
+
+/**
+ * A finished train stage's tracker runs (their pages, or their files' folders) added to the run's
+ * `links` (stage id -> tracker -> link) and to the memo, so the Web UI and `dpo status` link them
+ * while the run goes on. Histories from before have no such memo update: the patch keeps them
+ * replaying.
+ */
+export function noteTrackerLinks(links: TrackerLinks, stageId: string, tracking: TrackingSummary): void {
+  if (!Object.keys(tracking.links).length || !patched('memo-tracker-links')) return;
+  links[stageId] = tracking.links;
+  upsertMemo({ trackerLinks: { ...links } });
 }
 
 function publish(lineage: RunLineage): void {

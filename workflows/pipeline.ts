@@ -9,7 +9,7 @@
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
 import { ApplicationFailure, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
-import { finishLineage, noteDatasetRevision, startLineage } from './lineage.js';
+import { finishLineage, noteDatasetRevision, noteTrackerLinks, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
 import { PlanError, planToMermaid, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import { planRun } from '../contracts/runPlan.js';
@@ -18,7 +18,7 @@ import { SweepError, sweepRows, type SweepBranch } from '../contracts/sweep.js';
 import { addAttempt } from '../contracts/attempts.js';
 import { causeMessages, FailureType } from '../contracts/errors.js';
 import { isSafeKeySegment } from '../contracts/keys.js';
-import type { PipelineResult, StageTimeline } from '../contracts/payloads.js';
+import type { PipelineResult, StageTimeline, TrackerLinks } from '../contracts/payloads.js';
 import { runStage, type RunContext, type StageOutput } from './stageRunners.js';
 import {
   pauseTrainingSignal,
@@ -50,6 +50,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
   };
   const outputs = new Map<string, StageOutput>();
   const failures = new Map<string, unknown>();
+  const trackerLinks: TrackerLinks = {};
   const ctx: RunContext = {
     runId,
     config,
@@ -117,6 +118,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
       // The lineage's dataset is config.dataset.source (a download of another source, e.g. a separate SFT dataset, is not it).
       const otherSource = (stage.params.dataset as { source?: unknown } | undefined)?.source;
       if (stage.kind === 'download' && output.data && (otherSource === undefined || otherSource === config.dataset.source)) noteDatasetRevision(lineage, output.data);
+      if (output.train?.tracking) noteTrackerLinks(trackerLinks, stage.id, output.train.tracking);
     } catch (err) {
       failures.set(stage.id, err);
       Object.assign(entry, { state: 'failed', finishedAt: Date.now(), error: describeError(err) });

@@ -160,6 +160,7 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
           attempts,
           ...(r.stepMetricsKey && { stepMetricsKey: r.stepMetricsKey }),
           ...(r.initAdapter && { initAdapter: r.initAdapter }),
+          ...(r.tracking && { tracking: r.tracking }),
           finalMemorySettings: {
             per_device_train_batch_size: state.train.per_device_train_batch_size,
             gradient_accumulation_steps: state.train.gradient_accumulation_steps,

@@ -15,6 +15,7 @@ import { attemptCells } from '../../contracts/attempts.js';
 import type { EvaluateResult, GeneratedExample, ReportInput, ReportResult } from '../../contracts/payloads.js';
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
 import { renderSweepTable } from '../../contracts/sweep.js';
+import { describeTracking } from '../../contracts/tracking.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { StepRecord } from '../../contracts/progress.js';
 
@@ -338,6 +339,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
       `- steps: ${t.finalStep}, wall time ${t.trainSeconds.toFixed(1)} s` + (t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''),
       `- final metrics: ${Object.entries(t.metrics).map(([k, v]) => `${k}=${typeof v === 'number' ? num(v) : String(v)}`).join(', ')}`,
       ...(t.replans?.length ? [`- out-of-memory replans: ${t.replans.join('; ')}`] : []),
+      ...(t.tracking ? [`- experiment tracking: ${describeTracking(t.tracking, input.runId).join('; ')}`] : []),
       `- checkpoints: ${t.checkpointKeys.map((k) => `\`${s3(k)}\``).join(', ') || '(none)'}`,
       '',
       ...(charts[id] ?? []).flatMap((c) => [`![${c.title}](${relativeKey(prefix, c.key)})`, '']),
@@ -400,6 +402,7 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
       `<h3>${h(id)}</h3>`,
       `<p>${t.objective === 'sft' ? 'sft: ' : ''}${t.finalStep} steps in ${t.trainSeconds.toFixed(1)} s${t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''}; adapter <code>s3://${h(t.adapterBucket)}/${h(t.adapterPrefix)}</code>${t.modelPrefix ? `; merged model <code>s3://${h(t.adapterBucket)}/${h(t.modelPrefix)}</code>` : ''}${t.baseModelSource ? `; started from <code>${h(t.baseModelSource)}</code>` : ''}</p>`,
       ...(t.replans?.length ? [`<p>out-of-memory replans: ${h(t.replans.join('; '))}</p>`] : []),
+      ...(t.tracking ? [`<p>experiment tracking: ${h(describeTracking(t.tracking, input.runId).join('; '))}</p>`] : []),
       ...(charts[id] ?? []).map((c) => `<img src="${h(relativeKey(prefix, c.key))}" alt="${h(c.title)}">`),
     ]),
     '<h2>Pipeline timeline</h2>',

@@ -168,7 +168,7 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     let stopAtStep: number | null = null;
     let preemptedAt: number | null = null;
     let backoff: TrainSegmentResult['backoff'];
-    let trackerSummary: { failures: Record<string, number>; seconds: number } | undefined;
+    let trackerSummary: { failures: Record<string, number>; seconds: number; links?: Record<string, string> } | undefined;
     progress.phase = 'loading';
     heartbeat(progress);
 
@@ -272,7 +272,17 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       stepMetricsKey,
       ...(backoff && { backoff }),
       ...(tracking.reportTo.length && {
-        tracking: { failures: trackerSummary?.failures ?? {}, uploadFailures: trackingUploadFailures, seconds: trackerSummary?.seconds ?? 0 },
+        tracking: {
+          failures: trackerSummary?.failures ?? {},
+          uploadFailures: trackingUploadFailures,
+          seconds: trackerSummary?.seconds ?? 0,
+          links: {
+            ...trackerSummary?.links,
+            // The event files and offline runs are in the stage's storage folder.
+            ...(tracking.reportTo.includes('tensorboard') && { tensorboard: `s3://${bucket}/${keys.tensorboardPrefix(runId, input.stageId)}` }),
+            ...(tracking.reportTo.includes('wandb') && !trackerSummary?.links?.wandb && { wandb: `s3://${bucket}/${keys.wandbPrefix(runId, input.stageId)}` }),
+          },
+        },
       }),
       ...(input.initAdapter && { initAdapter: `s3://${input.initAdapter.bucket}/${input.initAdapter.prefix}` }),
     };

@@ -3,11 +3,13 @@ import { isTrainingKind } from '../../contracts/dag.js';
 import { parseArgs } from 'node:util';
 import { attemptCells } from '../../contracts/attempts.js';
 import type { RunLineage } from '../../contracts/lineage.js';
+import type { TrackerLinks } from '../../contracts/payloads.js';
 import { statusQuery, type PipelineStatus } from '../../contracts/messages.js';
 import { describeRun, withClient } from '../client.js';
 import { requirePositional } from '../errors.js';
 import { closedRunStatus, describeTrainProgress, trainProgress } from '../runPipeline.js';
 import { webUiUrl } from '../summary.js';
+import { describeTracking } from '../../contracts/tracking.js';
 
 export async function statusCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean', default: false } } });
@@ -25,6 +27,9 @@ export async function statusCommand(args: string[]): Promise<number> {
       for (const { id } of closed.plan ?? []) console.log(stageLine(id, closed.stages![id]!));
       if (closed.error) console.log(`  ${closed.status.toLowerCase()}: ${closed.error}\n  hint: ${closed.hint}`);
       if (closed.lineage) console.log(lineageLine(closed.lineage));
+      for (const [id, tracking] of Object.entries(closed.tracking ?? {})) {
+        for (const line of describeTracking(tracking, runId)) console.log(`  ${id} tracking: ${line}`);
+      }
       return 0;
     }
     const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
@@ -46,6 +51,10 @@ export async function statusCommand(args: string[]): Promise<number> {
     for (const { id } of state.plan) console.log(stageLine(id, state.stages[id]!));
     for (const p of progress) console.log(describeTrainProgress(p));
     if (lineage) console.log(lineageLine(lineage));
+    // Finished train stages' tracker runs, from the memo (the run goes on).
+    for (const [id, links] of Object.entries((description.memo?.trackerLinks ?? {}) as TrackerLinks)) {
+      for (const [name, link] of Object.entries(links)) console.log(`  ${id} tracking: ${name}: ${link}`);
+    }
     return 0;
   });
 }

@@ -270,6 +270,13 @@ describe('dpoPipeline end to end', () => {
       expect(tracking.failures.mlflow).toBeGreaterThan(0);
     }
     expect((await stack.deps.storage.list(TEST_BUCKET, keys.tensorboardPrefix(runId, 'train'))).length).toBeGreaterThan(0);
+    // Links both ways: the stage's result and its report say where its tracker runs are (the
+    // down MLflow server's run never existed, so it has no page to link).
+    const events = `s3://${TEST_BUCKET}/${keys.tensorboardPrefix(runId, 'train')}`;
+    expect(result.trainings.train!.tracking!.links).toEqual({ tensorboard: events });
+    expect((await stack.client.workflow.getHandle(runId).describe()).memo?.trackerLinks).toEqual({ train: { tensorboard: events } });
+    const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
+    expect(markdown).toMatch(new RegExp(`^- experiment tracking: tensorboard: ${escapeRegExp(events)} \\(\`dpo tensorboard ${runId}\`\\); mlflow: no run, \\d+ failed calls?$`, 'm'));
   });
 
   it('reuses every data stage when the same inputs run again', async () => {
@@ -286,6 +293,8 @@ describe('dpoPipeline end to end', () => {
     expect(again.evaluations.evaluate!.baseExportCached).toBe(true);
   });
 });
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('bad input', () => {
   it('refuses an invalid config before any stage runs, listing every problem', async () => {

@@ -1,9 +1,9 @@
-/** train.report_to: TRL's values in the pipeline config, resolved to the trainer's list. */
+/** train.report_to: TRL's values in the pipeline config, resolved to the trainer's list; where the runs are. */
 import { describe, expect, it } from 'vitest';
 import { trainerConfigProblems, trainRunConfig } from '../../bridge/trainerConfig.js';
 import { parsePipelineConfig } from '../../contracts/config.js';
 import { keys } from '../../contracts/keys.js';
-import { lineageTags, resolveReportTo } from '../../contracts/tracking.js';
+import { describeTracking, lineageTags, resolveReportTo } from '../../contracts/tracking.js';
 
 const minimal = { name: 'r', model: { source: 's3://b/m' }, dataset: { source: 's3://b/d' } };
 const RUN = { modelDir: '/m', shards: ['/s/a.parquet'], outputDir: '/o', resumeFrom: null, initAdapter: null, referenceFiles: [] };
@@ -44,5 +44,25 @@ describe('train.report_to', () => {
 
   it("stores a stage's event files beside its checkpoints", () => {
     expect(keys.tensorboardPrefix('r1', 'train-beta-0.1')).toBe('runs/r1/train-beta-0.1/tensorboard/');
+  });
+});
+
+describe('describeTracking', () => {
+  it('names each tracker with its run page or files, and failed calls', () => {
+    const lines = describeTracking(
+      {
+        failures: { tensorboard: 0, mlflow: 0, wandb: 2 },
+        uploadFailures: 1,
+        seconds: 0.5,
+        links: { mlflow: 'http://mlflow:5000/#/experiments/1/runs/abc', tensorboard: 's3://b/runs/r/train/tensorboard/', wandb: 's3://b/runs/r/train/wandb/' },
+      },
+      'r',
+    );
+    expect(lines).toEqual([
+      'mlflow: http://mlflow:5000/#/experiments/1/runs/abc',
+      'tensorboard: s3://b/runs/r/train/tensorboard/ (`dpo tensorboard r`), 1 failed call',
+      'wandb: s3://b/runs/r/train/wandb/ (offline run: `wandb sync` it), 3 failed calls',
+    ]);
+    expect(describeTracking({ failures: { mlflow: 4 }, uploadFailures: 0, seconds: 0, links: {} }, 'r')).toEqual(['mlflow: no run, 4 failed calls']);
   });
 });

@@ -98,6 +98,7 @@ class MlflowTracker:
         self.experiment = experiment
         self.info = info
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.artifact_path: str | None = None  # the run's folder behind the mlflow-artifacts proxy
         self.logged_through = 0  # the highest step the run already holds
         self.failures = 0
@@ -117,6 +118,13 @@ class MlflowTracker:
                 f" in the worker's environment{got}"
             )
         return cls(MlflowRest(uri, env), env.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, info)
+
+    @property
+    def link(self) -> str | None:
+        """The run's page in the MLflow UI, once the run exists."""
+        if self.run_id is None or self.experiment_id is None:
+            return None
+        return f"{self.rest.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     # -- the loop's side: never blocks -------------------------------------------------------
 
@@ -168,7 +176,7 @@ class MlflowTracker:
     def _ensure_run(self) -> str:
         if self.run_id is not None:
             return self.run_id
-        experiment_id = self._experiment_id()
+        experiment_id = self.experiment_id = self._experiment_id()
         tags = self.info.tags
         pipeline_run, stage = tags.get("run_id"), tags.get("stage")
         parent_id = None

@@ -50,6 +50,8 @@ class Tracker(Protocol):
 
     def close(self, finished: bool = True) -> None: ...
 
+    # Optional: `link` (str | None), where the run can be looked at once it exists.
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -201,7 +203,10 @@ class Trackers:
             return {}
         # Trackers that send from a thread of their own count their failures there.
         failures = {t.name: self.failures[t.name] + int(getattr(t, "failures", 0)) for t in self.trackers}
-        return {"tracking": {"failures": failures, "seconds": round(self.seconds, 6)}}
+        # Where each run can be looked at, for the report and `dpo status` (TensorBoard's event
+        # files are the worker's to place; MLflow and online W&B runs have a page).
+        links = {t.name: link for t in self.trackers if (link := getattr(t, "link", None))}
+        return {"tracking": {"failures": failures, "seconds": round(self.seconds, 6), "links": links}}
 
     def __bool__(self) -> bool:
         return bool(self.trackers)

@@ -47,6 +47,7 @@ class WandbTracker:
         self.info = info
         self.run: Any = None
         self.first_new_step = 0  # steps below this are already in a resumed run
+        self.link: str | None = None  # the run's page (online runs; an offline run has none)
 
     def _ensure_run(self) -> Any:
         if self.run is not None:
@@ -72,6 +73,7 @@ class WandbTracker:
         self.run.define_metric("train/global_step")
         self.run.define_metric("*", step_metric="train/global_step", step_sync=True)
         self.first_new_step = int(getattr(self.run, "step", 0) or 0)
+        self.link = getattr(self.run, "url", None) or None
         log(f"wandb: run {self.run.id} ({mode}) in {self.directory}")
         return self.run
 

@@ -102,6 +102,11 @@ def test_crash_then_resume_one_run_each_step_once(mlflow_server, reference_run, 
     seen = read_back(mlflow_server, "dpo-test", "p1")
     train, parent = seen["train"], seen["pipeline"]
     assert train["run_id"] == first["train"]["run_id"]  # the resumed stage continued its run
+    # The stage summary links the run's page, which the server serves.
+    link = resumed.last["tracking"]["links"]["mlflow"]
+    assert link.startswith(f"{mlflow_server}/#/experiments/") and link.endswith(f"/runs/{train['run_id']}")
+    with urllib.request.urlopen(link.split("#")[0], timeout=10) as response:
+        assert response.status == 200
     assert train["tags"]["mlflow.parentRunId"] == parent["run_id"]
     assert train["tags"]["dpo.temporal_run_id"] == "abc" and train["status"] == "FINISHED"
     assert [s for s, _ in train["loss"]] == [1, 2, 3, 4, 5, 6]
