@@ -133,8 +133,11 @@ def sft(model_dir: Path, shard: Path, out: Path, args: argparse.Namespace, seed:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
+            if step % 100 == 0:
+                print(json.dumps({"sft_step": step, "of": steps, "loss": round(sum(losses[-20:]) / 20, 4),
+                                  "seconds": round(time.perf_counter() - started, 1)}), file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     if args.sft_rank:
         model = model.merge_and_unload()
