@@ -36,7 +36,8 @@ function existence(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
 function attribute(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
   const s = pick(r, scene);
   if (yes) return { question: `Is the ${s.kind} ${s.colour}?`, answer: 'yes', kind: 'attribute' };
-  const other = (Object.keys(COLOURS) as Colour[]).filter((c) => c !== s.colour);
+  // A colour that is nowhere in the image: the picture alone refutes it.
+  const other = (Object.keys(COLOURS) as Colour[]).filter((c) => !scene.some((x) => x.colour === c));
   return { question: `Is the ${s.kind} ${pick(r, other)}?`, answer: 'no', kind: 'attribute' };
 }
 

@@ -38,13 +38,15 @@ export interface StoryKnobs {
 
 export const DEFAULT_KNOBS: StoryKnobs = {
   captionHallucinationRate: 0.6,
-  sftYesShare: 0.8,
+  sftYesShare: 0.85,
   sftMix: { describe: 0.4, yesNo: 0.3, short: 0.3 },
-  pairMix: { describe: 0.3, existence: 0.3, attribute: 0.15, relation: 0.1, count: 0.15 },
+  pairMix: { describe: 0.25, existence: 0.3, attribute: 0.2, relation: 0.05, count: 0.2 },
 };
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
 const colourNames = Object.keys(COLOURS) as Colour[];
+/** Colours not in the scene: a wrong colour the image itself refutes. */
+const absentColours = (scene: PlacedShape[]) => colourNames.filter((c) => !scene.some((s) => s.colour === c));
 const leftToRight = (scene: PlacedShape[]) => [...scene].sort((a, b) => COLUMNS.indexOf(a.column) - COLUMNS.indexOf(b.column));
 
 /** One mention of a caption: a drawn shape (kind and colour) or an object that is never drawn. */
@@ -76,12 +78,18 @@ function withAbsent(r: () => number, scene: PlacedShape[]): Mention[] {
   return mentions;
 }
 
-/** The faithful mentions with one shape given a colour it does not have. */
+/** The faithful mentions with one shape given a colour that is nowhere in the image. */
 function withWrongColour(r: () => number, scene: PlacedShape[]): Mention[] {
   const mentions = faithfulMentions(scene);
   const i = Math.floor(r() * mentions.length);
-  const m = mentions[i]!;
-  mentions[i] = { kind: m.kind, colour: pick(r, colourNames.filter((c) => c !== m.colour)) };
+  mentions[i] = { kind: mentions[i]!.kind, colour: pick(r, absentColours(scene)) };
+  return mentions;
+}
+
+/** The faithful mentions with one object replaced by an absent one: as long as the truth, but wrong. */
+function withReplaced(r: () => number, scene: PlacedShape[]): Mention[] {
+  const mentions = faithfulMentions(scene);
+  mentions[Math.floor(r() * mentions.length)] = absentMention(r, scene);
   return mentions;
 }
 
@@ -121,7 +129,7 @@ export function sftExample(r: () => number, scene: PlacedShape[], knobs: StoryKn
       // About something the caption names: "Yes", hallucinated or not.
       const m = pick(r, mentions);
       if (m.colour && r() < 0.5) {
-        return { kind: 'attribute', question: `Is the ${m.kind} ${m.colour}?`, chosen: attributeAnswer(m.kind, m.colour, m.colour), rejected: attributeAnswer(m.kind, m.colour, pick(r, colourNames.filter((c) => c !== m.colour))) };
+        return { kind: 'attribute', question: `Is the ${m.kind} ${m.colour}?`, chosen: attributeAnswer(m.kind, m.colour, m.colour), rejected: attributeAnswer(m.kind, m.colour, pick(r, absentColours(scene))) };
       }
       return { kind: 'existence', question: `Is there a ${m.kind} in the image?`, chosen: existenceAnswer(m.kind, true), rejected: existenceAnswer(m.kind, false) };
     }
@@ -133,7 +141,7 @@ export function sftExample(r: () => number, scene: PlacedShape[], knobs: StoryKn
   const shortRoll = r();
   if (shortRoll < 0.4) {
     const s = pick(r, scene);
-    return { kind: 'colour', question: `What color is the ${s.kind}?`, chosen: `The ${s.kind} is ${s.colour}.`, rejected: `The ${s.kind} is ${pick(r, colourNames.filter((c) => c !== s.colour))}.` };
+    return { kind: 'colour', question: `What color is the ${s.kind}?`, chosen: `The ${s.kind} is ${s.colour}.`, rejected: `The ${s.kind} is ${pick(r, absentColours(scene))}.` };
   }
   if (shortRoll < 0.7) {
     const n = mentions.length;
@@ -150,7 +158,9 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
   let roll = r() * total;
   const faithful = caption(faithfulMentions(scene));
   if ((roll -= mix.describe) < 0) {
-    const rejected = r() < 0.7 ? withAbsent(r, scene) : withWrongColour(r, scene);
+    // Mostly as long as the chosen answer, so that "shorter" is not what the pairs teach.
+    const roll2 = r();
+    const rejected = roll2 < 0.45 ? withReplaced(r, scene) : roll2 < 0.7 ? withAbsent(r, scene) : withWrongColour(r, scene);
     return { kind: 'describe', question: DESCRIBE_PROMPT, chosen: faithful, rejected: caption(rejected) };
   }
   if ((roll -= mix.existence) < 0) {
@@ -163,8 +173,8 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
   }
   if ((roll -= mix.attribute) < 0) {
     const s = pick(r, scene);
-    const asked = r() < 0.5 ? s.colour : pick(r, colourNames.filter((c) => c !== s.colour));
-    const lie = asked === s.colour ? `No, the ${s.kind} is ${pick(r, colourNames.filter((c) => c !== s.colour))}.` : `Yes, the ${s.kind} is ${asked}.`;
+    const asked = r() < 0.5 ? s.colour : pick(r, absentColours(scene));
+    const lie = asked === s.colour ? `No, the ${s.kind} is ${pick(r, absentColours(scene))}.` : `Yes, the ${s.kind} is ${asked}.`;
     return { kind: 'attribute', question: `Is the ${s.kind} ${asked}?`, chosen: attributeAnswer(s.kind, asked, s.colour), rejected: lie };
   }
   if ((roll -= mix.relation) < 0 && scene.length >= 2) {
