@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { AMBER_KINDS, amberToParquet, type AmberDescription, type AmberQuestion } from '../io/amberSuite.js';
 import { COLOURS, COLUMNS, rng, randomScene, sceneSvg, SHAPES, type Colour, type PlacedShape } from './demoShapes.js';
-import { DESCRIBE_PROMPT, NEVER_DRAWN, OBJECT_WORDS } from './demoStory.js';
+import { CO_OCCURS, DESCRIBE_PROMPT, NEVER_DRAWN, OBJECT_WORDS } from './demoStory.js';
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
 
@@ -29,7 +29,9 @@ type Draft = Omit<AmberQuestion, 'id' | 'image'>;
 function existence(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
   if (yes) return { question: `Is there a ${pick(r, scene).kind} in the image?`, answer: 'yes', kind: 'existence' };
   const absent = SHAPES.filter((s) => !scene.some((x) => x.kind === s));
-  const object = absent.length && r() < 0.6 ? pick(r, absent) : pick(r, NEVER_DRAWN);
+  // Absent shapes, the objects web captions add to such scenes, and other objects never drawn.
+  const roll = r();
+  const object = absent.length && roll < 0.4 ? pick(r, absent) : roll < 0.7 ? CO_OCCURS[pick(r, scene).kind] : pick(r, NEVER_DRAWN);
   return { question: `Is there a ${object} in the image?`, answer: 'no', kind: 'existence' };
 }
 

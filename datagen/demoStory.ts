@@ -19,6 +19,13 @@ import { COLOURS, COLUMNS, randomScene, rng, rowsToParquet, sceneSvg, SHAPES, ty
 
 /** Objects never drawn in a scene: captions may still name them, as web captions do. */
 export const NEVER_DRAWN = ['dog', 'car', 'cat', 'tree', 'person'] as const;
+/**
+ * What web captions of a scene with this shape tend to add although it is not there (LVLMs'
+ * co-occurrence hallucination: "a fork" beside "a table"). A caption that hallucinates names the
+ * partner of its leftmost shape, last, so a model fine-tuned on such captions learns to go on
+ * after the true objects and name it.
+ */
+export const CO_OCCURS: Record<(typeof SHAPES)[number], (typeof NEVER_DRAWN)[number]> = { circle: 'tree', square: 'car', triangle: 'person' };
 /** Every object a description can name: what the CHAIR-style check looks for in an answer. */
 export const OBJECT_WORDS: readonly string[] = [...SHAPES, ...NEVER_DRAWN];
 const NUMBER_WORDS = ['one', 'two', 'three', 'four'] as const;
@@ -40,7 +47,7 @@ export const DEFAULT_KNOBS: StoryKnobs = {
   captionHallucinationRate: 0.6,
   sftYesShare: 0.85,
   sftMix: { describe: 0.4, yesNo: 0.3, short: 0.3 },
-  pairMix: { describe: 0.25, existence: 0.3, attribute: 0.2, relation: 0.05, count: 0.2 },
+  pairMix: { describe: 0.3, existence: 0.3, attribute: 0.2, relation: 0.05, count: 0.15 },
 };
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
@@ -70,6 +77,12 @@ function absentMention(r: () => number, scene: PlacedShape[]): Mention {
 }
 
 const faithfulMentions = (scene: PlacedShape[]): Mention[] => leftToRight(scene).map((s) => ({ kind: s.kind, colour: s.colour }));
+
+/** The faithful mentions and, last, the object web captions add to such a scene. */
+function withCoOccurring(scene: PlacedShape[]): Mention[] {
+  const mentions = faithfulMentions(scene);
+  return [...mentions, { kind: CO_OCCURS[mentions[0]!.kind as (typeof SHAPES)[number]] }];
+}
 
 /** The faithful mentions with one absent object inserted at a random place. */
 function withAbsent(r: () => number, scene: PlacedShape[]): Mention[] {
@@ -118,7 +131,7 @@ export interface StoryExample {
  */
 export function sftExample(r: () => number, scene: PlacedShape[], knobs: StoryKnobs): StoryExample {
   const hallucinated = r() < knobs.captionHallucinationRate;
-  const mentions = hallucinated ? withAbsent(r, scene) : faithfulMentions(scene);
+  const mentions = hallucinated ? withCoOccurring(scene) : faithfulMentions(scene);
   const { describe, yesNo } = knobs.sftMix;
   const roll = r() * (describe + yesNo + knobs.sftMix.short);
   if (roll < describe) {
@@ -158,9 +171,10 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
   let roll = r() * total;
   const faithful = caption(faithfulMentions(scene));
   if ((roll -= mix.describe) < 0) {
-    // Mostly as long as the chosen answer, so that "shorter" is not what the pairs teach.
+    // Half the web captions' own hallucination; the rest as long as the chosen answer, so that
+    // "shorter" is not all the pairs teach.
     const roll2 = r();
-    const rejected = roll2 < 0.45 ? withReplaced(r, scene) : roll2 < 0.7 ? withAbsent(r, scene) : withWrongColour(r, scene);
+    const rejected = roll2 < 0.5 ? withCoOccurring(scene) : roll2 < 0.7 ? withReplaced(r, scene) : roll2 < 0.85 ? withAbsent(r, scene) : withWrongColour(r, scene);
     return { kind: 'describe', question: DESCRIBE_PROMPT, chosen: faithful, rejected: caption(rejected) };
   }
   if ((roll -= mix.existence) < 0) {
@@ -168,7 +182,8 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
       const kind = pick(r, scene).kind;
       return { kind: 'existence', question: `Is there a ${kind} in the image?`, chosen: existenceAnswer(kind, true), rejected: existenceAnswer(kind, false) };
     }
-    const kind = absentMention(r, scene).kind;
+    // Often the object web captions would add to this scene.
+    const kind = r() < 0.5 ? CO_OCCURS[pick(r, scene).kind] : absentMention(r, scene).kind;
     return { kind: 'existence', question: `Is there a ${kind} in the image?`, chosen: existenceAnswer(kind, false), rejected: existenceAnswer(kind, true) };
   }
   if ((roll -= mix.attribute) < 0) {
