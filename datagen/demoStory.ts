@@ -243,17 +243,20 @@ export interface StoryDatasetOptions {
   /** Folder that receives sft/ and dpo/, each a Hub-style dataset (data/<split>-00000-of-00001.parquet). */
   outDir: string;
   sftRows: number;
+  /** Held-out SFT rows (sft/data/test-...): pipelines want an eval split for every dataset. */
+  sftTestRows?: number;
   trainPairs: number;
   testPairs: number;
   seed: number;
   knobs?: StoryKnobs;
 }
 
-/** Writes sft/data/train-..., dpo/data/train-... and dpo/data/test-...; returns the files written. */
+/** Writes sft/data/{train,test}-..., dpo/data/train-... and dpo/data/test-...; returns the files written. */
 export async function generateStoryDatasets(opts: StoryDatasetOptions): Promise<Record<string, string>> {
   const knobs = opts.knobs ?? DEFAULT_KNOBS;
   const sets = [
     ['sft', 'train', opts.sftRows, opts.seed + 3_000_017, (r: () => number, s: PlacedShape[]) => sftExample(r, s, knobs)],
+    ['sft', 'test', opts.sftTestRows ?? 100, opts.seed + 4_000_037, (r: () => number, s: PlacedShape[]) => sftExample(r, s, knobs)],
     ['dpo', 'train', opts.trainPairs, opts.seed, (r: () => number, s: PlacedShape[]) => preferencePair(r, s, knobs)],
     ['dpo', 'test', opts.testPairs, opts.seed + 1_000_003, (r: () => number, s: PlacedShape[]) => preferencePair(r, s, knobs)],
   ] as const;
