@@ -80,7 +80,13 @@ def main(spec_path: str) -> None:
 
     dataset = Dataset.from_generator(rows)
     dtype = getattr(torch, spec["dtype"])
-    processor = AutoProcessor.from_pretrained(spec["model_dir"], local_files_only=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+    from dpo_trainer.vision_processors import IMAGE_ONLY_FAMILIES, load_image_only_processor
+
+    # The processor our trainer uses too: Qwen's without its (torchvision) video processor.
+    model_type = json.loads((Path(spec["model_dir"]) / "config.json").read_text())["model_type"]
+    processor = (load_image_only_processor(spec["model_dir"], model_type) if model_type in IMAGE_ONLY_FAMILIES
+                 else AutoProcessor.from_pretrained(spec["model_dir"], local_files_only=True))
     model = AutoModelForImageTextToText.from_pretrained(spec["model_dir"], dtype=dtype, local_files_only=True)
     cuda = spec["device"] == "cuda"
     end_times: list[float] = []

@@ -151,6 +151,10 @@ export interface TrainRun {
   referenceFiles: string[];
   /** Experiment tracking (report_to); absent: none. */
   tracking?: { reportTo: ReportToIntegration[]; loggingDir: string; runName: string; tags: string[] };
+  /** What the trainer optimises; absent: dpo. */
+  objective?: 'dpo' | 'sft';
+  /** Also write the base with the adapter merged in (final/model). */
+  mergeModel?: boolean;
 }
 
 /**
@@ -174,6 +178,8 @@ export function trainRunConfig(train: TrainConfig, run: TrainRun): TrainerTrainC
     logging_dir: run.tracking?.loggingDir ?? null,
     run_name: run.tracking?.runName ?? null,
     run_tags: run.tracking?.tags ?? [],
+    objective: run.objective ?? 'dpo',
+    merge_model: run.mergeModel ?? false,
   };
 }
 

@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { ActivityFailure, ApplicationFailure, CancelledFailure, ChildWorkflowFailure, Client, Connection, TerminatedFailure, WorkflowFailedError, type WorkflowExecutionDescription, type WorkflowHandle } from '@temporalio/client';
 import YAML from 'yaml';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
-import { PlanError } from '../contracts/dag.js';
+import { isTrainingKind, PlanError } from '../contracts/dag.js';
 import { planRun } from '../contracts/runPlan.js';
 import { causeMessages, FailureType } from '../contracts/errors.js';
 import { SweepError } from '../contracts/sweep.js';
@@ -100,8 +100,8 @@ export async function followPipeline(
         seen.set(id, key);
         print(describeStage(id, s));
       }
-      if (status.running.some((id) => status.stages[id]?.kind === 'train') && Date.now() - lastPrint > 2000) {
-        const trainIds = status.running.filter((id) => status.stages[id]?.kind === 'train');
+      if (status.running.some((id) => isTrainingKind(status.stages[id]?.kind)) && Date.now() - lastPrint > 2000) {
+        const trainIds = status.running.filter((id) => isTrainingKind(status.stages[id]?.kind));
         for (const [activityId, progress] of await trainProgress(handle, trainIds)) {
           if (progress.step === lastStep.get(activityId)) continue;
           lastStep.set(activityId, progress.step);

@@ -8,8 +8,9 @@
 import { z } from 'zod';
 import { HubRefError, isHubModelSource, parseHubRef } from './hubRepo.js';
 import { isSafeKeySegment } from './keys.js';
+import { DATASET_FORMATS } from './preferenceFormat.js';
 import { isWhole, parseSplitSpec, SplitSpecError, splitLabels, type RelativeInstruction } from './splitSpec.js';
-import { DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
+import { DPO_ONLY_FIELDS, DTYPES, LABEL_SMOOTHING_LOSS_TYPES, LORA_DEFAULTS, LOSS_TYPES, LR_SCHEDULER_TYPES, REPORT_TO_INTEGRATIONS, TRAIN_DEFAULTS as TRAIN, type LossType } from './trainerContract.js';
 
 const safeName = z
   .string()
@@ -32,7 +33,7 @@ export const ColumnMappingSchema = z
     chosen: z.string().default('chosen').describe('column holding the preferred answer'),
     rejected: z.string().default('rejected').describe('column holding the dispreferred answer'),
   })
-  .describe("Dataset column names; defaults follow openbmb/RLAIF-V-Dataset's layout");
+  .describe("Column names of the rlaif_v layout (dataset.format); defaults follow openbmb/RLAIF-V-Dataset's. TRL's layouts use TRL's names: prompt, chosen, rejected, images");
 
 /** A split with `datasets`' slicing syntax, checked for syntax here; its rows when the data is read. */
 const splitSpec = z
@@ -64,6 +65,14 @@ export const DatasetSchema = z.strictObject({
   eval_split: splitSpec
     .default('test')
     .describe('held-out split used for evaluation, sliceable like train_split (e.g. train[95%:] to hold out part of train)'),
+  format: z
+    .enum(DATASET_FORMATS)
+    .default('auto')
+    .describe(
+      "the dataset's layout: rlaif_v (question/chosen/rejected + image, named by columns), standard (TRL's prompt/chosen/rejected " +
+        'strings + images), conversational (TRL\'s message lists + images; the chat template applied in the format stage); ' +
+        'either TRL layout without a prompt column takes the shared prefix of chosen and rejected as the prompt; auto detects it from the columns',
+    ),
   columns: ColumnMappingSchema.prefault({}),
   max_train_samples: z.int().positive().optional().describe('use at most this many training rows'),
   max_eval_samples: z.int().positive().optional().describe('use at most this many held-out rows'),
@@ -288,6 +297,17 @@ export const TrainSchema = z
     for (const problem of lossProblems(t)) ctx.addIssue({ code: 'custom', ...problem });
   });
 
+/**
+ * The train settings only DPO reads (the trainer's DPO_ONLY_FIELDS that the pipeline has): an sft
+ * stage does not inherit them from the train section and refuses them in its params.
+ */
+export const SFT_REFUSED_TRAIN_FIELDS = DPO_ONLY_FIELDS.filter((f): f is Extract<typeof f, keyof TrainConfig> => f in TrainSchema.shape);
+
+/** What an sft stage starts from: the train section without its DPO settings (the trainer's defaults for them). */
+export function sftBaseSettings(train: TrainConfig): Partial<TrainConfig> {
+  return Object.fromEntries(Object.entries(train).filter(([k]) => !(SFT_REFUSED_TRAIN_FIELDS as readonly string[]).includes(k))) as Partial<TrainConfig>;
+}
+
 /** A loss setting TRL refuses (or ignores, which we refuse), with the field it names. */
 export interface LossProblem {
   path: string[];
@@ -370,7 +390,7 @@ const durationString = z.string().regex(/^\d+(\.\d+)?\s*(ms|s|m|h|d|seconds?|min
 
 export const StageDeclSchema = z.strictObject({
   id: z.string().refine(isSafeKeySegment, 'must be 1-128 letters, digits, ".", "_" or "-" (it names storage folders)').describe('unique stage id; names its storage folder'),
-  kind: z.string().describe('download, format, tokenize, shard, reference, train, adapter, evaluate or report'),
+  kind: z.string().describe('download, format, tokenize, shard, reference, train, sft, adapter, evaluate, report or publish'),
   needs: z.array(z.string()).default([]).describe('ids of the stages whose outputs this one consumes'),
   params: z.record(z.string(), z.unknown()).default({}).describe("overrides of the config section of the stage's kind"),
   queue: z.string().min(1).optional().describe('task queue override'),

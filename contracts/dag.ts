@@ -5,11 +5,12 @@
  * list gets the standard chain. Pure code: it runs inside the workflow.
  */
 import { z } from 'zod';
-import { EvaluateSchema, FormatSchema, ShardSchema, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
+import { DatasetSchema, EvaluateSchema, FormatSchema, ShardSchema, SFT_REFUSED_TRAIN_FIELDS, sftBaseSettings, StageDeclSchema, TokenizeSchema, TrainSchema, type PipelineConfig } from './config.js';
 import { REFERENCE_DEFAULTS } from './trainerContract.js';
 import { HubRefError, parseHubRef } from './hubRepo.js';
 
-export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report' | 'published';
+/** `model`: a base model folder (an sft stage's adapter merged into the base) a later stage starts from. */
+export type Artifact = 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'model' | 'metrics' | 'report' | 'published';
 
 export interface StageKindSpec {
   /** Artifacts this kind needs from its dependencies, each from exactly one of them. */
@@ -19,6 +20,8 @@ export interface StageKindSpec {
   /** Artifacts consumed from at most one dependency, when one provides them. */
   consumesOptional?: Artifact[];
   produces: Artifact;
+  /** Further artifacts the kind's output also provides (an sft stage: its adapter, and the merged model). */
+  alsoProduces?: Artifact[];
   /**
    * The config section a stage's `params` override (checked merged, with the section's schema),
    * or a schema of the kind's own params.
@@ -27,23 +30,48 @@ export interface StageKindSpec {
   queue: 'cpu' | 'gpu';
 }
 
-type SettingsSection = 'format' | 'tokenize' | 'shard' | 'train' | 'evaluate';
-const SECTION_SCHEMAS = { format: FormatSchema, tokenize: TokenizeSchema, shard: ShardSchema, train: TrainSchema, evaluate: EvaluateSchema };
+/** `sft`: the train section without its DPO settings (config.ts sftBaseSettings), parsed as train settings. */
+type SettingsSection = 'format' | 'tokenize' | 'shard' | 'train' | 'evaluate' | 'sft';
+const SECTION_SCHEMAS = { format: FormatSchema, tokenize: TokenizeSchema, shard: ShardSchema, train: TrainSchema, evaluate: EvaluateSchema, sft: TrainSchema };
+type SectionSettings = { format: PipelineConfig['format']; tokenize: PipelineConfig['tokenize']; shard: PipelineConfig['shard']; train: PipelineConfig['train']; evaluate: PipelineConfig['evaluate']; sft: PipelineConfig['train'] };
+
+/** The settings a stage's params override: its config section (an sft stage: the train section less the DPO settings). */
+function sectionBase(config: PipelineConfig, section: SettingsSection): Record<string, unknown> {
+  return section === 'sft' ? sftBaseSettings(config.train) : config[section];
+}
 
 /** The registry of stage kinds: adding a kind is one entry here plus its activity. */
 export const STAGE_KINDS = {
-  download: { consumes: [], produces: 'dataset', params: z.strictObject({}), queue: 'cpu' },
+  download: {
+    consumes: [],
+    produces: 'dataset',
+    params: z.strictObject({
+      dataset: z
+        .record(z.string(), z.unknown())
+        .optional()
+        .describe("fields of the dataset section this chain reads instead (source, splits, columns, limits); e.g. a separate SFT dataset"),
+    }),
+    queue: 'cpu',
+  },
   format: { consumes: ['dataset'], produces: 'formatted', params: 'format', queue: 'cpu' },
   tokenize: { consumes: ['formatted'], produces: 'tokens', params: 'tokenize', queue: 'cpu' },
   shard: { consumes: ['tokens'], produces: 'shards', params: 'shard', queue: 'cpu' },
   /** Reference log-probs of the base model on the train shards, computed once and cached by content. */
   reference: {
     consumes: ['shards'],
+    // The model whose log-probs are the reference: an sft stage's merged model, else model.source.
+    consumesOptional: ['model'],
     produces: 'reference',
     params: z.strictObject({ batch_size: z.int().positive().default(REFERENCE_DEFAULTS.batch_size).describe('pairs per forward pass') }),
     queue: 'gpu',
   },
-  train: { consumes: ['shards'], consumesOptional: ['reference'], produces: 'adapter', params: 'train', queue: 'gpu' },
+  /** DPO; with a `model` (an sft stage), that model is both the policy's start and the reference. */
+  train: { consumes: ['shards'], consumesOptional: ['reference', 'model'], produces: 'adapter', params: 'train', queue: 'gpu' },
+  /**
+   * Supervised fine-tuning on the chosen answers (TRL SFTTrainer's completion-only loss) in the train
+   * loop; its adapter, and merged into the base when a later stage consumes the model.
+   */
+  sft: { consumes: ['shards'], produces: 'adapter', alsoProduces: ['model'], params: 'sft', queue: 'gpu' },
   /** An adapter trained elsewhere (or by an earlier run), for evaluation-only pipelines. */
   adapter: {
     consumes: [],
@@ -145,9 +173,16 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
       problems.push(`stage "${decl.id}": unknown kind "${decl.kind}" (valid: ${STAGE_KIND_NAMES.join(', ')})`);
     } else {
       const paramSpec: StageKindSpec['params'] = STAGE_KINDS[decl.kind as StageKindName].params;
+      let stageParams = decl.params;
+      if (paramSpec === 'sft') {
+        for (const field of Object.keys(decl.params).filter((k) => (SFT_REFUSED_TRAIN_FIELDS as readonly string[]).includes(k))) {
+          problems.push(`stage "${decl.id}": params.${field}: a DPO setting; an sft stage trains on the chosen answers alone and takes no ${field}`);
+        }
+        stageParams = Object.fromEntries(Object.entries(decl.params).filter(([k]) => !(SFT_REFUSED_TRAIN_FIELDS as readonly string[]).includes(k)));
+      }
       const params =
         typeof paramSpec === 'string'
-          ? SECTION_SCHEMAS[paramSpec].safeParse({ ...config[paramSpec], ...decl.params })
+          ? SECTION_SCHEMAS[paramSpec].safeParse({ ...sectionBase(config, paramSpec), ...stageParams })
           : paramSpec.safeParse(decl.params);
       if (!params.success) {
         for (const issue of params.error.issues) {
@@ -155,6 +190,14 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
           const message = issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
           problems.push(`stage "${decl.id}": ${where}: ${message}`);
         }
+      }
+    }
+    if (decl.kind === 'download' && decl.params.dataset && typeof decl.params.dataset === 'object') {
+      const dataset = DatasetSchema.safeParse({ ...config.dataset, ...decl.params.dataset });
+      for (const issue of dataset.success ? [] : dataset.error.issues) {
+        const where = ['params', 'dataset', ...issue.path].join('.');
+        const message = issue.code === 'unrecognized_keys' ? `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+        problems.push(`stage "${decl.id}": ${where}: ${message}`);
       }
     }
     for (const need of decl.needs) {
@@ -171,7 +214,7 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
     const spec: StageKindSpec = STAGE_KINDS[decl.kind as StageKindName];
     const inputs: PlannedStage['inputs'] = {};
     const deps = decl.needs.map((n) => byId.get(n)).filter((d): d is StageDecl => !!d && d.kind in STAGE_KINDS);
-    const produced = (artifact: Artifact) => deps.filter((d) => STAGE_KINDS[d.kind as StageKindName].produces === artifact).map((d) => d.id);
+    const produced = (artifact: Artifact) => deps.filter((d) => producesOf(d.kind as StageKindName).includes(artifact)).map((d) => d.id);
     for (const artifact of spec.consumes) {
       const from = produced(artifact);
       if (from.length === 0) problems.push(`stage "${decl.id}" (${decl.kind}) needs a stage that produces ${artifact}; its dependencies produce ${describeProduced(deps)}`);
@@ -195,18 +238,41 @@ export function planPipeline(decls: StageDecl[], config: PipelineConfig): Pipeli
     }
     const used = new Set(Object.values(inputs).flat());
     for (const d of deps) {
-      if (!used.has(d.id)) problems.push(`stage "${decl.id}" (${decl.kind}) does not consume what "${d.id}" produces (${STAGE_KINDS[d.kind as StageKindName].produces})`);
+      if (!used.has(d.id)) problems.push(`stage "${decl.id}" (${decl.kind}) does not consume what "${d.id}" produces (${producesOf(d.kind as StageKindName).join(', ')})`);
     }
     planned.push({ ...decl, kind: decl.kind as StageKindName, inputs });
   }
+  problems.push(...referenceModelProblems(planned));
   if (problems.length) throw new PlanError(problems);
 
   return { stages: topologicalOrder(planned), edges: planned.flatMap((s) => s.needs.map((n) => [n, s.id] as [string, string])) };
 }
 
+/**
+ * A train stage's precomputed reference log-probs must be those of the model it starts from (and
+ * is referenced to): the same sft stage's merged model, or model.source for both.
+ */
+function referenceModelProblems(planned: PlannedStage[]): string[] {
+  const byId = new Map(planned.map((p) => [p.id, p]));
+  const describe = (model: string | undefined) => (model ? `the model of sft stage "${model}"` : 'model.source');
+  return planned.flatMap((stage) => {
+    const reference = stage.kind === 'train' && stage.inputs.reference ? byId.get(stage.inputs.reference[0]!) : undefined;
+    if (!reference) return [];
+    const [own, scored] = [stage.inputs.model?.[0], reference.inputs.model?.[0]];
+    if (own === scored) return [];
+    return [`stage "${stage.id}" (train): its reference stage "${reference.id}" scores ${describe(scored)} but "${stage.id}" starts from ${describe(own)}; give both the same model in needs`];
+  });
+}
+
 function describeProduced(deps: StageDecl[]): string {
   if (!deps.length) return 'nothing (it has no dependencies)';
-  return deps.map((d) => `${STAGE_KINDS[d.kind as StageKindName].produces} ("${d.id}")`).join(', ');
+  return deps.map((d) => `${producesOf(d.kind as StageKindName).join(' and ')} ("${d.id}")`).join(', ');
+}
+
+/** Every artifact a kind's output provides. */
+export function producesOf(kind: StageKindName): Artifact[] {
+  const spec: StageKindSpec = STAGE_KINDS[kind];
+  return [spec.produces, ...(spec.alsoProduces ?? [])];
 }
 
 function findCycle(decls: StageDecl[], byId: Map<string, StageDecl>): string[] | null {
@@ -277,6 +343,27 @@ export function upstreamStage(plan: PipelinePlan, stage: PlannedStage, kind: Sta
   return undefined;
 }
 
-export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): PipelineConfig[K] {
-  return SECTION_SCHEMAS[section].parse({ ...config[section], ...params }) as PipelineConfig[K];
+export function stageSettings<K extends SettingsSection>(config: PipelineConfig, section: K, params: Record<string, unknown>): SectionSettings[K] {
+  return SECTION_SCHEMAS[section].parse({ ...sectionBase(config, section), ...params }) as SectionSettings[K];
+}
+
+/**
+ * The dataset settings behind a stage's data: those of the download stage at the root of its
+ * shards (or tokens, formatted rows, dataset) chain -- the config's dataset section with that
+ * stage's `params.dataset` over it.
+ */
+export function stageDataset(plan: PipelinePlan, config: PipelineConfig, stage: PlannedStage): PipelineConfig['dataset'] {
+  const byId = new Map(plan.stages.map((s) => [s.id, s]));
+  let at: PlannedStage | undefined = stage;
+  while (at && at.kind !== 'download') {
+    const from: string | undefined = (['shards', 'tokens', 'formatted', 'dataset'] as const).map((a) => at!.inputs[a]?.[0]).find(Boolean);
+    at = from ? byId.get(from) : undefined;
+  }
+  const override = at?.params.dataset as Record<string, unknown> | undefined;
+  return override ? DatasetSchema.parse({ ...config.dataset, ...override }) : config.dataset;
+}
+
+/** Kinds that run the training loop in a dpoTraining child workflow (their progress is its query). */
+export function isTrainingKind(kind: string | undefined): boolean {
+  return kind === 'train' || kind === 'sft';
 }

@@ -21,6 +21,8 @@ export interface ModelCardInput {
   steps: number;
   /** The micro-batch training finished with (after any out-of-memory replans). */
   memory?: { per_device_train_batch_size: number | 'auto'; gradient_accumulation_steps: number };
+  /** What was optimised; absent: dpo. */
+  objective?: 'dpo' | 'sft';
 }
 
 /** What `from_pretrained` takes for the base: `Org/name` for a Hub model, else the source URI as written. */
@@ -50,6 +52,7 @@ export function renderModelCard(card: ModelCardInput): string {
   const losses = typeof card.train.loss_type === 'string' ? [card.train.loss_type] : card.train.loss_type;
   const lora = card.train.lora;
   const batch = effectiveBatch(card.train, card.memory);
+  const sft = card.objective === 'sft';
   const front = [
     '---',
     `base_model: ${yamlString(base)}`,
@@ -62,7 +65,7 @@ export function renderModelCard(card: ModelCardInput): string {
     '- lora',
     '- transformers',
     '- trl',
-    '- dpo',
+    sft ? '- sft' : '- dpo',
     '---',
   ];
   const link = (id: string, kind: '' | 'datasets/') => (onHub || kind ? `[${id}](https://huggingface.co/${kind}${id})` : `\`${id}\``);
@@ -70,7 +73,7 @@ export function renderModelCard(card: ModelCardInput): string {
   const body = [
     `# ${card.name}`,
     '',
-    `A LoRA adapter for ${link(base, '')}${revision(card.modelRevision)}, trained with DPO (Direct Preference Optimization) ` +
+    `A LoRA adapter for ${link(base, '')}${revision(card.modelRevision)}, trained with ${sft ? 'SFT (supervised fine-tuning on the chosen answers, loss on the assistant tokens only)' : 'DPO (Direct Preference Optimization)'} ` +
       `on ${card.dataset.source.startsWith('hf://') ? link(dataset, 'datasets/') : `\`${dataset}\``}${revision(card.dataset.revision)} ` +
       `(train: \`${card.dataset.trainSplit}\`, held out: \`${card.dataset.evalSplit}\`). Run \`${card.runId}\`, stage \`${card.stageId}\`.`,
     '',
@@ -88,8 +91,9 @@ export function renderModelCard(card: ModelCardInput): string {
     '',
     '| setting | value |',
     '| --- | --- |',
-    `| loss | ${losses.join(' + ')}${card.train.loss_weights ? ` (weights ${card.train.loss_weights.join(', ')})` : ''} |`,
-    `| beta | ${card.train.beta} |`,
+    ...(sft
+      ? ['| loss | completion-only NLL (TRL SFTTrainer) |']
+      : [`| loss | ${losses.join(' + ')}${card.train.loss_weights ? ` (weights ${card.train.loss_weights.join(', ')})` : ''} |`, `| beta | ${card.train.beta} |`]),
     `| LoRA | r ${lora.r}, alpha ${lora.alpha}, dropout ${lora.dropout}, target modules ${typeof lora.target_modules === 'string' ? lora.target_modules : lora.target_modules.join(', ')} |`,
     `| optimizer steps | ${card.steps} |`,
     `| effective batch (pairs per step) | ${batch ?? 'auto'} |`,

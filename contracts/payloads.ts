@@ -4,6 +4,7 @@
  */
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
+import type { DatasetFormat } from './preferenceFormat.js';
 import type { AmberCounts, EvalMetrics, GenerativeCounts, GenerativeMetrics, ShortAnswerCounts, ShortAnswerMetrics, YesNoMetrics } from './evalMetrics.js';
 import type { EvalEngine } from './evalEngine.js';
 import type { RunLineage } from './lineage.js';
@@ -37,6 +38,8 @@ export interface FormatInput extends StageInput {
   modelSource: string;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  /** dataset.format: the layout declared, or auto (absent in runs started before it existed: auto). */
+  datasetFormat?: DatasetFormat;
   /** The labels the two selections go by in keys and summaries (contracts/splitSpec.ts splitLabels). */
   splits: { train: string; eval: string };
   /** The specs they select (dataset.train_split / eval_split); absent: the labels are plain split names. */
@@ -75,6 +78,7 @@ export interface FormatChunkInput {
   imageLongestEdge: number;
   format: PipelineConfig['format'];
   columns: PipelineConfig['dataset']['columns'];
+  datasetFormat?: DatasetFormat;
   filesPrefix?: string;
   chunk: FormatChunkSpec;
 }
@@ -87,6 +91,8 @@ export interface FormatChunkResult {
   rows: number;
   dropped: Record<string, number>;
   droppedExamples: Array<{ sampleId: string; reason: string; detail?: string }>;
+  /** The layout its file was read with (contracts/preferenceFormat.ts layoutLabel). */
+  layout?: string;
 }
 
 export interface FormatFinishInput {
@@ -171,6 +177,10 @@ export interface TrainInput {
   initAdapter?: { bucket: string; prefix: string };
   /** What the final adapter's model card says about the run (its config name, sources and revisions). */
   card?: TrainCardInfo;
+  /** What the trainer optimises (absent: dpo, as in runs started before sft stages existed). */
+  objective?: 'dpo' | 'sft';
+  /** Also store the base model with the final adapter merged in (an sft stage whose model a later stage consumes). */
+  mergeModel?: boolean;
 }
 
 export interface TrainCardInfo {
@@ -205,6 +215,8 @@ export interface TrainSegmentResult {
   trainSeconds: number;
   adapterBucket?: string;
   adapterPrefix?: string;
+  /** With mergeModel: the merged model folder, s3://<adapterBucket>/<modelPrefix>. */
+  modelPrefix?: string;
   /** Step metrics of every optimizer step so far (learning curves in the report). */
   stepMetricsKey?: string;
   /** s3:// location of the adapter training started from (`init_from`), when there was one. */
@@ -237,6 +249,12 @@ export interface TrainResult {
   /** Where the adapter is: s3://<adapterBucket>/<adapterPrefix>. */
   adapterBucket: string;
   adapterPrefix: string;
+  /** An sft stage whose model a later stage consumes: the merged model folder, s3://<adapterBucket>/<modelPrefix>. */
+  modelPrefix?: string;
+  /** What was optimised (absent: dpo). */
+  objective?: 'dpo' | 'sft';
+  /** The model the adapter applies to when it is not model.source: an sft stage's merged model (s3://...). */
+  baseModelSource?: string;
   finalStep: number;
   checkpointKeys: string[];
   resumedFromStep: number | null;

@@ -50,6 +50,19 @@ export const TRAINER_CONFIG_SCHEMA = {
           ],
           "default": null
         },
+        "objective": {
+          "description": "'dpo': the preference loss (loss_type) against the reference; 'sft': TRL SFTTrainer's completion-only loss, the NLL of the chosen answers averaged over the step's assistant tokens (no reference, no rejected answers)",
+          "enum": [
+            "dpo",
+            "sft"
+          ],
+          "default": "dpo"
+        },
+        "merge_model": {
+          "description": "also write the base model with the final adapter merged in (PEFT merge_and_unload) to output_dir/final/model, with the base's processor and tokenizer files: a model folder a later run can start from",
+          "type": "boolean",
+          "default": false
+        },
         "seed": {
           "description": "seeds LoRA init, data order (seed + epoch) and dropout",
           "type": "integer",
@@ -521,8 +534,25 @@ export const ONNX_UNEXPORTABLE_MODEL_TYPES = {
     "family": "Qwen2.5-VL",
     "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
   },
+  "qwen3_vl": {
+    "family": "Qwen3-VL",
+    "reason": "its M-RoPE position ids depend on each image's grid, which the exported scoring graph does not compute"
+  },
   "gemma3": {
     "family": "Gemma 3",
     "reason": "its image tokens attend to each other bidirectionally and its sliding-window layers are not in the exported scoring graph, whose mask is causal"
   }
 } as const;
+
+/** TrainConfig fields only objective dpo reads (objective sft refuses them). */
+export const DPO_ONLY_FIELDS = [
+  "beta",
+  "loss_type",
+  "loss_weights",
+  "label_smoothing",
+  "discopop_tau",
+  "ld_alpha",
+  "use_weighting",
+  "precompute_ref_log_probs",
+  "ref_log_probs_files"
+] as const;

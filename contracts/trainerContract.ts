@@ -7,6 +7,9 @@
  */
 import { TRAINER_CONFIG_SCHEMA } from './trainerContract.generated.js';
 
+/** TrainConfig fields only objective dpo reads (objective sft refuses them). */
+export { DPO_ONLY_FIELDS } from './trainerContract.generated.js';
+
 const defs = TRAINER_CONFIG_SCHEMA.$defs;
 
 export type TrainerConfigName = 'TrainConfig' | 'ReferenceConfig' | 'EvalConfig' | 'ExportConfig';

@@ -34,8 +34,28 @@ export function writeParquetTable(table: arrow.Table, options: ParquetWriteOptio
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** The image column of format parts, token parts and shards holds JPEG bytes. */
+/**
+ * The image column of format parts and shards holds JPEG bytes. (`extra_images` stays zstd: the
+ * writer's per-column settings name top-level columns only, and it is empty for one-image rows.)
+ */
 export const IMAGE_COLUMN_OPTIONS: ParquetWriteOptions = { incompressible: ['image'] };
+
+/** `extra_images`: a row's images after the first (format parts and shards). */
+export const extraImagesType = () => new arrow.List(new arrow.Field('item', new arrow.Binary(), true));
+
+/**
+ * Every row's images in order: `image` then `extra_images` (absent in tables written before rows
+ * could hold several; a null `image` is no image).
+ */
+export function rowImages(table: arrow.Table): Uint8Array[][] {
+  const first = table.getChild('image');
+  const extra = table.getChild('extra_images');
+  return Array.from({ length: table.numRows }, (_, i) => {
+    const head = first?.get(i) as Uint8Array | null | undefined;
+    const rest = extra?.get(i) as arrow.Vector | null | undefined;
+    return [...(head ? [head] : []), ...(rest ? (Array.from(rest) as Uint8Array[]) : [])];
+  });
+}
 
 export const int32List = () => new arrow.List(new arrow.Field('item', new arrow.Int32(), true));
 

@@ -12,6 +12,7 @@ import * as arrow from 'apache-arrow';
 import { ParquetFile } from 'parquet-wasm';
 import type { PipelineConfig } from '../contracts/config.js';
 import { FailureType, nonRetryable } from '../contracts/errors.js';
+import { LayoutError, resolveLayout, type ColumnKind, type DatasetFormat, type PreferenceLayout } from '../contracts/preferenceFormat.js';
 import type { ActivityDeps } from './deps.js';
 
 export type ColumnMapping = PipelineConfig['dataset']['columns'];
@@ -23,15 +24,26 @@ export function fileFormatOf(path: string): FileFormat | null {
   return null;
 }
 
-/** One source row as stored: cells are whatever the file holds (checked by format). */
+/**
+ * One source row as stored: cells are whatever the file holds (checked by format). Which column
+ * each role comes from is the file's layout (contracts/preferenceFormat.ts).
+ */
 export interface RawRow {
   sampleId: string;
-  image: unknown;
-  question: unknown;
+  /** The question (RLAIF-V raw) or prompt (TRL); undefined for an implicit prompt. */
+  prompt: unknown;
   chosen: unknown;
   rejected: unknown;
+  /** One image cell, or (a TRL `images` column) a list of them. */
+  images: unknown;
   /** Set when the row's text could not be decoded (JSONL lines that are not UTF-8 or not JSON). */
   undecodable?: 'invalid_utf8' | 'invalid_json';
+}
+
+/** A row range and the layout its file was read with. */
+export interface RowRange {
+  layout: PreferenceLayout;
+  rows: RawRow[];
 }
 
 /**
@@ -92,47 +104,83 @@ export interface ReadRange {
   limit: number;
 }
 
-/** The rows [offset, offset + limit) of a file, with the mapped columns. */
-export async function readRowRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
-  return range.format === 'parquet' ? readParquetRange(range, columns) : readJsonlRange(range, columns);
+/** The rows [offset, offset + limit) of a file, with the columns of its layout. */
+export async function readRowRange(range: ReadRange, columns: ColumnMapping, format: DatasetFormat = 'auto'): Promise<RowRange> {
+  return range.format === 'parquet' ? readParquetRange(range, columns, format) : readJsonlRange(range, columns, format);
 }
 
-const ROLES = ['image', 'question', 'chosen', 'rejected'] as const;
-
-function missingColumn(sourcePath: string, role: (typeof ROLES)[number], columns: ColumnMapping, present: string[]) {
-  return nonRetryable(
-    `dataset file "${sourcePath}" has no column "${columns[role]}" (dataset.columns.${role}); ` +
-      `its columns are: ${present.join(', ') || '(none)'}`,
-    FailureType.InvalidDataset,
-  );
+/** The layout of a file from its columns' kinds; a layout it lacks is the dataset's to fix. */
+function layoutOf(range: ReadRange, kinds: Map<string, ColumnKind>, columns: ColumnMapping, format: DatasetFormat): PreferenceLayout {
+  try {
+    return resolveLayout(format, kinds, columns, range.sourcePath);
+  } catch (err) {
+    if (err instanceof LayoutError) throw nonRetryable(err.message, FailureType.InvalidDataset);
+    throw err;
+  }
 }
 
-async function readParquetRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
+/** What an Arrow column type holds: `datasets` writes Image as struct {bytes, path}, messages as list<struct {role, content}>. */
+export function arrowColumnKind(type: arrow.DataType): ColumnKind {
+  if (arrow.DataType.isUtf8(type) || arrow.DataType.isLargeUtf8(type)) return 'text';
+  if (arrow.DataType.isBinary(type) || arrow.DataType.isLargeBinary(type)) return 'binary';
+  if (arrow.DataType.isStruct(type)) return type.children.some((f) => f.name === 'bytes' || f.name === 'path') ? 'image_struct' : 'other';
+  if (arrow.DataType.isList(type)) {
+    const item = (type as arrow.List).valueType;
+    return arrow.DataType.isStruct(item) && item.children.some((f) => f.name === 'role') ? 'messages' : 'list';
+  }
+  return 'other';
+}
+
+/** The same from a JSONL record's value. */
+export function jsonColumnKind(value: unknown): ColumnKind {
+  if (typeof value === 'string') return 'text';
+  if (Array.isArray(value)) return value.length && value.every((m) => m && typeof m === 'object' && 'role' in m) ? 'messages' : 'list';
+  if (value && typeof value === 'object') return 'bytes' in value || 'path' in value ? 'image_struct' : 'other';
+  return 'other';
+}
+
+/**
+ * Arrow cells as plain values: structs as objects, lists as arrays (binary stays Uint8Array), so
+ * message lists compare and render like JSON.
+ */
+export function plainCell(cell: unknown): unknown {
+  if (cell == null || typeof cell !== 'object' || cell instanceof Uint8Array) return cell;
+  if (cell instanceof arrow.Vector) return Array.from(cell as Iterable<unknown>, plainCell);
+  if (Array.isArray(cell)) return cell.map(plainCell);
+  const json = typeof (cell as { toJSON?: unknown }).toJSON === 'function' ? (cell as { toJSON: () => Record<string, unknown> }).toJSON() : (cell as Record<string, unknown>);
+  return Object.fromEntries(Object.entries(json).map(([k, v]) => [k, plainCell(v)]));
+}
+
+function rowOf(sampleId: string, layout: PreferenceLayout, cell: (column: string) => unknown): RawRow {
+  const { columns } = layout;
+  return {
+    sampleId,
+    prompt: columns.prompt === null ? undefined : cell(columns.prompt),
+    chosen: cell(columns.chosen),
+    rejected: cell(columns.rejected),
+    images: cell(columns.images),
+  };
+}
+
+async function readParquetRange(range: ReadRange, columns: ColumnMapping, format: DatasetFormat): Promise<RowRange> {
   const file = await ParquetFile.fromFile(await openAsBlob(range.path));
   let table: arrow.Table;
+  let layout: PreferenceLayout;
   try {
-    // Only the mapped columns: the others (RLAIF-V has five more) are neither decoded nor copied.
+    // Only the layout's columns: the others (RLAIF-V has five more) are neither decoded nor copied.
     const schema = arrow.tableFromIPC(file.schema().intoIPCStream()).schema;
-    const names = schema.fields.map((f) => f.name);
-    for (const role of ROLES) if (!names.includes(columns[role])) throw missingColumn(range.sourcePath, role, columns, names);
-    const wanted = [...new Set(ROLES.map((role) => columns[role]))];
+    layout = layoutOf(range, new Map(schema.fields.map((f) => [f.name, arrowColumnKind(f.type)])), columns, format);
+    const wanted = [...new Set(Object.values(layout.columns).filter((c): c is string => c !== null))];
     table = arrow.tableFromIPC((await file.read({ offset: range.offset, limit: range.limit, columns: wanted })).intoIPCStream());
   } finally {
     file.free();
   }
-  const vectors = ROLES.map((role) => table.getChild(columns[role])!);
-  const [image, question, chosen, rejected] = vectors as [arrow.Vector, arrow.Vector, arrow.Vector, arrow.Vector];
+  const vectors = new Map(table.schema.fields.map((f) => [f.name, table.getChild(f.name)!]));
   const rows: RawRow[] = [];
   for (let i = 0; i < table.numRows; i++) {
-    rows.push({
-      sampleId: `${range.idPrefix}-${range.offset + i}`,
-      image: image.get(i),
-      question: question.get(i),
-      chosen: chosen.get(i),
-      rejected: rejected.get(i),
-    });
+    rows.push(rowOf(`${range.idPrefix}-${range.offset + i}`, layout, (c) => plainCell(vectors.get(c)!.get(i))));
   }
-  return rows;
+  return { layout, rows };
 }
 
 /** JSONL lines as raw bytes (so text that is not UTF-8 is caught per row, not per file). */
@@ -154,10 +202,11 @@ async function* jsonlLines(path: string): AsyncGenerator<Buffer> {
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-async function readJsonlRange(range: ReadRange, columns: ColumnMapping): Promise<RawRow[]> {
+async function readJsonlRange(range: ReadRange, columns: ColumnMapping, format: DatasetFormat): Promise<RowRange> {
   const rows: RawRow[] = [];
   let index = 0;
-  let checkedColumns = false;
+  let layout: PreferenceLayout | undefined;
+  const undecodable = (sampleId: string, reason: 'invalid_utf8' | 'invalid_json'): RawRow => ({ sampleId, prompt: null, chosen: null, rejected: null, images: null, undecodable: reason });
   for await (const line of jsonlLines(range.path)) {
     if (!line.length) continue;
     const i = index++;
@@ -168,26 +217,18 @@ async function readJsonlRange(range: ReadRange, columns: ColumnMapping): Promise
     try {
       record = JSON.parse(utf8.decode(line)) as Record<string, unknown>;
     } catch (err) {
-      const undecodable = err instanceof TypeError ? 'invalid_utf8' : 'invalid_json';
-      rows.push({ sampleId, image: null, question: null, chosen: null, rejected: null, undecodable });
+      rows.push(undecodable(sampleId, err instanceof TypeError ? 'invalid_utf8' : 'invalid_json'));
       continue;
     }
     if (!record || typeof record !== 'object' || Array.isArray(record)) {
-      rows.push({ sampleId, image: null, question: null, chosen: null, rejected: null, undecodable: 'invalid_json' });
+      rows.push(undecodable(sampleId, 'invalid_json'));
       continue;
     }
-    if (!checkedColumns) {
-      // The first record defines the columns, as a Parquet schema would.
-      for (const role of ROLES) if (!(columns[role] in record)) throw missingColumn(range.sourcePath, role, columns, Object.keys(record));
-      checkedColumns = true;
-    }
-    rows.push({
-      sampleId,
-      image: record[columns.image],
-      question: record[columns.question],
-      chosen: record[columns.chosen],
-      rejected: record[columns.rejected],
-    });
+    // The first record defines the columns, as a Parquet schema would.
+    layout ??= layoutOf(range, new Map(Object.entries(record).map(([k, v]) => [k, jsonColumnKind(v)])), columns, format);
+    rows.push(rowOf(sampleId, layout, (c) => record[c]));
   }
-  return rows;
+  // A range of undecodable lines only: the layout does not matter, every row is dropped.
+  layout ??= { format: 'rlaif_v', implicitPrompt: false, columns: { prompt: columns.question, chosen: columns.chosen, rejected: columns.rejected, images: columns.image }, imageList: false };
+  return { layout, rows };
 }

@@ -15,10 +15,12 @@ import type { Storage } from './storage.js';
  */
 export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   download: 2,
-  format: 3,
+  // 4: parts hold `extra_images` (a row's images after the first).
+  format: 4,
   // 3: token parts hold no images; shard takes them from the format parts.
   tokenize: 3,
-  shard: 3,
+  // 4: shards hold `extra_images`.
+  shard: 4,
   reference: 1,
   export: 1,
 };

@@ -21,16 +21,18 @@ const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
 
 /**
  * Builds a tiny model once per version of its builder; returns the local folder. `llava` is the
- * demo model; `qwen2_5_vl` a tiny Qwen2.5-VL (its builder uses the Qwen processor module too);
- * `gemma3` a tiny Gemma 3.
+ * demo model; `qwen2_5_vl` and `qwen3_vl` a tiny Qwen2.5-VL and Qwen3-VL (their builder uses
+ * the Qwen processor module too); `gemma3` a tiny Gemma 3.
  */
-export async function ensureTinyModel(seed = 0, arch: 'llava' | 'qwen2_5_vl' | 'gemma3' = 'llava'): Promise<string> {
-  const sources = ['build_tiny_model.py', ...(arch === 'qwen2_5_vl' ? ['vision_processors.py'] : [])];
+export type TinyArch = 'llava' | 'qwen2_5_vl' | 'qwen3_vl' | 'gemma3';
+
+export async function ensureTinyModel(seed = 0, arch: TinyArch = 'llava'): Promise<string> {
+  const sources = ['build_tiny_model.py', ...(arch === 'qwen2_5_vl' || arch === 'qwen3_vl' ? ['vision_processors.py'] : [])];
   const hash = createHash('sha256');
   for (const source of sources) hash.update(readFileSync(join(REPO_ROOT, 'trainer/dpo_trainer', source)));
   // The LLaVA's version string is what it always was, so its cached builds stay valid.
   const version = hash.update(`seed=${seed}`).digest('hex').slice(0, 12);
-  const names = { llava: 'llava', qwen2_5_vl: 'qwen2.5-vl', gemma3: 'gemma3' } as const;
+  const names = { llava: 'llava', qwen2_5_vl: 'qwen2.5-vl', qwen3_vl: 'qwen3-vl', gemma3: 'gemma3' } as const;
   const dir = join(CACHE, 'models', `tiny-${names[arch]}-${version}`);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;

@@ -15,6 +15,7 @@ import { idefics2 } from './processors/idefics2.js';
 import { llava } from './processors/llava.js';
 import { paligemma } from './processors/paligemma.js';
 import { qwen2vl } from './processors/qwen2vl.js';
+import { llavaNext } from './processors/llavaNext.js';
 import type { FamilySpec, ImageSize, Json, ProcessorConfigs, ProcessorFamily } from './processors/types.js';
 
 export interface ChatMessage {
@@ -22,7 +23,7 @@ export interface ChatMessage {
   content: Array<{ type: 'image' } | { type: 'text'; text: string }>;
 }
 
-const FAMILIES: FamilySpec[] = [llava, idefics2, paligemma, qwen2vl, gemma3];
+const FAMILIES: FamilySpec[] = [llava, llavaNext, idefics2, paligemma, qwen2vl, gemma3];
 
 /**
  * Model folders are content-addressed (staged by fingerprint) or local folders that do not change
@@ -94,7 +95,7 @@ export class ChatTokenizer {
       if (!spec) {
         throw new Error(
           `image-token expansion for processor "${processorClass || modelType}" is not implemented ` +
-            '(supported: LlavaProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Gemma3Processor)',
+            '(supported: LlavaProcessor, LlavaNextProcessor, Idefics2Processor, PaliGemmaProcessor, Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor, Gemma3Processor)',
         );
       }
       family = spec.create(configs);
@@ -136,6 +137,33 @@ export class ChatTokenizer {
   }
 
   /**
+   * A conversational preference row rendered as TRL's apply_chat_template renders it: the prompt
+   * with the generation prompt (or, when it ends with an assistant turn, continuing that turn),
+   * cut back to what prompt + chosen and prompt + rejected share, and each answer what its whole
+   * conversation adds after that prompt.
+   */
+  renderPreference(prompt: ChatMessage[], chosen: ChatMessage[], rejected: ChatMessage[]): { prompt: string; chosen: string; rejected: string } {
+    const last = prompt[prompt.length - 1]?.role;
+    let text = last === 'assistant' ? this.renderContinuingFinalMessage(prompt) : this.render(prompt, true);
+    const withChosen = this.render([...prompt, ...chosen]);
+    const withRejected = this.render([...prompt, ...rejected]);
+    text = commonPrefix(commonPrefix(text, withChosen), withRejected);
+    return { prompt: text, chosen: withChosen.slice(text.length), rejected: withRejected.slice(text.length) };
+  }
+
+  /** transformers' continue_final_message: the rendering cut right after the last message's text. */
+  private renderContinuingFinalMessage(messages: ChatMessage[]): string {
+    const rendered = this.render(messages);
+    const parts = messages[messages.length - 1]!.content;
+    const final = [...parts].reverse().find((c): c is { type: 'text'; text: string } => c.type === 'text')?.text;
+    if (final === undefined) throw new Error('the prompt ends with an assistant turn without text to continue');
+    const at = rendered.lastIndexOf(final.trim());
+    if (!final.trim() || at < 0) throw new Error('the final assistant turn is not in the rendered prompt');
+    const kept = rendered.slice(at, at + final.trimStart().length) === final ? final.trimStart().length : final.trim().length;
+    return rendered.slice(0, at + kept);
+  }
+
+  /**
    * Prompt ids as the processor computes them: placeholders expanded, special tokens added.
    * `images` (one per placeholder) is required where the image token count depends on the size.
    */
@@ -152,6 +180,14 @@ export class ChatTokenizer {
   countImagePlaceholders(prompt: string): number {
     return this.family ? prompt.split(this.family.imageToken).length - 1 : 0;
   }
+}
+
+/** The longest common prefix, never splitting a surrogate pair (Python compares code points). */
+function commonPrefix(a: string, b: string): string {
+  let i = 0;
+  while (i < a.length && i < b.length && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i > 0 && i < a.length && /[\uD800-\uDBFF]/.test(a[i - 1]!)) i--;
+  return a.slice(0, i);
 }
 
 /** The configs of a model folder; image-processor settings from preprocessor_config.json or nested. */

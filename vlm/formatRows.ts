@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import type { ChatTokenizer } from './chatTokenizer.js';
 import type { RawRow } from '../io/sourceRows.js';
+import { deepEqual, extractPrompt, parseMessages, prepareMultimodal, type PreferenceLayout, type RawMessage } from '../contracts/preferenceFormat.js';
 
 export const DROP_REASONS = [
   'invalid_utf8',
@@ -19,6 +20,9 @@ export const DROP_REASONS = [
   'image_not_found',
   'image_too_large',
   'image_decode_failed',
+  'image_count_mismatch',
+  'multi_image_unsupported',
+  'chat_template_error',
   'duplicate',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
@@ -37,7 +41,8 @@ export interface FormattedRow {
   prompt: string;
   chosen: string;
   rejected: string;
-  image: Uint8Array;
+  /** One thumbnail per image placeholder of the prompt, in order. */
+  images: Uint8Array[];
   /** Identity for de-duplication: sha256 of the source image bytes and the three texts. */
   dedupKey: string;
 }
@@ -65,40 +70,116 @@ function textOf(cell: unknown): string | null | { reason: DropReason } {
 
 export async function formatRow(
   row: RawRow,
+  layout: PreferenceLayout,
   chat: ChatTokenizer,
   options: FormatOptions,
   resolveImageFile?: ImageFileResolver,
 ): Promise<RowOutcome> {
   if (row.undecodable) return { reason: row.undecodable };
-  const texts = [row.question, row.chosen, row.rejected].map(textOf);
-  for (const t of texts) if (t && typeof t === 'object') return { reason: t.reason, detail: 'question, chosen or rejected' };
-  const [question, chosen, rejected] = texts.map((t) => ((t as string | null) ?? '').trim()) as [string, string, string];
-  if (!question) return { reason: 'empty_question' };
-  if (!chosen) return { reason: 'empty_chosen' };
-  if (!rejected) return { reason: 'empty_rejected' };
-  if (chosen === rejected) return { reason: 'chosen_equals_rejected' };
-
-  const source = await imageBytes(row.image, resolveImageFile);
-  if ('reason' in source) return source;
-  let image: Uint8Array;
-  try {
-    image = await thumbnail(source.bytes, options);
-  } catch (err) {
-    const message = (err as Error).message;
-    const reason: DropReason = /pixel limit/i.test(message) ? 'image_too_large' : 'image_decode_failed';
-    return { reason, detail: message.slice(0, 200) };
+  const texts = layout.format === 'conversational' ? conversationTexts(row, layout, chat) : stringTexts(row, layout, chat);
+  if ('reason' in texts) return texts;
+  const imageCells = layout.imageList ? row.images : [row.images];
+  if (imageCells == null || (Array.isArray(imageCells) && imageCells.length === 0)) return { reason: 'missing_image' };
+  if (!Array.isArray(imageCells)) return { reason: 'wrong_type', detail: `${layout.columns.images} is not a list of images` };
+  if (texts.answerImageParts) {
+    return { reason: 'image_count_mismatch', detail: `chosen or rejected holds ${texts.answerImageParts} image placeholders; images belong to the prompt` };
   }
-  const dedupKey = createHash('sha256')
-    .update(source.bytes)
-    .update(JSON.stringify([question, chosen, rejected]))
-    .digest('base64');
-  return {
-    prompt: chat.promptText(question),
-    chosen: chat.completionText(question, chosen),
-    rejected: chat.completionText(question, rejected),
-    image,
-    dedupKey,
-  };
+  if (texts.imageParts !== imageCells.length) {
+    return { reason: 'image_count_mismatch', detail: `${texts.imageParts} image placeholders, ${imageCells.length} images` };
+  }
+  if (imageCells.length > 1 && !chat.family?.multiImage) {
+    return { reason: 'multi_image_unsupported', detail: `${imageCells.length} images; the ${chat.family?.name ?? 'text-only'} model family takes one image per prompt here` };
+  }
+  const sources: Uint8Array[] = [];
+  const images: Uint8Array[] = [];
+  for (const cell of imageCells) {
+    const source = await imageBytes(cell, resolveImageFile);
+    if ('reason' in source) return source;
+    try {
+      images.push(await thumbnail(source.bytes, options));
+    } catch (err) {
+      const message = (err as Error).message;
+      const reason: DropReason = /pixel limit/i.test(message) ? 'image_too_large' : 'image_decode_failed';
+      return { reason, detail: message.slice(0, 200) };
+    }
+    sources.push(source.bytes);
+  }
+  const hash = createHash('sha256');
+  for (const bytes of sources) hash.update(bytes);
+  const dedupKey = hash.update(JSON.stringify(texts.identity)).digest('base64');
+  return { prompt: texts.prompt, chosen: texts.chosen, rejected: texts.rejected, images, dedupKey };
+}
+
+/** A row's rendered texts, its prompt's image placeholders, and what identifies it for de-duplication. */
+interface RowTexts {
+  prompt: string;
+  chosen: string;
+  rejected: string;
+  /** Image placeholders of the prompt. */
+  imageParts: number;
+  /** Image placeholders of the answers (where no image is given to the model). */
+  answerImageParts: number;
+  identity: unknown;
+}
+
+/**
+ * RLAIF-V raw (the question rendered as a one-image user turn) and TRL's standard format (the
+ * strings verbatim, as TRL's vision collator hands them to the processor; the prompt holds the
+ * family's placeholders itself).
+ */
+function stringTexts(row: RawRow, layout: PreferenceLayout, chat: ChatTokenizer): RowTexts | { reason: DropReason; detail?: string } {
+  const cells = [layout.implicitPrompt ? '' : row.prompt, row.chosen, row.rejected].map(textOf);
+  for (const t of cells) if (t && typeof t === 'object') return { reason: t.reason, detail: 'prompt (question), chosen or rejected' };
+  let [prompt, chosen, rejected] = cells.map((t) => (t as string | null) ?? '') as [string, string, string];
+  if (layout.format === 'rlaif_v') {
+    [prompt, chosen, rejected] = [prompt.trim(), chosen.trim(), rejected.trim()];
+  } else if (layout.implicitPrompt) {
+    if (!chosen || !rejected) return { reason: chosen ? 'empty_rejected' : 'empty_chosen' };
+    ({ prompt, chosen, rejected } = extractPrompt(chosen, rejected));
+  }
+  if (!prompt.trim()) return { reason: 'empty_question' };
+  if (!chosen.trim()) return { reason: 'empty_chosen' };
+  if (!rejected.trim()) return { reason: 'empty_rejected' };
+  if (chosen === rejected) return { reason: 'chosen_equals_rejected' };
+  if (layout.format === 'rlaif_v') {
+    return { prompt: chat.promptText(prompt), chosen: chat.completionText(prompt, chosen), rejected: chat.completionText(prompt, rejected), imageParts: 1, answerImageParts: 0, identity: [prompt, chosen, rejected] };
+  }
+  // Placeholders in an answer would be images the collator never gives the model.
+  const answerImageParts = chat.countImagePlaceholders(chosen) + chat.countImagePlaceholders(rejected);
+  return { prompt, chosen, rejected, imageParts: chat.countImagePlaceholders(prompt), answerImageParts, identity: [prompt, chosen, rejected] };
+}
+
+/**
+ * TRL's conversational format: the prompt extracted if implicit (extract_prompt), image parts
+ * filled in (prepare_multimodal_messages), then the chat template applied as TRL's
+ * apply_chat_template does (ChatTokenizer.renderPreference).
+ */
+function conversationTexts(row: RawRow, layout: PreferenceLayout, chat: ChatTokenizer): RowTexts | { reason: DropReason; detail?: string } {
+  const parsed = [layout.implicitPrompt ? [] : row.prompt, row.chosen, row.rejected].map(parseMessages);
+  for (const [i, p] of parsed.entries()) if ('problem' in p) return { reason: 'wrong_type', detail: `${['prompt', 'chosen', 'rejected'][i]}: ${p.problem}` };
+  let [prompt, chosen, rejected] = parsed as [RawMessage[], RawMessage[], RawMessage[]];
+  if (layout.implicitPrompt) {
+    if (!chosen.length || !rejected.length) return { reason: chosen.length ? 'empty_rejected' : 'empty_chosen' };
+    ({ prompt, chosen, rejected } = extractPrompt(chosen, rejected, deepEqual));
+  }
+  if (!prompt.length) return { reason: 'empty_question' };
+  if (!chosen.length) return { reason: 'empty_chosen' };
+  if (!rejected.length) return { reason: 'empty_rejected' };
+  if (deepEqual(chosen, rejected)) return { reason: 'chosen_equals_rejected' };
+  const images = layout.imageList ? (Array.isArray(row.images) ? row.images.length : 0) : row.images == null ? 0 : 1;
+  const p = prepareMultimodal(prompt, images);
+  const c = prepareMultimodal(chosen, 0);
+  const r = prepareMultimodal(rejected, 0);
+  let rendered: { prompt: string; chosen: string; rejected: string };
+  try {
+    rendered = chat.renderPreference(p.messages, c.messages, r.messages);
+  } catch (err) {
+    // e.g. a template that insists on alternating roles, or a final assistant turn without text.
+    return { reason: 'chat_template_error', detail: (err as Error).message.slice(0, 200) };
+  }
+  if (!rendered.chosen.trim()) return { reason: 'empty_chosen' };
+  if (!rendered.rejected.trim()) return { reason: 'empty_rejected' };
+  return { ...rendered, imageParts: p.imageParts, answerImageParts: c.imageParts + r.imageParts, identity: [p.messages, c.messages, r.messages] };
 }
 
 /**

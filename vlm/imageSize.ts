@@ -1,6 +1,7 @@
 /**
  * How large the format stage makes images when `format.image_longest_edge` is not set: half the
- * processor's longest edge, the seed recipe's rule. The evaluate stage sizes the yes/no suite's
+ * processor's longest edge, the seed recipe's rule (for anyres processors, the longest edge of
+ * their largest grid pinpoint). The evaluate stage sizes the yes/no suite's
  * images by the same edge as the run's format stage, so both see what training saw.
  *
  * Qwen2-VL-style processors have no edge: they keep an image's own resolution between min_pixels
@@ -31,7 +32,11 @@ export async function defaultImageEdge(modelDir: string): Promise<number> {
   const { imageProcessorConfig } = await loadProcessorConfigs(modelDir);
   if (isPixelBudgetProcessor(imageProcessorConfig)) return MAX_EDGE;
   const size = (imageProcessorConfig?.size ?? {}) as Record<string, number>;
-  const longest = size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0);
+  // Anyres processors (LLaVA-NeXT) fit the image into their largest grid pinpoint, not `size`.
+  const pinpoints = (imageProcessorConfig?.image_grid_pinpoints ?? []) as Array<[number, number]>;
+  const longest = pinpoints.length
+    ? Math.max(...pinpoints.flat())
+    : (size.longest_edge ?? Math.max(size.height ?? 0, size.width ?? 0, size.shortest_edge ?? 0));
   if (!longest) throw nonRetryable('format.image_longest_edge is required: the processor declares no size', FailureType.InvalidConfig);
   return Math.max(8, Math.floor(longest / 2));
 }

@@ -114,7 +114,9 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
       const output = await runStage(ctx, stage);
       outputs.set(stage.id, output);
       Object.assign(entry, { state: 'done', finishedAt: Date.now(), cached: output.cached, summary: output.summary }, output.attempts);
-      if (stage.kind === 'download' && output.data) noteDatasetRevision(lineage, output.data);
+      // The lineage's dataset is config.dataset.source (a download of another source, e.g. a separate SFT dataset, is not it).
+      const otherSource = (stage.params.dataset as { source?: unknown } | undefined)?.source;
+      if (stage.kind === 'download' && output.data && (otherSource === undefined || otherSource === config.dataset.source)) noteDatasetRevision(lineage, output.data);
     } catch (err) {
       failures.set(stage.id, err);
       Object.assign(entry, { state: 'failed', finishedAt: Date.now(), error: describeError(err) });

@@ -4,7 +4,7 @@
  */
 import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { planToMermaid, STAGE_KINDS, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
+import { planToMermaid, STAGE_KINDS, stageDataset, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import type { StageAttempts } from '../contracts/attempts.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import type { PipelineConfig } from '../contracts/config.js';
@@ -87,7 +87,7 @@ const REFERENCE_OPTIONS: ActivityOptions = { ...DATA_STAGE_OPTIONS, startToClose
 /** Activity options for one stage: its kind's defaults, then the stage's own overrides. */
 function activityOptionsFor(ctx: RunContext, stage: PlannedStage): ActivityOptions {
   const spec = STAGE_KINDS[stage.kind];
-  const base = stage.kind === 'train' ? TRAIN_OPTIONS : stage.kind === 'reference' ? REFERENCE_OPTIONS : DATA_STAGE_OPTIONS;
+  const base = stage.kind === 'train' || stage.kind === 'sft' ? TRAIN_OPTIONS : stage.kind === 'reference' ? REFERENCE_OPTIONS : DATA_STAGE_OPTIONS;
   const options: ActivityOptions = {
     ...base,
     taskQueue: stage.queue ?? ctx.config.queues[spec.queue],
@@ -131,14 +131,18 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
   const { config, runId } = ctx;
   const bucket = config.storage.bucket;
   const modelSource = ctx.modelSource ?? config.model.source;
-  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'metrics' | 'report') =>
+  const input = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards' | 'reference' | 'adapter' | 'model' | 'metrics' | 'report') =>
     (stage.inputs[artifact] ?? []).map((id) => ctx.outputs.get(id)!);
+  // The dataset section behind the stage's data (its download stage's params.dataset over config.dataset).
+  const dataset = stageDataset(ctx.plan, config, stage);
+  // The model the stage starts from: an sft stage's merged model when it consumes one, else model.source.
+  const startModel = stage.inputs.model ? mergedModelSource(input('model')[0]!) : modelSource;
   const data = (artifact: 'dataset' | 'formatted' | 'tokens' | 'shards') => input(artifact)[0]!.data!;
   const dataOutput = (r: StageResult): StageOutput => ({ data: r, cached: r.cached, summary: r.summary });
 
   switch (stage.kind) {
     case 'download':
-      return dataOutput(await acts.downloadDataset({ bucket, dataset: config.dataset }));
+      return dataOutput(await acts.downloadDataset({ bucket, dataset }));
     case 'format': {
       // Plan, then every chunk as its own activity (spread over all CPU workers; each worker's
       // slot count bounds its share), then finish: duplicates across chunks, drop share, manifest.
@@ -148,18 +152,19 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
         upstream: data('dataset'),
         modelSource,
         format,
-        columns: config.dataset.columns,
-        ...formatSplitInput(config.dataset),
-        limits: { train: config.dataset.max_train_samples, eval: config.dataset.max_eval_samples },
+        columns: dataset.columns,
+        datasetFormat: dataset.format,
+        ...formatSplitInput(dataset),
+        limits: { train: dataset.max_train_samples, eval: dataset.max_eval_samples },
       });
       if (plan.cached) return dataOutput(plan.cached);
       const { hash, imageLongestEdge, filesPrefix } = plan;
       const chunks = await Promise.all(
         plan.chunks.map((chunk) =>
-          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: config.dataset.columns, filesPrefix, chunk }),
+          acts.formatChunk({ bucket, modelSource, hash, imageLongestEdge, format, columns: dataset.columns, datasetFormat: dataset.format, filesPrefix, chunk }),
         ),
       );
-      const labels = splitLabels(config.dataset);
+      const labels = splitLabels(dataset);
       const splits = [labels.train, labels.eval];
       return dataOutput(await acts.formatFinish({ bucket, hash, imageLongestEdge, format, splits, chunks }));
     }
@@ -183,19 +188,24 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       return dataOutput(
         await acts.computeReference({
           bucket,
-          modelSource,
+          modelSource: startModel,
           shards: data('shards'),
-          trainSplit: splitLabels(config.dataset).train,
+          trainSplit: splitLabels(dataset).train,
           batchSize,
           dtype: train.dtype,
           lengths: config.tokenize,
         }),
       );
     }
+    case 'sft':
     case 'train': {
       // A child workflow drives the training in segments and replans after out-of-memory
-      // failures (workflows/training.ts); its replans reach this run's status by signal.
-      const train = stageSettings(config, 'train', stage.params);
+      // failures (workflows/training.ts); its replans reach this run's status by signal. An sft
+      // stage is the same loop with the sft objective; it merges its adapter into the base only
+      // when a later stage consumes that model.
+      const sft = stage.kind === 'sft';
+      const train = sft ? stageSettings(config, 'sft', stage.params) : stageSettings(config, 'train', stage.params);
+      const mergeModel = sft && ctx.plan.stages.some((s) => s.inputs.model?.includes(stage.id));
       const workflowId = trainingWorkflowId(runId, stage.id);
       ctx.training.children.add(workflowId);
       try {
@@ -207,17 +217,24 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
                 runId,
                 stageId: stage.id,
                 bucket,
-                modelSource,
+                modelSource: startModel,
                 shards: data('shards'),
-                trainSplit: splitLabels(config.dataset).train,
+                trainSplit: splitLabels(dataset).train,
                 train,
+                ...(sft && { objective: 'sft' as const, mergeModel }),
                 resumeFromRunId: config.resume_from_run,
                 ...(stage.inputs.reference && { reference: input('reference')[0]!.data! }),
                 card: {
                   name: config.name,
-                  modelSource: config.model.source,
-                  modelRevision: ctx.lineage?.modelRevision ?? null,
-                  dataset: { source: config.dataset.source, revision: ctx.lineage?.datasetRevision ?? null, trainSplit: config.dataset.train_split, evalSplit: config.dataset.eval_split },
+                  // A train stage on an sft model names that model (its adapter applies to it).
+                  modelSource: stage.inputs.model ? startModel : config.model.source,
+                  modelRevision: stage.inputs.model ? null : (ctx.lineage?.modelRevision ?? null),
+                  dataset: {
+                    source: dataset.source,
+                    revision: dataset.source === config.dataset.source ? (ctx.lineage?.datasetRevision ?? null) : null,
+                    trainSplit: dataset.train_split,
+                    evalSplit: dataset.eval_split,
+                  },
                 },
                 ...(ctx.initFromRun && { initAdapter: { bucket, prefix: `${keys.finalAdapterPrefix(ctx.initFromRun, stage.id)}adapter/` } }),
               },
@@ -229,7 +246,8 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
             },
           ],
         });
-        return { train: result, summary: { step: result.finalStep, ...result.metrics }, ...(result.attempts && { attempts: result.attempts }) };
+        const trained = stage.inputs.model ? { ...result, baseModelSource: startModel } : result;
+        return { train: trained, summary: { step: result.finalStep, ...result.metrics }, ...(result.attempts && { attempts: result.attempts }) };
       } finally {
         ctx.training.children.delete(workflowId);
       }
@@ -244,15 +262,17 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       const beta = from.train ? stageSettings(config, 'train', adapterStage(ctx, stage).params).beta : config.train.beta;
       const settings = stageSettings(config, 'evaluate', stage.params);
       const adapterUri = `s3://${adapter.bucket}/${adapter.prefix}`;
+      // The adapter's own base: the sft model a train stage started from, else model.source.
+      const evalBase = from.train?.baseModelSource ?? modelSource;
       // Export both models once, then score every shard (held-out pairs, yes/no suite) in
       // parallel activities: more CPU workers, shorter evaluation.
       const plan = await acts.prepareEvaluation({
         runId,
         stageId: stage.id,
         bucket,
-        modelSource,
+        modelSource: evalBase,
         shards: data('shards'),
-        evalSplit: splitLabels(config.dataset).eval,
+        evalSplit: splitLabels(dataset).eval,
         adapterBucket: adapter.bucket,
         adapterPrefix: adapter.prefix,
         evaluate: settings,
@@ -266,13 +286,13 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           ? [
               await Promise.all(
                 plan.preferenceShards.map((shard) =>
-                  acts.scorePreferenceShardTorch({ runId, stageId: stage.id, bucket, modelSource, adapterBucket: adapter.bucket, adapterPrefix: adapter.prefix, shard, beta, batchSize: settings.batch_size }),
+                  acts.scorePreferenceShardTorch({ runId, stageId: stage.id, bucket, modelSource: evalBase, adapterBucket: adapter.bucket, adapterPrefix: adapter.prefix, shard, beta, batchSize: settings.batch_size }),
                 ),
               ),
               null,
               [],
             ]
-          : await scoreWithOnnx(acts, { bucket, modelSource, onnx: plan.onnx!, threads: settings.ort_threads, batchSize: settings.batch_size }, plan, { runId, stageId: stage.id, beta, settings });
+          : await scoreWithOnnx(acts, { bucket, modelSource: evalBase, onnx: plan.onnx!, threads: settings.ort_threads, batchSize: settings.batch_size }, plan, { runId, stageId: stage.id, beta, settings });
       const evaluation = await acts.finishEvaluation({
         runId,
         stageId: stage.id,
@@ -343,6 +363,11 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       return { report };
     }
   }
+}
+
+/** s3:// folder of the merged model an sft stage stored (it merges whenever a later stage consumes its model). */
+function mergedModelSource(out: StageOutput): string {
+  return `s3://${out.train!.adapterBucket}/${out.train!.modelPrefix}`;
 }
 
 function allEvaluations(ctx: RunContext): Record<string, EvaluateResult> {

@@ -1,5 +1,5 @@
 /**
- * dpoTraining: one train stage as a child workflow of dpoPipeline (docs/training-and-durability.md).
+ * dpoTraining: one train (or sft) stage as a child workflow of dpoPipeline (docs/training-and-durability.md).
  *
  * It drives the training in segments -- `train.segment_steps` optimizer steps, or an epoch -- each
  * one `trainModel` activity on the GPU queue that resumes from the newest usable checkpoint. A
@@ -149,6 +149,8 @@ export async function dpoTraining(input: TrainingInput): Promise<TrainResult> {
         return {
           adapterBucket: r.adapterBucket!,
           adapterPrefix: r.adapterPrefix!,
+          ...(r.modelPrefix && { modelPrefix: r.modelPrefix }),
+          ...(input.train.objective === 'sft' && { objective: 'sft' as const }),
           finalStep: r.step,
           checkpointKeys: state.checkpointKeys,
           resumedFromStep: state.resumedFromStep,

@@ -23,11 +23,12 @@ import type { DownloadedFile, DownloadManifest } from './download.js';
 import { defaultImageEdge, defaultMaxPixels } from '../../vlm/imageSize.js';
 import { DROP_REASONS, formatRow, type DropReason, type FormatOptions } from '../../vlm/formatRows.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
-import { IMAGE_COLUMN_OPTIONS, readParquetTable, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
+import { extraImagesType, IMAGE_COLUMN_OPTIONS, readParquetTable, rowImages, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
 import { progress } from '../heartbeat.js';
 import { countStoredRows, localCopy, readRowRange } from '../../io/sourceRows.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
 import { overlapOf, rowWindows, selectRows, SplitSpecError } from '../../contracts/splitSpec.js';
+import { layoutLabel } from '../../contracts/preferenceFormat.js';
 
 export type { DropReason } from '../../vlm/formatRows.js';
 
@@ -54,6 +55,8 @@ export interface DroppedExample {
 
 export interface FormatManifest extends StageManifestBase {
   imageLongestEdge: number;
+  /** The layouts the files were read with (dataset.format, or what auto detected), e.g. ["conversational"]. */
+  layouts?: string[];
   splits: Record<string, FormattedSplit>;
 }
 
@@ -97,6 +100,8 @@ export async function formatDataset(deps: ActivityDeps, input: FormatInput): Pro
     // Only where there is a pixel bound, so the hashes of other families' stages stay as they were.
     ...(thumbnailPixels ? { thumbnailPixels } : {}),
     columns: input.columns,
+    // Only when declared, so the hashes of auto-detected (RLAIF-V raw) stages stay as they were.
+    ...(input.datasetFormat && input.datasetFormat !== 'auto' ? { datasetFormat: input.datasetFormat } : {}),
     splits: input.splits,
     // The slices themselves (the labels above spell them too, but this is what selects the rows).
     ...(input.slices && { slices: input.slices }),
@@ -173,7 +178,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
   const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
   const chat = await ChatTokenizer.load(modelDir);
   const path = await localCopy(deps, input.bucket, chunk.fileKey);
-  const rows = await readRowRange({ path, ...chunk }, input.columns);
+  const { layout, rows } = await readRowRange({ path, ...chunk }, input.columns, input.datasetFormat);
   const options: FormatOptions = {
     edge: input.imageLongestEdge,
     maxOutputPixels: input.format.max_pixels ?? (await defaultMaxPixels(modelDir)),
@@ -182,7 +187,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
   };
   const resolveImage = jsonlImageResolver(deps, input.bucket, input.filesPrefix, chunk.sourcePath);
 
-  const out = { ids: [] as string[], prompts: [] as string[], chosen: [] as string[], rejected: [] as string[], images: [] as Uint8Array[], keys: [] as string[] };
+  const out: FormattedColumns & { keys: string[] } = { ids: [], prompts: [], chosen: [], rejected: [], images: [], keys: [] };
   const dropped: Partial<Record<DropReason, number>> = {};
   const droppedExamples: DroppedExample[] = [];
   const drop = (sampleId: string, reason: DropReason, detail?: string) => {
@@ -192,7 +197,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
   const seen = new Set<string>();
   // A sliding window keeps sharp's threads busy (a batch would wait for its slowest image);
   // results are consumed in row order, so the output order is deterministic.
-  const results = orderedMap(rows, IMAGE_CONCURRENCY, (row) => formatRow(row, chat, options, resolveImage));
+  const results = orderedMap(rows, IMAGE_CONCURRENCY, (row) => formatRow(row, layout, chat, options, resolveImage));
   for (const [i, row] of rows.entries()) {
     const r = await results[i]!;
     results[i] = undefined;
@@ -212,7 +217,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     out.prompts.push(r.prompt);
     out.chosen.push(r.chosen);
     out.rejected.push(r.rejected);
-    out.images.push(r.image);
+    out.images.push(r.images);
     out.keys.push(r.dedupKey);
   }
   const prefix = partPrefix(input.hash, chunk.split, chunk.index);
@@ -226,6 +231,7 @@ export async function formatChunk(deps: ActivityDeps, input: FormatChunkInput): 
     rows: out.ids.length,
     dropped: dropped as Record<string, number>,
     droppedExamples,
+    layout: layoutLabel(layout),
   };
 }
 
@@ -271,13 +277,16 @@ export async function formatFinish(deps: ActivityDeps, input: FormatFinishInput)
     }
     splits[split] = s;
   }
-  const summary: Record<string, number> = {};
+  const layouts = [...new Set(input.chunks.map((c) => c.layout).filter((l): l is string => !!l))];
+  const summary: Record<string, number | string> = {};
+  if (layouts.length) summary.layout = layouts.join(', ');
   for (const [split, s] of Object.entries(splits)) {
     summary[`${split}_rows`] = s.rows;
     summary[`${split}_dropped`] = s.inputRows - s.rows;
   }
   return writeStageManifest<FormatManifest>(storage, input.bucket, 'format', input.hash, {
     imageLongestEdge: input.imageLongestEdge,
+    layouts,
     splits,
     summary,
   });
@@ -287,20 +296,34 @@ function partPrefix(hash: string, split: string, index: number): string {
   return `${keys.stagePrefix('format', hash)}${split}/part-${String(index).padStart(5, '0')}`;
 }
 
-function formattedTable(cols: { ids: string[]; prompts: string[]; chosen: string[]; rejected: string[]; images: Uint8Array[] }) {
+interface FormattedColumns {
+  ids: string[];
+  prompts: string[];
+  chosen: string[];
+  rejected: string[];
+  /** Per row, its images in placeholder order. */
+  images: Uint8Array[][];
+}
+
+/**
+ * A part's columns. Images are stored as the shards store them (trainer/CONTRACT.md): `image` the
+ * first, `extra_images` the rest (empty for one-image rows), so one-image readers stay as they are.
+ */
+function formattedTable(cols: FormattedColumns) {
   return tableFromColumns({
     sample_id: { type: new arrow.Utf8(), values: cols.ids },
     prompt: { type: new arrow.Utf8(), values: cols.prompts },
     chosen: { type: new arrow.Utf8(), values: cols.chosen },
     rejected: { type: new arrow.Utf8(), values: cols.rejected },
-    image: { type: new arrow.Binary(), values: cols.images },
+    image: { type: new arrow.Binary(), values: cols.images.map((images) => images[0] ?? null) },
+    extra_images: { type: extraImagesType(), values: cols.images.map((images) => images.slice(1)) },
   });
 }
 
 async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, keep: boolean[]): Promise<number> {
   const table = readParquetTable(await deps.storage.getBuffer(bucket, key));
-  const names = ['sample_id', 'prompt', 'chosen', 'rejected', 'image'] as const;
-  const [ids, prompts, chosen, rejected, images] = names.map((n) => {
+  const names = ['sample_id', 'prompt', 'chosen', 'rejected'] as const;
+  const [ids, prompts, chosen, rejected] = names.map((n) => {
     const v = table.getChild(n)!;
     return Array.from({ length: table.numRows }, (_, i) => v.get(i)).filter((_, i) => keep[i]);
   });
@@ -309,7 +332,7 @@ async function rewriteWithout(deps: ActivityDeps, bucket: string, key: string, k
     prompts: prompts as string[],
     chosen: chosen as string[],
     rejected: rejected as string[],
-    images: images as Uint8Array[],
+    images: rowImages(table).filter((_, i) => keep[i]),
   });
   await deps.storage.putBuffer(bucket, key, writeParquetTable(kept, IMAGE_COLUMN_OPTIONS));
   return kept.numRows;

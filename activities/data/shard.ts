@@ -10,7 +10,7 @@ import * as arrow from 'apache-arrow';
 import { keys } from '../../contracts/keys.js';
 import type { ShardInput, StageResult } from '../../contracts/payloads.js';
 import type { ActivityDeps } from '../../io/deps.js';
-import { IMAGE_COLUMN_OPTIONS, readParquetTable, writeParquetTable } from '../../io/parquet.js';
+import { extraImagesType, IMAGE_COLUMN_OPTIONS, readParquetTable, rowImages, writeParquetTable } from '../../io/parquet.js';
 import { progress } from '../heartbeat.js';
 import { findCachedStage, stageHash, writeStageManifest } from '../../io/stageCache.js';
 import type { ShardEntry, ShardManifest } from '../../contracts/manifests.js';
@@ -57,7 +57,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
     for (const part of tokenized.parts) {
       const table = withImages(
         readParquetTable(await storage.getBuffer(input.bucket, part.key)),
-        readParquetTable(await storage.getBuffer(input.bucket, part.formatKey), ['sample_id', 'image']),
+        readParquetTable(await storage.getBuffer(input.bucket, part.formatKey), ['sample_id', 'image', 'extra_images']),
         part.formatKey,
       );
       const sizes = rowSizes(table);
@@ -95,25 +95,27 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
  */
 function withImages(tokens: arrow.Table, formatted: arrow.Table, formatKey: string): arrow.Table {
   const formattedIds = formatted.getChild('sample_id')!;
-  const formattedImages = formatted.getChild('image')!;
+  const formattedImages = rowImages(formatted);
   const ids = tokens.getChild('sample_id')!;
-  const images: Uint8Array[] = [];
+  const images: Uint8Array[][] = [];
   let j = 0;
   for (let i = 0; i < tokens.numRows; i++) {
     const id = ids.get(i) as string;
     while (j < formatted.numRows && formattedIds.get(j) !== id) j++;
     if (j === formatted.numRows) throw new Error(`shard: sample ${id} is not in its formatted part ${formatKey}`);
-    images.push(formattedImages.get(j++) as Uint8Array);
+    images.push(formattedImages[j++]!);
   }
   const columns: Record<string, arrow.Vector> = {};
   for (const field of tokens.schema.fields) columns[field.name] = tokens.getChild(field.name)!;
-  columns.image = arrow.vectorFromArray(images, new arrow.Binary());
+  // The trainer contract's layout: the first image, then the rest (empty for one-image rows).
+  columns.image = arrow.vectorFromArray(images.map((row) => row[0] ?? null), new arrow.Binary());
+  columns.extra_images = arrow.vectorFromArray(images.map((row) => row.slice(1)), extraImagesType());
   return new arrow.Table(columns);
 }
 
 /** Per row: tokens, and an estimate of its stored bytes (image + 4 bytes a token + id). */
 function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[] } {
-  const image = table.getChild('image')!;
+  const images = rowImages(table);
   const ids = table.getChild('sample_id')!;
   const lists = TOKEN_COLUMNS.map((c) => table.getChild(c)!);
   const bytes: number[] = [];
@@ -122,7 +124,7 @@ function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[] } {
     let n = 0;
     for (const l of lists) n += (l.get(i) as arrow.Vector | null)?.length ?? 0;
     tokens.push(n);
-    bytes.push(((image.get(i) as Uint8Array | null)?.length ?? 0) + 4 * n + String(ids.get(i)).length);
+    bytes.push(images[i]!.reduce((sum, image) => sum + image.length, 0) + 4 * n + String(ids.get(i)).length);
   }
   return { bytes, tokens };
 }

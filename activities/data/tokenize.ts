@@ -19,7 +19,7 @@ import type { ImageSize } from '../../vlm/processors/types.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { FormatManifest } from './format.js';
 import { isTokenizerFile, stageModel } from '../../io/models.js';
-import { int32List, readParquetTable, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
+import { int32List, readParquetTable, rowImages, tableFromColumns, writeParquetTable } from '../../io/parquet.js';
 import { progress } from '../heartbeat.js';
 import { findCachedStage, stageHash, writeStageManifest, type StageManifestBase } from '../../io/stageCache.js';
 
@@ -83,9 +83,12 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
   // whose image-token count depends on the image's size (Qwen2-VL) read the images for their
   // sizes (a header parse each).
   const textColumns = ['sample_id', 'prompt', 'chosen', 'rejected'];
-  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key), chat.needsImageSizes ? [...textColumns, 'image'] : textColumns);
+  const table = readParquetTable(await storage.getBuffer(input.bucket, chunk.key), chat.needsImageSizes ? undefined : [...textColumns, 'extra_images']);
   const [sid, prompt, chosen, rejected] = textColumns.map((c) => table.getChild(c)!);
-  const images = chat.needsImageSizes ? table.getChild('image') : null;
+  // Images per row: 1 + extra_images (parts written before multi-image rows have no such column).
+  const extra = table.getChild('extra_images');
+  const imageCounts = Array.from({ length: table.numRows }, (_, i) => 1 + ((extra?.get(i) as arrow.Vector | null)?.length ?? 0));
+  const images = chat.needsImageSizes ? rowImages(table) : null;
   const cols = { ids: [] as string[], prompt: [] as number[][], chosen: [] as number[][], rejected: [] as number[][] };
   const lengths = { prompt: [] as number[], chosen: [] as number[], rejected: [] as number[] };
   const dropped: Partial<Record<TokenizeDropReason, number>> = {};
@@ -95,12 +98,15 @@ export async function tokenizeChunk(deps: ActivityDeps, input: TokenizeChunkInpu
     if (i % 256 === 0) progress({ chunk: chunk.index, rows: i, of: table.numRows });
     const promptText = prompt!.get(i) as string;
     const result = await (async () => {
-      if (chat.countImagePlaceholders(promptText) !== 1) return { dropped: 'image_placeholder_mismatch' as const };
+      if (chat.countImagePlaceholders(promptText) !== imageCounts[i]) return { dropped: 'image_placeholder_mismatch' as const };
       let sizes: ImageSize[] | undefined;
       if (images) {
-        const size = await imageSize(images.get(i) as Uint8Array | null);
-        if (!size) return { dropped: 'image_unprocessable' as const };
-        sizes = [size];
+        sizes = [];
+        for (const bytes of images[i]!) {
+          const size = await imageSize(bytes);
+          if (!size) return { dropped: 'image_unprocessable' as const };
+          sizes.push(size);
+        }
       }
       let promptIds: number[];
       try {

@@ -28,6 +28,8 @@ interface Chart {
 
 const CURVES: Array<{ name: string; title: string; metrics: Array<[string, string]> }> = [
   { name: 'loss', title: 'DPO loss', metrics: [['loss', '#1f77b4']] },
+  // sft stages (TRL SFTTrainer's names; their loss curve is titled by objective below).
+  { name: 'mean-token-accuracy', title: 'mean_token_accuracy', metrics: [['mean_token_accuracy', '#2ca02c']] },
   { name: 'rewards-accuracies', title: 'rewards/accuracies', metrics: [['rewards/accuracies', '#2ca02c']] },
   { name: 'rewards-margins', title: 'rewards/margins', metrics: [['rewards/margins', '#d62728']] },
   { name: 'rewards', title: 'rewards/chosen and rewards/rejected', metrics: [['rewards/chosen', '#2ca02c'], ['rewards/rejected', '#d62728']] },
@@ -58,8 +60,9 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
       }));
       if (!series.some((s) => s.points.length)) continue;
       const key = `${prefix}charts/${id}-${curve.name}.png`;
-      await put(key, await svgToPng(lineChartSvg(`${id}: ${curve.title}`, 'optimizer step', series)), 'image/png');
-      charts[id]!.push({ name: curve.name, title: curve.title, key });
+      const title = curve.name === 'loss' && t.objective === 'sft' ? 'SFT loss (NLL per assistant token)' : curve.title;
+      await put(key, await svgToPng(lineChartSvg(`${id}: ${title}`, 'optimizer step', series)), 'image/png');
+      charts[id]!.push({ name: curve.name, title, key });
     }
   }
 
@@ -285,7 +288,7 @@ export function timelineRows(input: Pick<ReportInput, 'timeline' | 'dataStages' 
       cached: t.cached ? 'cache hit' : '',
       seconds: t.startedAt && t.finishedAt ? ((t.finishedAt - t.startedAt) / 1000).toFixed(1) : '',
       ...attempts,
-      replans: t.kind === 'train' && (t.state === 'done' || t.state === 'failed') ? String(replans.length) : '',
+      replans: (t.kind === 'train' || t.kind === 'sft') && (t.state === 'done' || t.state === 'failed') ? String(replans.length) : '',
       notes: notes.join('; '),
     };
   });
@@ -366,7 +369,10 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
     ...Object.entries(input.trainings).flatMap(([id, t]) => [
       `### ${id}`,
       '',
+      ...(t.objective === 'sft' ? ['- objective: sft (supervised fine-tuning on the chosen answers)'] : []),
+      ...(t.baseModelSource ? [`- started from (and referenced to): \`${t.baseModelSource}\``] : []),
       `- adapter: \`s3://${t.adapterBucket}/${t.adapterPrefix}\``,
+      ...(t.modelPrefix ? [`- merged model: \`s3://${t.adapterBucket}/${t.modelPrefix}\``] : []),
       `- steps: ${t.finalStep}, wall time ${t.trainSeconds.toFixed(1)} s` + (t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''),
       `- final metrics: ${Object.entries(t.metrics).map(([k, v]) => `${k}=${typeof v === 'number' ? num(v) : String(v)}`).join(', ')}`,
       ...(t.replans?.length ? [`- out-of-memory replans: ${t.replans.join('; ')}`] : []),
@@ -446,7 +452,7 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
     '<h2>Training</h2>',
     ...Object.entries(input.trainings).flatMap(([id, t]) => [
       `<h3>${h(id)}</h3>`,
-      `<p>${t.finalStep} steps in ${t.trainSeconds.toFixed(1)} s${t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''}; adapter <code>s3://${h(t.adapterBucket)}/${h(t.adapterPrefix)}</code></p>`,
+      `<p>${t.objective === 'sft' ? 'sft: ' : ''}${t.finalStep} steps in ${t.trainSeconds.toFixed(1)} s${t.resumedFromStep !== null ? `, resumed from step ${t.resumedFromStep}` : ''}; adapter <code>s3://${h(t.adapterBucket)}/${h(t.adapterPrefix)}</code>${t.modelPrefix ? `; merged model <code>s3://${h(t.adapterBucket)}/${h(t.modelPrefix)}</code>` : ''}${t.baseModelSource ? `; started from <code>${h(t.baseModelSource)}</code>` : ''}</p>`,
       ...(t.replans?.length ? [`<p>out-of-memory replans: ${h(t.replans.join('; '))}</p>`] : []),
       ...(charts[id] ?? []).map((c) => `<img src="${h(relativeKey(prefix, c.key))}" alt="${h(c.title)}">`),
     ]),

@@ -128,7 +128,17 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
     await writeTrainerConfig(
       configPath,
       'TrainConfig',
-      trainRunConfig(input.train, { modelDir, shards: shardPaths, outputDir, resumeFrom: resume?.dir ?? null, initAdapter: initAdapterDir, referenceFiles, tracking }),
+      trainRunConfig(input.train, {
+        modelDir,
+        shards: shardPaths,
+        outputDir,
+        resumeFrom: resume?.dir ?? null,
+        initAdapter: initAdapterDir,
+        referenceFiles,
+        tracking,
+        objective: input.objective ?? 'dpo',
+        mergeModel: input.mergeModel ?? false,
+      }),
     );
     const control = new ControlFile(join(attemptDir, 'control.json'), {
       paused: input.control?.paused ?? false,
@@ -197,9 +207,15 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
             uploads = uploads.then(async () => {
               if (uploadError) return;
               try {
-                await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
+                // The curve and the tracker files first: once the manifest is out, a successor may
+                // resume past these steps and never log them again. Steps stored beyond a
+                // checkpoint that never got published are dropped on resume (and purged by
+                // TensorBoard), so this order loses nothing either way. A fenced-out worker
+                // stops here rather than overwrite the current holder's curve with a shorter one.
+                await fence.assertCurrent('storing the learning curve');
                 await storage.putJson(bucket, stepMetricsKey, history.filter((h) => h.step <= step));
                 await uploadEvents();
+                await publishCheckpoint(deps, bucket, event.path as string, prefix, fence, ctx.info.attempt);
                 checkpointKeys.push(prefix);
                 progress.checkpointKey = prefix;
                 heartbeat(progress);
@@ -280,6 +296,8 @@ export async function trainModel(deps: ActivityDeps, input: TrainSegmentInput): 
       metrics: (finished.metrics as TrainMetrics) ?? progress.metrics,
       adapterBucket: bucket,
       adapterPrefix: `${finalPrefix}adapter/`,
+      // final/model/ travelled with final/ (the trainer wrote it inside the same atomic folder).
+      ...(finished.model_path !== undefined && { modelPrefix: `${finalPrefix}model/` }),
       ...common,
     };
   } catch (err) {
@@ -359,6 +377,7 @@ function trainCard(input: TrainSegmentInput, steps: number, backoff: TrainSegmen
     modelRevision: card?.modelRevision ?? adapterBase(input.modelSource).revision,
     dataset: card?.dataset ?? { source: 'unknown', revision: null, trainSplit: input.trainSplit, evalSplit: 'unknown' },
     train: input.train,
+    ...(input.objective === 'sft' && { objective: 'sft' as const }),
     steps,
     memory: {
       per_device_train_batch_size: backoff?.micro_batch ?? input.train.per_device_train_batch_size,

@@ -226,11 +226,11 @@ async function runPython(datasetDir: string): Promise<{ seconds: number; rows: n
 async function thumbnailAlone(datasetDir: string, count = 40): Promise<{ images: number; sharpMs: number; pilMs: number; edge: number }> {
   const file = (await readdir(join(datasetDir, 'data'))).filter((f) => f.startsWith('train-')).sort()[0]!;
   // The generator shares images round-robin, so the first rows carry distinct ones.
-  const rows = await readRowRange(
+  const { rows } = await readRowRange(
     { path: join(datasetDir, 'data', file), format: 'parquet', sourcePath: file, idPrefix: 'train-0', offset: 0, limit: Math.min(count, Number(values.images)) },
     ColumnMappingSchema.parse({}),
   );
-  const images = rows.map((row) => (row.image as { bytes: Uint8Array }).bytes);
+  const images = rows.map((row) => (row.images as { bytes: Uint8Array }).bytes);
   const edge = await defaultImageEdge(processorDir);
   const defaults = FormatSchema.parse({});
   const options = { edge, maxPixels: defaults.max_image_pixels, jpegQuality: defaults.jpeg_quality };

@@ -1,4 +1,5 @@
 /** `dpo status <runId> [--json]`: stages, training progress, replans, lineage. */
+import { isTrainingKind } from '../../contracts/dag.js';
 import { parseArgs } from 'node:util';
 import { attemptCells } from '../../contracts/attempts.js';
 import type { RunLineage } from '../../contracts/lineage.js';
@@ -28,7 +29,7 @@ export async function statusCommand(args: string[]): Promise<number> {
     }
     const lineage = (description.memo?.lineage ?? null) as RunLineage | null;
     const state = await handle.query(statusQuery).catch(() => null);
-    const trainIds = state ? state.running.filter((id) => state.stages[id]?.kind === 'train') : [];
+    const trainIds = state ? state.running.filter((id) => isTrainingKind(state.stages[id]?.kind)) : [];
     const progress = [...(await trainProgress(handle, trainIds)).values()];
     if (!state) {
       // Queries are answered by a worker of the run's task queue.

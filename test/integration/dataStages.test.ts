@@ -164,10 +164,12 @@ print(json.dumps(out))
       'chosen_input_ids.list.item': ['ZSTD'],
       'rejected_input_ids.list.item': ['ZSTD'],
       image: ['UNCOMPRESSED'],
+      // A list column: the writer's per-column settings reach top-level columns only.
+      'extra_images.list.item': ['ZSTD'],
     });
     expect(read.duckdb).toEqual([train.rows, train.tokens]);
     expect(read.datasets[0]).toBe(train.rows);
-    expect(read.datasets[1]).toEqual(['chosen_input_ids', 'image', 'prompt_input_ids', 'rejected_input_ids', 'sample_id']);
+    expect(read.datasets[1]).toEqual(['chosen_input_ids', 'extra_images', 'image', 'prompt_input_ids', 'rejected_input_ids', 'sample_id']);
   });
 
   it('joins each sample with its own formatted image in the shards (token parts carry none)', async () => {

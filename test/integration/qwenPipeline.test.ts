@@ -1,7 +1,7 @@
 /**
- * Qwen2.5-VL through the pipeline on the real stack (Temporal dev server, MinIO, the Python
- * trainer), on the demo data: download -> format -> tokenize -> shard -> train, with a tiny
- * random-init Qwen2.5-VL. Node tokenizes every prompt with each thumbnail's own image-token count
+ * Qwen2.5-VL and Qwen3-VL through the pipeline on the real stack (Temporal dev server, MinIO, the
+ * Python trainer), on the demo data: download -> format -> tokenize -> shard -> train, with a tiny
+ * random-init model of each family. Node tokenizes every prompt with each thumbnail's own image-token count
  * (smart_resize); the trainer checks those counts against its processor before step 1 and builds
  * the flat pixel_values, image_grid_thw and M-RoPE mask per batch, so a finished train stage
  * means Node and transformers agreed on every sample. Then evaluate -> report: the ONNX exporter
@@ -31,37 +31,45 @@ import { standardChain } from '../../contracts/dag.js';
 import { runPipeline } from '../dataFixtures.js';
 
 let stack: TestStack;
-let modelDir: string;
-let result: PipelineResult;
-let config: PipelineConfigInput;
+let datasetDir: string;
 
 beforeAll(async () => {
   stack = await startTestStack();
-  modelDir = await ensureTinyModel(0, 'qwen2_5_vl');
-  const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, 'models/tiny-qwen2.5-vl/', modelDir);
-  const datasetDir = await mkdtemp(join(tmpdir(), 'dpo-qwen-'));
+  datasetDir = await mkdtemp(join(tmpdir(), 'dpo-qwen-'));
   await generateDemoDataset({ outDir: datasetDir, trainRows: 24, testRows: 8, seed: 21 });
-  config = {
-    name: 'qwen',
-    model: { source: modelSource },
-    dataset: { source: datasetDir },
-    // No image_longest_edge: the default for this processor family is its max_pixels (4096).
-    tokenize: { max_length: 256, max_prompt_length: 192 },
-    shard: { samples_per_shard: 16 },
-    evaluate: { batch_size: 4 },
-    train: { epochs: 1, per_device_train_batch_size: 4, gradient_accumulation_steps: 2, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 2, seed: 3 },
-    queues: stack.queues,
-    storage: { bucket: TEST_BUCKET },
-    // No `stages`: the standard chain, download -> ... -> evaluate -> report.
-  };
-  result = await runPipeline(stack, config);
-}, 900_000);
+}, 300_000);
 
 afterAll(async () => {
   await stack?.stop();
 });
 
-describe('Qwen2.5-VL pipeline on the demo data', () => {
+describe.each([
+  { arch: 'qwen2_5_vl', family: 'Qwen2.5-VL' },
+  { arch: 'qwen3_vl', family: 'Qwen3-VL' },
+] as const)('$family pipeline on the demo data', ({ arch, family }) => {
+  let modelDir: string;
+  let result: PipelineResult;
+  let config: PipelineConfigInput;
+
+  beforeAll(async () => {
+    modelDir = await ensureTinyModel(0, arch);
+    const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, `models/tiny-${arch}/`, modelDir);
+    config = {
+      name: 'qwen',
+      model: { source: modelSource },
+      dataset: { source: datasetDir },
+      // No image_longest_edge: the default for this processor family is its max_pixels (4096).
+      tokenize: { max_length: 256, max_prompt_length: 192 },
+      shard: { samples_per_shard: 16 },
+      evaluate: { batch_size: 4 },
+      train: { epochs: 1, per_device_train_batch_size: 4, gradient_accumulation_steps: 2, learning_rate: 0.002, dtype: 'float32', checkpoint_every_steps: 2, seed: 3 },
+      queues: stack.queues,
+      storage: { bucket: TEST_BUCKET },
+      // No `stages`: the standard chain, download -> ... -> evaluate -> report.
+    };
+    result = await runPipeline(stack, config);
+  }, 900_000);
+
   it('runs every stage', () => {
     expect(result.timeline.map((t) => [t.id, t.state])).toEqual(['download', 'format', 'tokenize', 'shard', 'train', 'evaluate', 'report'].map((s) => [s, 'done']));
   });
@@ -99,7 +107,7 @@ describe('Qwen2.5-VL pipeline on the demo data', () => {
   it('evaluates with the pytorch engine, chosen from the model family, with the same metric names', async () => {
     const evaluation = result.evaluations.evaluate!;
     expect(evaluation.engine).toBe('pytorch');
-    expect(evaluation.engineReason).toContain('Qwen2.5-VL cannot be exported to ONNX');
+    expect(evaluation.engineReason).toContain(`${family} cannot be exported to ONNX`);
     expect(evaluation.onnx).toBeUndefined();
     // Nothing was exported: no DPO-policy export under the run's evaluate folder.
     expect(await stack.deps.storage.list(TEST_BUCKET, keys.policyOnnxPrefix(result.runId, 'evaluate'))).toEqual([]);
@@ -117,16 +125,16 @@ describe('Qwen2.5-VL pipeline on the demo data', () => {
 
   it('reports the engine and what it did not compute', async () => {
     const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
-    expect(markdown).toContain('evaluated with PyTorch (the trainer evaluator, on CPU workers): Qwen2.5-VL cannot be exported to ONNX');
+    expect(markdown).toContain(`evaluated with PyTorch (the trainer evaluator, on CPU workers): ${family} cannot be exported to ONNX`);
     expect(markdown).toContain('not computed by pytorch: generations');
     expect(markdown).toContain('preference accuracy (held-out)');
   });
 
-  it('refuses evaluate.engine onnx on Qwen2.5-VL as a config error naming the field', async () => {
+  it('refuses evaluate.engine onnx as a config error naming the field', async () => {
     const err = await stack.client.workflow
       .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
-        workflowId: uniqueId('qwen-onnx'),
+        workflowId: uniqueId(`${arch}-onnx`),
         args: [
           {
             ...config,
@@ -144,6 +152,6 @@ describe('Qwen2.5-VL pipeline on the demo data', () => {
     let cause: unknown = (err as WorkflowFailedError).cause;
     while (cause && !(cause instanceof ApplicationFailure)) cause = (cause as { cause?: unknown }).cause;
     expect((cause as ApplicationFailure).type).toBe('InvalidConfig');
-    expect((cause as ApplicationFailure).message).toContain('stage "evaluate": evaluate.engine: onnx cannot score Qwen2.5-VL');
+    expect((cause as ApplicationFailure).message).toContain(`stage "evaluate": evaluate.engine: onnx cannot score ${family}`);
   });
 });

@@ -115,7 +115,7 @@ describe('DAG planning', () => {
 
   it('names the stage in each planning error', () => {
     expect(problemsOf([...data, stage('x', 'distill', ['sh'])])).toEqual([
-      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, reference, train, adapter, evaluate, report, publish)',
+      'stage "x": unknown kind "distill" (valid: download, format, tokenize, shard, reference, train, sft, adapter, evaluate, report, publish)',
     ]);
     expect(problemsOf([...data, stage('t', 'train', ['nope'])])).toContain('stage "t": needs unknown stage "nope"');
     expect(problemsOf([...data, stage('sh', 'shard', ['tok'])])).toContain('stage "sh": duplicate id');
@@ -151,7 +151,7 @@ describe('DAG planning', () => {
   });
 
   it('ships example DAG configs that plan cleanly', async () => {
-    for (const file of ['configs/demo-beta-sweep.yaml', 'configs/evaluate-adapter.yaml']) {
+    for (const file of ['configs/demo-beta-sweep.yaml', 'configs/evaluate-adapter.yaml', 'configs/demo-sft-dpo.yaml']) {
       const parsed = parsePipelineConfig(YAML.parse(await readFile(file, 'utf8')));
       expect(parsed.ok, file).toBe(true);
       if (parsed.ok) expect(() => planPipeline(parsed.config.stages ?? standardChain(), parsed.config)).not.toThrow();

@@ -16,6 +16,7 @@ describe('defaultImageEdge', () => {
     ['idefics2', 490], // size.longest_edge 980
     ['llava-1.5', 168], // size.shortest_edge 336
     ['paligemma', 112], // size 224 x 224
+    ['llava-next', 504], // anyres: the largest pinpoint's edge, 1008 (1008 x 336)
   ])('%s: half the longest edge the processor declares', async (name, edge) => {
     expect(await defaultImageEdge(fixture(name))).toBe(edge);
   });

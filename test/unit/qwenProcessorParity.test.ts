@@ -1,8 +1,9 @@
 /**
- * Processor parity for Qwen2-VL and Qwen2.5-VL, whose image-token count depends on each image's
- * size. The processors in test/fixtures/processors/qwen* are transformers' real classes
+ * Processor parity for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, whose image-token count depends on each
+ * image's size. The processors in test/fixtures/processors/qwen* are transformers' real classes
  * (Qwen2_5_VLProcessor with Qwen2.5-VL-7B-Instruct's pixel limits, Qwen2VLProcessor with legacy
- * min_pixels/max_pixels keys) with a small Qwen2-style tokenizer; the references in
+ * min_pixels/max_pixels keys, Qwen3VLProcessor with Qwen3-VL-8B-Instruct's 16 px patches and
+ * limits, and its chat template) with a small Qwen2-style tokenizer; the references in
  * test/fixtures/parity/ come from those processors run on 60 images from 1x1 and 1x20 strips to
  * 5000x4000 (test/fixtures/processor_parity.py). The Node side must produce the same grid, image
  * token count and ids, and refuse what the processor refuses.
@@ -40,6 +41,7 @@ const FIXTURES = join(REPO_ROOT, 'test/fixtures');
 describe.each([
   ['qwen2.5-vl', 'Qwen2_5_VLProcessor'],
   ['qwen2-vl-256', 'Qwen2VLProcessor'],
+  ['qwen3-vl', 'Qwen3VLProcessor'],
 ])('%s processor parity', (name, processorClass) => {
   it('sizes every image, expands its tokens and tokenizes exactly like transformers', async () => {
     const fixture = JSON.parse(await readFile(join(FIXTURES, 'parity', `${name}.json`), 'utf8')) as Fixture;

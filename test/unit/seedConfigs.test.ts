@@ -11,7 +11,7 @@ async function load(name: string) {
 }
 
 describe('seed configs', () => {
-  it.each(['idefics2-8b.yaml', 'paligemma-3b.yaml', 'llava-1.5-7b.yaml', 'qwen2.5-vl-7b.yaml', 'gemma-3-4b.yaml'])('%s is valid and plans the standard chain', async (name) => {
+  it.each(['idefics2-8b.yaml', 'paligemma-3b.yaml', 'llava-1.5-7b.yaml', 'qwen2.5-vl-7b.yaml', 'qwen3-vl-8b.yaml', 'llava-next-mistral-7b.yaml', 'gemma-3-4b.yaml'])('%s is valid and plans the standard chain', async (name) => {
     const config = await load(name);
     expect(config.train.dtype).toBe('bfloat16');
     expect(config.train.lora.target_modules).toBe('all-linear');

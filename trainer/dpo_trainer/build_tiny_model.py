@@ -2,12 +2,15 @@
 
     python -m dpo_trainer.build_tiny_model --arch llava --out DIR [--seed 0]
     python -m dpo_trainer.build_tiny_model --arch qwen2_5_vl --out DIR [--seed 0]
+    python -m dpo_trainer.build_tiny_model --arch qwen3_vl --out DIR [--seed 0]
     python -m dpo_trainer.build_tiny_model --arch gemma3 --out DIR [--seed 0]
+    python -m dpo_trainer.build_tiny_model --arch llava_next --out DIR [--seed 0]
 
 `--arch qwen2_5_vl` builds a tiny Qwen2.5-VL instead (Qwen2_5_VLForConditionalGeneration, its
 windowed vision tower and patch merger, M-RoPE, a Qwen2-style byte-level tokenizer with the
 family's special tokens and Qwen2.5-VL-Instruct's chat template, and a Qwen2_5_VLProcessor
-without its torchvision-only video processor; see vision_processors.py). `--arch gemma3` builds
+without its torchvision-only video processor; see vision_processors.py); `--arch qwen3_vl` the
+same for Qwen3-VL (Qwen3VLForConditionalGeneration, Qwen3-VL-Instruct's template). `--arch gemma3` builds
 a tiny Gemma 3 (Gemma3ForConditionalGeneration: SigLIP tower, pooled soft tokens, sliding and
 global attention layers), a Gemma-style tokenizer with the family's image tokens, Gemma 3's chat
 template and Gemma3Processor.
@@ -278,6 +281,90 @@ def save_processor(processor, out: Path, chat_template: str) -> None:
     tokenizer_config_path.write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
 
 
+# llava-hf/llava-v1.6-mistral-7b-hf's chat template: Mistral's [INST] turns, images first.
+LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\\n' + message['content'][0]['text'] + '\\n<</SYS>>\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'][0]['text'] + '</s> ' }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyLlavaNextSize:
+    """Sizes of the tiny LLaVA-NeXT: 32 px tiles of 8 px patches (16 features each), anyres grid
+    pinpoints of 1 x 2, 2 x 1 and 2 x 2 tiles (the 7B: 336 px tiles, up to 672 x 672 / 1008 x 336)."""
+
+    tile: int = 32
+    patch_size: int = 8
+    pinpoints: tuple[tuple[int, int], ...] = ((32, 64), (64, 32), (64, 64))
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    vocab_size: int = 512
+    initializer_range: float = 0.1  # see TinyLlavaSize
+
+
+def write_tiny_llava_next(out: Path, seed: int = 0, size: TinyLlavaNextSize | None = None) -> Path:
+    """A tiny random-init LLaVA-NeXT folder (LlavaNextForConditionalGeneration: CLIP tower, MLP
+    projector, learned image-newline vector, Llama), with LlavaNextProcessor and the Mistral template."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextProcessor,
+    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    size = size or TinyLlavaNextSize()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(size.vocab_size)
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden, intermediate_size=size.vision_hidden * 2, num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads, image_size=size.tile, patch_size=size.patch_size,
+        projection_dim=size.vision_hidden, initializer_range=size.initializer_range,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=size.text_hidden * 2,
+        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, num_key_value_heads=size.text_heads,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[list(p) for p in size.pinpoints],
+        vision_feature_layer=-1,  # with two vision layers, LLaVA's -2 would skip the last one
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    with torch.no_grad():  # transformers draws it at 1/sqrt(hidden); keep it at the tiny init's scale
+        model.model.image_newline.normal_(0, size.initializer_range)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    model.save_pretrained(out)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size.tile}, crop_size={"height": size.tile, "width": size.tile},
+        image_grid_pinpoints=[list(p) for p in size.pinpoints],
+    )
+    processor = LlavaNextProcessor(
+        image_processor, tokenizer, patch_size=size.patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, image_token="<image>",
+    )
+    save_processor(processor, out, LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE)
+    return out
+
+
 # Qwen/Qwen2.5-VL-7B-Instruct's (and Qwen2-VL-7B-Instruct's) chat template.
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -293,6 +380,34 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen/Qwen3-VL-8B-Instruct's chat template without its tool-calling branches: no default system
+# turn (Qwen2-VL writes one), a system turn's text parts joined, the image block per image part.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['content'] is string %}{{- messages[0]['content'] }}"
+    "{%- else %}{%- for content in messages[0]['content'] %}{%- if 'text' in content %}{{- content['text'] }}{%- endif %}{%- endfor %}"
+    "{%- endif %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}{%- if add_vision_id %}{{- 'Picture ' + image_count.value|string + ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content['type'] == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}{%- if add_vision_id %}{{- 'Video ' + video_count.value|string + ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for content in message['content'] %}{%- if 'text' in content %}{{- content['text'] }}{%- endif %}{%- endfor %}"
+    "{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
 # Qwen2's special tokens (tokenizer.json added_tokens, in their order) and pre-tokenizer regex.
@@ -353,51 +468,75 @@ class TinyQwenSize:
 
 def write_tiny_qwen2_5_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = None) -> Path:
     """A tiny random-init Qwen2.5-VL folder, as save_pretrained writes a hub checkpoint."""
+    return _write_tiny_qwen(out, "qwen2_5_vl", seed, size or TinyQwenSize())
+
+
+def write_tiny_qwen3_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = None) -> Path:
+    """A tiny random-init Qwen3-VL folder: Qwen3VLForConditionalGeneration (learned, interpolated
+    patch position embeddings; DeepStack features from every vision layer added to the first text
+    layers; interleaved M-RoPE; q/k norms), Qwen3-VL-Instruct's chat template, Qwen3VLProcessor."""
+    return _write_tiny_qwen(out, "qwen3_vl", seed, size or TinyQwenSize())
+
+
+def _write_tiny_qwen(out: Path, model_type: str, seed: int, size: TinyQwenSize) -> Path:
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from .vision_processors import image_only_processor_class
+    from .vision_processors import IMAGE_ONLY_FAMILIES, image_only_processor_class
 
-    size = size or TinyQwenSize()
     random.seed(seed)
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_qwen2_tokenizer(demo_corpus(), size.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_SPECIAL_TOKENS}
     head_dim = size.text_hidden // size.text_heads
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": size.text_hidden,
-            "intermediate_size": size.text_hidden * 2,
-            "num_hidden_layers": size.text_layers,
-            "num_attention_heads": size.text_heads,
-            "num_key_value_heads": size.text_kv_heads,
-            "max_position_embeddings": 2048,
-            "max_window_layers": size.text_layers,
-            "initializer_range": size.initializer_range,
-            # M-RoPE: the rotary half of each head split into temporal, height and width sections.
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
-                                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": size.vision_layers,
-            "hidden_size": size.vision_hidden,
-            "intermediate_size": size.vision_hidden * 2,
-            "num_heads": size.vision_heads,
-            "out_hidden_size": size.text_hidden,
-            "patch_size": size.patch_size,
-            "spatial_merge_size": size.merge_size,
-            "temporal_patch_size": 2,
-            # Windows of 2 x 2 merged tokens; the last block attends globally, as in the 7B.
-            "window_size": 2 * size.merge_size * size.patch_size,
-            "fullatt_block_indexes": [size.vision_layers - 1],
-            "initializer_range": size.initializer_range,
-        },
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": size.text_hidden,
+        "intermediate_size": size.text_hidden * 2,
+        "num_hidden_layers": size.text_layers,
+        "num_attention_heads": size.text_heads,
+        "num_key_value_heads": size.text_kv_heads,
+        "max_position_embeddings": 2048,
+        "initializer_range": size.initializer_range,
+        # M-RoPE: the rotary half of each head split into temporal, height and width sections.
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                            "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision_config = {
+        "depth": size.vision_layers,
+        "hidden_size": size.vision_hidden,
+        "intermediate_size": size.vision_hidden * 2,
+        "num_heads": size.vision_heads,
+        "out_hidden_size": size.text_hidden,
+        "patch_size": size.patch_size,
+        "spatial_merge_size": size.merge_size,
+        "temporal_patch_size": 2,
+        "initializer_range": size.initializer_range,
+    }
+    if model_type == "qwen2_5_vl":
+        text_config["max_window_layers"] = size.text_layers
+        # Windows of 2 x 2 merged tokens; the last block attends globally, as in the 7B.
+        vision_config["window_size"] = 2 * size.merge_size * size.patch_size
+        vision_config["fullatt_block_indexes"] = [size.vision_layers - 1]
+        config_class, model_class, template = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, QWEN2_VL_CHAT_TEMPLATE
+    else:
+        text_config["head_dim"] = head_dim
+        text_config["rope_parameters"]["mrope_interleaved"] = True
+        # A learned 8 x 8 grid of patch positions, interpolated to each image's grid (48 x 48 in
+        # the 8B). DeepStack adds the features of vision layer k to the image positions after
+        # text layer k (the 8B taps 3 of its 27 layers into its first 3): one tap here, as
+        # features added after the last text layer could not reach any answer token.
+        vision_config["num_position_embeddings"] = 64
+        vision_config["deepstack_visual_indexes"] = [0]
+        config_class, model_class, template = Qwen3VLConfig, Qwen3VLForConditionalGeneration, QWEN3_VL_CHAT_TEMPLATE
+    config = config_class(
+        text_config=text_config,
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -405,16 +544,18 @@ def write_tiny_qwen2_5_vl(out: Path, seed: int = 0, size: TinyQwenSize | None = 
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = model_class(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=size.min_pixels, max_pixels=size.max_pixels, patch_size=size.patch_size, merge_size=size.merge_size,
         temporal_patch_size=2,
+        # Qwen3-VL normalises to [-1, 1] (mean = std = 0.5) where Qwen2-VL uses CLIP's statistics.
+        **({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]} if model_type == "qwen3_vl" else {}),
     )
-    processor = image_only_processor_class("Qwen2_5_VLProcessor")(image_processor, tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    save_processor(processor, out, QWEN2_VL_CHAT_TEMPLATE)
+    processor = image_only_processor_class(IMAGE_ONLY_FAMILIES[model_type])(image_processor, tokenizer, chat_template=template)
+    save_processor(processor, out, template)
     return out
 
 
@@ -579,7 +720,7 @@ def write_tiny_gemma3(out: Path, seed: int = 0, size: TinyGemma3Size | None = No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=["llava", "qwen2_5_vl", "gemma3"], required=True)
+    parser.add_argument("--arch", choices=["llava", "llava_next", "qwen2_5_vl", "qwen3_vl", "gemma3"], required=True)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     defaults = TinyLlavaSize()
@@ -587,9 +728,13 @@ def main(argv: list[str] | None = None) -> int:
         kind = float if spec.type in (float, "float") else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name))
     args = parser.parse_args(argv)
-    if args.arch == "qwen2_5_vl":
+    if args.arch in ("qwen2_5_vl", "qwen3_vl"):
         # Its image-token count depends on each image's size; the size flags are LLaVA's.
-        write_tiny_qwen2_5_vl(args.out, seed=args.seed)
+        (write_tiny_qwen2_5_vl if args.arch == "qwen2_5_vl" else write_tiny_qwen3_vl)(args.out, seed=args.seed)
+        print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
+        return 0
+    if args.arch == "llava_next":
+        write_tiny_llava_next(args.out, seed=args.seed)
         print(json.dumps({"model_dir": str(args.out.resolve()), "image_tokens": None}))
         return 0
     if args.arch == "gemma3":

@@ -10,6 +10,7 @@ a manifest is incomplete by definition: readers ignore it and nothing ever resum
         manifest.json       written last
     output_dir/final/
         adapter/
+        model/              merge_model: the base with the adapter merged, plus its processor files
         manifest.json
 """
 
@@ -33,6 +34,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dpo-trainer-checkpoint/1"
 STATE_FILE = "trainer_state.pt"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # final/model/: the base with the adapter merged in (merge_model)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,17 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, trainer_state: dict
     return write_atomic_folder(output_dir / "checkpoints" / step_folder_name(step), step, write)
 
 
-def save_final_adapter(output_dir: Path, step: int, model: Any) -> CheckpointRef:
-    return write_atomic_folder(output_dir / "final", step, lambda tmp: model.save_pretrained(tmp / ADAPTER_DIR))
+def save_final_adapter(
+    output_dir: Path, step: int, model: Any, also: Callable[[Path], None] | None = None
+) -> CheckpointRef:
+    """final/adapter/, and with `also` whatever it writes into final/model/ (the merged model)."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp / ADAPTER_DIR)
+        if also is not None:
+            also(tmp / MODEL_DIR)
+
+    return write_atomic_folder(output_dir / "final", step, write)
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:

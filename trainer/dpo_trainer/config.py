@@ -35,6 +35,15 @@ DType = Literal["float32", "bfloat16", "float16"]
 # TRL's report_to integrations the trainer writes to (the pipeline config's 'none' / 'all' are
 # resolved to a list of these before the trainer starts).
 ReportTo = Literal["tensorboard", "mlflow", "wandb"]
+# What the loop optimises: TRL DPOTrainer's preference loss, or TRL SFTTrainer's completion-only
+# NLL on the chosen answers (supervised fine-tuning before DPO).
+Objective = Literal["dpo", "sft"]
+# TrainConfig fields only the DPO objective reads; objective sft refuses values other than their
+# defaults, so a setting is never silently ignored.
+DPO_ONLY_FIELDS: tuple[str, ...] = (
+    "beta", "loss_type", "loss_weights", "label_smoothing", "discopop_tau", "ld_alpha", "use_weighting",
+    "precompute_ref_log_probs", "ref_log_probs_files",
+)
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -76,6 +85,22 @@ class TrainConfig:
     # init_from: a fresh start loads these LoRA weights; ignored when resume_from is set.
     init_adapter: str | None = field(
         default=None, metadata=doc("PEFT adapter folder (adapter_model.safetensors) to start from, or null")
+    )
+    objective: Objective = field(
+        default="dpo",
+        metadata=doc(
+            "'dpo': the preference loss (loss_type) against the reference; 'sft': TRL SFTTrainer's"
+            " completion-only loss, the NLL of the chosen answers averaged over the step's assistant tokens"
+            " (no reference, no rejected answers)"
+        ),
+    )
+    merge_model: bool = field(
+        default=False,
+        metadata=doc(
+            "also write the base model with the final adapter merged in (PEFT merge_and_unload) to"
+            " output_dir/final/model, with the base's processor and tokenizer files: a model folder a later"
+            " run can start from"
+        ),
     )
     seed: int = field(default=42, metadata=doc("seeds LoRA init, data order (seed + epoch) and dropout"))
     epochs: int = field(default=1, metadata=doc("passes over the training data (epochs)", min=1))
@@ -212,11 +237,22 @@ class TrainConfig:
             problems.append("ref_log_probs_files: required when precompute_ref_log_probs is true")
         if self.ref_log_probs_files and not self.precompute_ref_log_probs:
             problems.append("ref_log_probs_files: given but precompute_ref_log_probs is false")
-        problems += self.loss_problems()
+        problems += self.sft_problems() if self.objective == "sft" else self.loss_problems()
         problems += [f"run_tags[{i}]: {tag!r} is not 'key=value'" for i, tag in enumerate(self.run_tags) if not tag.partition("=")[0] or "=" not in tag]
         if len(set(self.report_to)) != len(self.report_to):
             problems.append(f"report_to: {self.report_to} names a tracker twice")
         return problems
+
+    def sft_problems(self) -> list[str]:
+        """DPO settings given to the sft objective, which would ignore them."""
+        defaults = {f.name: (f.default_factory() if f.default is MISSING else f.default)  # type: ignore[misc]
+                    for f in fields(self) if f.name in DPO_ONLY_FIELDS}
+        return [
+            f"{name}: a DPO setting; objective sft trains on the chosen answers alone and does not read it"
+            f" (leave it at {defaults[name]!r})"
+            for name in DPO_ONLY_FIELDS
+            if getattr(self, name) != defaults[name]
+        ]
 
     @property
     def loss_types(self) -> list[str]:
@@ -297,6 +333,7 @@ _MROPE = "its M-RoPE position ids depend on each image's grid, which the exporte
 ONNX_UNEXPORTABLE_MODEL_TYPES: dict[str, dict[str, str]] = {
     "qwen2_vl": {"family": "Qwen2-VL", "reason": _MROPE},
     "qwen2_5_vl": {"family": "Qwen2.5-VL", "reason": _MROPE},
+    "qwen3_vl": {"family": "Qwen3-VL", "reason": _MROPE},
     # Gemma 3's text model (sliding-window and global layers, q/k norms, two rotary bases) is not
     # the graph's, and its image tokens attend to each other bidirectionally (token_type_ids).
     "gemma3": {

@@ -27,6 +27,9 @@ from .errors import InvalidInputError
 
 TOKEN_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 REQUIRED_COLUMNS = ("sample_id", *TOKEN_COLUMNS, "image")
+# A row's images after the first, in placeholder order; optional (shards of one-image rows written
+# before it existed lack it, which reads as no extra images).
+EXTRA_IMAGES = "extra_images"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class ModelInputSpec:
     # (height, width) -> image tokens, for processors whose count depends on the image's size
     # (Qwen2-VL); None where the count is fixed or unknown.
     image_tokens_for_size: Callable[[int, int], int] | None = None
+
+    @property
+    def multi_image(self) -> bool:
+        """Whether a prompt may hold several images: the flat layout (Qwen2-VL), where every image's
+        patches are concatenated with one grid each, is the one the collator builds for them."""
+        return self.image_tokens_for_size is not None
 
 
 class PreferenceDataset:
@@ -73,6 +82,19 @@ class PreferenceDataset:
     def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return self.table.take(pa.array(indices, type=pa.int64())).to_pylist()
 
+    def image_counts(self) -> np.ndarray:
+        """Images per row: `image` (or none) plus `extra_images`."""
+        first = self.table.column("image").is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+        extra = pc.list_value_length(self.table.column(EXTRA_IMAGES)).to_numpy(zero_copy_only=False)
+        return first + np.nan_to_num(extra.astype(float), nan=0).astype(np.int64)
+
+
+def row_images(row: dict[str, Any]) -> list[bytes]:
+    """A row's encoded images in placeholder order."""
+    if row["image"] is None:
+        return []
+    return [row["image"], *(row.get(EXTRA_IMAGES) or [])]
+
 
 def load_shards(paths: Sequence[str]) -> PreferenceDataset:
     """Read and structurally validate the shards; every problem names its file (and row)."""
@@ -89,7 +111,9 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
             raise InvalidInputError(
                 f"shard {path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})"
             )
-        table = table.select(list(REQUIRED_COLUMNS))
+        if EXTRA_IMAGES not in table.column_names:
+            table = table.append_column(EXTRA_IMAGES, pa.array([[]] * table.num_rows, type=pa.list_(pa.binary())))
+        table = table.select([*REQUIRED_COLUMNS, EXTRA_IMAGES])
         problems = _column_type_problems(table, path)
         if problems:
             raise InvalidInputError(problems)
@@ -100,6 +124,7 @@ def load_shards(paths: Sequence[str]) -> PreferenceDataset:
                     ("sample_id", pa.string()),
                     *[(c, pa.list_(pa.int32())) for c in TOKEN_COLUMNS],
                     ("image", pa.binary()),
+                    (EXTRA_IMAGES, pa.list_(pa.binary())),
                 ]
             )
         )
@@ -137,6 +162,12 @@ def _column_type_problems(table: pa.Table, path: str) -> list[str]:
     image_type = schema.field("image").type
     if not any(check(image_type) for check in (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)):
         problems.append(f"shard {path}: column image must be binary or null, is {image_type}")
+    extra_type = schema.field(EXTRA_IMAGES).type
+    if not (
+        (pa.types.is_list(extra_type) or pa.types.is_large_list(extra_type))
+        and (pa.types.is_binary(extra_type.value_type) or pa.types.is_large_binary(extra_type.value_type) or pa.types.is_null(extra_type.value_type))
+    ):
+        problems.append(f"shard {path}: column {EXTRA_IMAGES} must be list<binary>, is {extra_type}")
     return problems
 
 
@@ -153,6 +184,14 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
                 f" (size {spec.vocab_size}); the shards were tokenized for another model"
             )
     has_image = table.column("image").is_valid().to_numpy(zero_copy_only=False)
+    image_counts = dataset.image_counts()
+    several = np.flatnonzero(image_counts > 1)
+    if spec.has_vision and len(several) and not spec.multi_image:
+        row = int(several[0])
+        problems.append(
+            f"sample {dataset.sample_ids[row]!r} has {int(image_counts[row])} images, but this model family takes one"
+            " image per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL); re-run the format stage for this model"
+        )
     if has_image.any() and not spec.has_vision:
         row = int(np.flatnonzero(has_image)[0])
         problems.append(
@@ -172,31 +211,40 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
                 [_size_tokens(table, row, spec.image_tokens_for_size) if has_image[row] else 0 for row in range(len(counts))]
             )
             wrong = np.flatnonzero(counts != expected_counts)
-            expects = lambda row: f"{expected_counts[row]} for its image"  # noqa: E731
+            expects = lambda row: f"{expected_counts[row]} for its {_images_phrase(int(image_counts[row]), 'image')}"  # noqa: E731
         elif spec.image_tokens_per_image is None:
             # Image splitting (Idefics2) makes the count vary: only placeholders vs no placeholders.
             wrong = np.flatnonzero((counts > 0) != has_image)
             expects = lambda row: "at least one" if has_image[row] else "0"  # noqa: E731
         else:
-            wrong = np.flatnonzero(counts != np.where(has_image, spec.image_tokens_per_image, 0))
-            expects = lambda row: str(spec.image_tokens_per_image if has_image[row] else 0)  # noqa: E731
+            wrong = np.flatnonzero(counts != image_counts * spec.image_tokens_per_image)
+            expects = lambda row: str(int(image_counts[row]) * spec.image_tokens_per_image)  # noqa: E731
         if len(wrong):
             row = int(wrong[0])
             problems.append(
                 f"sample {dataset.sample_ids[row]!r}: prompt has {int(counts[row])} <image> tokens, the model"
-                f" expects {expects(row)} ({'one image' if has_image[row] else 'no image'});"
+                f" expects {expects(row)} ({_images_phrase(int(image_counts[row]), 'one image')});"
                 " re-run the tokenize stage for this model"
             )
     if problems:
         raise InvalidInputError(problems)
 
 
+def _images_phrase(count: int, one: str) -> str:
+    """"no image", `one` ("image" / "one image"), or "N images"."""
+    return "no image" if count == 0 else one if count == 1 else f"{count} images"
+
+
 def _size_tokens(table: pa.Table, row: int, tokens_for_size: Callable[[int, int], int]) -> int:
-    """Image tokens the processor makes of this row's image, from the image's header; -1 for an
+    """Image tokens the processor makes of this row's images, from their headers; -1 for an
     image that cannot be read or that the processor refuses (reported as a mismatch)."""
+    images = [table.column("image")[row].as_py(), *(table.column(EXTRA_IMAGES)[row].as_py() or [])]
     try:
-        width, height = Image.open(io.BytesIO(table.column("image")[row].as_py())).size
-        return tokens_for_size(height, width)
+        total = 0
+        for image in images:
+            width, height = Image.open(io.BytesIO(image)).size
+            total += tokens_for_size(height, width)
+        return total
     except Exception:  # PIL raises many types for bad bytes; the processor ValueError
         return -1
 
@@ -241,7 +289,8 @@ def steps_until_epoch(cursor: DataCursor, n: int, step_samples: int, epochs: int
 
 @dataclass
 class PreferenceBatch:
-    """Chosen rows first, then rejected rows, right-padded: one forward pass for both."""
+    """Chosen rows first, then rejected rows, right-padded: one forward pass for both (chosen rows
+    alone in a supervised fine-tuning batch)."""
 
     input_ids: torch.Tensor  # [2B, T]
     attention_mask: torch.Tensor  # [2B, T]
@@ -342,11 +391,15 @@ def marks_image_tokens(image_processor: Any) -> bool:
     return type(image_processor).__name__ in TOKEN_TYPE_IMAGE_PROCESSORS
 
 
-def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None) -> PreferenceBatch:
-    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks."""
+def collate(
+    rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | None, *, chosen_only: bool = False
+) -> PreferenceBatch:
+    """Build [prompt + chosen; prompt + rejected] sequences and their completion masks; with
+    `chosen_only` (supervised fine-tuning), the prompt + chosen rows alone."""
     sequences: list[list[int]] = []
     completion_starts: list[int] = []
-    for column in ("chosen_input_ids", "rejected_input_ids"):
+    columns = ("chosen_input_ids",) if chosen_only else ("chosen_input_ids", "rejected_input_ids")
+    for column in columns:
         for row in rows:
             sequences.append(row["prompt_input_ids"] + row[column])
             completion_starts.append(len(row["prompt_input_ids"]))
@@ -366,16 +419,28 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
     if with_image:
         if pixels is None:
             raise InvalidInputError("the shards hold images but the model has no image processor")
-        images = [pixels.get(row["sample_id"], row["image"]) for row in with_image]
+        # A row's images under their own cache keys (the first keeps the sample id, as before).
+        per_row = [
+            [pixels.get(row["sample_id"] if k == 0 else f"{row['sample_id']}#{k}", image) for k, image in enumerate(row_images(row))]
+            for row in with_image
+        ]
+        images = [f for row_features in per_row for f in row_features]
         # Image features are scattered into <image> tokens in row order: chosen rows, then rejected.
+        images_in_order = images * len(columns)
         if images[0].grid_thw is None:
-            pixel_values = torch.stack([f.pixel_values for f in images + images])
+            several = next((row for row, fs in zip(with_image, per_row) if len(fs) > 1), None)
+            if several is not None:
+                raise InvalidInputError(
+                    f"sample {several['sample_id']!r} has several images; the image processor"
+                    f" {type(pixels.image_processor).__name__} takes one per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL)"
+                )
+            pixel_values = torch.stack([f.pixel_values for f in images_in_order])
             if pixels.image_token_id is not None and marks_image_tokens(pixels.image_processor):
                 token_type_ids = (input_ids == pixels.image_token_id).long()
         else:
-            _check_image_tokens(with_image, images, pixels)
-            pixel_values = torch.cat([f.pixel_values for f in images + images])
-            image_grid_thw = torch.stack([f.grid_thw for f in images + images])
+            _check_image_tokens(with_image, per_row, pixels)
+            pixel_values = torch.cat([f.pixel_values for f in images_in_order])
+            image_grid_thw = torch.stack([f.grid_thw for f in images_in_order])
             if pixels.image_token_id is not None:
                 mm_token_type_ids = (input_ids == pixels.image_token_id).long()
     return PreferenceBatch(
@@ -384,17 +449,18 @@ def collate(rows: list[dict[str, Any]], pad_token_id: int, pixels: PixelCache | 
     )
 
 
-def _check_image_tokens(rows: list[dict[str, Any]], images: list[ImageFeatures], pixels: PixelCache) -> None:
-    """The prompt's image tokens must be what the processor makes of the image (the model would
+def _check_image_tokens(rows: list[dict[str, Any]], images: list[list[ImageFeatures]], pixels: PixelCache) -> None:
+    """The prompt's image tokens must be what the processor makes of its images (the model would
     fail on a mismatch mid-step; this names the sample)."""
     if pixels.image_token_id is None:
         return
     for row, features in zip(rows, images):
-        expected = pixels.image_tokens(features)
+        counts = [pixels.image_tokens(f) for f in features]
+        expected = None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
         found = sum(1 for t in row["prompt_input_ids"] if t == pixels.image_token_id)
         if expected is not None and found != expected:
-            grid = "x".join(str(int(v)) for v in features.grid_thw)  # type: ignore[union-attr]
+            grid = ", ".join("x".join(str(int(v)) for v in f.grid_thw) for f in features)  # type: ignore[union-attr]
             raise InvalidInputError(
                 f"sample {row['sample_id']!r}: prompt has {found} image tokens, the processor makes {expected} of"
-                f" its image (grid {grid}); re-run the tokenize stage for this model and its processor settings"
+                f" its image(s) (grid {grid}); re-run the tokenize stage for this model and its processor settings"
             )

@@ -175,18 +175,19 @@ class Shapes:
     patches_per_image: int
 
 
-# transformers' Qwen2VLImageProcessor default max_pixels, for configs that do not set format.max_pixels.
-QWEN_DEFAULT_MAX_PIXELS = 28 * 28 * 1280
+# The published processors' max_pixels, for configs that do not set format.max_pixels:
+# transformers' Qwen2VLImageProcessor default for Qwen2(.5)-VL, Qwen3-VL's size.longest_edge.
+QWEN_DEFAULT_MAX_PIXELS = {"qwen2_vl": 28 * 28 * 1280, "qwen2_5_vl": 28 * 28 * 1280, "qwen3_vl": 16777216}
 
 
 def model_shapes(config: Any, image_longest_edge: int | None, max_pixels: int | None = None) -> Shapes:
     text = config.get_text_config()
     vision = getattr(config, "vision_config", None)
     patches = 0
-    if vision is not None and config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if vision is not None and config.model_type in QWEN_DEFAULT_MAX_PIXELS:
         # Native resolution up to a pixel budget: at most max_pixels / patch^2 patches per image
         # (smart_resize keeps the pixel count within max_pixels).
-        patches = (max_pixels or QWEN_DEFAULT_MAX_PIXELS) // vision.patch_size**2
+        patches = (max_pixels or QWEN_DEFAULT_MAX_PIXELS[config.model_type]) // vision.patch_size**2
         intermediate = getattr(vision, "intermediate_size", None) or int(vision.embed_dim * getattr(vision, "mlp_ratio", 4))
         return Shapes(
             text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size,
@@ -195,6 +196,15 @@ def model_shapes(config: Any, image_longest_edge: int | None, max_pixels: int | 
     if vision is not None:
         size = vision.image_size if isinstance(vision.image_size, int) else max(vision.image_size)
         patch = vision.patch_size if isinstance(vision.patch_size, int) else max(vision.patch_size)
+        if config.model_type == "llava_next":
+            # Anyres: the base tile plus the tiles of the largest grid pinpoint (672 x 672 is four
+            # 336 px tiles), the most an image can take.
+            tiles = 1 + max(h * w for h, w in config.image_grid_pinpoints) // size**2
+            patches = tiles * (size // patch) ** 2
+            return Shapes(
+                text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size,
+                vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, patches,
+            )
         if config.model_type.startswith("idefics"):
             # Native-resolution processors: the thumbnail's longest edge (half the processor's
             # longest edge by default, the seed's setting) sets the patch count, square at most.

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,44 @@ def completion_token_logps(
     """Per-token log p(token) [2B, T-1], zero outside the completions, and the completion mask
     (float); with `sum_sq_probs`, also log sum_v p(v)^2 at each position (what WPO's weights
     need; no gradient), as TRL's fused LM head returns them."""
+    logits, targets, mask = _shifted_logits(model, batch)
+    # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
+    log_z = logits.logsumexp(-1)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+    log_sum_sq = None
+    if sum_sq_probs:
+        with torch.no_grad():
+            log_sum_sq = (2 * logits).logsumexp(-1) - 2 * log_z
+    return token_logps * mask, mask, log_sum_sq
+
+
+@dataclass
+class CompletionTokenStats:
+    """What TRL SFTTrainer's fused LM head returns per position ("log_probs", "entropy",
+    "is_top1"), zero outside the completions, with the completion mask."""
+
+    log_probs: torch.Tensor  # [B, T-1], carries the graph
+    entropy: torch.Tensor  # [B, T-1], no gradient (a metric)
+    is_top1: torch.Tensor  # [B, T-1] bool: the target is the first argmax of the logits
+    mask: torch.Tensor  # [B, T-1] float
+
+
+def completion_token_stats(model: Any, batch: PreferenceBatch) -> CompletionTokenStats:
+    """The supervised fine-tuning forward: per-token log-probs of the completion tokens and the
+    entropy / top-1 agreement SFTTrainer logs, from one forward pass."""
+    logits, targets, mask = _shifted_logits(model, batch)
+    log_z = logits.logsumexp(-1)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+    with torch.no_grad():
+        probs = (logits - log_z.unsqueeze(-1)).exp()
+        # H = log Z - sum_v p_v z_v, TRL's chunked kernel's form.
+        entropy = log_z - (probs * logits).sum(-1)
+        is_top1 = logits.argmax(-1) == targets
+    return CompletionTokenStats(token_logps * mask, entropy * mask, is_top1 & (mask > 0), mask)
+
+
+def _shifted_logits(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 logits predicting positions 1..T-1, their targets, and the completion mask there."""
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.pixel_values is not None:
         inputs["pixel_values"] = batch.pixel_values.to(model.dtype if hasattr(model, "dtype") else torch.float32)
@@ -204,14 +243,7 @@ def completion_token_logps(
     logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
     targets = batch.input_ids[:, 1:]
     mask = batch.completion_mask[:, 1:].to(logits.dtype)
-    # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
-    log_z = logits.logsumexp(-1)
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
-    log_sum_sq = None
-    if sum_sq_probs:
-        with torch.no_grad():
-            log_sum_sq = (2 * logits).logsumexp(-1) - 2 * log_z
-    return token_logps * mask, mask, log_sum_sq
+    return logits, targets, mask
 
 
 def _forward_takes(model: Any, name: str) -> bool:
@@ -237,3 +269,23 @@ def load_for_scoring(
     loaded = load_base_model(model_dir, dtype, device)
     validate_against_model(dataset, loaded.spec)
     return dataset, loaded, device, dtype
+
+
+# Files save_pretrained writes itself (config, generation config, weights and their index):
+# what is left of a base folder is its processor, tokenizer and chat template files.
+_MODEL_FILE = re.compile(r"(config|generation_config)\.json|.*\.(safetensors|bin|pt|pth|gguf)|.*\.index\.json")
+
+
+def save_merged_model(model: Any, base_dir: Path, out: Path) -> None:
+    """The base model with the LoRA adapter merged into its weights (PEFT merge_and_unload), saved
+    with save_pretrained beside a copy of the base folder's processor and tokenizer files: a
+    model folder that loads like the base (AutoProcessor + AutoModelFor...). Ends the adapter's
+    use: the PEFT wrapper is unloaded, so this runs after the adapter itself is saved."""
+    import shutil
+
+    merged = model.merge_and_unload()
+    merged.config.use_cache = True  # off only while training (load_base_model)
+    merged.save_pretrained(out)
+    for path in sorted(base_dir.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and not _MODEL_FILE.fullmatch(path.name):
+            shutil.copyfile(path, out / path.name)

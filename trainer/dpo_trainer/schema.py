@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from .config import (
+    DPO_ONLY_FIELDS,
     DType,
     EvalConfig,
     ExportConfig,
@@ -152,7 +153,9 @@ def typescript(schema: dict[str, Any], codes: dict[str, Any]) -> str:
         f"export const TRAINER_CONFIG_SCHEMA = {body(schema)} as const;\n\n"
         f"export const TRAINER_EXIT_CODES = {body(codes['exit_codes'])} as const;\n\n"
         "/** config.json model_type -> family name, for the families the ONNX exporter refuses. */\n"
-        f"export const ONNX_UNEXPORTABLE_MODEL_TYPES = {body(ONNX_UNEXPORTABLE_MODEL_TYPES)} as const;\n"
+        f"export const ONNX_UNEXPORTABLE_MODEL_TYPES = {body(ONNX_UNEXPORTABLE_MODEL_TYPES)} as const;\n\n"
+        "/** TrainConfig fields only objective dpo reads (objective sft refuses them). */\n"
+        f"export const DPO_ONLY_FIELDS = {body(list(DPO_ONLY_FIELDS))} as const;\n"
     )
 
 

@@ -1,11 +1,13 @@
-"""DPO + LoRA training, spawned by the dpo-gpu worker (CONTRACT.md).
+"""DPO (or supervised fine-tuning) + LoRA training, spawned by the dpo-gpu worker (CONTRACT.md).
 
     python -m dpo_trainer.train --config CONFIG.json
 
 Reads top to bottom like nanoGPT's train.py: load data and model, restore state if resuming
-(the same code path as a fresh start), then one optimizer step per loop iteration. Unlike nanoGPT,
-checkpoints hold RNG and data-cursor state and are written atomically, so a run killed at any
-moment resumes onto exactly the samples and numbers the uninterrupted run would have produced.
+(the same code path as a fresh start), then one optimizer step per loop iteration; `objective`
+picks DPO's preference loss or SFT's completion-only NLL, everything else is shared. Unlike
+nanoGPT, checkpoints hold RNG and data-cursor state and are written atomically, so a run killed
+at any moment resumes onto exactly the samples and numbers the uninterrupted run would have
+produced.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ from .modeling import (
     attach_lora,
     autocast,
     completion_token_logps,
+    completion_token_stats,
     enable_gradient_checkpointing,
     load_base_model,
+    save_merged_model,
     resolve_device,
 )
 from .preemption import PreemptionFlag, PreemptionRequested
@@ -111,6 +115,8 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset, step_sample
     deliberately absent -- halving it and doubling accumulation is allowed."""
     return {
         "seed": config.seed,
+        # null for DPO, so checkpoints written before the sft objective existed resume.
+        "objective": config.objective if config.objective != "dpo" else None,
         "epochs": config.epochs,
         "max_steps": config.max_steps,
         "effective_batch_size": step_samples,  # pairs per optimizer step over all processes
@@ -243,59 +249,18 @@ def scored_chosen_tokens(dataset: PreferenceDataset, indices: list[int]) -> int:
 def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, step_pairs: int | None = None) -> dict[str, float]:
     """Accumulate gradients over micro-batches of `indices`, then apply one optimizer step.
 
-    The loss is TRL's loss with the step as its batch: the sum of each micro-batch's per-pair
-    losses divided by the step's pair count, so the update does not depend on how the step is
-    split into micro-batches -- which is what makes OOM backoff and resume with a halved
-    micro-batch land on the same numbers. A loss that sorts the step's pairs (aot) first scores
-    the whole step without a graph, then back-propagates each micro-batch's share of the step
-    loss's gradient (losses.coupled_step). With several processes `indices` is this rank's share
-    and `step_pairs` the step's pair count over all ranks; gradients and metrics are summed
-    across ranks after the local accumulation (distributed.py).
+    The loss is the objective's loss with the step as its batch, accumulated so that the update
+    does not depend on how the step is split into micro-batches -- which is what makes OOM
+    backoff and resume with a halved micro-batch land on the same numbers. With several
+    processes `indices` is this rank's share and `step_pairs` the step's pair count over all
+    ranks; gradients and metrics are summed across ranks after the local accumulation
+    (distributed.py).
     """
     config = ctx.config
-    settings = LossSettings.from_config(config)
-    n = step_pairs or len(indices)
-    sums = dict.fromkeys(METRIC_NAMES, 0.0)
-    tokens = 0
+    accumulate = accumulate_sft if config.objective == "sft" else accumulate_dpo
     out_of_memory = False
-    chosen_tokens: float | None = None
-    if "sft" in settings.loss_types:
-        chosen_tokens = ctx.dist.sum({"tokens": float(scored_chosen_tokens(ctx.dataset, indices))})["tokens"]
-    starts = range(0, len(indices), micro_batch)
-
-    def micro_batch_at(start: int) -> tuple[list[int], Any]:
-        micro_indices = indices[start : start + micro_batch]
-        batch = collate(ctx.dataset.rows(micro_indices), ctx.pad_token_id, ctx.pixels).to(ctx.device)
-        ctx.faults.before_forward(batch.pairs)
-        return micro_indices, batch
-
     try:
-        coupled = None
-        if settings.step_coupled:
-            # The graph-carrying pass must see the same dropout masks: it replays this pass's RNG.
-            cuda = [ctx.device] if ctx.device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                local = PairLogps.cat([pair_logps(ctx, b, m, settings) for m, b in map(micro_batch_at, starts)])
-            whole = PairLogps(*(None if v is None else ctx.dist.gather_shards(v, n) for v in vars(local).values()))
-            step = coupled_step(whole, settings)
-            mine = slice(ctx.dist.rank, None, ctx.dist.world_size)
-            coupled = [getattr(step, name)[mine] for name in ("losses", "d_chosen", "d_rejected", "d_chosen_token_sums")]
-        for start in starts:
-            micro_indices, batch = micro_batch_at(start)
-            p = pair_logps(ctx, batch, micro_indices, settings)
-            if coupled is None:
-                losses = pair_losses(p, settings, step_pairs=n, step_chosen_tokens=chosen_tokens)
-                ctx.scaler.scale(losses.sum() / n).backward()
-            else:
-                part = slice(start, start + batch.pairs)
-                losses, d_chosen, d_rejected, d_sums = (t[part] for t in coupled)
-                ctx.scaler.scale(surrogate(p, d_chosen, d_rejected, d_sums)).backward()
-            for name, value in metric_sums(p, losses, settings.beta).items():
-                sums[name] += value
-            tokens += batch.tokens
-            # Between micro-batches only in a single process: ranks agree at step boundaries.
-            if start + micro_batch < len(indices) and ctx.dist.world_size == 1 and ctx.preemption.requested:
-                raise PreemptionRequested()
+        sums, tokens, normaliser = accumulate(ctx, indices, micro_batch=micro_batch, step_pairs=step_pairs or len(indices))
     except torch.OutOfMemoryError as exc:
         log(f"out of memory with micro-batch {micro_batch}: {exc}")
         out_of_memory = True
@@ -315,11 +280,100 @@ def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, st
     ctx.scaler.update()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    metrics = {name: value / n for name, value in sums.items()}
+    metrics = {name: value / normaliser for name, value in sums.items()}
     metrics["learning_rate"] = learning_rate
     metrics["grad_norm"] = grad_norm
     metrics["_tokens"] = tokens
     return metrics
+
+
+def accumulate_dpo(ctx: StepContext, indices: list[int], *, micro_batch: int, step_pairs: int) -> tuple[dict[str, float], int, float]:
+    """DPO: TRL's loss with the step as its batch -- the sum of each micro-batch's per-pair losses
+    divided by the step's pair count. A loss that sorts the step's pairs (aot) first scores the
+    whole step without a graph, then back-propagates each micro-batch's share of the step loss's
+    gradient (losses.coupled_step). Returns metric sums over this rank's pairs, its non-padding
+    tokens, and the step's pair count (what the sums are divided by)."""
+    settings = LossSettings.from_config(ctx.config)
+    n = step_pairs
+    sums = dict.fromkeys(METRIC_NAMES, 0.0)
+    tokens = 0
+    chosen_tokens: float | None = None
+    if "sft" in settings.loss_types:
+        chosen_tokens = ctx.dist.sum({"tokens": float(scored_chosen_tokens(ctx.dataset, indices))})["tokens"]
+    starts = range(0, len(indices), micro_batch)
+
+    def micro_batch_at(start: int) -> tuple[list[int], Any]:
+        micro_indices = indices[start : start + micro_batch]
+        batch = collate(ctx.dataset.rows(micro_indices), ctx.pad_token_id, ctx.pixels).to(ctx.device)
+        ctx.faults.before_forward(batch.pairs)
+        return micro_indices, batch
+
+    coupled = None
+    if settings.step_coupled:
+        # The graph-carrying pass must see the same dropout masks: it replays this pass's RNG.
+        cuda = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            local = PairLogps.cat([pair_logps(ctx, b, m, settings) for m, b in map(micro_batch_at, starts)])
+        whole = PairLogps(*(None if v is None else ctx.dist.gather_shards(v, n) for v in vars(local).values()))
+        step = coupled_step(whole, settings)
+        mine = slice(ctx.dist.rank, None, ctx.dist.world_size)
+        coupled = [getattr(step, name)[mine] for name in ("losses", "d_chosen", "d_rejected", "d_chosen_token_sums")]
+    for start in starts:
+        micro_indices, batch = micro_batch_at(start)
+        p = pair_logps(ctx, batch, micro_indices, settings)
+        if coupled is None:
+            losses = pair_losses(p, settings, step_pairs=n, step_chosen_tokens=chosen_tokens)
+            ctx.scaler.scale(losses.sum() / n).backward()
+        else:
+            part = slice(start, start + batch.pairs)
+            losses, d_chosen, d_rejected, d_sums = (t[part] for t in coupled)
+            ctx.scaler.scale(surrogate(p, d_chosen, d_rejected, d_sums)).backward()
+        for name, value in metric_sums(p, losses, settings.beta).items():
+            sums[name] += value
+        tokens += batch.tokens
+        stop_between_micro_batches(ctx, start + micro_batch < len(indices))
+    return sums, tokens, float(n)
+
+
+# TRL SFTTrainer's per-step metrics besides learning_rate, grad_norm and num_tokens (train.py
+# adds those): means over the step's completion tokens.
+SFT_TOKEN_METRICS = ("loss", "mean_token_accuracy", "entropy")
+
+
+def accumulate_sft(ctx: StepContext, indices: list[int], *, micro_batch: int, step_pairs: int) -> tuple[dict[str, float], int, float]:  # noqa: ARG001
+    """Supervised fine-tuning on the chosen answers: TRL SFTTrainer's completion-only loss
+    (assistant_only_loss / completion_only_loss), -sum log p(assistant token) / the number of
+    assistant tokens, with the optimizer step as the batch: each micro-batch's NLL sum is divided
+    by the whole step's token count (SFTTrainer's num_items_in_batch under gradient
+    accumulation), so the update does not depend on the micro-batch split. Prompt tokens (image
+    tokens included) are context only. mean_token_accuracy and entropy are token-weighted over
+    the step, which is SFTTrainer's value for a step of one micro-batch. Returns the sums, the
+    non-padding tokens of the prompt + chosen rows (SFTTrainer's num_tokens increment) and the
+    step's completion token count."""
+    step_tokens = ctx.dist.sum({"tokens": float(scored_chosen_tokens(ctx.dataset, indices))})["tokens"]
+    denominator = max(step_tokens, 1.0)  # SFTTrainer clamps too: a step without tokens is a zero loss
+    sums = dict.fromkeys(SFT_TOKEN_METRICS, 0.0)
+    tokens = 0
+    for start in range(0, len(indices), micro_batch):
+        micro_indices = indices[start : start + micro_batch]
+        batch = collate(ctx.dataset.rows(micro_indices), ctx.pad_token_id, ctx.pixels, chosen_only=True).to(ctx.device)
+        ctx.faults.before_forward(batch.pairs)
+        with autocast(ctx.device, ctx.dtype):
+            stats = completion_token_stats(ctx.model, batch)
+        nll = -stats.log_probs.sum()
+        ctx.scaler.scale(nll / denominator).backward()
+        sums["loss"] += nll.detach().item()
+        sums["mean_token_accuracy"] += float(stats.is_top1.sum())
+        sums["entropy"] += float(stats.entropy.sum())
+        tokens += batch.tokens
+        stop_between_micro_batches(ctx, start + micro_batch < len(indices))
+    return sums, tokens, denominator
+
+
+def stop_between_micro_batches(ctx: StepContext, more: bool) -> None:
+    # Between micro-batches only in a single process: ranks agree at step boundaries.
+    if more and ctx.dist.world_size == 1 and ctx.preemption.requested:
+        raise PreemptionRequested()
 
 
 def free_memory(ctx: StepContext) -> None:
@@ -539,6 +593,10 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         progress.step += 1
         progress.cursor = cursor_after
         epoch = progress.cursor.epoch_progress(len(dataset))
+        if config.objective == "sft":
+            # SFTTrainer's num_tokens: every non-padding token trained on so far (the history
+            # carries it across resumes).
+            metrics["num_tokens"] = int(progress.history[-1]["num_tokens"] if progress.history else 0) + tokens
         progress.history.append({"step": progress.step, "epoch": epoch, "samples": len(step_indices), **metrics})
         last_metrics = metrics
         trackers.log_step(progress.step, epoch, metrics)
@@ -557,15 +615,18 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
 
     final_path = output_dir / "final"
     if dist.is_main:
-        final_path = ckpt.save_final_adapter(output_dir, progress.step, model).path
+        # The merged model goes into the same atomic folder, so the manifest covers both.
+        merge = (lambda folder: save_merged_model(model, Path(config.model_dir), folder)) if config.merge_model else None
+        final_path = ckpt.save_final_adapter(output_dir, progress.step, model, also=merge).path
     dist.barrier()
     if not last_metrics and progress.history:
         last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}
     if dist.is_main:
         trackers.log_artifacts(final_path / ckpt.ADAPTER_DIR, "adapter")
     trackers.close()
+    merged = {"model_path": str(final_path / ckpt.MODEL_DIR)} if config.merge_model else {}
     emit("finished", step=progress.step, adapter_path=str(final_path / ckpt.ADAPTER_DIR), metrics=last_metrics,
-         **trackers.event_fields())
+         **merged, **trackers.event_fields())
     return ExitCode.FINISHED
 
 
@@ -578,7 +639,7 @@ def preempt(step: int, last: ckpt.CheckpointRef | None, save: Any, rng: dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="DPO + LoRA trainer (see trainer/CONTRACT.md)")
+    parser = argparse.ArgumentParser(description="DPO / SFT + LoRA trainer (see trainer/CONTRACT.md)")
     parser.add_argument("--config", required=True, help="path of the train config JSON")
     args = parser.parse_args(argv)
     claim_stdout()

@@ -1,5 +1,5 @@
 """Processors of families whose transformers class insists on a video processor (Qwen2-VL,
-Qwen2.5-VL) without one.
+Qwen2.5-VL, Qwen3-VL) without one.
 
 transformers 5 builds a Qwen2-VL processor from an image processor, a tokenizer and a video
 processor, and its video processor needs torchvision, which the trainer's lock does not carry
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # model_type -> the processor class transformers uses for it.
-IMAGE_ONLY_FAMILIES = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+IMAGE_ONLY_FAMILIES = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
 
 
 @cache

@@ -39,7 +39,8 @@ def test_activations_and_suggestion(idefics2):
 @pytest.mark.parametrize(
     "config,total",
     [("paligemma-3b.yaml", 2_923_466_480), ("llava-1.5-7b.yaml", 7_063_427_072),
-     ("qwen2.5-vl-7b.yaml", 8_292_166_656), ("gemma-3-4b.yaml", 4_300_079_472)],
+     ("qwen2.5-vl-7b.yaml", 8_292_166_656), ("qwen3-vl-8b.yaml", 8_767_123_696),
+     ("llava-next-mistral-7b.yaml", 7_566_747_648), ("gemma-3-4b.yaml", 4_300_079_472)],
 )
 def test_vendored_configs_give_the_published_parameter_counts(config, total):
     result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / config)), gpu_memory="24GB")
@@ -61,6 +62,21 @@ def test_qwen_patches_follow_the_pixel_budget():
     assert result["shapes"]["vision_layers"] == 32 and result["shapes"]["vision_hidden"] == 1280
     # The model card's "8.29B"; LoRA r=16 on every linear layer of tower, merger and language model.
     assert result["parameters"]["lora_trainable"] == 51_824_640
+    assert result["suggestion"]["micro_batch"] is not None
+
+
+def test_qwen3_vl_patches_follow_the_pixel_budget():
+    result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / "qwen3-vl-8b.yaml")), gpu_memory="80GB")
+    # format.max_pixels 1280 x 32 x 32 in 16 px patches: 5120 patches, 1280 tokens after the 2x2 merge.
+    assert result["shapes"]["patches_per_image"] == 5120
+    assert result["shapes"]["vision_layers"] == 27 and result["shapes"]["vision_hidden"] == 1152
+    assert result["suggestion"]["micro_batch"] is not None
+
+
+def test_llava_next_patches_cover_the_largest_pinpoint():
+    result = estimate(load_pipeline_config(str(REPO_ROOT / "configs" / "llava-next-mistral-7b.yaml")), gpu_memory="80GB")
+    # 672 x 672 is four 336 px tiles, plus the base tile: 5 x 24 x 24 patches of 14 px.
+    assert result["shapes"]["patches_per_image"] == 5 * 24 * 24
     assert result["suggestion"]["micro_batch"] is not None
 
 

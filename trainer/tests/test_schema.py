@@ -42,3 +42,17 @@ def test_valid_step_event(event_validator):
 )
 def test_invalid_events_are_rejected(event_validator, event):
     assert not event_validator.is_valid(event)
+
+
+SFT_METRICS = {"loss": 1.5, "mean_token_accuracy": 0.25, "entropy": 2.0, "num_tokens": 120, "learning_rate": 1e-4, "grad_norm": 0.5}
+
+
+def test_step_metrics_are_dpo_or_sft_never_a_mix(event_validator):
+    event_validator.validate({**STEP, "metrics": SFT_METRICS})
+    event_validator.validate({"event": "finished", "time": 1.0, "step": 2, "adapter_path": "/a", "model_path": "/m",
+                              "metrics": SFT_METRICS})
+    for metrics in ({**SFT_METRICS, "rewards/chosen": 0.1}, {**METRICS, "mean_token_accuracy": 0.5},
+                    {k: v for k, v in SFT_METRICS.items() if k != "num_tokens"}, {**SFT_METRICS, "num_tokens": 1.5}):
+        assert not event_validator.is_valid({**STEP, "metrics": metrics})
+    assert not event_validator.is_valid({"event": "finished", "time": 1.0, "step": 2, "adapter_path": "/a",
+                                         "model_path": "relative", "metrics": SFT_METRICS})

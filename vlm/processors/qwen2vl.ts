@@ -1,5 +1,5 @@
 /**
- * Qwen2-VL and Qwen2.5-VL (one processor logic): the image is resized by `smart_resize` to
+ * Qwen2-VL, Qwen2.5-VL and Qwen3-VL (one processor logic): the image is resized by `smart_resize` to
  * multiples of patch_size x merge_size with its pixel count clamped to [min_pixels, max_pixels],
  * cut into patch_size patches (grid t=1, h, w), and every merge_size x merge_size block of patches
  * becomes one `<|image_pad|>`: grid_h * grid_w / merge_size^2 copies per image, between the
@@ -63,9 +63,12 @@ export function qwenImageGrid(size: ImageSize, settings: QwenVisionSettings): [n
   return [1, resized.height / settings.patchSize, resized.width / settings.patchSize];
 }
 
+/** The processors (and model types) of this logic: Qwen3-VL's differs only in its settings (16 px patches). */
+const QWEN_PROCESSORS = new Set(['Qwen2VLProcessor', 'Qwen2_5_VLProcessor', 'Qwen3VLProcessor']);
+const QWEN_MODEL_TYPES = new Set(['qwen2_vl', 'qwen2_5_vl', 'qwen3_vl']);
+
 export const qwen2vl: FamilySpec = {
-  matches: (processorClass, modelType) =>
-    processorClass === 'Qwen2VLProcessor' || processorClass === 'Qwen2_5_VLProcessor' || modelType === 'qwen2_vl' || modelType === 'qwen2_5_vl',
+  matches: (processorClass, modelType) => QWEN_PROCESSORS.has(processorClass) || QWEN_MODEL_TYPES.has(modelType),
   create({ imageProcessorConfig, tokenizerConfig }) {
     const settings = qwenVisionSettings(imageProcessorConfig ?? {});
     const imageToken = String(tokenizerConfig.image_token ?? '<|image_pad|>');
@@ -80,6 +83,8 @@ export const qwen2vl: FamilySpec = {
       imageTokensFor: tokensFor,
       imageBlockTokens: [imageToken, '<|vision_start|>', '<|vision_end|>'],
       chatTurns: 'prompt-prefix',
+      // Flat pixel layout: every image's patches concatenated, one grid per image.
+      multiImage: true,
       expandPrompt(prompt, images) {
         const parts = prompt.split(imageToken);
         if (!images || images.length !== parts.length - 1) {

@@ -45,6 +45,11 @@ export interface ProcessorFamily {
    * template writes bos itself (Gemma 3), as TRL's vision collator tokenizes such prompts.
    */
   addSpecialTokens?: boolean;
+  /**
+   * Whether a prompt may hold several images (each expanded on its own, the trainer collating
+   * them in order). Families without it take one image per prompt: a multi-image row is dropped.
+   */
+  multiImage?: boolean;
   /** Families without a chat template render user turns by their prompt convention. */
   renderUserWithoutTemplate?: (images: number, text: string) => string;
 }

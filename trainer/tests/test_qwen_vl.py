@@ -1,5 +1,6 @@
-"""Qwen2.5-VL end to end in the trainer, on a tiny random-init Qwen2_5_VLForConditionalGeneration
-with its real processor class (build_tiny_model --arch qwen2_5_vl).
+"""Qwen2.5-VL and Qwen3-VL end to end in the trainer, on tiny random-init
+Qwen2_5_VLForConditionalGeneration and Qwen3VLForConditionalGeneration models with their real
+processor classes (build_tiny_model --arch qwen2_5_vl / qwen3_vl). Every test runs for both.
 
 Qwen's processor returns every image's patches flattened ([patches, C*t*p*p]) with
 `image_grid_thw`, and the model derives its M-RoPE position ids from the grid and the attention
@@ -33,18 +34,28 @@ def qwen_rows(processor, n: int, seed: int) -> list[dict]:
     return processor_rows(processor, n, seed, "qwen")
 
 
+# model_type -> the family's name in messages.
+FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def model_type(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qwen_model_dir(tmp_path_factory) -> Path:
-    from dpo_trainer.build_tiny_model import write_tiny_qwen2_5_vl
+def qwen_model_dir(model_type, tmp_path_factory) -> Path:
+    from dpo_trainer import build_tiny_model
 
-    return write_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen") / "tiny-qwen2.5-vl", seed=0)
+    build = {"qwen2_5_vl": build_tiny_model.write_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_model.write_tiny_qwen3_vl}[model_type]
+    return build(tmp_path_factory.mktemp(model_type) / f"tiny-{model_type}", seed=0)
 
 
 @pytest.fixture(scope="module")
-def processor(qwen_model_dir):
+def processor(qwen_model_dir, model_type):
     from dpo_trainer.vision_processors import load_image_only_processor
 
-    return load_image_only_processor(qwen_model_dir, "qwen2_5_vl")
+    return load_image_only_processor(qwen_model_dir, model_type)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,7 @@ def test_collate_builds_the_flat_pixels_and_grids(qwen_model_dir, qwen_shards, p
     assert len({tuple(g.tolist()) for g in grids}) > 1, "the batch should mix image sizes"
 
 
-def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, processor, tmp_path):
+def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, processor, model_type, tmp_path):
     trl = pytest.importorskip("trl")
     from accelerate import Accelerator
     from trl import DPOConfig, DPOTrainer
@@ -140,18 +151,25 @@ def test_loss_equals_trls_on_the_tiny_model(qwen_model_dir, qwen_shards, process
     assert torch.equal(inputs["mm_token_type_ids"].long(), batch.mm_token_type_ids)
     assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
-    # Without the image-token mask transformers silently uses 1-D positions: a different loss.
+    # Without the image-token mask Qwen2.5-VL silently uses 1-D positions (a different loss);
+    # Qwen3-VL refuses to run.
+    flat = dataclasses.replace(batch, mm_token_type_ids=None)
     with torch.no_grad():
-        flat = dataclasses.replace(batch, mm_token_type_ids=None)
-        flat_policy, _ = completion_logps(model, flat)
-    assert not torch.allclose(flat_policy, policy, atol=1e-3)
+        if model_type == "qwen3_vl":
+            with pytest.raises(ValueError, match="mm_token_type_ids"):
+                completion_logps(model, flat)
+        else:
+            flat_policy, _ = completion_logps(model, flat)
+            assert not torch.allclose(flat_policy, policy, atol=1e-3)
 
 
-def test_lora_reaches_the_vision_tower_and_merger(qwen_reference_run):
+def test_lora_reaches_the_vision_tower_and_merger(qwen_reference_run, model_type):
     _, result = qwen_reference_run
     assert [e["step"] for e in result.of("step")] == [1, 2, 3, 4]
     weights = adapter_tensors(result.last["adapter_path"])
     assert any(".visual.blocks." in n for n in weights) and any(".visual.merger." in n for n in weights)
+    if model_type == "qwen3_vl":  # and the DeepStack mergers, which feed the first text layers
+        assert any(".visual.deepstack_merger_list." in n for n in weights)
     assert any("language_model" in n for n in weights)
     assert all(float(w.abs().max()) > 0 for n, w in weights.items() if "lora_B" in n)
 
@@ -219,7 +237,7 @@ def test_pytorch_scoring_of_base_and_adapter(qwen_reference_run, qwen_model_dir,
     assert base.last["metrics"]["reward_margin_mean"] == 0 and tuned.last["metrics"]["reward_margin_mean"] != 0
 
 
-def test_onnx_export_is_refused_by_name(qwen_model_dir, tmp_path):
+def test_onnx_export_is_refused_by_name(qwen_model_dir, model_type, tmp_path):
     import contextlib
     import io as _io
 
@@ -234,5 +252,34 @@ def test_onnx_export_is_refused_by_name(qwen_model_dir, tmp_path):
         code = run_command(lambda: export(load_config(ExportConfig, str(config))))
     last = json.loads(out.getvalue().strip().splitlines()[-1])
     assert (code, last["error_type"]) == (65, "ModelLoadError")
-    assert "ONNX export of Qwen2.5-VL is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
+    assert f"ONNX export of {FAMILIES[model_type]} is not supported" in last["message"] and "dpo_trainer.evaluate" in last["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_sft_forwards_the_chosen_rows_with_their_images(qwen_model_dir, qwen_shards, qwen_config, tmp_path):
+    """The sft objective's batch holds the chosen rows alone, with one image grid each, and its
+    loss is transformers' own Qwen2.5-VL loss with the prompt labelled -100; a short sft run on
+    the flat pixel layout finishes."""
+    from dpo_trainer.data import PixelCache, collate, load_shards
+    from dpo_trainer.modeling import _forward_takes, completion_token_stats, load_base_model
+
+    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
+    rows = load_shards([str(qwen_shards[0])]).rows(range(4))
+    pixels = PixelCache(loaded.image_processor, loaded.spec.image_token_id)
+    both = collate(rows, loaded.spec.pad_token_id, pixels)
+    chosen = collate(rows, loaded.spec.pad_token_id, pixels, chosen_only=True)
+    assert chosen.input_ids.shape[0] == 4 and torch.equal(chosen.image_grid_thw, both.image_grid_thw[:4])
+    assert torch.equal(chosen.pixel_values, both.pixel_values[: chosen.pixel_values.shape[0]])
+    model = loaded.model.eval()
+    inputs = {"input_ids": chosen.input_ids, "attention_mask": chosen.attention_mask, "pixel_values": chosen.pixel_values,
+              "image_grid_thw": chosen.image_grid_thw}
+    if _forward_takes(model, "mm_token_type_ids"):
+        inputs["mm_token_type_ids"] = chosen.mm_token_type_ids
+    with torch.no_grad():
+        stats = completion_token_stats(model, chosen)
+        theirs = model(**inputs, labels=chosen.input_ids.masked_fill(chosen.completion_mask == 0, -100)).loss
+    assert (-stats.log_probs.sum() / stats.mask.sum()).item() == pytest.approx(theirs.item(), abs=1e-5)
+    result = run_train(qwen_config(tmp_path, objective="sft", max_steps=2, merge_model=True))
+    assert result.exit_code == 0, result.last
+    assert set(result.of("step")[-1]["metrics"]) >= {"loss", "mean_token_accuracy", "entropy", "num_tokens"}
+    assert (Path(result.last["model_path"]) / "config.json").is_file()
