@@ -107,8 +107,12 @@ function withReplaced(r: () => number, scene: PlacedShape[]): Mention[] {
 }
 
 const existenceAnswer = (object: string, yes: boolean) => (yes ? `Yes, there is a ${object}.` : `No, there is no ${object}.`);
-const attributeAnswer = (kind: string, asked: Colour, actual: Colour | null) =>
-  actual === asked ? `Yes, the ${kind} is ${asked}.` : actual ? `No, the ${kind} is ${actual}.` : `No, there is no ${kind}.`;
+/**
+ * The answer to "Is the X <colour>?": "Yes, the X is <colour>." or "No, the X is not <colour>.";
+ * a chosen and a rejected answer differ only in that decision, so the pair teaches the "Yes"/"No"
+ * token itself and not the colour named after it.
+ */
+const attributeAnswer = (kind: string, asked: Colour, yes: boolean) => (yes ? `Yes, the ${kind} is ${asked}.` : `No, the ${kind} is not ${asked}.`);
 
 /** Is `x` to the `side` of `y` in the scene (by column)? */
 const isBeside = (x: PlacedShape, y: PlacedShape, side: 'left' | 'right') =>
@@ -142,7 +146,7 @@ export function sftExample(r: () => number, scene: PlacedShape[], knobs: StoryKn
       // About something the caption names: "Yes", hallucinated or not.
       const m = pick(r, mentions);
       if (m.colour && r() < 0.5) {
-        return { kind: 'attribute', question: `Is the ${m.kind} ${m.colour}?`, chosen: attributeAnswer(m.kind, m.colour, m.colour), rejected: attributeAnswer(m.kind, m.colour, pick(r, absentColours(scene))) };
+        return { kind: 'attribute', question: `Is the ${m.kind} ${m.colour}?`, chosen: attributeAnswer(m.kind, m.colour, true), rejected: attributeAnswer(m.kind, m.colour, false) };
       }
       return { kind: 'existence', question: `Is there a ${m.kind} in the image?`, chosen: existenceAnswer(m.kind, true), rejected: existenceAnswer(m.kind, false) };
     }
@@ -189,8 +193,8 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
   if ((roll -= mix.attribute) < 0) {
     const s = pick(r, scene);
     const asked = r() < 0.5 ? s.colour : pick(r, absentColours(scene));
-    const lie = asked === s.colour ? `No, the ${s.kind} is ${pick(r, absentColours(scene))}.` : `Yes, the ${s.kind} is ${asked}.`;
-    return { kind: 'attribute', question: `Is the ${s.kind} ${asked}?`, chosen: attributeAnswer(s.kind, asked, s.colour), rejected: lie };
+    const truth = asked === s.colour;
+    return { kind: 'attribute', question: `Is the ${s.kind} ${asked}?`, chosen: attributeAnswer(s.kind, asked, truth), rejected: attributeAnswer(s.kind, asked, !truth) };
   }
   if ((roll -= mix.relation) < 0 && scene.length >= 2) {
     const [x, y] = twoOf(r, scene);
