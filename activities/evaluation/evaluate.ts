@@ -448,9 +448,18 @@ async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteK
   );
 }
 
-/** The assistant turn's opening ("ASSISTANT:"), after which the model answers. */
+/**
+ * The assistant turn's opening ("ASSISTANT:"), after which the model answers: the tokens two
+ * different answers share. Not the rendering of an empty answer, whose trailing space ("ASSISTANT: ")
+ * is a token of its own that no training sequence has there (it is merged into the answer's first
+ * word), so greedy decoding after it starts from a context the model never saw.
+ */
 function assistantOpening(chat: ChatTokenizer): number[] {
-  return chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: '' }] }])).slice(0, -1);
+  const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }]));
+  const [yes, no] = [answer('Yes'), answer('No')];
+  let shared = 0;
+  while (shared < yes.length && yes[shared] === no[shared]) shared++;
+  return yes.slice(0, shared);
 }
 
 async function decoderFor(modelDir: string): Promise<(ids: number[]) => string> {

@@ -20,11 +20,11 @@ import { startTestStack, TEST_BUCKET, uniqueId, type TestStack } from '../harnes
 /** configs/demo.yaml's recipe on less data and fewer steps. */
 const STORY_TEST = {
   seed: 7,
-  sftRows: 800,
-  trainPairs: 600,
+  sftRows: 1500,
+  trainPairs: 800,
   testPairs: 120,
   amberQuestions: 90,
-  amberDescriptions: 24,
+  amberDescriptions: 48,
   config: (at: { model: string; pairs: string; sft: string; suite: string }): Omit<PipelineConfigInput, 'queues' | 'storage'> => ({
     name: 'demo-story-test',
     model: { source: at.model },
