@@ -17,14 +17,25 @@ export function renderSummary(result: PipelineResult): string {
       ['mean reward margin', base.reward_margin_mean, trained.reward_margin_mean, (x) => x.toFixed(4)],
       ['mean log-prob margin (chosen - rejected)', base.logp_margin_mean, trained.logp_margin_mean, (x) => x.toFixed(3)],
     ];
+    const p = (x: number) => `${(x * 100).toFixed(1)}%`;
     const overall = evaluation.amber;
     if (overall) {
       for (const kind of Object.keys(overall.base)) {
         const b = overall.base[kind]!;
         const t = overall.trained[kind]!;
-        const p = (x: number) => `${(x * 100).toFixed(1)}%`;
         rows.push([`AMBER ${kind} accuracy`, b.accuracy, t.accuracy, p], [`AMBER ${kind} F1 ("no" positive)`, b.f1, t.f1, p]);
       }
+      const truth = overall.base.overall!.truth_yes_ratio;
+      rows.push([`AMBER "Yes" ratio (truth ${p(truth)})`, overall.base.overall!.yes_ratio, overall.trained.overall!.yes_ratio, p]);
+    }
+    const short = evaluation.shortAnswers;
+    if (short) rows.push(['greedy short answers correct', short.base.short_answer_accuracy, short.trained.short_answer_accuracy, p]);
+    const generative = evaluation.generative;
+    if (generative) {
+      rows.push(
+        ['CHAIR of greedy descriptions (lower better)', generative.base.chair, generative.trained.chair, p],
+        ['Cover of greedy descriptions', generative.base.cover, generative.trained.cover, p],
+      );
     }
     const width = Math.max(...rows.map((r) => r[0].length));
     lines.push(

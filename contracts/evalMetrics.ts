@@ -101,6 +101,8 @@ export interface YesNoMetrics {
   f1: number;
   /** Share of "yes" answers: a model that always agrees scores high here and low on recall. */
   yes_ratio: number;
+  /** Share of questions whose truth is "yes": where an unbiased model's yes_ratio lands. */
+  truth_yes_ratio: number;
 }
 
 export function yesNoMetrics(c: YesNoCounts): YesNoMetrics {
@@ -114,6 +116,7 @@ export function yesNoMetrics(c: YesNoCounts): YesNoMetrics {
     recall,
     f1: precision + recall ? (2 * precision * recall) / (precision + recall) : 0,
     yes_ratio: n ? (c.tn + c.fn) / n : 0,
+    truth_yes_ratio: n ? (c.tn + c.fp) / n : 0,
   };
 }
 
@@ -140,4 +143,82 @@ export function countsFromMetrics(m: EvalMetrics): PreferenceCounts {
     rewardMarginSum: m.reward_margin_mean * m.samples,
     logpMarginSum: m.logp_margin_mean * m.samples,
   };
+}
+
+/**
+ * AMBER's generative half, per model: greedy descriptions scored against each image's objects.
+ * Sums over descriptions, so shards add up exactly.
+ */
+export interface GenerativeCounts {
+  descriptions: number;
+  /** Sum over descriptions of (named hallucinated objects / named objects); 0 for a description naming none. */
+  chairSum: number;
+  /** Sum over descriptions of (named true objects / true objects). */
+  coverSum: number;
+  /** Descriptions that name at least one hallucinated object. */
+  hallucinated: number;
+}
+
+/** AMBER's generative metric names: CHAIR, Cover, Hal. */
+export interface GenerativeMetrics {
+  descriptions: number;
+  /** Mean share of a description's named objects that are not in the image (lower is better). */
+  chair: number;
+  /** Mean share of the image's objects that the description names (guards against saying nothing). */
+  cover: number;
+  /** Share of descriptions that name at least one object that is not there. */
+  hal: number;
+}
+
+export const emptyGenerativeCounts = (): GenerativeCounts => ({ descriptions: 0, chairSum: 0, coverSum: 0, hallucinated: 0 });
+
+/** Object words a text names, as whole words (singular or plural), out of `vocabulary`. */
+export function mentionedObjects(text: string, vocabulary: readonly string[]): Set<string> {
+  const words = new Set(text.toLowerCase().match(/[a-z]+/g) ?? []);
+  return new Set(vocabulary.filter((o) => words.has(o.toLowerCase()) || words.has(`${o.toLowerCase()}s`)));
+}
+
+/** One description's counts: `truth` are the objects in the image, `hallu` those it could wrongly name. */
+export function describeCounts(text: string, truth: readonly string[], hallu: readonly string[]): GenerativeCounts {
+  const named = mentionedObjects(text, [...truth, ...hallu]);
+  const wrong = [...named].filter((o) => hallu.includes(o)).length;
+  const right = [...named].filter((o) => truth.includes(o)).length;
+  return { descriptions: 1, chairSum: named.size ? wrong / named.size : 0, coverSum: truth.length ? right / truth.length : 0, hallucinated: wrong ? 1 : 0 };
+}
+
+export function addGenerativeCounts(a: GenerativeCounts, b: GenerativeCounts): GenerativeCounts {
+  return { descriptions: a.descriptions + b.descriptions, chairSum: a.chairSum + b.chairSum, coverSum: a.coverSum + b.coverSum, hallucinated: a.hallucinated + b.hallucinated };
+}
+
+export function generativeMetrics(c: GenerativeCounts): GenerativeMetrics {
+  const n = Math.max(c.descriptions, 1);
+  return { descriptions: c.descriptions, chair: c.chairSum / n, cover: c.coverSum / n, hal: c.hallucinated / n };
+}
+
+/** Greedy (generated) answers to the yes/no questions: correct when the answer opens with the truth. */
+export interface ShortAnswerCounts {
+  questions: number;
+  correct: number;
+}
+
+export interface ShortAnswerMetrics {
+  questions: number;
+  /** Share of greedy answers whose first word is the right "yes" or "no". */
+  short_answer_accuracy: number;
+}
+
+export const emptyShortAnswerCounts = (): ShortAnswerCounts => ({ questions: 0, correct: 0 });
+
+/** "yes" or "no" when a generated answer opens with it ("Yes, there is a circle."), else null. */
+export function shortAnswerOf(text: string): 'yes' | 'no' | null {
+  const first = /^\W*(yes|no)\b/i.exec(text)?.[1]?.toLowerCase();
+  return first === 'yes' || first === 'no' ? first : null;
+}
+
+export function addShortAnswerCounts(a: ShortAnswerCounts, b: ShortAnswerCounts): ShortAnswerCounts {
+  return { questions: a.questions + b.questions, correct: a.correct + b.correct };
+}
+
+export function shortAnswerMetrics(c: ShortAnswerCounts): ShortAnswerMetrics {
+  return { questions: c.questions, short_answer_accuracy: c.questions ? c.correct / c.questions : 0 };
 }

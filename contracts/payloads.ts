@@ -5,7 +5,7 @@
 import type { PipelineConfig, TrainConfig } from './config.js';
 import type { StageKind } from './keys.js';
 import type { DatasetFormat } from './preferenceFormat.js';
-import type { EvalMetrics, YesNoMetrics } from './evalMetrics.js';
+import type { AmberCounts, EvalMetrics, GenerativeCounts, GenerativeMetrics, ShortAnswerCounts, ShortAnswerMetrics, YesNoMetrics } from './evalMetrics.js';
 import type { EvalEngine } from './evalEngine.js';
 import type { RunLineage } from './lineage.js';
 import type { TrainingControl } from './progress.js';
@@ -341,11 +341,41 @@ export interface GeneratedExample {
   imageKey: string | null;
 }
 
+/** A suite item that base and DPO answered differently (greedy), for the report's visual table. */
+export interface AmberExample {
+  id: string;
+  /** existence | attribute | relation, or generative (a description prompt). */
+  kind: string;
+  question: string;
+  /** "yes" / "no", or the image's objects for a description prompt. */
+  truth: string;
+  base: string;
+  trained: string;
+  imageKey: string | null;
+}
+
+/** One range of the AMBER-style suite scored by both models (summed by finishEvaluation). */
+export interface AmberShardResult {
+  base: AmberCounts;
+  trained: AmberCounts;
+  /** Greedy descriptions, CHAIR-style; absent when the range has no description prompts. */
+  generative?: { base: GenerativeCounts; trained: GenerativeCounts };
+  /** Greedy answers to the yes/no questions. */
+  shortAnswers?: { base: ShortAnswerCounts; trained: ShortAnswerCounts };
+  examples?: AmberExample[];
+}
+
 export interface EvaluateResult {
   base: EvalMetrics;
   trained: EvalMetrics;
   /** AMBER-style yes/no metrics ("no" is the positive class), overall and per question kind. */
   amber?: { base: Record<string, YesNoMetrics>; trained: Record<string, YesNoMetrics> };
+  /** AMBER-style generative metrics of greedy descriptions (CHAIR, Cover, Hal), when the suite has description prompts. */
+  generative?: { base: GenerativeMetrics; trained: GenerativeMetrics };
+  /** Share of greedy answers to the yes/no questions that are right. */
+  shortAnswers?: { base: ShortAnswerMetrics; trained: ShortAnswerMetrics };
+  /** Suite items base and DPO answered differently: image, question, truth, both answers. */
+  amberExamples?: AmberExample[];
   generations?: GeneratedExample[];
   metricsKey: string;
   /** s3:// location of the adapter that was evaluated. */

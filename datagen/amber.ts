@@ -7,70 +7,101 @@
  *   relation   "Is the square to the left of the circle?"
  * -- about half of them answered "no", which is where hallucinating models fail.
  *
- * Written as one Parquet file, `amber/amber-00000-of-00001.parquet`, next to the demo dataset:
- * columns id, image {bytes, path}, question, answer ("yes" | "no"), kind. Deterministic by seed.
+ * -- exactly half of each kind answered "no", which is where hallucinating models fail (and where a
+ * model that ignores the image scores 50% whichever way it leans). Its generative half, as AMBER's:
+ * "Describe the image." prompts whose greedy descriptions are scored CHAIR-style against the
+ * scene's objects (the share of named objects that are not in the image).
+ *
+ * Written as one Parquet file, `amber/amber-00000-of-00001.parquet`, next to the demo dataset, in
+ * io/amberSuite.ts's format. Deterministic by seed.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { AMBER_KINDS, amberToParquet, type AmberQuestion } from '../io/amberSuite.js';
+import { AMBER_KINDS, amberToParquet, type AmberDescription, type AmberQuestion } from '../io/amberSuite.js';
 import { COLOURS, COLUMNS, rng, randomScene, sceneSvg, SHAPES, type Colour, type PlacedShape } from './demoShapes.js';
-
-/** Objects that never appear in a demo scene: asking about them probes hallucination. */
-const NEVER_DRAWN = ['dog', 'car', 'cat', 'tree', 'person'];
+import { CO_OCCURS, DESCRIBE_PROMPT, NEVER_DRAWN, OBJECT_WORDS } from './demoStory.js';
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
 
-function existence(r: () => number, scene: PlacedShape[]): Omit<AmberQuestion, 'id' | 'image'> {
+type Draft = Omit<AmberQuestion, 'id' | 'image'>;
+
+function existence(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
+  if (yes) return { question: `Is there a ${pick(r, scene).kind} in the image?`, answer: 'yes', kind: 'existence' };
   const absent = SHAPES.filter((s) => !scene.some((x) => x.kind === s));
-  if (r() < 0.5) return { question: `Is there a ${pick(r, scene).kind} in the image?`, answer: 'yes', kind: 'existence' };
-  const object = absent.length && r() < 0.6 ? pick(r, absent) : pick(r, NEVER_DRAWN);
+  // Absent shapes, the objects web captions add to such scenes, and other objects never drawn.
+  const roll = r();
+  const object = absent.length && roll < 0.4 ? pick(r, absent) : roll < 0.7 ? CO_OCCURS[pick(r, scene).kind] : pick(r, NEVER_DRAWN);
   return { question: `Is there a ${object} in the image?`, answer: 'no', kind: 'existence' };
 }
 
-function attribute(r: () => number, scene: PlacedShape[]): Omit<AmberQuestion, 'id' | 'image'> {
+function attribute(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
   const s = pick(r, scene);
-  if (r() < 0.5) return { question: `Is the ${s.kind} ${s.colour}?`, answer: 'yes', kind: 'attribute' };
-  const other = (Object.keys(COLOURS) as Colour[]).filter((c) => c !== s.colour);
+  if (yes) return { question: `Is the ${s.kind} ${s.colour}?`, answer: 'yes', kind: 'attribute' };
+  // A colour that is nowhere in the image: the picture alone refutes it.
+  const other = (Object.keys(COLOURS) as Colour[]).filter((c) => !scene.some((x) => x.colour === c));
   return { question: `Is the ${s.kind} ${pick(r, other)}?`, answer: 'no', kind: 'attribute' };
 }
 
-function relation(r: () => number, scene: PlacedShape[]): Omit<AmberQuestion, 'id' | 'image'> | null {
+function relation(r: () => number, scene: PlacedShape[], yes: boolean): Draft | null {
   if (scene.length < 2) return null;
   const i = Math.floor(r() * scene.length);
   let j = Math.floor(r() * (scene.length - 1));
   if (j >= i) j++;
   const [x, y] = [scene[i]!, scene[j]!];
-  const side = r() < 0.5 ? 'left' : 'right';
-  const xi = COLUMNS.indexOf(x.column);
-  const yi = COLUMNS.indexOf(y.column);
-  const truth = side === 'left' ? xi < yi : xi > yi;
-  return { question: `Is the ${x.kind} to the ${side} of the ${y.kind}?`, answer: truth ? 'yes' : 'no', kind: 'relation' };
+  const xIsLeft = COLUMNS.indexOf(x.column) < COLUMNS.indexOf(y.column);
+  // The side that makes the statement true or false, as wanted.
+  const side = xIsLeft === yes ? 'left' : 'right';
+  return { question: `Is the ${x.kind} to the ${side} of the ${y.kind}?`, answer: yes ? 'yes' : 'no', kind: 'relation' };
 }
 
-/** `count` questions, cycling through the kinds, one fresh scene each. */
+/** `count` questions, cycling through the kinds and, within each kind, yes and no; one fresh scene each. */
 export async function generateAmberSuite(count: number, seed: number): Promise<AmberQuestion[]> {
   const r = rng(seed);
   const out: AmberQuestion[] = [];
-  for (let i = 0; out.length < count; i++) {
+  for (let i = 0; out.length < count; ) {
     const scene = randomScene(r);
     const kind = AMBER_KINDS[i % AMBER_KINDS.length]!;
-    const qa = kind === 'existence' ? existence(r, scene) : kind === 'attribute' ? attribute(r, scene) : relation(r, scene);
+    const yes = Math.floor(i / AMBER_KINDS.length) % 2 === 0;
+    const qa = kind === 'existence' ? existence(r, scene, yes) : kind === 'attribute' ? attribute(r, scene, yes) : relation(r, scene, yes);
     if (!qa) continue;
-    const path = `amber/${String(out.length).padStart(6, '0')}.jpg`;
-    const bytes = await sharp(Buffer.from(sceneSvg(scene))).jpeg({ quality: 92 }).toBuffer();
-    out.push({ id: `amber-${out.length}`, image: { bytes, path }, ...qa });
+    i++;
+    out.push({ id: `amber-${out.length}`, image: await sceneImage(scene, `amber/${String(out.length).padStart(6, '0')}.jpg`), ...qa });
   }
   return out;
 }
 
-export { AMBER_KINDS, amberFromParquet, amberToParquet, type AmberKind, type AmberQuestion } from '../io/amberSuite.js';
+/** `count` description prompts, one fresh scene each: truth = the shapes drawn, hallu = every other object word. */
+export async function generateAmberDescriptions(count: number, seed: number): Promise<AmberDescription[]> {
+  const r = rng(seed);
+  const out: AmberDescription[] = [];
+  for (let i = 0; i < count; i++) {
+    const scene = randomScene(r);
+    const truthObjects = SHAPES.filter((s) => scene.some((x) => x.kind === s));
+    out.push({
+      id: `amber-gen-${i}`,
+      image: await sceneImage(scene, `amber/gen-${String(i).padStart(6, '0')}.jpg`),
+      question: DESCRIBE_PROMPT,
+      truthObjects,
+      halluObjects: OBJECT_WORDS.filter((o) => !truthObjects.includes(o as (typeof SHAPES)[number])),
+    });
+  }
+  return out;
+}
+
+async function sceneImage(scene: PlacedShape[], path: string): Promise<{ bytes: Uint8Array; path: string }> {
+  return { bytes: await sharp(Buffer.from(sceneSvg(scene))).jpeg({ quality: 92 }).toBuffer(), path };
+}
+
+export { AMBER_KINDS, amberFromParquet, amberToParquet, readAmberSuite, type AmberDescription, type AmberKind, type AmberQuestion } from '../io/amberSuite.js';
 
 export const AMBER_FILE = 'amber/amber-00000-of-00001.parquet';
 
-export async function writeAmberSuite(outDir: string, count: number, seed: number): Promise<string> {
+/** Writes the suite: `count` yes/no questions and `descriptions` description prompts. */
+export async function writeAmberSuite(outDir: string, count: number, seed: number, descriptions = 0): Promise<string> {
   const path = join(outDir, AMBER_FILE);
   await mkdir(join(outDir, 'amber'), { recursive: true });
-  await writeFile(path, amberToParquet(await generateAmberSuite(count, seed)));
+  const suite = { questions: await generateAmberSuite(count, seed), descriptions: await generateAmberDescriptions(descriptions, seed + 17) };
+  await writeFile(path, amberToParquet(suite));
   return path;
 }

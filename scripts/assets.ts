@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { writeAmberSuite } from '../datagen/amber.js';
 import { generateDemoDataset } from '../datagen/demoShapes.js';
+import { DEFAULT_KNOBS, generateStoryDatasets } from '../datagen/demoStory.js';
 import type { Storage } from '../io/storage.js';
 import { REPO_ROOT, trainerPython } from '../io/deps.js';
 
@@ -50,10 +51,9 @@ export async function ensureTinyModel(seed = 0, arch: TinyArch = 'llava'): Promi
  * Uploads a folder unless `prefix` already holds this exact version of it (named in a
  * `.published` object, written last).
  */
-export async function publishFolder(storage: Storage, bucket: string, prefix: string, dir: string): Promise<string> {
+export async function publishFolder(storage: Storage, bucket: string, prefix: string, dir: string, version = dir.split('/').pop()!): Promise<string> {
   await storage.ensureBucket(bucket);
   const marker = `${prefix}.published`;
-  const version = dir.split('/').pop()!;
   const published = (await storage.exists(bucket, marker)) ? (await storage.getBuffer(bucket, marker)).toString() : null;
   if (published !== version) {
     await storage.uploadDir(bucket, dir, prefix);
@@ -81,4 +81,34 @@ export async function ensureDemoDataset(spec: DemoDatasetSpec): Promise<string> 
   if (spec.amberQuestions) await writeAmberSuite(dir, spec.amberQuestions, spec.seed + 2_000_003);
   await writeFile(join(dir, '.complete'), '');
   return dir;
+}
+
+export interface StoryDatasetSpec {
+  sftRows: number;
+  trainPairs: number;
+  testPairs: number;
+  seed: number;
+  /** Yes/no questions and description prompts of the AMBER-style suite (dpo/amber/). */
+  amberQuestions: number;
+  amberDescriptions: number;
+}
+
+/** The demo's story data (configs/demo.yaml reads it from s3://dpo/datasets/demo-story and demo-story-sft). */
+export const DEMO_STORY: StoryDatasetSpec = { sftRows: 3000, trainPairs: 2000, testPairs: 300, seed: 7, amberQuestions: 300, amberDescriptions: 60 };
+
+/**
+ * The demo story's data in the cache (deterministic by spec and generator source): `sft/` (the SFT
+ * set: chosen = the target) and `dpo/` (the preference pairs, with the suite in `dpo/amber/`).
+ * Returns the folder and its version, which names both published copies.
+ */
+export async function ensureStoryDatasets(spec: StoryDatasetSpec): Promise<{ dir: string; version: string }> {
+  const hash = createHash('sha256');
+  for (const source of ['datagen/demoStory.ts', 'datagen/amber.ts', 'datagen/demoShapes.ts', 'io/amberSuite.ts']) hash.update(readFileSync(join(REPO_ROOT, source)));
+  const version = hash.update(JSON.stringify(spec)).digest('hex').slice(0, 12);
+  const dir = join(CACHE, 'datasets', `demo-story-${version}`);
+  if (existsSync(join(dir, '.complete'))) return { dir, version };
+  await generateStoryDatasets({ outDir: dir, sftRows: spec.sftRows, trainPairs: spec.trainPairs, testPairs: spec.testPairs, seed: spec.seed, knobs: DEFAULT_KNOBS });
+  await writeAmberSuite(join(dir, 'dpo'), spec.amberQuestions, spec.seed + 2_000_003, spec.amberDescriptions);
+  await writeFile(join(dir, '.complete'), '');
+  return { dir, version };
 }

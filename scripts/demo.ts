@@ -1,15 +1,16 @@
 /**
- * `npm run demo`: local stack up, demo model and dataset published to MinIO, a worker for both
- * queues in this process, dpoPipeline on configs/demo.yaml with live progress, and the
- * base-vs-DPO table at the end.
+ * `npm run demo`: local stack up, demo model and the story's datasets (the SFT set, the preference
+ * pairs and the AMBER-style suite) published to MinIO, a worker for both queues in this process,
+ * dpoPipeline on configs/demo.yaml with live progress, and the base-vs-DPO table at the end.
  */
+import { join } from 'node:path';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { depsFromEnv } from '../io/deps.js';
 import { connectClient, describeFailure, followPipeline, loadConfigFile, startPipeline } from '../cli/runPipeline.js';
 import { renderSummary, webUiUrl } from '../cli/summary.js';
 import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
-import { ensureDemoDataset, ensureTinyModel, publishFolder } from './assets.js';
+import { DEMO_STORY, ensureStoryDatasets, ensureTinyModel, publishFolder } from './assets.js';
 import { stackUp } from './localStack.js';
 
 const say = (line: string) => console.log(`demo: ${line}`);
@@ -24,9 +25,10 @@ const { raw, config } = await loadConfigFile(process.argv[2] ?? 'configs/demo.ya
 say('building the tiny random-init LLaVA (cached after the first time)...');
 const modelDir = await ensureTinyModel();
 await publishFolder(deps.storage, 'dpo', 'models/tiny-llava-demo/', modelDir);
-say('generating the demo preference dataset (RLAIF-V layout, cached after the first time)...');
-const datasetDir = await ensureDemoDataset({ trainRows: 2000, testRows: 300, seed: 7, amberQuestions: 300 });
-await publishFolder(deps.storage, 'dpo', 'datasets/demo-shapes/', datasetDir);
+say('generating the SFT set, the preference pairs (RLAIF-V layout) and the AMBER-style suite (cached after the first time)...');
+const story = await ensureStoryDatasets(DEMO_STORY);
+await publishFolder(deps.storage, 'dpo', 'datasets/demo-story-sft/', join(story.dir, 'sft'), story.version);
+await publishFolder(deps.storage, 'dpo', 'datasets/demo-story/', join(story.dir, 'dpo'), story.version);
 
 const { workers, connection } = await createWorkers({ temporal: temporalEnv(), queues: DEFAULT_QUEUES, serve: { cpu: true, gpu: true }, deps });
 const running = Promise.all(workers.map((w) => w.run()));

@@ -166,6 +166,33 @@ export class OnnxModel {
     return generated;
   }
 
+  /**
+   * Greedy decoding of several prompts at once (right-padded, no KV cache): each step runs the
+   * rows still generating as one batch. Same tokens as `greedy` row by row.
+   */
+  async greedyBatch(rows: Array<{ ids: number[]; pixels: Float32Array | null }>, maxNewTokens: number, eosTokenId: number): Promise<number[][]> {
+    const ids = rows.map((r) => [...r.ids]);
+    const generated: number[][] = rows.map(() => []);
+    let active = rows.map((_, i) => i);
+    for (let step = 0; step < maxNewTokens && active.length; step++) {
+      const batch = active.map((i) => ({ ids: ids[i]!, pixels: rows[i]!.pixels }));
+      const { out } = await this.run(batch, ['last_logits'], Math.min(...batch.map((b) => b.ids.length)));
+      const vocab = out.last_logits.length / batch.length;
+      const still: number[] = [];
+      active.forEach((row, j) => {
+        const logits = out.last_logits.subarray(j * vocab, (j + 1) * vocab);
+        let best = 0;
+        for (let v = 1; v < vocab; v++) if (logits[v]! > logits[best]!) best = v;
+        if (best === eosTokenId) return;
+        ids[row]!.push(best);
+        generated[row]!.push(best);
+        still.push(row);
+      });
+      active = still;
+    }
+    return generated;
+  }
+
   async release(): Promise<void> {
     await this.session.release();
   }

@@ -20,22 +20,32 @@ import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, Context, heartbeat } from '@temporalio/activity';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { amberFromParquet, amberToParquet, type AmberQuestion } from '../../io/amberSuite.js';
+import { amberToParquet, readAmberSuite, type AmberDescription, type AmberQuestion } from '../../io/amberSuite.js';
 import { FailureType } from '../../contracts/errors.js';
 import {
   addAmberCounts,
+  addGenerativeCounts,
   addPreferenceCounts,
+  addShortAnswerCounts,
   amberMetrics,
   countYesNo,
+  describeCounts,
+  emptyGenerativeCounts,
   emptyPreferenceCounts,
+  emptyShortAnswerCounts,
   emptyYesNoCounts,
+  generativeMetrics,
   preferenceCounts,
   preferenceMetrics,
+  shortAnswerMetrics,
+  shortAnswerOf,
   type AmberCounts,
+  type GenerativeCounts,
   type PreferenceCounts,
+  type ShortAnswerCounts,
 } from '../../contracts/evalMetrics.js';
 import { keys } from '../../contracts/keys.js';
-import type { EvaluateInput, EvaluateResult, EvaluationPlan, GeneratedExample, ScoreShardInput } from '../../contracts/payloads.js';
+import type { AmberExample, AmberShardResult, EvaluateInput, EvaluateResult, EvaluationPlan, GeneratedExample, ScoreShardInput } from '../../contracts/payloads.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
 import { FormatSchema } from '../../contracts/config.js';
@@ -181,14 +191,17 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
     throw ApplicationFailure.nonRetryable(`evaluate.amber_suite "${source}": no Parquet files there`, FailureType.InvalidConfig);
   }
   const questions: AmberQuestion[] = [];
+  const descriptions: AmberDescription[] = [];
   for (const f of files) {
     try {
-      questions.push(...amberFromParquet(f.bytes, f.name));
+      const suite = readAmberSuite(f.bytes, f.name);
+      questions.push(...suite.questions);
+      descriptions.push(...suite.descriptions);
     } catch (err) {
       throw ApplicationFailure.nonRetryable(`evaluate.amber_suite: ${(err as Error).message}`, FailureType.InvalidDataset);
     }
   }
-  for (const q of questions) {
+  for (const q of [...questions, ...descriptions]) {
     try {
       q.image = { ...q.image, bytes: await thumbnail(q.image.bytes, { edge, maxPixels: FORMAT_DEFAULTS.max_image_pixels, jpegQuality: FORMAT_DEFAULTS.jpeg_quality }) };
     } catch (err) {
@@ -196,10 +209,12 @@ async function stageAmberSuite(deps: ActivityDeps, input: EvaluateInput, edge: n
     }
   }
   const key = `${keys.runStagePrefix(input.runId, input.stageId)}amber-suite.parquet`;
-  await deps.storage.putBuffer(input.bucket, key, Buffer.from(amberToParquet(questions)));
+  await deps.storage.putBuffer(input.bucket, key, Buffer.from(amberToParquet({ questions, descriptions })));
+  // Ranges index the suite's items in suiteItems order: the yes/no questions, then the description prompts.
+  const total = questions.length + descriptions.length;
   const per = input.evaluate.amber_questions_per_shard;
   const ranges: Array<[number, number]> = [];
-  for (let start = 0; start < questions.length; start += per) ranges.push([start, Math.min(start + per, questions.length)]);
+  for (let start = 0; start < total; start += per) ranges.push([start, Math.min(start + per, total)]);
   return { key, ranges };
 }
 
@@ -320,22 +335,45 @@ export function yesNoPrompt(chat: ChatTokenizer, question: string): { ids: numbe
   return { ids: [...prompt, ...yes.slice(0, shared)], yes: yes[shared]!, no: no[shared]! };
 }
 
-export async function scoreAmberShard(
-  deps: ActivityDeps,
-  input: ScoreShardInput & { suiteKey: string; range: [number, number] },
-): Promise<{ base: AmberCounts; trained: AmberCounts }> {
+/** Greedy answer lengths in the suite: a yes/no answer is one short sentence, a description a few. */
+const SHORT_ANSWER_TOKENS = 12;
+const DESCRIPTION_TOKENS = 32;
+/** Suite items per range whose differing answers are kept (with their image) for the report. */
+const EXAMPLES_PER_RANGE = 4;
+
+type SuiteItem = ({ type: 'question' } & AmberQuestion) | ({ type: 'description' } & AmberDescription);
+
+/** The staged suite's items in range order: yes/no questions first, then description prompts. */
+function suiteItems(bytes: Uint8Array, source: string): SuiteItem[] {
+  const suite = readAmberSuite(bytes, source);
+  return [...suite.questions.map((q) => ({ type: 'question' as const, ...q })), ...suite.descriptions.map((d) => ({ type: 'description' as const, ...d }))];
+}
+
+/**
+ * A range of the suite, both models: each yes/no question answered from p("Yes") vs p("No") and
+ * greedily (a short answer, right when it opens with the truth); each description prompt answered
+ * greedily and scored CHAIR-style against the image's objects.
+ */
+export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput & { suiteKey: string; range: [number, number] }): Promise<AmberShardResult> {
   return withHeartbeat({ suite: input.suiteKey, range: input.range }, async () => {
-    const questions = amberFromParquet(await deps.storage.getBuffer(input.bucket, input.suiteKey), input.suiteKey).slice(...input.range);
+    const items = suiteItems(await deps.storage.getBuffer(input.bucket, input.suiteKey), input.suiteKey).slice(...input.range);
     const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
     const chat = await ChatTokenizer.load(modelDir);
+    const decode = await decoderFor(modelDir);
     const imageConfig = await loadImageProcessorConfig(modelDir);
     const models = await loadModels(deps, input);
     try {
       const counts = { base: {} as AmberCounts, trained: {} as AmberCounts };
+      const generative = { base: emptyGenerativeCounts(), trained: emptyGenerativeCounts() };
+      const short = { base: emptyShortAnswerCounts(), trained: emptyShortAnswerCounts() };
+      const differing: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }> = [];
+      const questions = items.filter((i): i is Extract<SuiteItem, { type: 'question' }> => i.type === 'question');
+      const descriptions = items.filter((i): i is Extract<SuiteItem, { type: 'description' }> => i.type === 'description');
       for (let start = 0; start < questions.length; start += input.batchSize) {
         const batch = questions.slice(start, start + input.batchSize);
         const prompts = batch.map((q) => yesNoPrompt(chat, q.question));
         const rows = await Promise.all(batch.map(async (q, i) => ({ ids: prompts[i]!.ids, pixels: await pixelValues(q.image.bytes, imageConfig) })));
+        const answers: Record<'base' | 'trained', string[]> = { base: [], trained: [] };
         for (const name of ['base', 'trained'] as const) {
           const logprobs = await models[name].nextTokenLogprobs(rows, [prompts[0]!.yes, prompts[0]!.no]);
           batch.forEach((q, i) => {
@@ -343,13 +381,90 @@ export async function scoreAmberShard(
             const kind = (counts[name][q.kind] ??= emptyYesNoCounts());
             countYesNo(kind, q.answer, yes! > no! ? 'yes' : 'no');
           });
+          // The greedy answer starts where the "Yes"/"No" token would: after the shared prefix.
+          answers[name] = (await models[name].greedyBatch(rows, SHORT_ANSWER_TOKENS, chat.eosTokenId)).map((ids) => decode(ids));
+          short[name] = addShortAnswerCounts(short[name], shortCounts(batch.map((q) => q.answer), answers[name]));
         }
+        batch.forEach((q, i) => {
+          if (answers.base[i] !== answers.trained[i]) differing.push({ id: q.id, kind: q.kind, question: q.question, truth: q.answer, base: answers.base[i]!, trained: answers.trained[i]!, image: q.image.bytes });
+        });
+        heartbeat({ suite: input.suiteKey, scored: start + batch.length });
       }
-      return counts;
+      const opening = assistantOpening(chat);
+      for (let start = 0; start < descriptions.length; start += input.batchSize) {
+        const batch = descriptions.slice(start, start + input.batchSize);
+        const rows = await Promise.all(
+          batch.map(async (d) => ({ ids: [...chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: d.question }] }])), ...opening], pixels: await pixelValues(d.image.bytes, imageConfig) })),
+        );
+        const texts: Record<'base' | 'trained', string[]> = { base: [], trained: [] };
+        for (const name of ['base', 'trained'] as const) {
+          texts[name] = (await models[name].greedyBatch(rows, DESCRIPTION_TOKENS, chat.eosTokenId)).map((ids) => decode(ids));
+          batch.forEach((d, i) => {
+            generative[name] = addGenerativeCounts(generative[name], describeCounts(texts[name][i]!, d.truthObjects, d.halluObjects));
+          });
+        }
+        batch.forEach((d, i) => {
+          if (texts.base[i] !== texts.trained[i]) differing.push({ id: d.id, kind: 'generative', question: d.question, truth: d.truthObjects.join(', '), base: texts.base[i]!, trained: texts.trained[i]!, image: d.image.bytes });
+        });
+        heartbeat({ suite: input.suiteKey, described: start + batch.length });
+      }
+      const examples = await storeExamples(deps, input, pickExamples(differing, EXAMPLES_PER_RANGE));
+      return {
+        ...counts,
+        ...(descriptions.length && { generative }),
+        ...(questions.length && { shortAnswers: short }),
+        examples,
+      };
     } finally {
       await Promise.all([models.base.release(), models.trained.release()]);
     }
   });
+}
+
+function shortCounts(truths: Array<'yes' | 'no'>, answers: string[]): ShortAnswerCounts {
+  return { questions: truths.length, correct: truths.filter((t, i) => shortAnswerOf(answers[i]!) === t).length };
+}
+
+/** Up to `count` differing items, description prompts and questions alternating, so both halves show. */
+function pickExamples<T extends { kind: string }>(differing: T[], count: number): T[] {
+  const descriptions = differing.filter((d) => d.kind === 'generative');
+  const questions = differing.filter((d) => d.kind !== 'generative');
+  const out: T[] = [];
+  while (out.length < count && (descriptions.length || questions.length)) {
+    const next = (out.length % 2 === 0 ? questions.shift() ?? descriptions.shift() : descriptions.shift() ?? questions.shift())!;
+    out.push(next);
+  }
+  return out;
+}
+
+async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteKey: string }, picked: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }>): Promise<AmberExample[]> {
+  const prefix = input.suiteKey.replace(/[^/]*$/, '');
+  return Promise.all(
+    picked.map(async ({ image, ...e }) => {
+      const imageKey = `${prefix}amber-examples/${e.id.replace(/[^\w.-]/g, '_')}.jpg`;
+      await deps.storage.putBuffer(input.bucket, imageKey, Buffer.from(image), 'image/jpeg');
+      return { ...e, imageKey };
+    }),
+  );
+}
+
+/**
+ * The assistant turn's opening ("ASSISTANT:"), after which the model answers: the tokens two
+ * different answers share. Not the rendering of an empty answer, whose trailing space ("ASSISTANT: ")
+ * is a token of its own that no training sequence has there (it is merged into the answer's first
+ * word), so greedy decoding after it starts from a context the model never saw.
+ */
+function assistantOpening(chat: ChatTokenizer): number[] {
+  const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }]));
+  const [yes, no] = [answer('Yes'), answer('No')];
+  let shared = 0;
+  while (shared < yes.length && yes[shared] === no[shared]) shared++;
+  return yes.slice(0, shared);
+}
+
+async function decoderFor(modelDir: string): Promise<(ids: number[]) => string> {
+  const tokenizer = new Tokenizer(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), JSON.parse(await readFile(join(modelDir, 'tokenizer_config.json'), 'utf8')));
+  return (ids: number[]) => tokenizer.decode(ids, { skip_special_tokens: true }).trim();
 }
 
 export async function generateExamples(
@@ -360,11 +475,9 @@ export async function generateExamples(
     const rows = (await readShard(deps, input.bucket, input.shard)).slice(0, input.count);
     const modelDir = await stageModel(deps, input.modelSource, isTokenizerFile);
     const chat = await ChatTokenizer.load(modelDir);
-    const tokenizer = new Tokenizer(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), JSON.parse(await readFile(join(modelDir, 'tokenizer_config.json'), 'utf8')));
-    const decode = (ids: number[]) => tokenizer.decode(ids, { skip_special_tokens: true }).trim();
+    const decode = await decoderFor(modelDir);
     const imageConfig = await loadImageProcessorConfig(modelDir).catch(() => null);
-    // The assistant turn's opening ("ASSISTANT:"), after which the model answers.
-    const opening = chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text: '' }] }])).slice(0, -1);
+    const opening = assistantOpening(chat);
     const models = await loadModels(deps, input);
     try {
       const out: GeneratedExample[] = [];
@@ -411,16 +524,25 @@ export async function finishEvaluation(
     engineReason?: string;
     notComputed?: string[];
     preference: Array<{ base: PreferenceCounts; trained: PreferenceCounts }>;
-    amber: Array<{ base: AmberCounts; trained: AmberCounts }> | null;
+    amber: AmberShardResult[] | null;
     generations: GeneratedExample[];
   },
 ): Promise<EvaluateResult> {
+  const amber = input.amber ?? [];
+  const generative = amber.filter((a) => a.generative);
+  const short = amber.filter((a) => a.shortAnswers);
+  const genSum = (side: 'base' | 'trained') => generative.map((a) => a.generative![side]).reduce<GenerativeCounts>(addGenerativeCounts, emptyGenerativeCounts());
+  const shortSum = (side: 'base' | 'trained') => short.map((a) => a.shortAnswers![side]).reduce<ShortAnswerCounts>(addShortAnswerCounts, emptyShortAnswerCounts());
+  const amberExamples = amber.flatMap((a) => a.examples ?? []);
   const sum = (side: 'base' | 'trained') => input.preference.map((p) => p[side]).reduce(addPreferenceCounts, emptyPreferenceCounts());
   const amberSum = (side: 'base' | 'trained') => input.amber!.map((p) => p[side]).reduce(addAmberCounts, {});
   const result: EvaluateResult = {
     base: preferenceMetrics(sum('base')),
     trained: preferenceMetrics(sum('trained')),
     ...(input.amber && { amber: { base: amberMetrics(amberSum('base')), trained: amberMetrics(amberSum('trained')) } }),
+    ...(generative.length && { generative: { base: generativeMetrics(genSum('base')), trained: generativeMetrics(genSum('trained')) } }),
+    ...(short.length && { shortAnswers: { base: shortAnswerMetrics(shortSum('base')), trained: shortAnswerMetrics(shortSum('trained')) } }),
+    ...(amberExamples.length && { amberExamples }),
     generations: input.generations,
     metricsKey: keys.evalMetrics(input.runId, input.stageId),
     adapter: input.adapter,

@@ -12,7 +12,7 @@
 import type { EvalMetrics, YesNoMetrics } from '../../contracts/evalMetrics.js';
 import { keys } from '../../contracts/keys.js';
 import { attemptCells } from '../../contracts/attempts.js';
-import type { EvaluateResult, GeneratedExample, ReportInput, ReportResult } from '../../contracts/payloads.js';
+import type { AmberExample, EvaluateResult, GeneratedExample, ReportInput, ReportResult } from '../../contracts/payloads.js';
 import { lineChartSvg, svgToPng, type Series } from './charts.js';
 import { renderSweepTable } from '../../contracts/sweep.js';
 import { describeTracking } from '../../contracts/tracking.js';
@@ -70,7 +70,7 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
   // Images of the greedy examples, embedded in the HTML (small thumbnails).
   const images: Record<string, string> = {};
   for (const e of Object.values(input.evaluations)) {
-    for (const g of e.generations ?? []) {
+    for (const g of [...(e.generations ?? []), ...(e.amberExamples ?? [])]) {
       if (g.imageKey && (await storage.exists(input.bucket, g.imageKey))) {
         images[g.imageKey] = `data:image/jpeg;base64,${(await storage.getBuffer(input.bucket, g.imageKey)).toString('base64')}`;
       }
@@ -189,8 +189,35 @@ function evaluationRows(evaluations: ReportInput['evaluations']): { header: stri
       ]);
     }
   }
+  // AMBER's generative half and the greedy short answers, where the suite had them.
+  const extra: Array<[string, (e: EvaluateResult, side: 'base' | 'trained') => number | undefined]> = [
+    ['greedy short answers correct', (e, side) => e.shortAnswers?.[side].short_answer_accuracy],
+    ['CHAIR of greedy descriptions (lower is better)', (e, side) => e.generative?.[side].chair],
+    ['Cover of greedy descriptions', (e, side) => e.generative?.[side].cover],
+    ['Hal: descriptions naming an absent object', (e, side) => e.generative?.[side].hal],
+  ];
+  for (const [name, get] of extra) {
+    const b = get(base, 'base');
+    if (b === undefined) continue;
+    rows.push([
+      name,
+      pct(b),
+      ...entries.flatMap(([, e]) => {
+        const t = get(e, 'trained');
+        const eb = get(e, 'base');
+        return t !== undefined && eb !== undefined ? [pct(t), signedPct(t - eb)] : ['', ''];
+      }),
+    ]);
+  }
   return { header, rows };
 }
+
+/** The seed's visual examples: suite items that base and DPO answered differently. */
+function exampleRows(input: ReportInput): Array<{ stage: string; x: AmberExample }> {
+  return Object.entries(input.evaluations).flatMap(([stage, e]) => (e.amberExamples ?? []).map((x) => ({ stage, x })));
+}
+
+const EXAMPLES_HEADER = ['image', 'question', 'truth', 'base answer', 'DPO answer'];
 
 /** AMBER per question kind, one table per evaluation: accuracy, precision, recall, F1, base vs DPO. */
 function amberRows(e: ReportInput['evaluations'][string]): { header: string[]; rows: string[][] } {
@@ -299,6 +326,7 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
   const evaluations = Object.entries(input.evaluations);
   const anyEval = evaluations[0]?.[1];
   const generations = generationRows(input);
+  const examples = exampleRows(input);
   const lines = [
     `# DPO run ${input.runId}`,
     '',
@@ -310,8 +338,18 @@ function renderMarkdown({ input, charts, prefix }: ReportView): string {
     '',
     ...evaluationTable(input.evaluations),
     '',
-    'AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class (a hallucinating model answers "Yes" to things that are not there).',
+    'AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class (a hallucinating model answers "Yes" to things that are not there). Greedy short answers: the generated answer opens with the right "Yes" or "No". CHAIR: the share of the objects a greedy description names that are not in the image (Cover: the share of the image\'s objects it names; Hal: descriptions naming any absent object).',
     '',
+    ...(examples.length
+      ? [
+          '## Examples: base vs DPO',
+          '',
+          `| ${EXAMPLES_HEADER.join(' | ')} |`,
+          '| --- | --- | --- | --- | --- |',
+          ...examples.map(({ x }) => `| ${x.imageKey ? `![${x.id}](${relativeKey(prefix, x.imageKey)})` : ''} | ${mdCell(x.question)} | ${mdCell(x.truth)} | ${mdCell(x.base)} | ${mdCell(x.trained)} |`),
+          '',
+        ]
+      : []),
     ...amberMarkdown(input.evaluations),
     ...evaluations.map(([id, e]) => `- ${id}: adapter \`${e.adapter}\`, metrics \`${s3(e.metricsKey)}\``),
     '',
@@ -376,7 +414,23 @@ function renderHtml({ input, charts, prefix, images }: ReportView): string {
     `<p>model <code>${h(input.config.model.source)}</code>${input.modelRevision ? ` at commit <code>${h(input.modelRevision)}</code>` : ''}, dataset <code>${h(input.config.dataset.source)}</code></p>`,
     '<h2>Evaluation: base vs DPO</h2>',
     rows.length ? htmlTable(header, rows) : '<p>(no evaluation)</p>',
-    '<p>AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class.</p>',
+    '<p>AMBER-style yes/no questions: the answer is the more probable of the "Yes" and "No" tokens; precision, recall and F1 take "No" as the positive class. Greedy short answers: the generated answer opens with the right "Yes" or "No". CHAIR: the share of the objects a greedy description names that are not in the image.</p>',
+    ...(exampleRows(input).length
+      ? [
+          '<h2>Examples: base vs DPO</h2>',
+          htmlTable(
+            EXAMPLES_HEADER,
+            exampleRows(input).map(({ x }) => [
+              x.imageKey && images[x.imageKey] ? `<img src="${images[x.imageKey]}" alt="${h(x.id)}" width="96">` : '',
+              h(x.question),
+              h(x.truth),
+              h(x.base),
+              h(x.trained),
+            ]),
+            true,
+          ),
+        ]
+      : []),
     ...Object.entries(input.evaluations).flatMap(([id, e]) => {
       const amber = amberRows(e);
       return amber.rows.length ? [`<h3>AMBER-style yes/no suite (${h(id)})</h3>`, htmlTable(amber.header, amber.rows)] : [];

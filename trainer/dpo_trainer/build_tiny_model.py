@@ -60,6 +60,9 @@ SHAPES = ["circle", "square", "triangle"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 COUNT_WORDS = ["one", "two", "three"]
 COLUMNS = ["left", "center", "right"]
+# The demo story's words (datagen/demoStory.ts and datagen/amber.ts on the Node side).
+NEVER_DRAWN = ["dog", "car", "cat", "tree", "person"]
+STORY_COUNT_WORDS = ["one", "two", "three", "four"]
 
 # Filler text so that the BPE also has merges for ordinary English, not only the demo sentences.
 GENERAL_TEXT = """\
@@ -83,9 +86,30 @@ def demo_corpus() -> list[str]:
             lines.append(f"The {shape} is on the {column}.")
     for word in COUNT_WORDS:
         lines.append(f"USER: How many shapes are in the image? ASSISTANT: I count {word}.")
+    lines.extend(story_corpus())
     # Repeating the task sentences makes their words win the merges, so every shape, colour,
     # number and column is a single token, as it would be in a real model's vocabulary.
     return lines * 10 + [GENERAL_TEXT]
+
+
+def story_corpus() -> list[str]:
+    """The demo story's sentence templates: descriptions, yes/no answers, counts of objects."""
+    article = lambda word: "an" if word[0] in "aeiou" else "a"  # noqa: E731
+    lines = ["USER: Describe the image. ASSISTANT: ", "USER: How many objects are in the image? ASSISTANT: "]
+    lines += [f"I count {word}." for word in STORY_COUNT_WORDS]
+    for thing in SHAPES + NEVER_DRAWN:
+        lines.append(f"USER: Is there {article(thing)} {thing} in the image? ASSISTANT: ")
+        lines.append(f"Yes, there is {article(thing)} {thing}. No, there is no {thing}.")
+        lines.append(f"ASSISTANT: {article(thing).capitalize()} {thing} and {article(thing)} {thing}.")
+    for shape in SHAPES:
+        for colour in COLOURS:
+            lines.append(f"USER: Is the {shape} {colour}? ASSISTANT: Yes, the {shape} is {colour}. No, the {shape} is {colour}.")
+            lines.append(f"ASSISTANT: {article(colour).capitalize()} {colour} {shape} and {article(colour)} {colour} {shape}.")
+        for other in SHAPES:
+            for side in ("left", "right"):
+                lines.append(f"USER: Is the {shape} to the {side} of the {other}? ASSISTANT: ")
+                lines.append(f"Yes, the {shape} is to the {side} of the {other}. No, the {shape} is not to the {side} of the {other}.")
+    return lines
 
 
 @dataclass(frozen=True)
