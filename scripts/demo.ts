@@ -4,13 +4,14 @@
  * dpoPipeline on configs/demo.yaml with live progress, and the base-vs-DPO table at the end.
  */
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { depsFromEnv } from '../io/deps.js';
 import { connectClient, describeFailure, followPipeline, loadConfigFile, startPipeline } from '../cli/runPipeline.js';
 import { renderSummary, webUiUrl } from '../cli/summary.js';
 import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from '../worker/createWorkers.js';
-import { DEMO_STORY, ensureStoryDatasets, ensureTinyModel, publishFolder } from './assets.js';
+import { DEMO_STORY, ensureStoryDatasets, ensureTinyModel, publishFolder, type TinyArch } from './assets.js';
 import { stackUp } from './localStack.js';
 
 const say = (line: string) => console.log(`demo: ${line}`);
@@ -18,13 +19,30 @@ const say = (line: string) => console.log(`demo: ${line}`);
 Runtime.install({ logger: new DefaultLogger('WARN') });
 const started = Date.now();
 
+// `npm run demo -- [--family ARCH] [config]`: the same story on a tiny model of another family.
+const { values: args, positionals } = parseArgs({ allowPositionals: true, options: { family: { type: 'string', default: 'llava' } } });
+const FAMILIES = ['llava', 'llava_next', 'qwen2_5_vl', 'qwen3_vl', 'gemma3'] as const satisfies readonly TinyArch[];
+const family = args.family as TinyArch;
+if (!(FAMILIES as readonly string[]).includes(family)) {
+  console.error(`demo: --family must be one of ${FAMILIES.join(', ')} (got "${args.family}")`);
+  process.exit(2);
+}
+
 await stackUp(say);
 const deps = depsFromEnv();
-const { raw, config } = await loadConfigFile(process.argv[2] ?? 'configs/demo.yaml');
+const loaded = await loadConfigFile(positionals[0] ?? 'configs/demo.yaml');
+let { raw, config } = loaded;
 
-say('building the tiny random-init LLaVA (cached after the first time)...');
-const modelDir = await ensureTinyModel();
-await publishFolder(deps.storage, 'dpo', 'models/tiny-llava-demo/', modelDir);
+say(`building the tiny random-init ${family === 'llava' ? 'LLaVA' : family} (cached after the first time)...`);
+const modelDir = await ensureTinyModel(0, family);
+const modelPrefix = family === 'llava' ? 'models/tiny-llava-demo/' : `models/tiny-${family.replace(/_/g, '-')}-demo/`;
+const modelSource = await publishFolder(deps.storage, 'dpo', modelPrefix, modelDir);
+// Another family trains the same data from its own tiny model, under its own run name.
+if (family !== 'llava') {
+  const override = { name: `${config.name}-${family.replace(/_/g, '-')}`, model: { ...config.model, source: modelSource } };
+  raw = { ...(raw as object), ...override };
+  config = { ...config, ...override };
+}
 say('generating the SFT set, the preference pairs (RLAIF-V layout) and the AMBER-style suite (cached after the first time)...');
 const story = await ensureStoryDatasets(DEMO_STORY);
 await publishFolder(deps.storage, 'dpo', 'datasets/demo-story-sft/', join(story.dir, 'sft'), story.version);
