@@ -123,7 +123,8 @@ def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Pat
             ref, _ = completion_logps(model, batch)
     ours = pair_losses(PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref), LossSettings(beta=beta)).mean()
     collator = DataCollatorForVisionPreference(processor)
-    inputs = collator([{"images": [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows])
+    # A row's images for TRL: `_images` where a row has several, else its one `image`.
+    inputs = collator([{"images": r.get("_images") or [Image.open(io.BytesIO(r["image"])).convert("RGB")], **r["_trl"]} for r in rows])
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
     trainer = object.__new__(DPOTrainer)
@@ -138,3 +139,60 @@ def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Pat
     with torch.no_grad():
         theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     return LossComparison(ours.item(), theirs.item(), batch, inputs, policy, model)
+
+
+# -- what every family's trainer test checks the same way --------------------------------------
+# `config(output_dir, **overrides)` makes the family's train config; `reference` is the result of
+# an uninterrupted run of `config(...)` (4 steps, checkpoints every 2).
+
+
+def check_crash_then_resume_is_bitwise(config, reference, tmp_path: Path) -> None:
+    """A crash at step 3, resumed from the step-2 checkpoint: the same metrics and adapter bytes."""
+    import torch
+
+    from conftest import adapter_tensors, run_train
+
+    crashed = run_train(config(tmp_path), env={"DPO_FAULT_CRASH_AT_STEP": "3"})
+    assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
+    resumed = run_train(config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002")))
+    assert resumed.exit_code == 0, resumed.last
+    assert [e["metrics"] for e in resumed.of("step")] == [e["metrics"] for e in reference.of("step")[2:]]
+    final, expected = adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"])
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def check_oom_backoff_keeps_the_effective_batch(config, reference, tmp_path: Path) -> None:
+    """OOM above micro-batch 1: backed off to 1 x 4, within float noise of the reference adapter."""
+    from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
+
+    result = run_train(config(tmp_path), env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "1"})
+    assert result.exit_code == 0, result.last
+    assert [(e["micro_batch"], e["grad_accum"]) for e in result.of("oom_backoff")] == [(1, 4)]
+    distance = adapter_distance(adapter_tensors(result.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < adapter_distance_bound(config(tmp_path / "bound"), reference)
+
+
+def check_precomputed_reference_gives_the_same_losses(config, reference, model_dir: Path, shards: list[Path], tmp_path: Path) -> None:
+    """Reference log-probs scored once (batch 5, other padding) give the per-step losses to 1e-5."""
+    import pytest
+
+    from conftest import run_train
+    from test_reference import run_reference
+
+    scored = run_reference({"model_dir": str(model_dir), "shards": [str(p) for p in shards],
+                            "output_dir": str(tmp_path / "ref"), "batch_size": 5})
+    assert scored.exit_code == 0, scored.last
+    ref_file = str(Path(scored.last["path"]) / "ref_logps.parquet")
+    result = run_train(config(tmp_path / "out", precompute_ref_log_probs=True, ref_log_probs_files=[ref_file]))
+    assert result.exit_code == 0, result.last
+    for a, b in zip(result.of("step"), reference.of("step"), strict=True):
+        for name in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
+            assert a["metrics"][name] == pytest.approx(b["metrics"][name], abs=1e-5), name
+
+
+def tiny_qwen(model_type: str, folder: Path) -> Path:
+    """The tiny random-init model of a Qwen2-VL-family model_type (qwen2_5_vl, qwen3_vl)."""
+    from dpo_trainer import build_tiny_model
+
+    build = {"qwen2_5_vl": build_tiny_model.write_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_model.write_tiny_qwen3_vl}[model_type]
+    return build(folder / f"tiny-{model_type}", seed=0)

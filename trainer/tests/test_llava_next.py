@@ -7,7 +7,7 @@ from which the model counts the tiles and removes the letterbox; the prompt hold
 `<image>` tokens as that leaves features. The shard's images have different sizes, so every
 batch mixes tile counts and the collate must pad them. Checked: the DPO loss equals TRL's (its
 own vision collator and `_compute_loss` on the same model and LoRA weights), LoRA reaches tower,
-projector and language model, resume is bitwise exact, OOM backoff keeps the numbers, a prompt
+projector and language model, resume is bitwise exact, OOM backoff keeps the numbers, precomputed reference log-probs give the same losses, a prompt
 with the wrong image-token count is refused by name before step 1, PyTorch scoring works and the
 ONNX export is refused up front.
 """
@@ -24,8 +24,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from family_kit import compare_with_trl, lora_train_config, processor_rows, two_shards, write_rows
+from conftest import adapter_tensors, run_train
+from family_kit import (
+    check_crash_then_resume_is_bitwise,
+    check_oom_backoff_keeps_the_effective_batch,
+    check_precomputed_reference_gives_the_same_losses,
+    compare_with_trl,
+    lora_train_config,
+    processor_rows,
+    two_shards,
+    write_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +112,15 @@ def test_lora_reaches_tower_projector_and_language_model(reference_run):
 
 
 def test_crash_then_resume_is_bitwise_exact(reference_run, config, tmp_path):
-    crashed = run_train(config(tmp_path), env={"DPO_FAULT_CRASH_AT_STEP": "3"})
-    assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
-    resumed = run_train(config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002")))
-    assert resumed.exit_code == 0, resumed.last
-    assert [e["metrics"] for e in resumed.of("step")] == [e["metrics"] for e in reference_run.of("step")[2:]]
-    final, expected = adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference_run.last["adapter_path"])
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    check_crash_then_resume_is_bitwise(config, reference_run, tmp_path)
 
 
 def test_oom_backoff_keeps_the_effective_batch(reference_run, config, tmp_path):
-    result = run_train(config(tmp_path), env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "1"})
-    assert result.exit_code == 0, result.last
-    assert [(e["micro_batch"], e["grad_accum"]) for e in result.of("oom_backoff")] == [(1, 4)]
-    reference_config = config(tmp_path / "unused")
-    distance = adapter_distance(adapter_tensors(result.last["adapter_path"]), adapter_tensors(reference_run.last["adapter_path"]))
-    assert distance < adapter_distance_bound(reference_config, reference_run)
+    check_oom_backoff_keeps_the_effective_batch(config, reference_run, tmp_path)
+
+
+def test_precomputed_reference_gives_the_same_losses(reference_run, config, model_dir, shards, tmp_path):
+    check_precomputed_reference_gives_the_same_losses(config, reference_run, model_dir, shards, tmp_path)
 
 
 def test_image_tokens_that_do_not_fit_the_image_are_refused(config, shards, processor, tmp_path):

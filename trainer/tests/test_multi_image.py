@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ from PIL import Image
 
 from conftest import run_train
 from demo_data import SHARD_SCHEMA, generate_pairs
-from family_kit import SIZES, lora_train_config, sized_jpeg
+from family_kit import SIZES, compare_with_trl, lora_train_config, sized_jpeg, tiny_qwen
 
 MULTI_SCHEMA = SHARD_SCHEMA.append(pa.field("extra_images", pa.list_(pa.binary())))
 
@@ -33,10 +32,7 @@ def model_type(request) -> str:
 
 @pytest.fixture(scope="module")
 def qwen_model_dir(model_type, tmp_path_factory) -> Path:
-    from dpo_trainer import build_tiny_model
-
-    build = {"qwen2_5_vl": build_tiny_model.write_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_model.write_tiny_qwen3_vl}[model_type]
-    return build(tmp_path_factory.mktemp(model_type) / f"tiny-{model_type}", seed=0)
+    return tiny_qwen(model_type, tmp_path_factory.mktemp(model_type))
 
 
 @pytest.fixture(scope="module")
@@ -99,53 +95,12 @@ def test_collate_concatenates_every_images_patches_in_order(qwen_model_dir, proc
 
 def test_loss_equals_trls_with_two_images_per_prompt(qwen_model_dir, processor, tmp_path):
     pytest.importorskip("trl")
-    from accelerate import Accelerator
-    from trl import DPOConfig, DPOTrainer
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
-    from trl.trainer.utils import add_fused_lm_head
-
-    from dpo_trainer.config import LoraSettings
-    from dpo_trainer.data import PixelCache, collate
-    from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
-    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
-
-    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    beta = 0.1
-    rows = multi_rows(processor, 4, seed=9)
-
-    batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
-    with torch.no_grad():
-        policy, lengths = completion_logps(model, batch)
-        with model.disable_adapter():
-            ref, _ = completion_logps(model, batch)
-    ours = pair_losses(PairLogps.from_rows(SequenceLogps(policy, policy, lengths), ref), LossSettings(beta=beta)).mean()
-
-    collator = DataCollatorForVisionPreference(processor)
-    inputs = collator([{"images": r["_images"], **r["_trl"]} for r in rows])
-    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
-    args = DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=beta, loss_type=["sigmoid"])
-    trainer = object.__new__(DPOTrainer)
-    trainer.args, trainer.accelerator, trainer.model, trainer.ref_model = args, Accelerator(cpu=True), model, None
-    trainer.beta, trainer.precompute_ref_logps, trainer.loss_types = beta, False, args.loss_type
-    trainer.loss_weights = [1.0]
-    trainer.ld_alpha, trainer.f_divergence_type = args.ld_alpha, args.f_divergence_type
-    trainer.f_alpha_divergence_coef, trainer.label_smoothing = args.f_alpha_divergence_coef, args.label_smoothing
-    trainer.use_weighting, trainer.aux_loss_enabled = args.use_weighting, False
-    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    trainer._total_train_tokens, trainer._tp_size = 0, 1
-    with torch.no_grad():
-        theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    result = compare_with_trl(qwen_model_dir, processor, multi_rows(processor, 4, seed=9), tmp_path)
+    batch, inputs = result.batch, result.inputs
     assert torch.equal(inputs["image_grid_thw"], batch.image_grid_thw)
     assert torch.equal(inputs["input_ids"][inputs["attention_mask"].bool()], batch.input_ids[batch.attention_mask.bool()])
-    assert abs(ours.item() - math.log(2)) > 1e-3, "policy and reference should differ"
-    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    assert abs(result.ours - math.log(2)) > 1e-3, "policy and reference should differ"
+    assert result.ours == pytest.approx(result.theirs, abs=1e-5)
 
 
 def test_trains_on_mixed_one_and_two_image_shards(qwen_model_dir, processor, tmp_path):

@@ -25,8 +25,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from family_kit import compare_with_trl, lora_train_config, processor_rows, two_shards, write_rows
+from conftest import adapter_tensors, run_train
+from family_kit import (
+    check_crash_then_resume_is_bitwise,
+    check_oom_backoff_keeps_the_effective_batch,
+    check_precomputed_reference_gives_the_same_losses,
+    compare_with_trl,
+    lora_train_config,
+    processor_rows,
+    tiny_qwen,
+    two_shards,
+    write_rows,
+)
 
 
 def qwen_rows(processor, n: int, seed: int) -> list[dict]:
@@ -44,10 +54,7 @@ def model_type(request) -> str:
 
 @pytest.fixture(scope="module")
 def qwen_model_dir(model_type, tmp_path_factory) -> Path:
-    from dpo_trainer import build_tiny_model
-
-    build = {"qwen2_5_vl": build_tiny_model.write_tiny_qwen2_5_vl, "qwen3_vl": build_tiny_model.write_tiny_qwen3_vl}[model_type]
-    return build(tmp_path_factory.mktemp(model_type) / f"tiny-{model_type}", seed=0)
+    return tiny_qwen(model_type, tmp_path_factory.mktemp(model_type))
 
 
 @pytest.fixture(scope="module")
@@ -129,37 +136,15 @@ def test_lora_reaches_the_vision_tower_and_merger(qwen_reference_run, model_type
 
 
 def test_crash_then_resume_is_bitwise_exact(qwen_reference_run, qwen_config, tmp_path):
-    _, reference = qwen_reference_run
-    crashed = run_train(qwen_config(tmp_path), env={"DPO_FAULT_CRASH_AT_STEP": "3"})
-    assert crashed.exit_code == 1 and crashed.last["error_type"] == "Crash"
-    resumed = run_train(qwen_config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002")))
-    assert resumed.exit_code == 0, resumed.last
-    assert [e["metrics"] for e in resumed.of("step")] == [e["metrics"] for e in reference.of("step")[2:]]
-    final, expected = adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"])
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    check_crash_then_resume_is_bitwise(qwen_config, qwen_reference_run[1], tmp_path)
 
 
 def test_oom_backoff_keeps_the_effective_batch(qwen_reference_run, qwen_config, tmp_path):
-    reference_config, reference = qwen_reference_run
-    result = run_train(qwen_config(tmp_path), env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "1"})
-    assert result.exit_code == 0, result.last
-    assert [(e["micro_batch"], e["grad_accum"]) for e in result.of("oom_backoff")] == [(1, 4)]
-    distance = adapter_distance(adapter_tensors(result.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
-    assert distance < adapter_distance_bound(reference_config, reference)
+    check_oom_backoff_keeps_the_effective_batch(qwen_config, qwen_reference_run[1], tmp_path)
 
 
 def test_precomputed_reference_gives_the_same_losses(qwen_reference_run, qwen_config, qwen_model_dir, qwen_shards, tmp_path):
-    from test_reference import run_reference
-
-    reference = run_reference({"model_dir": str(qwen_model_dir), "shards": [str(p) for p in qwen_shards],
-                               "output_dir": str(tmp_path / "ref"), "batch_size": 5})
-    assert reference.exit_code == 0, reference.last
-    ref_file = str(Path(reference.last["path"]) / "ref_logps.parquet")
-    result = run_train(qwen_config(tmp_path / "out", precompute_ref_log_probs=True, ref_log_probs_files=[ref_file]))
-    assert result.exit_code == 0, result.last
-    for a, b in zip(result.of("step"), qwen_reference_run[1].of("step"), strict=True):
-        for name in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen"):
-            assert a["metrics"][name] == pytest.approx(b["metrics"][name], abs=1e-5), name
+    check_precomputed_reference_gives_the_same_losses(qwen_config, qwen_reference_run[1], qwen_model_dir, qwen_shards, tmp_path)
 
 
 def test_image_tokens_that_do_not_fit_the_image_are_refused(qwen_config, qwen_shards, processor, tmp_path):
