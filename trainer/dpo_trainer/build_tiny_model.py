@@ -182,34 +182,48 @@ def build_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def build_model(size: TinyLlavaSize, tokenizer, seed: int):
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+def clip_vision_config(size: TinyLlavaSize | TinyLlavaNextSize, image_size: int):
+    """The tiny CLIP vision tower of the LLaVA families (MLP twice the width, as CLIP's)."""
+    from transformers import CLIPVisionConfig
 
-    vision_config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=size.vision_hidden,
         intermediate_size=size.vision_hidden * 2,
         num_hidden_layers=size.vision_layers,
         num_attention_heads=size.vision_heads,
-        image_size=size.image_size,
+        image_size=image_size,
         patch_size=size.patch_size,
         projection_dim=size.vision_hidden,
         initializer_range=size.initializer_range,
     )
-    text_config = LlamaConfig(
+
+
+def llama_text_config(size: TinyLlavaSize | TinyLlavaNextSize, tokenizer, max_positions: int):
+    """The tiny Llama language model of the LLaVA families, with the demo tokenizer's ids."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.text_hidden,
         intermediate_size=size.text_hidden * 2,
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
         num_key_value_heads=size.text_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         initializer_range=size.initializer_range,
     )
+
+
+def build_model(size: TinyLlavaSize, tokenizer, seed: int):
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    vision_config = clip_vision_config(size, size.image_size)
+    text_config = llama_text_config(size, tokenizer, max_positions=512)
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -315,13 +329,7 @@ def write_tiny_llava_next(out: Path, seed: int = 0, size: TinyLlavaNextSize | No
     """A tiny random-init LLaVA-NeXT folder (LlavaNextForConditionalGeneration: CLIP tower, MLP
     projector, learned image-newline vector, Llama), with LlavaNextProcessor and the Mistral template."""
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextProcessor,
-    )
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     size = size or TinyLlavaNextSize()
@@ -329,17 +337,8 @@ def write_tiny_llava_next(out: Path, seed: int = 0, size: TinyLlavaNextSize | No
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(size.vocab_size)
-    vision = CLIPVisionConfig(
-        hidden_size=size.vision_hidden, intermediate_size=size.vision_hidden * 2, num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads, image_size=size.tile, patch_size=size.patch_size,
-        projection_dim=size.vision_hidden, initializer_range=size.initializer_range,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=size.text_hidden * 2,
-        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, num_key_value_heads=size.text_heads,
-        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=size.initializer_range,
-    )
+    vision = clip_vision_config(size, size.tile)
+    text = llama_text_config(size, tokenizer, max_positions=2048)
     config = LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=[list(p) for p in size.pinpoints],
