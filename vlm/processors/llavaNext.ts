@@ -7,7 +7,7 @@
  * `_get_number_of_features`), minus the CLS feature under vision_feature_select_strategy
  * "default". The count depends on the image's size, so expansion needs each image's size.
  */
-import type { FamilySpec, ImageSize, Json } from './types.js';
+import { expandPerImage, type FamilySpec, type ImageSize, type Json } from './types.js';
 
 export interface LlavaNextSettings {
   /** (height, width) pairs the image may be fitted into. */
@@ -87,13 +87,7 @@ export const llavaNext: FamilySpec = {
       imageTokensFor: tokensFor,
       imageBlockTokens: [imageToken],
       chatTurns: 'prompt-prefix',
-      expandPrompt(prompt, images) {
-        const parts = prompt.split(imageToken);
-        if (!images || images.length !== parts.length - 1) {
-          throw new Error(`LLaVA-NeXT prompt has ${parts.length - 1} ${imageToken} placeholders but ${images?.length ?? 0} image sizes were given`);
-        }
-        return parts.reduce((text, part, i) => text + imageToken.repeat(tokensFor(images[i - 1]!)) + part);
-      },
+      expandPrompt: (prompt, images) => expandPerImage('LLaVA-NeXT', prompt, imageToken, images, tokensFor),
     };
   },
 };

@@ -7,7 +7,7 @@
  * image's size, so expansion needs each image's width and height (Qwen2VLProcessor).
  */
 import { roundHalfEven } from '../../contracts/pythonRound.js';
-import type { FamilySpec, ImageSize, Json } from './types.js';
+import { expandPerImage, type FamilySpec, type ImageSize, type Json } from './types.js';
 
 export interface QwenVisionSettings {
   patchSize: number;
@@ -85,13 +85,7 @@ export const qwen2vl: FamilySpec = {
       chatTurns: 'prompt-prefix',
       // Flat pixel layout: every image's patches concatenated, one grid per image.
       multiImage: true,
-      expandPrompt(prompt, images) {
-        const parts = prompt.split(imageToken);
-        if (!images || images.length !== parts.length - 1) {
-          throw new Error(`Qwen2-VL prompt has ${parts.length - 1} ${imageToken} placeholders but ${images?.length ?? 0} image sizes were given`);
-        }
-        return parts.reduce((text, part, i) => text + imageToken.repeat(tokensFor(images[i - 1]!)) + part);
-      },
+      expandPrompt: (prompt, images) => expandPerImage('Qwen2-VL', prompt, imageToken, images, tokensFor),
     };
   },
 };

@@ -68,3 +68,15 @@ export interface FamilySpec {
 export function replaceAll(text: string, search: string, replacement: string): string {
   return text.split(search).join(replacement);
 }
+
+/**
+ * Expands each placeholder to its own image's token count, for families whose count depends on
+ * the image's size; `images` holds one size per placeholder, in order.
+ */
+export function expandPerImage(family: string, prompt: string, imageToken: string, images: ImageSize[] | undefined, tokensFor: (size: ImageSize) => number): string {
+  const parts = prompt.split(imageToken);
+  if (!images || images.length !== parts.length - 1) {
+    throw new Error(`${family} prompt has ${parts.length - 1} ${imageToken} placeholders but ${images?.length ?? 0} image sizes were given`);
+  }
+  return parts.reduce((text, part, i) => text + imageToken.repeat(tokensFor(images[i - 1]!)) + part);
+}
