@@ -27,17 +27,25 @@ export class EngineChoiceError extends Error {
   override name = 'EngineChoiceError';
 }
 
-/** `field` names the setting in errors: `evaluate.engine`, or the stage's params override. */
-export function chooseEvalEngine(setting: EvalEngineSetting, modelType: string, field = 'evaluate.engine'): EngineChoice {
-  const refused = unexportableFamily(modelType);
+/**
+ * `field` names the setting in errors: `evaluate.engine`, or the stage's params override.
+ * `imagesPerRow` is the most images a held-out row holds: the ONNX graphs take one per row.
+ */
+export function chooseEvalEngine(setting: EvalEngineSetting, modelType: string, field = 'evaluate.engine', imagesPerRow = 1): EngineChoice {
+  const family = unexportableFamily(modelType);
+  const refused = family
+    ? { what: family.family, why: `cannot be exported to ONNX: ${family.reason}` }
+    : imagesPerRow > 1
+      ? { what: `held-out rows with ${imagesPerRow} images`, why: 'cannot be scored through ONNX: the exported graphs take one image per row' }
+      : null;
   if (setting === 'pytorch') return { engine: 'pytorch', reason: `${field} is pytorch` };
   if (refused === null) return { engine: 'onnxruntime-node', reason: setting === 'onnx' ? `${field} is onnx` : `${modelType || 'the model'} exports to ONNX` };
   if (setting === 'onnx') {
     throw new EngineChoiceError(
-      `${field}: onnx cannot score ${refused.family} (model_type "${modelType}"): ${refused.reason}; use auto or pytorch`,
+      `${field}: onnx cannot score ${refused.what} (model_type "${modelType}"): ${refused.what} ${refused.why}; use auto or pytorch`,
     );
   }
-  return { engine: 'pytorch', reason: `${refused.family} cannot be exported to ONNX: ${refused.reason}` };
+  return { engine: 'pytorch', reason: `${refused.what} ${refused.why}` };
 }
 
 /** Metrics the pytorch engine does not compute, with the reason, given the stage's settings. */

@@ -23,7 +23,13 @@ export interface ShardEntry {
 }
 
 export interface ShardManifest extends StageManifestBase {
-  splits: Record<string, { rows: number; tokens: number; shards: ShardEntry[] }>;
+  splits: Record<string, {
+    rows: number;
+    tokens: number;
+    shards: ShardEntry[];
+    /** The most images one row holds (absent in manifests written before it: one). */
+    maxImagesPerRow?: number;
+  }>;
 }
 
 export interface ReferenceManifest extends StageManifestBase {

@@ -16,11 +16,13 @@ import type { Storage } from './storage.js';
 export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   download: 2,
   // 4: parts hold `extra_images` (a row's images after the first).
-  format: 4,
+  // 5: LLaVA, LLaVA-NeXT and Gemma 3 keep rows with several images.
+  format: 5,
   // 3: token parts hold no images; shard takes them from the format parts.
   tokenize: 3,
   // 4: shards hold `extra_images`.
-  shard: 4,
+  // 5: each split records its most images per row (the evaluate engine's choice reads it).
+  shard: 5,
   reference: 1,
   export: 1,
 };

@@ -34,6 +34,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
     let pendingRows = 0;
     let pendingBytes = 0;
     let pendingTokens = 0;
+    let maxImagesPerRow = 0;
     const flush = async () => {
       if (!pendingRows) return;
       const table = new arrow.Table(pending.flatMap((t) => t.batches));
@@ -61,6 +62,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
         part.formatKey,
       );
       const sizes = rowSizes(table);
+      maxImagesPerRow = sizes.images.reduce((most, n) => Math.max(most, n), maxImagesPerRow);
       let start = 0;
       for (let i = 0; i < table.numRows; i++) {
         const full = pendingRows + (i - start) >= input.shard.samples_per_shard;
@@ -82,6 +84,7 @@ export async function shardDataset(deps: ActivityDeps, input: ShardInput): Promi
       rows: shards.reduce((a, s) => a + s.rows, 0),
       tokens: shards.reduce((a, s) => a + s.tokens, 0),
       shards,
+      maxImagesPerRow,
     };
   }
   const summary: Record<string, number> = {};
@@ -113,8 +116,8 @@ function withImages(tokens: arrow.Table, formatted: arrow.Table, formatKey: stri
   return new arrow.Table(columns);
 }
 
-/** Per row: tokens, and an estimate of its stored bytes (image + 4 bytes a token + id). */
-function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[] } {
+/** Per row: tokens, images, and an estimate of its stored bytes (images + 4 bytes a token + id). */
+function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[]; images: number[] } {
   const images = rowImages(table);
   const ids = table.getChild('sample_id')!;
   const lists = TOKEN_COLUMNS.map((c) => table.getChild(c)!);
@@ -126,5 +129,5 @@ function rowSizes(table: arrow.Table): { bytes: number[]; tokens: number[] } {
     tokens.push(n);
     bytes.push(images[i]!.reduce((sum, image) => sum + image.length, 0) + 4 * n + String(ids.get(i)).length);
   }
-  return { bytes, tokens };
+  return { bytes, tokens, images: images.map((row) => row.length) };
 }

@@ -83,8 +83,8 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
     const preferenceShards = split.shards.map((s) => ({ key: s.key, sha256: s.sha256, rows: s.rows }));
     const imageLongestEdge = input.imageLongestEdge ?? (await defaultImageEdge(modelDir));
 
-    // The engine follows from the model's family, before anything is exported.
-    const choice = await engineFor(modelDir, input);
+    // The engine follows from the model's family and the rows' image count, before anything is exported.
+    const choice = await engineFor(modelDir, input, split.maxImagesPerRow ?? 1);
     if (choice.engine === 'pytorch') {
       const notComputed = pytorchOmissions(input.evaluate);
       return { engine: 'pytorch', engineReason: choice.reason, notComputed, onnx: null, baseExportCached: false, preferenceShards, amber: null, imageLongestEdge };
@@ -151,7 +151,7 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
 }
 
 /** contracts/evalEngine.ts on the model folder's config.json; `evaluate.engine: onnx` on a family that cannot export is the config's error. */
-async function engineFor(modelDir: string, input: EvaluateInput): Promise<EngineChoice> {
+async function engineFor(modelDir: string, input: EvaluateInput, imagesPerRow: number): Promise<EngineChoice> {
   // A missing or broken config.json is the exporter's to report (it names the model folder).
   const text = await readFile(join(modelDir, 'config.json'), 'utf8').catch(() => '{}');
   const config = ((): { model_type?: unknown } => {
@@ -162,7 +162,7 @@ async function engineFor(modelDir: string, input: EvaluateInput): Promise<Engine
     }
   })();
   try {
-    return chooseEvalEngine(input.evaluate.engine, String(config.model_type ?? ''), input.engineField);
+    return chooseEvalEngine(input.evaluate.engine, String(config.model_type ?? ''), input.engineField, imagesPerRow);
   } catch (err) {
     if (err instanceof EngineChoiceError) throw ApplicationFailure.nonRetryable(`stage "${input.stageId}": ${err.message}`, FailureType.InvalidConfig);
     throw err;

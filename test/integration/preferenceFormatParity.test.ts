@@ -4,8 +4,8 @@
  * (test/fixtures/trl_formats.py), rendered in Python by maybe_extract_prompt +
  * prepare_multimodal_messages + maybe_apply_chat_template with the model's processor, then
  * tokenized by the processor with the thumbnails Node made. Prompt, chosen and rejected strings
- * and their token ids must be equal, for the demo's LLaVA, Qwen2.5-VL and Qwen3-VL (the two
- * also with two images per prompt).
+ * and their token ids must be equal, for the demo's LLaVA, Qwen2.5-VL and Qwen3-VL (each also
+ * with two images per prompt).
  */
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
@@ -200,11 +200,7 @@ describe('TRL preference formats: the format stage renders what TRL renders', ()
     for (const model of ['llava', 'qwen']) expect((outcomes.get(`${model} conversational_prefill`)!.out[0] as FormattedRow).prompt).toMatch(/Answer:$/);
   });
 
-  it('drops two-image rows for LLaVA, counted by reason and naming the family', () => {
-    for (const r of outcomes.get('llava two images')!.out) {
-      expect(r).toMatchObject({ reason: 'multi_image_unsupported', detail: expect.stringContaining('llava model family takes one image') });
-    }
-  });
+  it('LLaVA takes two images per prompt, each filling its own block', () => expectParity('llava two images', 2));
 
   it('drops a row whose placeholders and images differ in number, which TRL refuses', () => {
     for (const r of outcomes.get('qwen no placeholder')!.out) expect(r).toMatchObject({ reason: 'image_count_mismatch', detail: '0 image placeholders, 1 images' });

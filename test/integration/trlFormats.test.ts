@@ -7,9 +7,10 @@
  *    split), detected from the columns, held out with train[:95%] / train[95%:], trained on the
  *    demo's LLaVA, evaluated and reported (RLAIF-V's own layout is run the same way in
  *    hubDownload.test.ts);
- *  - two images per prompt on the tiny Qwen2.5-VL: both images carried by format, tokenize and
- *    shard (`extra_images`), each expanded to its own token count, the trainer's collate and the
- *    pytorch evaluator building their patches and grids.
+ *  - two images per prompt on the tiny Qwen2.5-VL and LLaVA: both images carried by format,
+ *    tokenize and shard (`extra_images`), each expanded to its own token count, the trainer's
+ *    collate and the pytorch evaluator building their patches and grids (Qwen) or stacking them
+ *    (LLaVA, whose ONNX graphs take one image a row: such held-out rows go to the pytorch engine).
  */
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp } from 'node:fs/promises';
@@ -95,27 +96,30 @@ describe("TRL's conversational format, held out from its only split", () => {
   });
 });
 
-describe('two images per prompt on Qwen2.5-VL', () => {
+describe.each([
+  { arch: 'qwen2_5_vl', name: 'Qwen2.5-VL', engineReason: 'Qwen2.5-VL cannot be exported to ONNX' },
+  { arch: 'llava', name: 'LLaVA', engineReason: 'held-out rows with 2 images cannot be scored through ONNX' },
+] as const)('two images per prompt on $name', ({ arch, engineReason }) => {
   let result: PipelineResult;
   let modelDir: string;
 
   beforeAll(async () => {
-    modelDir = await ensureTinyModel(0, 'qwen2_5_vl');
-    const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, 'models/tiny-qwen2.5-vl/', modelDir);
+    modelDir = await ensureTinyModel(0, arch);
+    const modelSource = await publishFolder(stack.deps.storage, TEST_BUCKET, `models/tiny-${arch}/`, modelDir);
     const demo = await generateRows('train', 21, 41);
-    // Each prompt compares its scene with the next one's; the last rows have one image, so a
-    // batch mixes one- and two-image rows.
+    // Each prompt compares its scene with the next one's; the first row has one image, so a
+    // batch mixes one- and two-image rows, and every held-out row has two.
     const rows = demo.map((r, i) => ({
       question: r.question,
       chosen: r.chosen,
       rejected: r.rejected,
-      images: i < 16 ? [b64(r.image.bytes), b64(demo[(i + 1) % demo.length]!.image.bytes)] : [b64(r.image.bytes)],
+      images: i > 0 ? [b64(r.image.bytes), b64(demo[(i + 1) % demo.length]!.image.bytes)] : [b64(r.image.bytes)],
     }));
     const source = await trlDataset('conversational', rows);
     result = await runPipeline(
       stack,
       dataConfig(stack, modelSource, source, {
-        name: 'trl-two-images',
+        name: `trl-two-images-${arch}`,
         dataset: { source, format: 'conversational', train_split: 'train[:80%]', eval_split: 'train[80%:]' },
         // The default thumbnail for this family: its max_pixels.
         format: {},
@@ -135,7 +139,7 @@ describe('two images per prompt on Qwen2.5-VL', () => {
     expect(shards.splits['train._80pct']!.rows).toBe(17);
     const chat = await ChatTokenizer.load(modelDir);
     const table = readParquetTable(await stack.deps.storage.getBuffer(TEST_BUCKET, shards.splits['train._80pct']!.shards[0]!.key));
-    const imagePad = chat.encodePrompt('<|image_pad|>', [{ width: 28, height: 28 }])[0];
+    const imageTokenId = chat.encodePrompt(chat.family!.imageToken, [{ width: 28, height: 28 }]).at(-1);
     let twoImageRows = 0;
     for (let i = 0; i < table.numRows; i++) {
       const extra = Array.from(table.getChild('extra_images')!.get(i) as arrow.Vector) as Uint8Array[];
@@ -147,7 +151,7 @@ describe('two images per prompt on Qwen2.5-VL', () => {
         expected += chat.imageTokensFor({ width: width!, height: height! });
       }
       const prompt = Array.from(table.getChild('prompt_input_ids')!.get(i)!.toArray() as Int32Array);
-      expect(prompt.filter((t) => t === imagePad).length).toBe(expected);
+      expect(prompt.filter((t) => t === imageTokenId).length).toBe(expected);
     }
     expect(twoImageRows).toBe(16);
   });
@@ -157,6 +161,7 @@ describe('two images per prompt on Qwen2.5-VL', () => {
     // 17 pairs / (4 x 2) = 3 optimizer steps.
     expect(result.trainings.train!.finalStep).toBe(3);
     expect(result.evaluations.evaluate!.engine).toBe('pytorch');
+    expect(result.evaluations.evaluate!.engineReason).toContain(engineReason);
     expect(result.evaluations.evaluate!.trained.samples).toBe(4);
   });
 });

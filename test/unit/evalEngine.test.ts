@@ -19,6 +19,15 @@ describe('evaluate engine choice', () => {
     expect(chooseEvalEngine('onnx', 'idefics2').engine).toBe('onnxruntime-node');
   });
 
+  it('held-out rows with several images go to pytorch under auto, and onnx refuses them by field', () => {
+    expect(chooseEvalEngine('auto', 'llava', 'evaluate.engine', 1).engine).toBe('onnxruntime-node');
+    expect(chooseEvalEngine('auto', 'llava', 'evaluate.engine', 2)).toEqual({
+      engine: 'pytorch',
+      reason: 'held-out rows with 2 images cannot be scored through ONNX: the exported graphs take one image per row',
+    });
+    expect(() => chooseEvalEngine('onnx', 'gemma3_x', 'evaluate.engine', 3)).toThrow(/^evaluate.engine: onnx cannot score held-out rows with 3 images/);
+  });
+
   it('names what the pytorch engine leaves out', () => {
     expect(pytorchOmissions({ generations: 0 })).toEqual([]);
     expect(pytorchOmissions({ amber_suite: 's3://b/amber', generations: 2 }).map((s) => s.split(' ')[0])).toEqual(['amber_suite', 'generations']);

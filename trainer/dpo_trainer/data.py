@@ -30,6 +30,8 @@ REQUIRED_COLUMNS = ("sample_id", *TOKEN_COLUMNS, "image")
 # A row's images after the first, in placeholder order; optional (shards of one-image rows written
 # before it existed lack it, which reads as no extra images).
 EXTRA_IMAGES = "extra_images"
+# The families that take several images per prompt, for errors (modeling.py decides which).
+MULTI_IMAGE_FAMILIES = "Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA, LLaVA-NeXT and Gemma 3"
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class ModelInputSpec:
     # (Qwen2-VL, LLaVA-NeXT); None where the count is fixed or unknown.
     image_tokens_for_size: Callable[[int, int], int] | None = None
     # Whether a prompt may hold several images: the flat layout (Qwen2-VL), where every image's
-    # patches are concatenated with one grid each, is the one the collator builds for them.
+    # patches are concatenated with one grid each, and the stacked one (LLaVA, LLaVA-NeXT, Gemma 3),
+    # where images are stacked in placeholder order, are the ones the collator builds for them.
     multi_image: bool = False
 
 
@@ -192,7 +195,7 @@ def validate_against_model(dataset: PreferenceDataset, spec: ModelInputSpec) -> 
         row = int(several[0])
         problems.append(
             f"sample {dataset.sample_ids[row]!r} has {int(image_counts[row])} images, but this model family takes one"
-            " image per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL); re-run the format stage for this model"
+            f" image per prompt here (several: {MULTI_IMAGE_FAMILIES}); re-run the format stage for this model"
         )
     if has_image.any() and not spec.has_vision:
         row = int(np.flatnonzero(has_image)[0])
@@ -441,10 +444,12 @@ def collate(
         images_in_order = images * len(columns)
         if images[0].grid_thw is None:
             several = next((row for row, fs in zip(with_image, per_row) if len(fs) > 1), None)
-            if several is not None:
+            # [C, H, W] per image stacks in placeholder order, as do anyres tiles; a processor
+            # returning several frames per image (Idefics2's split) has a per-row layout instead.
+            if several is not None and images[0].pixel_values.dim() != 3 and images[0].size is None:
                 raise InvalidInputError(
                     f"sample {several['sample_id']!r} has several images; the image processor"
-                    f" {type(pixels.image_processor).__name__} takes one per prompt here (several: Qwen2-VL, Qwen2.5-VL and Qwen3-VL)"
+                    f" {type(pixels.image_processor).__name__} takes one per prompt here (several: {MULTI_IMAGE_FAMILIES})"
                 )
             if images[0].size is not None:
                 # Anyres: tiles padded to the batch's most (the model reads each image's own count

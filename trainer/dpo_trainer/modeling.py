@@ -142,9 +142,16 @@ def load_base_model(model_dir: str, dtype: torch.dtype, device: torch.device) ->
             else _anyres_token_counter(processor) if config.model_type == "llava_next"
             else None
         ),
-        multi_image=has_vision and config.model_type in IMAGE_ONLY_FAMILIES,
+        multi_image=has_vision and (config.model_type in IMAGE_ONLY_FAMILIES or config.model_type in STACKED_MULTI_IMAGE_FAMILIES),
     )
     return LoadedModel(model, image_processor, spec)
+
+
+# Families whose model takes every image of a batch stacked in placeholder order ([images, C, H, W],
+# anyres [images, tiles, C, H, W] with image_sizes) and scatters each image's features into its own
+# placeholder tokens, so a prompt may hold several. PaliGemma's prefix layout and Idefics2's
+# per-row [rows, images, C, H, W] one are not among them.
+STACKED_MULTI_IMAGE_FAMILIES = ("llava", "llava_next", "gemma3")
 
 
 def _size_token_counter(image_processor: Any) -> Any:

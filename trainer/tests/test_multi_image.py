@@ -1,8 +1,9 @@
-"""Rows with several images (shard column `extra_images`), on the tiny Qwen2.5-VL and Qwen3-VL: the collate
-stage concatenates every image's patches with one grid per image, in placeholder order, and the
-DPO loss equals TRL's (its vision collator given the same `images` lists, its `_compute_loss`);
-a training run on mixed one- and two-image shards finishes. Families without the flat layout
-refuse such rows by name, and shards without the column read as one image per row.
+"""Rows with several images (shard column `extra_images`), on the tiny Qwen2.5-VL, Qwen3-VL, LLaVA,
+LLaVA-NeXT and Gemma 3: the collate stage concatenates every image's patches with one grid per
+image (Qwen's flat layout) or stacks the images in placeholder order (the others), the DPO loss
+equals TRL's (its vision collator given the same `images` lists, its `_compute_loss`), and a
+training run on mixed one- and two-image shards finishes. One-image families refuse such rows by
+name, and shards without the column read as one image per row.
 """
 
 from __future__ import annotations
@@ -22,24 +23,35 @@ from demo_data import SHARD_SCHEMA, generate_pairs
 from family_kit import SIZES, compare_with_trl, lora_train_config, sized_jpeg, tiny_qwen
 
 MULTI_SCHEMA = SHARD_SCHEMA.append(pa.field("extra_images", pa.list_(pa.binary())))
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
 
-# The families with the flat layout, each on its tiny random-init model.
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+# Every family that takes several images, each on its tiny random-init model.
+@pytest.fixture(scope="module", params=[*QWEN_FAMILIES, "llava", "llava_next", "gemma3"])
 def model_type(request) -> str:
     return request.param
 
 
 @pytest.fixture(scope="module")
-def qwen_model_dir(model_type, tmp_path_factory) -> Path:
-    return tiny_qwen(model_type, tmp_path_factory.mktemp(model_type))
+def model_dir(model_type, tmp_path_factory) -> Path:
+    from dpo_trainer import build_tiny_model
+
+    folder = tmp_path_factory.mktemp(model_type)
+    if model_type in QWEN_FAMILIES:
+        return tiny_qwen(model_type, folder)
+    write = {"llava": build_tiny_model.write_tiny_llava, "llava_next": build_tiny_model.write_tiny_llava_next, "gemma3": build_tiny_model.write_tiny_gemma3}
+    return write[model_type](folder / f"tiny-{model_type}", seed=0)
 
 
 @pytest.fixture(scope="module")
-def processor(qwen_model_dir, model_type):
+def processor(model_dir, model_type):
+    from transformers import AutoProcessor
+
     from dpo_trainer.vision_processors import load_image_only_processor
 
-    return load_image_only_processor(qwen_model_dir, model_type)
+    if model_type in QWEN_FAMILIES:
+        return load_image_only_processor(model_dir, model_type)
+    return AutoProcessor.from_pretrained(model_dir, local_files_only=True)
 
 
 def multi_rows(processor, n: int, seed: int) -> list[dict]:
@@ -60,7 +72,8 @@ def multi_rows(processor, n: int, seed: int) -> list[dict]:
             whole = processor.apply_chat_template([user, {"role": "assistant", "content": [{"type": "text", "text": text}]}], tokenize=False)
             answers[key] = whole[len(prompt):]
         pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-        prompt_ids = processor(images=[pil], text=[prompt])["input_ids"][0]
+        # Without special tokens, as TRL's collator tokenizes prompts (the loss is compared with it).
+        prompt_ids = processor(images=[pil], text=[prompt], add_special_tokens=False)["input_ids"][0]
         ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
         rows.append({
             "sample_id": pair.sample_id, "prompt_input_ids": [int(t) for t in prompt_ids],
@@ -77,36 +90,51 @@ def write_multi(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_collate_concatenates_every_images_patches_in_order(qwen_model_dir, processor, tmp_path):
-    from dpo_trainer.data import PixelCache, collate, load_shards
+def test_collate_lays_out_every_image_in_placeholder_order(model_dir, model_type, processor, tmp_path):
+    from dpo_trainer.data import PixelCache, collate, load_shards, validate_against_model
     from dpo_trainer.modeling import load_base_model
 
-    loaded = load_base_model(str(qwen_model_dir), torch.float32, torch.device("cpu"))
-    rows = load_shards([str(write_multi(tmp_path / "s.parquet", multi_rows(processor, 4, seed=3)))]).rows(range(4))
+    loaded = load_base_model(str(model_dir), torch.float32, torch.device("cpu"))
+    dataset = load_shards([str(write_multi(tmp_path / "s.parquet", multi_rows(processor, 4, seed=3)))])
+    validate_against_model(dataset, loaded.spec)  # the image-token counts of two-image prompts
+    rows = dataset.rows(range(4))
     assert [len(r["extra_images"]) for r in rows] == [1, 0, 1, 0]
     batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
     images = [Image.open(io.BytesIO(b)).convert("RGB") for r in rows for b in [r["image"], *r["extra_images"]]]
     expected = [processor.image_processor(images=[im], return_tensors="pt") for im in images]
+    if model_type not in QWEN_FAMILIES:
+        # Stacked: one entry per image (anyres tiles padded to the batch's most), chosen rows then rejected.
+        assert batch.pixel_values.shape[0] == 12
+        if model_type == "llava_next":
+            sizes = torch.cat([e["image_sizes"] for e in expected])
+            assert torch.equal(batch.image_sizes, torch.cat([sizes, sizes]))
+            for got, e in zip(batch.pixel_values, expected * 2):
+                tiles = e["pixel_values"][0]
+                assert torch.equal(got[: tiles.shape[0]], tiles) and not got[tiles.shape[0]:].any()
+        else:
+            assert torch.equal(batch.pixel_values, torch.cat([e["pixel_values"] for e in expected] * 2))
+        return
     grids = torch.cat([e["image_grid_thw"] for e in expected])
     assert batch.image_grid_thw.shape[0] == 12  # 6 images, for the chosen and the rejected rows
     assert torch.equal(batch.image_grid_thw, torch.cat([grids, grids]))
     assert torch.equal(batch.pixel_values, torch.cat([e["pixel_values"] for e in expected] * 2))
 
 
-def test_loss_equals_trls_with_two_images_per_prompt(qwen_model_dir, processor, tmp_path):
+def test_loss_equals_trls_with_two_images_per_prompt(model_dir, model_type, processor, tmp_path):
     pytest.importorskip("trl")
-    result = compare_with_trl(qwen_model_dir, processor, multi_rows(processor, 4, seed=9), tmp_path)
+    result = compare_with_trl(model_dir, processor, multi_rows(processor, 4, seed=9), tmp_path)
     batch, inputs = result.batch, result.inputs
-    assert torch.equal(inputs["image_grid_thw"], batch.image_grid_thw)
+    if model_type in QWEN_FAMILIES:
+        assert torch.equal(inputs["image_grid_thw"], batch.image_grid_thw)
     assert torch.equal(inputs["input_ids"][inputs["attention_mask"].bool()], batch.input_ids[batch.attention_mask.bool()])
     assert abs(result.ours - math.log(2)) > 1e-3, "policy and reference should differ"
     assert result.ours == pytest.approx(result.theirs, abs=1e-5)
 
 
-def test_trains_on_mixed_one_and_two_image_shards(qwen_model_dir, processor, tmp_path):
+def test_trains_on_mixed_one_and_two_image_shards(model_dir, processor, tmp_path):
     rows = multi_rows(processor, 8, seed=5)
     shards = [write_multi(tmp_path / "train-000.parquet", rows[:4]), write_multi(tmp_path / "train-001.parquet", rows[4:])]
-    result = run_train(lora_train_config(qwen_model_dir, shards, tmp_path / "out", per_device_train_batch_size=2, gradient_accumulation_steps=1))
+    result = run_train(lora_train_config(model_dir, shards, tmp_path / "out", per_device_train_batch_size=2, gradient_accumulation_steps=1))
     assert result.exit_code == 0, result.last
     steps = result.of("step")
     assert [e["step"] for e in steps] == [1, 2, 3, 4]

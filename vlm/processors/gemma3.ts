@@ -42,6 +42,8 @@ export const gemma3: FamilySpec = {
       imageBlockTokens: [soft, boi, eoi],
       chatTurns: 'prompt-prefix',
       addSpecialTokens: false,
+      // Images stacked in placeholder order, each filling its own block.
+      multiImage: true,
       expandPrompt: (prompt) => replaceAll(prompt, boi, block),
     };
   },

@@ -23,6 +23,8 @@ export const llava: FamilySpec = {
       imageToken,
       imageTokensPerImage: count,
       imageBlockTokens: [imageToken],
+      // Images stacked in placeholder order, each filling its own block.
+      multiImage: true,
       expandPrompt: (prompt) => replaceAll(prompt, imageToken, imageToken.repeat(count)),
     };
   },

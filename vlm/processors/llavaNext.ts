@@ -87,6 +87,8 @@ export const llavaNext: FamilySpec = {
       imageTokensFor: tokensFor,
       imageBlockTokens: [imageToken],
       chatTurns: 'prompt-prefix',
+      // Images stacked in placeholder order (tiles padded, sizes kept), each expanded for its size.
+      multiImage: true,
       expandPrompt: (prompt, images) => expandPerImage('LLaVA-NeXT', prompt, imageToken, images, tokensFor),
     };
   },
