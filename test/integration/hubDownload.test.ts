@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { lstat, mkdtemp, readdir, readFile, readlink } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -557,6 +557,32 @@ describe('hf:// and Org/name model sources', () => {
     } finally {
       hub.corrupt.delete('tokenizer.json');
     }
+  });
+
+  it('waits for a download lock that is being refreshed, and takes over one left by a process that died', async () => {
+    const { stageHubModel } = await import('../../io/hubModels.js');
+    const workDir = await mkdtemp(join(tmpdir(), 'dpo-hub-cache-'));
+    const lock = join(workDir, 'hf/hub/models--tiny-org--tiny-llava', `.dpo-lock-${MODEL_SHA}`);
+    const snapshot = join(workDir, 'hf/hub/models--tiny-org--tiny-llava/snapshots', MODEL_SHA);
+    // A live holder's lock: the stage waits as long as it is there.
+    await mkdir(lock, { recursive: true });
+    let done = false;
+    const waiting = stageHubModel(workDir, `hf://${MODEL}@${MODEL_SHA}`).then((dir) => ((done = true), dir));
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(done).toBe(false);
+    await rm(lock, { recursive: true });
+    expect(await waiting).toBe(snapshot);
+
+    // A lock nobody has refreshed for two minutes: its holder died, and the next stage takes over.
+    const other = await mkdtemp(join(tmpdir(), 'dpo-hub-cache-'));
+    const stale = join(other, 'hf/hub/models--tiny-org--tiny-llava', `.dpo-lock-${MODEL_SHA}`);
+    await mkdir(stale, { recursive: true });
+    const twoMinutesAgo = new Date(Date.now() - 120_000);
+    await utimes(stale, twoMinutesAgo, twoMinutesAgo);
+    const started = Date.now();
+    expect(await stageHubModel(other, `hf://${MODEL}@${MODEL_SHA}`)).toBe(join(other, 'hf/hub/models--tiny-org--tiny-llava/snapshots', MODEL_SHA));
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(await lstat(stale).catch(() => null)).toBeNull();
   });
 });
 
