@@ -63,7 +63,9 @@ class FakeHub {
   /** Paths served with their last byte flipped (a corrupted transfer). */
   readonly corrupt = new Set<string>();
   /** Repositories created through the commit API, with each commit's files. */
-  readonly published = new Map<string, { private: boolean; commits: Array<{ title: string; files: Map<string, Buffer> }> }>();
+  readonly published = new Map<string, { private: boolean; commits: Array<{ oid: string; title: string; files: Map<string, Buffer> }> }>();
+  /** Commits whose answer is lost (recorded, then the connection dropped), as a network failure would. */
+  loseCommitAnswers = 0;
   private readonly lfs = new Map<string, Buffer>();
   private server!: Server;
   constructor(
@@ -104,6 +106,8 @@ class FakeHub {
     };
     const model = this.models.find((r) => path.startsWith(`/api/models/${r.name}/`) || path.startsWith(`/${r.name}/resolve/`));
     if (model) return this.handleModel(model, req, res, path, json);
+    const published = [...this.published.keys()].find((id) => path.startsWith(`/api/models/${id}/`));
+    if (published) return this.handlePublished(published, req, path, json);
     if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(401, { error: 'Invalid credentials in Authorization header' });
     const name = this.repo.name;
     let m = new RegExp(`^/api/datasets/${name}/revision/([^/]+)$`).exec(path);
@@ -192,11 +196,40 @@ class FakeHub {
         else if (key === 'lfsFile' && this.lfs.has(value.oid!)) files.set(value.path!, this.lfs.get(value.oid!)!);
         else return json(422, { error: `cannot commit ${key} ${value.path}` });
       }
-      repo.commits.push({ title: lines[0]!.value.summary!, files });
-      const oid = createHash('sha1').update(`${m![1]}:${repo.commits.length}`).digest('hex');
+      const oid = createHash('sha1').update(`${m![1]}:${repo.commits.length + 1}`).digest('hex');
+      repo.commits.push({ oid, title: lines[0]!.value.summary!, files });
+      if (this.loseCommitAnswers > 0) {
+        this.loseCommitAnswers--;
+        return void res.destroy();
+      }
       return json(200, { commitOid: oid, commitUrl: `${this.url}/${m![1]}/commit/${oid}`, hookOutput: '', success: true });
     }
     json(404, { error: 'Repository not found' });
+  }
+
+  /** A published repository's head: /api/models/<id>/tree/main and /api/models/<id>/commits/main. */
+  private handlePublished(id: string, req: IncomingMessage, path: string, json: (status: number, body: unknown, headers?: Record<string, string>) => void): void {
+    if (req.headers.authorization !== `Bearer ${TOKEN}`) return json(401, { error: 'Invalid credentials in Authorization header' });
+    const { commits } = this.published.get(id)!;
+    const head = commits.at(-1);
+    if (!head) return json(404, { error: 'Revision not found' }, { 'X-Error-Code': 'RevisionNotFound' });
+    if (path === `/api/models/${id}/tree/main`) {
+      return json(
+        200,
+        [...head.files.entries()].map(([p, b]) => ({
+          type: 'file',
+          path: p,
+          // As preupload decided: safetensors through LFS (the blob is its pointer), the rest regular.
+          ...(p.endsWith('.safetensors')
+            ? { size: b.length, oid: gitBlobId(Buffer.from(`pointer ${p}`)), lfs: { oid: createHash('sha256').update(b).digest('hex'), size: b.length, pointerSize: 134 } }
+            : { size: b.length, oid: gitBlobId(b) }),
+        })),
+      );
+    }
+    if (path === `/api/models/${id}/commits/main`) {
+      return json(200, [...commits].reverse().map((c) => ({ id: c.oid, title: c.title, message: '', authors: [], date: '2026-01-01T00:00:00.000Z' })));
+    }
+    json(404, { error: 'Entry not found' }, { 'X-Error-Code': 'EntryNotFound' });
   }
 
   /** The model routes: /api/models/<name>/revision|tree/<rev>, /<name>/resolve/<rev>/<path>. */
@@ -664,8 +697,14 @@ async function expectPublished(workflowId: string, timeline: Array<{ id: string;
     process.env.HF_TOKEN = TOKEN;
   }
   expect(hub.published.has('dpo-org/no-token')).toBe(false);
-  await adapterOnly('dpo-org/public-copy');
+  // The Hub's answer to the commit is lost once: the retry finds the files at the head and
+  // commits nothing more.
+  hub.loseCommitAnswers = 1;
+  const copied = await adapterOnly('dpo-org/public-copy');
   const copy = hub.published.get('dpo-org/public-copy')!;
+  expect(copy.commits).toHaveLength(1);
+  const summaries = copied.timeline as Array<{ id: string; summary?: Record<string, unknown> }>;
+  expect(summaries.find((t) => t.id === 'publish')!.summary).toMatchObject({ commit: copy.commits[0]!.oid });
   expect(copy.private).toBe(false);
   const card = copy.commits[0]!.files.get('README.md')!.toString();
   expect(card).toContain('| optimizer steps | 5 |');
