@@ -176,22 +176,17 @@ class MlflowTracker:
     def _ensure_run(self) -> str:
         if self.run_id is not None:
             return self.run_id
-        experiment_id = self.experiment_id = self._experiment_id()
+        experiment_id = self.experiment_id = experiment_id_of(self.rest, self.experiment)
         tags = self.info.tags
         pipeline_run, stage = tags.get("run_id"), tags.get("stage")
-        parent_id = None
-        if pipeline_run:
-            parent = self._find(experiment_id, {"dpo.run_id": pipeline_run, "dpo.kind": "pipeline"})
-            parent_id = parent["info"]["run_id"] if parent else self._create(experiment_id, pipeline_run, {
-                "dpo.run_id": pipeline_run, "dpo.kind": "pipeline",
-                **{f"dpo.{k}": v for k, v in tags.items() if k not in ("stage",)}})["info"]["run_id"]
-        found = self._find(experiment_id, {"dpo.run_id": pipeline_run, "dpo.stage": stage}) if pipeline_run and stage else None
+        parent_id = pipeline_run_id(self.rest, experiment_id, pipeline_run, tags) if pipeline_run else None
+        found = find_run(self.rest, experiment_id, {"dpo.run_id": pipeline_run, "dpo.stage": stage}) if pipeline_run and stage else None
         if found:
             run = found
             self.rest.api("POST", "runs/update", {"run_id": run["info"]["run_id"], "status": "RUNNING"})
             self.logged_through = self._last_step(run["info"]["run_id"])
         else:
-            run = self._create(experiment_id, self.info.run_name or stage or "train", {
+            run = create_run(self.rest, experiment_id, self.info.run_name or stage or "train", {
                 **{f"dpo.{k}": v for k, v in tags.items()}, "dpo.kind": "train",
                 **({"mlflow.parentRunId": parent_id} if parent_id else {})})
             params = [{"key": k, "value": json.dumps(v) if not isinstance(v, str) else v} for k, v in self.info.hyperparameters.items()]
@@ -199,29 +194,8 @@ class MlflowTracker:
                 self.rest.api("POST", "runs/log-batch", {"run_id": run["info"]["run_id"], "params": [
                     {**p, "value": p["value"][:PARAM_VALUE_LIMIT]} for p in params[i:i + 100]]})
         self.run_id = run["info"]["run_id"]
-        uri = run["info"].get("artifact_uri", "")
-        self.artifact_path = uri.split("mlflow-artifacts:", 1)[1].lstrip("/") if uri.startswith("mlflow-artifacts:") else None
+        self.artifact_path = proxied_artifact_path(run)
         return self.run_id
-
-    def _experiment_id(self) -> str:
-        try:
-            return self.rest.api("GET", "experiments/get-by-name", query={"experiment_name": self.experiment})["experiment"]["experiment_id"]
-        except MlflowError as exc:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(exc):
-                raise
-        return self.rest.api("POST", "experiments/create", {"name": self.experiment})["experiment_id"]
-
-    def _find(self, experiment_id: str, tags: dict[str, str | None]) -> dict[str, Any] | None:
-        condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.rest.api("POST", "runs/search", {
-            "experiment_ids": [experiment_id], "filter": condition, "max_results": 1, "order_by": ["attributes.start_time ASC"],
-        }).get("runs", [])
-        return runs[0] if runs else None
-
-    def _create(self, experiment_id: str, name: str, tags: dict[str, str]) -> dict[str, Any]:
-        return self.rest.api("POST", "runs/create", {
-            "experiment_id": experiment_id, "run_name": name, "start_time": int(time.time() * 1000),
-            "tags": _tags({"mlflow.runName": name, **tags})})["run"]
 
     def _last_step(self, run_id: str) -> int:
         history = self.rest.api("GET", "metrics/get-history", query={"run_id": run_id, "metric_key": "train/loss", "max_results": "100000"})
@@ -240,7 +214,58 @@ class MlflowTracker:
         self._ensure_run()
         if self.artifact_path is None:
             raise MlflowError("the server does not proxy artifacts (start it with --serve-artifacts); the adapter was not logged")
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            rel = f"{path}/{file.relative_to(folder).as_posix()}"
-            self.rest.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path}/{urllib.parse.quote(rel)}",
-                           data=file.read_bytes(), timeout=ARTIFACT_TIMEOUT_SECONDS)
+        upload_folder(self.rest, self.artifact_path, folder, path)
+
+
+# -- runs and artifacts, shared by the trainer's tracker and `python -m dpo_trainer.log_metrics` --
+
+
+def experiment_id_of(rest: MlflowRest, name: str) -> str:
+    """The experiment's id, created when missing."""
+    try:
+        return rest.api("GET", "experiments/get-by-name", query={"experiment_name": name})["experiment"]["experiment_id"]
+    except MlflowError as exc:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(exc):
+            raise
+    return rest.api("POST", "experiments/create", {"name": name})["experiment_id"]
+
+
+def find_run(rest: MlflowRest, experiment_id: str, tags: dict[str, str | None]) -> dict[str, Any] | None:
+    """The oldest run carrying all these tags."""
+    condition = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = rest.api("POST", "runs/search", {
+        "experiment_ids": [experiment_id], "filter": condition, "max_results": 1, "order_by": ["attributes.start_time ASC"],
+    }).get("runs", [])
+    return runs[0] if runs else None
+
+
+def create_run(rest: MlflowRest, experiment_id: str, name: str, tags: dict[str, str]) -> dict[str, Any]:
+    return rest.api("POST", "runs/create", {
+        "experiment_id": experiment_id, "run_name": name, "start_time": int(time.time() * 1000),
+        "tags": _tags({"mlflow.runName": name, **tags})})["run"]
+
+
+def pipeline_run(rest: MlflowRest, experiment_id: str, run_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """The pipeline run's parent MLflow run (tags `dpo.run_id`, `dpo.kind=pipeline`), created by
+    whichever stage logs first; `tags` (the lineage, without the stage) go on it when it is new."""
+    found = find_run(rest, experiment_id, {"dpo.run_id": run_id, "dpo.kind": "pipeline"})
+    return found or create_run(rest, experiment_id, run_id, {
+        "dpo.run_id": run_id, "dpo.kind": "pipeline", **{f"dpo.{k}": v for k, v in tags.items() if k not in ("stage", "run_id")}})
+
+
+def pipeline_run_id(rest: MlflowRest, experiment_id: str, run_id: str, tags: dict[str, str]) -> str:
+    return str(pipeline_run(rest, experiment_id, run_id, tags)["info"]["run_id"])
+
+
+def proxied_artifact_path(run: dict[str, Any]) -> str | None:
+    """The run's folder behind the mlflow-artifacts proxy; None when the server does not proxy."""
+    uri = run["info"].get("artifact_uri", "")
+    return uri.split("mlflow-artifacts:", 1)[1].lstrip("/") if uri.startswith("mlflow-artifacts:") else None
+
+
+def upload_folder(rest: MlflowRest, artifact_path: str, folder: Path, path: str) -> None:
+    """Every file of `folder` as the run's artifacts under `path/`."""
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f"{path}/{file.relative_to(folder).as_posix()}"
+        rest.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{artifact_path}/{urllib.parse.quote(rel)}",
+                  data=file.read_bytes(), timeout=ARTIFACT_TIMEOUT_SECONDS)
