@@ -432,6 +432,8 @@ export interface ReportResult {
   jsonKey: string;
   /** Written last: the report is final only when this exists. */
   manifestKey?: string;
+  /** The evaluations and the report sent to the run's trackers (train.report_to): failed calls per tracker, the parent MLflow run's page. */
+  tracking?: { failures: Record<string, number>; links: Record<string, string> };
 }
 
 /** What dpoPipeline returns: every reference a user needs after the run, by stage id. */

@@ -18,6 +18,8 @@ import { renderSweepTable } from '../../contracts/sweep.js';
 import { describeTracking } from '../../contracts/tracking.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import type { StepRecord } from '../../contracts/progress.js';
+import { logReportToTrackers } from './tracking.js';
+import { Context } from '@temporalio/activity';
 
 export const REPORT_MANIFEST_FORMAT = 'dpo-report/1';
 
@@ -35,6 +37,15 @@ const CURVES: Array<{ name: string; title: string; metrics: Array<[string, strin
   { name: 'rewards-margins', title: 'rewards/margins', metrics: [['rewards/margins', '#d62728']] },
   { name: 'rewards', title: 'rewards/chosen and rewards/rejected', metrics: [['rewards/chosen', '#2ca02c'], ['rewards/rejected', '#d62728']] },
 ];
+
+/** The pipeline's Temporal ids; none where writeReport runs outside an activity (fault tests). */
+function currentWorkflow(): { workflowId: string; runId: string } | undefined {
+  try {
+    return Context.current().info.workflowExecution;
+  } catch {
+    return undefined;
+  }
+}
 
 export async function writeReport(deps: ActivityDeps, input: ReportInput): Promise<ReportResult> {
   const { storage } = deps;
@@ -103,8 +114,10 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
     ),
     'application/json',
   );
-  await put(htmlKey, renderHtml(view), 'text/html; charset=utf-8');
-  await put(markdownKey, renderMarkdown(view), 'text/markdown; charset=utf-8');
+  const html = renderHtml(view);
+  const markdown = renderMarkdown(view);
+  await put(htmlKey, html, 'text/html; charset=utf-8');
+  await put(markdownKey, markdown, 'text/markdown; charset=utf-8');
   const modelCards: Record<string, string> = {};
   for (const [id, card] of Object.entries(await evaluatedModelCards(deps, input))) {
     modelCards[id] = `${prefix}model-cards/${id}.md`;
@@ -112,7 +125,9 @@ export async function writeReport(deps: ActivityDeps, input: ReportInput): Promi
   }
   // Last: the report is final only once its manifest lists every file.
   await storage.putJson(input.bucket, manifestKey, { format: REPORT_MANIFEST_FORMAT, runId: input.runId, createdAt: new Date().toISOString(), files: written });
-  return { markdownKey, htmlKey, jsonKey, manifestKey, ...(Object.keys(modelCards).length && { modelCards }) };
+  // The evaluations and the report for the run's trackers (train.report_to): never a failure.
+  const tracking = await logReportToTrackers(deps, { report: input, files: { 'report.md': markdown, 'report.html': html }, workflow: currentWorkflow() });
+  return { markdownKey, htmlKey, jsonKey, manifestKey, ...(Object.keys(modelCards).length && { modelCards }), ...(tracking && { tracking }) };
 }
 
 /**

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { trainerConfigProblems, trainRunConfig } from '../../bridge/trainerConfig.js';
 import { parsePipelineConfig } from '../../contracts/config.js';
 import { keys } from '../../contracts/keys.js';
-import { describeTracking, lineageTags, resolveReportTo } from '../../contracts/tracking.js';
+import { describeTracking, evaluationTrackerMetrics, lineageTags, resolveReportTo } from '../../contracts/tracking.js';
 
 const minimal = { name: 'r', model: { source: 's3://b/m' }, dataset: { source: 's3://b/d' } };
 const RUN = { modelDir: '/m', shards: ['/s/a.parquet'], outputDir: '/o', resumeFrom: null, initAdapter: null, referenceFiles: [] };
@@ -64,5 +64,24 @@ describe('describeTracking', () => {
       'wandb: s3://b/runs/r/train/wandb/ (offline run: `wandb sync` it), 3 failed calls',
     ]);
     expect(describeTracking({ failures: { mlflow: 4 }, uploadFailures: 0, seconds: 0, links: {} }, 'r')).toEqual(['mlflow: no run, 4 failed calls']);
+  });
+});
+
+describe('evaluation metrics for the trackers', () => {
+  it('names them eval/<model>/..., TRL names where TRL has one, AMBER per kind, and keeps names MLflow accepts', () => {
+    const metrics = (reward: number) => ({ samples: 8, preference_accuracy: 0.5, reward_accuracy: reward, reward_margin_mean: 0.1, logp_margin_mean: 0.2 });
+    const yesNo = { questions: 4, accuracy: 0.75, precision: 1, recall: 0.5, f1: 0.667, yes_ratio: 0.5, truth_yes_ratio: 0.5 };
+    const out = evaluationTrackerMetrics({
+      base: metrics(0), trained: metrics(0.75), metricsKey: 'k', adapter: 's3://b/a/',
+      amber: { base: { overall: yesNo }, trained: { 'attribute (color)': yesNo } },
+      shortAnswers: { base: { questions: 4, short_answer_accuracy: 0.25 }, trained: { questions: 4, short_answer_accuracy: 0.5 } },
+    });
+    expect(out['eval/base/rewards/accuracies']).toBe(0);
+    expect(out['eval/dpo/rewards/accuracies']).toBe(0.75);
+    expect(out['eval/dpo/rewards/margins']).toBe(0.1);
+    expect(out['eval/base/amber/overall/yes_ratio']).toBe(0.5);
+    expect(out['eval/dpo/amber/attribute _color_/f1']).toBe(0.667);
+    expect(out['eval/dpo/short_answers/short_answer_accuracy']).toBe(0.5);
+    expect(Object.keys(out).every((k) => /^eval\/(base|dpo)\/[A-Za-z0-9_\-./ ]+$/.test(k))).toBe(true);
   });
 });

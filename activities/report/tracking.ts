@@ -1,0 +1,117 @@
+/**
+ * The report's part of experiment tracking (train.report_to): each evaluate stage's metrics go to
+ * the trackers of the run, the report itself to the pipeline's parent MLflow run, which is then
+ * marked FINISHED. The trainer's `python -m dpo_trainer.log_metrics` speaks to the trackers, so
+ * each tracker's protocol has one implementation (MLflow's REST client, TensorBoard's
+ * SummaryWriter); the worker only ships the event files to the stages' storage folders.
+ *
+ * A tracker that is down never fails the report: its failed calls are a warning and a count
+ * (ReportResult.tracking), as for training.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { log } from '@temporalio/activity';
+import { keys } from '../../contracts/keys.js';
+import type { ReportInput } from '../../contracts/payloads.js';
+import { evaluationTrackerMetrics, resolveReportTo } from '../../contracts/tracking.js';
+import { trainerEnv } from '../../bridge/trainerProcess.js';
+import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
+import { EventFileUploader } from '../../io/tensorboardEvents.js';
+
+/** The activity's logger; the console where writeReport runs outside an activity (fault tests). */
+function warn(message: string, fields?: Record<string, unknown>): void {
+  try {
+    log.warn(message, fields);
+  } catch {
+    console.warn(message, fields ?? '');
+  }
+}
+
+/** Trackers that hold evaluation metrics; W&B runs are per train stage (offline without a key). */
+const EVAL_TRACKERS = ['tensorboard', 'mlflow'] as const;
+
+export interface ReportTracking {
+  failures: Record<string, number>;
+  links: Record<string, string>;
+}
+
+export interface ReportTrackingInput {
+  report: ReportInput;
+  /** The report's files for the parent MLflow run, by name (report.md, report.html). */
+  files: Record<string, string>;
+  /** The Temporal ids of the pipeline, for a parent run this call creates. */
+  workflow?: { workflowId?: string; runId?: string } | undefined;
+}
+
+export async function logReportToTrackers(deps: ActivityDeps, input: ReportTrackingInput): Promise<ReportTracking | undefined> {
+  const { report } = input;
+  const reportTo = resolveReportTo(report.config.train.report_to ?? 'none', { mlflow: Boolean(process.env.MLFLOW_TRACKING_URI) })
+    .filter((name): name is (typeof EVAL_TRACKERS)[number] => (EVAL_TRACKERS as readonly string[]).includes(name));
+  if (!reportTo.length) return undefined;
+  await mkdir(deps.workDir, { recursive: true });
+  const dir = await mkdtemp(join(deps.workDir, 'report-tracking-'));
+  try {
+    const reportDir = join(dir, 'report');
+    await mkdir(reportDir, { recursive: true });
+    for (const [name, body] of Object.entries(input.files)) await writeFile(join(reportDir, name), body);
+    const adapters = Object.entries(report.trainings).map(([id, t]) => ({ id, t, at: `s3://${t.adapterBucket}/${t.adapterPrefix}` }));
+    const evaluations = Object.fromEntries(Object.entries(report.evaluations).map(([stage, e]) => {
+      // The train stage it evaluated: eval metrics sit at its last step, as TRL logs them.
+      const trained = adapters.find((a) => e.adapter.replace(/\/$/, '') === a.at.replace(/\/$/, ''));
+      return [stage, { metrics: evaluationTrackerMetrics(e), step: trained?.t.finalStep ?? 0, tags: trained ? { evaluates: trained.id } : {} }];
+    }));
+    const lineage = { run_id: report.runId, temporal_workflow_id: input.workflow?.workflowId, temporal_run_id: input.workflow?.runId };
+    const tags = Object.fromEntries(Object.entries(lineage).filter(([, v]) => v));
+    const requestPath = join(dir, 'request.json');
+    const tensorboardDir = join(dir, 'tensorboard');
+    await writeFile(requestPath, JSON.stringify({
+      report_to: reportTo,
+      run_id: report.runId,
+      tags,
+      evaluations,
+      tensorboard_dir: tensorboardDir,
+      artifacts: [{ dir: reportDir, path: 'report' }],
+      status: 'FINISHED',
+    }));
+    let answer: ReportTracking;
+    try {
+      answer = JSON.parse(await runLogMetrics(deps.pythonBin, requestPath)) as ReportTracking;
+    } catch (err) {
+      warn('could not log the evaluation to the trackers; the report goes on', { error: String(err) });
+      return { failures: Object.fromEntries(reportTo.map((name) => [name, 1])), links: {} };
+    }
+    if (reportTo.includes('tensorboard')) {
+      for (const stage of Object.keys(evaluations)) {
+        try {
+          // Beside the train stages' runs: `dpo tensorboard <runId>` shows <runId>/<evaluate stage>.
+          await new EventFileUploader(deps.storage, report.bucket, join(tensorboardDir, stage), keys.tensorboardPrefix(report.runId, stage)).upload();
+        } catch (err) {
+          answer.failures.tensorboard = (answer.failures.tensorboard ?? 0) + 1;
+          warn('could not upload the evaluation event files', { stage, error: String(err) });
+        }
+      }
+    }
+    if (Object.values(answer.failures).some((n) => n > 0)) warn('some tracker calls failed; the report goes on', { failures: answer.failures });
+    return answer;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** The command's one JSON line; its warnings (stderr) go to the worker's log. */
+function runLogMetrics(pythonBin: string, requestPath: string): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(pythonBin, ['-m', 'dpo_trainer.log_metrics', requestPath], { cwd: REPO_ROOT, env: trainerEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      for (const line of stderr.split('\n').filter((l) => l.startsWith('warning:'))) warn(line);
+      if (code === 0) resolvePromise(stdout.trim().split('\n').at(-1) ?? '{}');
+      else reject(new Error(`log_metrics exited ${code}: ${stderr.slice(-1000)}`));
+    });
+  });
+}
