@@ -48,7 +48,8 @@ export async function logReportToTrackers(deps: ActivityDeps, input: ReportTrack
   const { report } = input;
   const reportTo = resolveReportTo(report.config.train.report_to ?? 'none', { mlflow: Boolean(process.env.MLFLOW_TRACKING_URI) })
     .filter((name): name is (typeof EVAL_TRACKERS)[number] => (EVAL_TRACKERS as readonly string[]).includes(name));
-  if (!reportTo.length) return undefined;
+  // Nothing to send: no evaluation, and no parent MLflow run to give the report to.
+  if (!reportTo.length || (!Object.keys(report.evaluations).length && !reportTo.includes('mlflow'))) return undefined;
   await mkdir(deps.workDir, { recursive: true });
   const dir = await mkdtemp(join(deps.workDir, 'report-tracking-'));
   try {
