@@ -277,6 +277,10 @@ describe('dpoPipeline end to end', () => {
     expect((await stack.client.workflow.getHandle(runId).describe()).memo?.trackerLinks).toEqual({ train: { tensorboard: events } });
     const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, result.reports.report!.markdownKey)).toString();
     expect(markdown).toMatch(new RegExp(`^- experiment tracking: tensorboard: ${escapeRegExp(events)} \\(\`dpo tensorboard ${runId}\`\\); mlflow: no run, \\d+ failed calls?$`, 'm'));
+    // The report sent the evaluation too: event files beside the train stage's, MLflow counted.
+    expect(result.reports.report!.tracking?.failures).toMatchObject({ tensorboard: 0, mlflow: expect.any(Number) });
+    expect(result.reports.report!.tracking!.failures.mlflow).toBeGreaterThan(0);
+    expect((await stack.deps.storage.list(TEST_BUCKET, keys.tensorboardPrefix(runId, 'evaluate'))).length).toBeGreaterThan(0);
   });
 
   it('reuses every data stage when the same inputs run again', async () => {
