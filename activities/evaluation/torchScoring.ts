@@ -189,9 +189,8 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
     const prompts = await Promise.all(questions.map(async (q) => yesNoPrompt(chat, q.question, await sizes(q.image.bytes))));
     const opening = assistantOpening(chat);
     const requests: PromptRequest[] = [
-      ...(await Promise.all(
-        questions.map(async (q, i) => ({ id: q.id, ids: prompts[i]!.ids, image: q.image.bytes, nextTokens: [prompts[i]!.yes, prompts[i]!.no], maxNewTokens: SHORT_ANSWER_TOKENS })),
-      )),
+      // The greedy short answer starts where the "Yes"/"No" token would: after the shared prefix.
+      ...questions.map((q, i) => ({ id: q.id, ids: prompts[i]!.ids, image: q.image.bytes, nextTokens: [prompts[i]!.yes, prompts[i]!.no], maxNewTokens: SHORT_ANSWER_TOKENS })),
       ...(await Promise.all(
         descriptions.map(async (d) => ({
           id: d.id,
