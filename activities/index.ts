@@ -6,7 +6,7 @@ import { Context } from '@temporalio/activity';
 import type { ActivityDeps } from '../io/deps.js';
 import { downloadDataset } from './data/download.js';
 import { finishEvaluation, generateExamples, prepareEvaluation, scoreAmberShard, scorePreferenceShard } from './evaluation/evaluate.js';
-import { scorePreferenceShardTorch } from './evaluation/torchScoring.js';
+import { generateExamplesTorch, scoreAmberShardTorch, scorePreferenceShardTorch } from './evaluation/torchScoring.js';
 import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
 import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
@@ -48,6 +48,8 @@ export function createCpuActivities(deps: ActivityDeps) {
     scorePreferenceShardTorch: bind(scorePreferenceShardTorch, deps),
     scoreAmberShard: bind(scoreAmberShard, deps),
     generateExamples: bind(generateExamples, deps),
+    scoreAmberShardTorch: bind(scoreAmberShardTorch, deps),
+    generateExamplesTorch: bind(generateExamplesTorch, deps),
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
     publishAdapter: bind(publishAdapter, deps),

@@ -45,6 +45,7 @@ export const TRAINER_MODULE_CONFIG = {
   'dpo_trainer.train': 'TrainConfig',
   'dpo_trainer.reference': 'ReferenceConfig',
   'dpo_trainer.evaluate': 'EvalConfig',
+  'dpo_trainer.score_prompts': 'PromptScoreConfig',
   'dpo_trainer.export': 'ExportConfig',
 } as const satisfies Record<string, TrainerConfigName>;
 

@@ -64,7 +64,7 @@ export function parseTrainerEvent(line: string): TrainerEvent | null {
 
 export interface RunTrainerOptions {
   pythonBin: string;
-  module: 'dpo_trainer.train' | 'dpo_trainer.evaluate' | 'dpo_trainer.reference' | 'dpo_trainer.export';
+  module: 'dpo_trainer.train' | 'dpo_trainer.evaluate' | 'dpo_trainer.reference' | 'dpo_trainer.score_prompts' | 'dpo_trainer.export';
   configPath: string;
   onEvent: (event: TrainerEvent) => void;
   /**

@@ -209,6 +209,8 @@ const RESUMABLE_ACTIVITIES = new Set([
   'scorePreferenceShard',
   'scorePreferenceShardTorch',
   'scoreAmberShard',
+  'scoreAmberShardTorch',
+  'generateExamplesTorch',
   'generateExamples',
   'finishEvaluation',
   'writeReport',

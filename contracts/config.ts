@@ -368,7 +368,7 @@ export const EvaluateSchema = z.strictObject({
     .enum(['auto', 'onnx', 'pytorch'])
     .default('auto')
     .describe(
-      'scoring engine: onnx (onnxruntime-node on ONNX exports), pytorch (the trainer evaluator: held-out pair metrics only), auto (onnx unless the model family cannot be exported, e.g. Qwen2-VL)',
+      'scoring engine: onnx (onnxruntime-node on ONNX exports), pytorch (the trainer PyTorch model, for the same metrics), auto (onnx unless the model family cannot be exported, e.g. Qwen2-VL)',
     ),
 });
 

@@ -310,7 +310,7 @@ export interface EvaluationPlan {
   engine?: EvalEngine;
   /** Why that engine (the stage summary and the report name it). */
   engineReason?: string;
-  /** Requested metrics the engine does not compute, each with its reason (pytorch: the yes/no suite, generations). */
+  /** Requested metrics the engine did not compute, each with its reason: only in plans of older workers, whose pytorch engine left out the yes/no suite and generations. */
   notComputed?: string[];
   /** s3 prefixes (in `bucket`) of the two ONNX exports, each a folder with model.onnx; null with the pytorch engine. */
   onnx: { base: string; trained: string } | null;
@@ -385,7 +385,7 @@ export interface EvaluateResult {
   baseExportCached?: boolean;
   engine?: EvalEngine;
   engineReason?: string;
-  /** Requested metrics this engine did not compute, each with its reason. */
+  /** Requested metrics this engine did not compute, each with its reason: only in results of older workers (both engines now compute every metric); the report still names them. */
   notComputed?: string[];
 }
 

@@ -12,7 +12,7 @@ export { DPO_ONLY_FIELDS } from './trainerContract.generated.js';
 
 const defs = TRAINER_CONFIG_SCHEMA.$defs;
 
-export type TrainerConfigName = 'TrainConfig' | 'ReferenceConfig' | 'EvalConfig' | 'ExportConfig';
+export type TrainerConfigName = 'TrainConfig' | 'ReferenceConfig' | 'EvalConfig' | 'PromptScoreConfig' | 'ExportConfig';
 
 export const LOSS_TYPES = defs.LossType.enum;
 /** The loss types that read label_smoothing. */

@@ -283,15 +283,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
       // The plan names the engine (from the model's family); plans without one are ONNX.
       const [preference, amber, generations] =
         plan.engine === 'pytorch'
-          ? [
-              await Promise.all(
-                plan.preferenceShards.map((shard) =>
-                  acts.scorePreferenceShardTorch({ runId, stageId: stage.id, bucket, modelSource: evalBase, adapterBucket: adapter.bucket, adapterPrefix: adapter.prefix, shard, beta, batchSize: settings.batch_size }),
-                ),
-              ),
-              null,
-              [],
-            ]
+          ? await scoreWithPytorch(acts, { runId, stageId: stage.id, bucket, modelSource: evalBase, adapterBucket: adapter.bucket, adapterPrefix: adapter.prefix, batchSize: settings.batch_size }, plan, { beta, settings })
           : await scoreWithOnnx(acts, { bucket, modelSource: evalBase, onnx: plan.onnx!, threads: settings.ort_threads, batchSize: settings.batch_size }, plan, { runId, stageId: stage.id, beta, settings });
       const evaluation = await acts.finishEvaluation({
         runId,
@@ -384,6 +376,23 @@ function adapterStage(ctx: RunContext, stage: PlannedStage): PlannedStage {
 function planToMermaidWithStates(ctx: RunContext): string {
   const states = Object.fromEntries(ctx.timeline().map((t) => [t.id, t.cached ? 'cached' : t.state]));
   return planToMermaid(ctx.plan, states);
+}
+
+/** The pytorch engine's scoring, fanned out like the ONNX engine's: the same three parts. */
+async function scoreWithPytorch(
+  acts: Activities,
+  scoring: { runId: string; stageId: string; bucket: string; modelSource: string; adapterBucket: string; adapterPrefix: string; batchSize: number },
+  plan: EvaluationPlan,
+  at: { beta: number; settings: PipelineConfig['evaluate'] },
+) {
+  const { settings } = at;
+  return Promise.all([
+    Promise.all(plan.preferenceShards.map((shard) => acts.scorePreferenceShardTorch({ ...scoring, shard, beta: at.beta }))),
+    plan.amber ? Promise.all(plan.amber.ranges.map((range) => acts.scoreAmberShardTorch({ ...scoring, suiteKey: plan.amber!.key, range }))) : Promise.resolve(null),
+    settings.generations > 0 && plan.preferenceShards.length
+      ? acts.generateExamplesTorch({ ...scoring, shard: plan.preferenceShards[0]!, count: settings.generations, maxNewTokens: settings.max_new_tokens })
+      : Promise.resolve([]),
+  ]);
 }
 
 /** The ONNX engine's scoring, fanned out: held-out shards, yes/no suite ranges, greedy answers. */

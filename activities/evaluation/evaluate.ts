@@ -13,7 +13,8 @@
  * The workflow fans the scoring activities out in parallel, so more CPU workers finish sooner.
  * Families the exporter cannot build a correct graph for (contracts/evalEngine.ts, decided here
  * from the model's config.json before any export) are scored by the pytorch engine instead:
- * prepareEvaluation then plans the shards only, and ./torchScoring.ts scores them.
+ * prepareEvaluation then exports nothing (it still stages the suite and plans the shards), and
+ * ./torchScoring.ts computes every metric above with the trainer's PyTorch model.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
@@ -47,6 +48,7 @@ import {
 import { keys } from '../../contracts/keys.js';
 import type { AmberExample, AmberShardResult, EvaluateInput, EvaluateResult, EvaluationPlan, GeneratedExample, ScoreShardInput } from '../../contracts/payloads.js';
 import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
+import type { ImageSize } from '../../vlm/processors/types.js';
 import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
 import { FormatSchema } from '../../contracts/config.js';
 import { thumbnail } from '../../vlm/formatRows.js';
@@ -62,7 +64,7 @@ import { listFilesRecursive, sha256Hex } from '../../io/files.js';
 import { withHeartbeat } from '../heartbeat.js';
 import { defaultImageEdge } from '../../vlm/imageSize.js';
 import { modelFingerprint } from '../../io/fingerprint.js';
-import { chooseEvalEngine, EngineChoiceError, pytorchOmissions, type EngineChoice, type EvalEngine } from '../../contracts/evalEngine.js';
+import { chooseEvalEngine, EngineChoiceError, type EngineChoice, type EvalEngine } from '../../contracts/evalEngine.js';
 
 const exportFailure = (err: unknown): never => {
   if (err instanceof OnnxExportError) {
@@ -86,8 +88,9 @@ export async function prepareEvaluation(deps: ActivityDeps, input: EvaluateInput
     // The engine follows from the model's family and the rows' image count, before anything is exported.
     const choice = await engineFor(modelDir, input, split.maxImagesPerRow ?? 1);
     if (choice.engine === 'pytorch') {
-      const notComputed = pytorchOmissions(input.evaluate);
-      return { engine: 'pytorch', engineReason: choice.reason, notComputed, onnx: null, baseExportCached: false, preferenceShards, amber: null, imageLongestEdge };
+      // Nothing to export: the trainer answers from the model folder and the adapter.
+      const amber = input.evaluate.amber_suite ? await stageAmberSuite(deps, input, imageLongestEdge) : null;
+      return { engine: 'pytorch', engineReason: choice.reason, onnx: null, baseExportCached: false, preferenceShards, amber, imageLongestEdge };
     }
 
     const work = join(deps.workDir, 'runs', input.runId, `${input.stageId}-${ctx.info.attempt}-${process.pid}`);
@@ -263,7 +266,7 @@ interface ShardRow {
   image: Uint8Array | null;
 }
 
-async function readShard(deps: ActivityDeps, bucket: string, shard: { key: string; sha256: string }): Promise<ShardRow[]> {
+export async function readShard(deps: ActivityDeps, bucket: string, shard: { key: string; sha256: string }): Promise<ShardRow[]> {
   const bytes = await deps.storage.getBuffer(bucket, shard.key);
   if (sha256Hex(bytes) !== shard.sha256) throw ApplicationFailure.retryable(`shard ${shard.key} failed its sha256 check after download`);
   return readParquetTable(bytes)
@@ -322,8 +325,8 @@ async function rowPixels(image: Uint8Array | null, config: ImageProcessorConfig 
  * turns "ASSISTANT: Yes" and "ASSISTANT: No" share a prefix, which goes into the prompt; the first
  * token after it is the answer token. Both must be single tokens.
  */
-export function yesNoPrompt(chat: ChatTokenizer, question: string): { ids: number[]; yes: number; no: number } {
-  const prompt = chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]));
+export function yesNoPrompt(chat: ChatTokenizer, question: string, sizes?: ImageSize[]): { ids: number[]; yes: number; no: number } {
+  const prompt = chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]), sizes);
   const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }])).slice(0, -1);
   const yes = answer('Yes');
   const no = answer('No');
@@ -336,15 +339,15 @@ export function yesNoPrompt(chat: ChatTokenizer, question: string): { ids: numbe
 }
 
 /** Greedy answer lengths in the suite: a yes/no answer is one short sentence, a description a few. */
-const SHORT_ANSWER_TOKENS = 12;
-const DESCRIPTION_TOKENS = 32;
+export const SHORT_ANSWER_TOKENS = 12;
+export const DESCRIPTION_TOKENS = 32;
 /** Suite items per range whose differing answers are kept (with their image) for the report. */
-const EXAMPLES_PER_RANGE = 4;
+export const EXAMPLES_PER_RANGE = 4;
 
-type SuiteItem = ({ type: 'question' } & AmberQuestion) | ({ type: 'description' } & AmberDescription);
+export type SuiteItem = ({ type: 'question' } & AmberQuestion) | ({ type: 'description' } & AmberDescription);
 
 /** The staged suite's items in range order: yes/no questions first, then description prompts. */
-function suiteItems(bytes: Uint8Array, source: string): SuiteItem[] {
+export function suiteItems(bytes: Uint8Array, source: string): SuiteItem[] {
   const suite = readAmberSuite(bytes, source);
   return [...suite.questions.map((q) => ({ type: 'question' as const, ...q })), ...suite.descriptions.map((d) => ({ type: 'description' as const, ...d }))];
 }
@@ -421,12 +424,12 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
   });
 }
 
-function shortCounts(truths: Array<'yes' | 'no'>, answers: string[]): ShortAnswerCounts {
+export function shortCounts(truths: Array<'yes' | 'no'>, answers: string[]): ShortAnswerCounts {
   return { questions: truths.length, correct: truths.filter((t, i) => shortAnswerOf(answers[i]!) === t).length };
 }
 
 /** Up to `count` differing items, description prompts and questions alternating, so both halves show. */
-function pickExamples<T extends { kind: string }>(differing: T[], count: number): T[] {
+export function pickExamples<T extends { kind: string }>(differing: T[], count: number): T[] {
   const descriptions = differing.filter((d) => d.kind === 'generative');
   const questions = differing.filter((d) => d.kind !== 'generative');
   const out: T[] = [];
@@ -437,7 +440,7 @@ function pickExamples<T extends { kind: string }>(differing: T[], count: number)
   return out;
 }
 
-async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteKey: string }, picked: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }>): Promise<AmberExample[]> {
+export async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteKey: string }, picked: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }>): Promise<AmberExample[]> {
   const prefix = input.suiteKey.replace(/[^/]*$/, '');
   return Promise.all(
     picked.map(async ({ image, ...e }) => {
@@ -454,7 +457,7 @@ async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteK
  * is a token of its own that no training sequence has there (it is merged into the answer's first
  * word), so greedy decoding after it starts from a context the model never saw.
  */
-function assistantOpening(chat: ChatTokenizer): number[] {
+export function assistantOpening(chat: ChatTokenizer): number[] {
   const answer = (text: string) => chat.encodeCompletion(chat.render([{ role: 'assistant', content: [{ type: 'text', text }] }]));
   const [yes, no] = [answer('Yes'), answer('No')];
   let shared = 0;
@@ -462,7 +465,7 @@ function assistantOpening(chat: ChatTokenizer): number[] {
   return yes.slice(0, shared);
 }
 
-async function decoderFor(modelDir: string): Promise<(ids: number[]) => string> {
+export async function decoderFor(modelDir: string): Promise<(ids: number[]) => string> {
   const tokenizer = new Tokenizer(JSON.parse(await readFile(join(modelDir, 'tokenizer.json'), 'utf8')), JSON.parse(await readFile(join(modelDir, 'tokenizer_config.json'), 'utf8')));
   return (ids: number[]) => tokenizer.decode(ids, { skip_special_tokens: true }).trim();
 }
@@ -556,4 +559,4 @@ export async function finishEvaluation(
   return result;
 }
 
-const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+export const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

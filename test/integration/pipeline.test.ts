@@ -161,7 +161,7 @@ describe('dpoPipeline end to end', () => {
     expect(stored.trained).toEqual(trained);
   });
 
-  it('agrees with the pytorch engine on the same shards and adapter, which names what it leaves out', async () => {
+  it('agrees with the pytorch engine on the same shards and adapter, the yes/no suite and generations included', async () => {
     const evaluation = result.evaluations.evaluate!;
     // An evaluation-only run of the trained adapter (the data stages are cached), scored by the
     // trainer's PyTorch evaluator instead of onnxruntime-node.
@@ -192,15 +192,21 @@ describe('dpoPipeline end to end', () => {
       expect(ort.reward_margin_mean).toBeCloseTo(ref.reward_margin_mean, 4);
       expect(ort.logp_margin_mean).toBeCloseTo(ref.logp_margin_mean, 3);
     }
-    // The config asks for the yes/no suite and generations, which only the ONNX engine computes:
-    // said in the result, the stage summary and the report, not silently dropped.
-    expect(torch.amber).toBeUndefined();
-    expect(torch.notComputed?.map((w) => w.split(' ')[0])).toEqual(['amber_suite', 'generations']);
+    // The yes/no suite (p("Yes") vs p("No"), short answers, descriptions) and the greedy
+    // generations: the same answers from PyTorch as from the ONNX graphs, counted by the same code.
+    expect(torch.notComputed).toBeUndefined();
+    expect(torch.amber).toEqual(evaluation.amber);
+    expect(torch.shortAnswers).toEqual(evaluation.shortAnswers);
+    expect(torch.generative).toEqual(evaluation.generative);
+    const answers = (g: typeof evaluation.generations) => (g ?? []).map(({ sampleId, question, chosen, base, trained }) => ({ sampleId, question, chosen, base, trained }));
+    expect(torch.generations).toHaveLength(2);
+    expect(answers(torch.generations)).toEqual(answers(evaluation.generations));
     const line = torchRun.timeline.find((t) => t.id === 'evaluate') as { summary?: Record<string, number | string> };
-    expect(line.summary).toMatchObject({ engine: 'pytorch', not_computed: expect.stringContaining('amber_suite') });
+    expect(line.summary).toMatchObject({ engine: 'pytorch', base_amber_f1: evaluation.amber!.base.overall!.f1 });
+    expect(line.summary).not.toHaveProperty('not_computed');
     const markdown = (await stack.deps.storage.getBuffer(TEST_BUCKET, torchRun.reports.report!.markdownKey)).toString();
     expect(markdown).toContain('evaluated with PyTorch (the trainer evaluator, on CPU workers): stage "evaluate" params.engine is pytorch');
-    expect(markdown).toContain('not computed by pytorch: amber_suite');
+    expect(markdown).not.toContain('not computed by');
   });
 
   it('scores the AMBER-style yes/no suite, overall and per question kind', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chooseEvalEngine, EngineChoiceError, pytorchOmissions } from '../../contracts/evalEngine.js';
+import { chooseEvalEngine, EngineChoiceError } from '../../contracts/evalEngine.js';
 import { countsFromMetrics, preferenceCounts, preferenceMetrics } from '../../contracts/evalMetrics.js';
 
 describe('evaluate engine choice', () => {
@@ -26,11 +26,6 @@ describe('evaluate engine choice', () => {
       reason: 'held-out rows with 2 images cannot be scored through ONNX: the exported graphs take one image per row',
     });
     expect(() => chooseEvalEngine('onnx', 'gemma3_x', 'evaluate.engine', 3)).toThrow(/^evaluate.engine: onnx cannot score held-out rows with 3 images/);
-  });
-
-  it('names what the pytorch engine leaves out', () => {
-    expect(pytorchOmissions({ generations: 0 })).toEqual([]);
-    expect(pytorchOmissions({ amber_suite: 's3://b/amber', generations: 2 }).map((s) => s.split(' ')[0])).toEqual(['amber_suite', 'generations']);
   });
 });
 

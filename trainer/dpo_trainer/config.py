@@ -311,6 +311,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PromptScoreConfig:
+    """`python -m dpo_trainer.score_prompts --config CONFIG.json`."""
+
+    model_dir: str = field(metadata=doc("base model folder (absolute path)"))
+    requests: str = field(metadata=doc("JSON file of prompts to answer (CONTRACT.md, score_prompts)"))
+    output: str = field(metadata=doc("JSON file the answers are written to"))
+    adapter_dir: str | None = field(default=None, metadata=doc("PEFT adapter folder; null answers with the base model"))
+    device: str = field(default="auto", metadata=doc("'auto', 'cpu', 'cuda' or 'cuda:N'", **DEVICE))
+    dtype: DType = field(default="float32", metadata=doc("weights and autocast compute dtype"))
+
+    def cross_field_problems(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     """`python -m dpo_trainer.reference --config CONFIG.json`."""
 

@@ -29,6 +29,7 @@ from .config import (
     DPO_ONLY_FIELDS,
     DType,
     EvalConfig,
+    PromptScoreConfig,
     ExportConfig,
     LabelSmoothingLossType,
     LoraSettings,
@@ -55,7 +56,7 @@ ENUMS: dict[str, Any] = {
     "DType": DType,
     "ReportTo": ReportTo,
 }
-CONFIGS: tuple[type, ...] = (TrainConfig, LoraSettings, ReferenceConfig, EvalConfig, ExportConfig)
+CONFIGS: tuple[type, ...] = (TrainConfig, LoraSettings, ReferenceConfig, EvalConfig, PromptScoreConfig, ExportConfig)
 BOUNDS = {"min": "minimum", "max": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 SIMPLE_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
 
@@ -129,7 +130,7 @@ def config_schema() -> dict[str, Any]:
         "title": "Trainer config files",
         "description": (
             "The --config files of python -m dpo_trainer.train (TrainConfig), .reference (ReferenceConfig),"
-            " .evaluate (EvalConfig) and .export (ExportConfig); see trainer/CONTRACT.md. Cross-field rules"
+            " .evaluate (EvalConfig), .score_prompts (PromptScoreConfig) and .export (ExportConfig); see trainer/CONTRACT.md. Cross-field rules"
             " (e.g. label_smoothing only with the loss types of LabelSmoothingLossType) are checked by the trainer's parser, not here."
         ),
         "$defs": defs,
