@@ -2,7 +2,7 @@
  * How each stage kind runs: which activity, on which queue, with which timeouts and retries, and
  * what it hands to the stages that need it. Orchestration only (no I/O): bundled into workflows.
  */
-import { executeChild, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { executeChild, patched, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { planToMermaid, STAGE_KINDS, stageDataset, stageSettings, upstreamStage, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
 import type { StageAttempts } from '../contracts/attempts.js';
@@ -389,7 +389,9 @@ async function scoreWithPytorch(
   return Promise.all([
     Promise.all(plan.preferenceShards.map((shard) => acts.scorePreferenceShardTorch({ ...scoring, shard, beta: at.beta }))),
     plan.amber ? Promise.all(plan.amber.ranges.map((range) => acts.scoreAmberShardTorch({ ...scoring, suiteKey: plan.amber!.key, range }))) : Promise.resolve(null),
-    settings.generations > 0 && plan.preferenceShards.length
+    // Runs started before the pytorch engine generated answers had no such activity here
+    // (their plans carry no suite either, so the suite's part replays as before).
+    settings.generations > 0 && plan.preferenceShards.length && patched('pytorch-generations')
       ? acts.generateExamplesTorch({ ...scoring, shard: plan.preferenceShards[0]!, count: settings.generations, maxNewTokens: settings.max_new_tokens })
       : Promise.resolve([]),
   ]);
