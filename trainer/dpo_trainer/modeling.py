@@ -190,7 +190,12 @@ def attach_lora(model: Any, lora: LoraSettings) -> Any:
 def enable_gradient_checkpointing(model: Any) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA), so no
     # enable_input_require_grads() hook is needed.
-    model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base = model.get_base_model()
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # older transformers (the GPU machine's preinstalled 5.17) have only this name
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
