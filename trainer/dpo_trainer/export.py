@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         signature = export(load_config(ExportConfig, args.config))
-        print(json.dumps({"export": "done", "onnx_bytes": signature.get("export_seconds")}), file=sys.stderr)
+        print(json.dumps({"export": "done", "export_seconds": signature.get("export_seconds")}), file=sys.stderr)
         return int(ExitCode.FINISHED)
 
     return run_command(body)
