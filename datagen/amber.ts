@@ -4,7 +4,7 @@
  * about an image with ground truth, of three kinds --
  *   existence  "Is there a triangle in the image?"  (absent shapes and objects never drawn: dog, car...)
  *   attribute  "Is the circle red?"
- *   relation   "Is the square to the left of the circle?"
+ *   relation   "Is the square on the left of the image?"
  * -- about half of them answered "no", which is where hallucinating models fail.
  *
  * -- exactly half of each kind answered "no", which is where hallucinating models fail (and where a
@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { AMBER_KINDS, amberToParquet, type AmberDescription, type AmberQuestion } from '../io/amberSuite.js';
 import { COLOURS, COLUMNS, rng, randomScene, sceneSvg, SHAPES, type Colour, type PlacedShape } from './demoShapes.js';
-import { CO_OCCURS, DESCRIBE_PROMPT, NEVER_DRAWN, OBJECT_WORDS } from './demoStory.js';
+import { CO_OCCURS, DESCRIBE_PROMPT, NEVER_DRAWN, OBJECT_WORDS, relationQuestion } from './demoStory.js';
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
 
@@ -44,15 +44,8 @@ function attribute(r: () => number, scene: PlacedShape[], yes: boolean): Draft {
 }
 
 function relation(r: () => number, scene: PlacedShape[], yes: boolean): Draft | null {
-  if (scene.length < 2) return null;
-  const i = Math.floor(r() * scene.length);
-  let j = Math.floor(r() * (scene.length - 1));
-  if (j >= i) j++;
-  const [x, y] = [scene[i]!, scene[j]!];
-  const xIsLeft = COLUMNS.indexOf(x.column) < COLUMNS.indexOf(y.column);
-  // The side that makes the statement true or false, as wanted.
-  const side = xIsLeft === yes ? 'left' : 'right';
-  return { question: `Is the ${x.kind} to the ${side} of the ${y.kind}?`, answer: yes ? 'yes' : 'no', kind: 'relation' };
+  const asked = relationQuestion(r, scene, yes);
+  return asked && { question: asked.question, answer: yes ? 'yes' : 'no', kind: 'relation' };
 }
 
 /** `count` questions, cycling through the kinds and, within each kind, yes and no; one fresh scene each. */

@@ -41,6 +41,11 @@ export interface StoryKnobs {
   sftMix: { describe: number; yesNo: number; short: number };
   /** Mix of the preference pairs by what the rejected answer gets wrong. */
   pairMix: { describe: number; existence: number; attribute: number; relation: number; count: number };
+  /**
+   * Yes/no kinds whose preference pairs answer with the decision alone ("Yes." / "No."), so the
+   * pair's only difference is the token the AMBER-style suite reads.
+   */
+  decisionOnlyKinds: Array<'existence' | 'attribute' | 'relation'>;
 }
 
 export const DEFAULT_KNOBS: StoryKnobs = {
@@ -48,6 +53,7 @@ export const DEFAULT_KNOBS: StoryKnobs = {
   sftYesShare: 0.85,
   sftMix: { describe: 0.4, yesNo: 0.3, short: 0.3 },
   pairMix: { describe: 0.3, existence: 0.3, attribute: 0.2, relation: 0.05, count: 0.15 },
+  decisionOnlyKinds: ['attribute', 'relation'],
 };
 
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)]!;
@@ -114,11 +120,21 @@ const existenceAnswer = (object: string, yes: boolean) => (yes ? `Yes, there is 
  */
 const attributeAnswer = (kind: string, asked: Colour, yes: boolean) => (yes ? `Yes, the ${kind} is ${asked}.` : `No, the ${kind} is not ${asked}.`);
 
-/** Is `x` to the `side` of `y` in the scene (by column)? */
-const isBeside = (x: PlacedShape, y: PlacedShape, side: 'left' | 'right') =>
-  side === 'left' ? COLUMNS.indexOf(x.column) < COLUMNS.indexOf(y.column) : COLUMNS.indexOf(x.column) > COLUMNS.indexOf(y.column);
-const relationAnswer = (x: string, y: string, side: string, yes: boolean) =>
-  yes ? `Yes, the ${x} is to the ${side} of the ${y}.` : `No, the ${x} is not to the ${side} of the ${y}.`;
+/**
+ * A spatial-relation question, "Is the X on the left of the image?": of a shape in the left or
+ * right column with its own side (`yes`), or of any shape with a side it is not on. The relation
+ * is the shape's to the picture, not to another shape: the tiny demo model does not learn to
+ * compare two shapes' columns (held-out pairs stayed at chance), while one shape's place is what
+ * its position answers already teach. Null when no shape fits (a "yes" about a centred shape).
+ */
+export function relationQuestion(r: () => number, scene: PlacedShape[], yes: boolean): { shape: PlacedShape; side: 'left' | 'right'; question: string } | null {
+  const candidates = yes ? scene.filter((s) => s.column !== 'center') : scene;
+  if (!candidates.length) return null;
+  const shape = pick(r, candidates);
+  const side = yes ? (shape.column as 'left' | 'right') : pick(r, (['left', 'right'] as const).filter((c) => c !== shape.column));
+  return { shape, side, question: `Is the ${shape.kind} on the ${side} of the image?` };
+}
+const relationAnswer = (kind: string, side: string, yes: boolean) => (yes ? `Yes, the ${kind} is on the ${side}.` : `No, the ${kind} is not on the ${side}.`);
 
 export interface StoryExample {
   question: string;
@@ -170,6 +186,13 @@ export function sftExample(r: () => number, scene: PlacedShape[], knobs: StoryKn
 
 /** One preference pair: the chosen answer is faithful to the scene, the rejected one hallucinates. */
 export function preferencePair(r: () => number, scene: PlacedShape[], knobs: StoryKnobs): StoryExample {
+  const pair = sentencePair(r, scene, knobs);
+  if (!(knobs.decisionOnlyKinds as string[]).includes(pair.kind)) return pair;
+  const decision = (answer: string) => (answer.startsWith('Yes') ? 'Yes.' : 'No.');
+  return { ...pair, chosen: decision(pair.chosen), rejected: decision(pair.rejected) };
+}
+
+function sentencePair(r: () => number, scene: PlacedShape[], knobs: StoryKnobs): StoryExample {
   const mix = knobs.pairMix;
   const total = mix.describe + mix.existence + mix.attribute + mix.relation + mix.count;
   let roll = r() * total;
@@ -196,21 +219,16 @@ export function preferencePair(r: () => number, scene: PlacedShape[], knobs: Sto
     const truth = asked === s.colour;
     return { kind: 'attribute', question: `Is the ${s.kind} ${asked}?`, chosen: attributeAnswer(s.kind, asked, truth), rejected: attributeAnswer(s.kind, asked, !truth) };
   }
-  if ((roll -= mix.relation) < 0 && scene.length >= 2) {
-    const [x, y] = twoOf(r, scene);
-    const side = r() < 0.5 ? 'left' : 'right';
-    const truth = isBeside(x, y, side);
-    return { kind: 'relation', question: `Is the ${x.kind} to the ${side} of the ${y.kind}?`, chosen: relationAnswer(x.kind, y.kind, side, truth), rejected: relationAnswer(x.kind, y.kind, side, !truth) };
+  if ((roll -= mix.relation) < 0) {
+    const truth = r() < 0.5;
+    const asked = relationQuestion(r, scene, truth);
+    if (asked) {
+      const { shape, side, question } = asked;
+      return { kind: 'relation', question, chosen: relationAnswer(shape.kind, side, truth), rejected: relationAnswer(shape.kind, side, !truth) };
+    }
   }
   const n = scene.length;
   return { kind: 'count', question: 'How many objects are in the image?', chosen: `I count ${NUMBER_WORDS[n - 1]}.`, rejected: `I count ${NUMBER_WORDS[n]}.` };
-}
-
-function twoOf(r: () => number, scene: PlacedShape[]): [PlacedShape, PlacedShape] {
-  const i = Math.floor(r() * scene.length);
-  let j = Math.floor(r() * (scene.length - 1));
-  if (j >= i) j++;
-  return [scene[i]!, scene[j]!];
 }
 
 async function storyRows(
