@@ -54,6 +54,8 @@ export interface PromptRequest {
   /** Prompt ids with the image tokens expanded, as the tokenize stage writes them. */
   ids: number[];
   image: Uint8Array | null;
+  /** The row's images after the first, in placeholder order. */
+  extraImages?: Uint8Array[];
   /** Tokens whose next-token log-probability is wanted (the yes/no answer tokens). */
   nextTokens: number[];
   /** 0: no greedy answer. */
@@ -89,6 +91,7 @@ export async function answerWithPytorch(req: PromptScoreRequest): Promise<Prompt
     id: p.id,
     prompt_input_ids: p.ids,
     image: p.image ? Buffer.from(p.image).toString('base64') : null,
+    extra_images: (p.extraImages ?? []).map((b) => Buffer.from(b).toString('base64')),
     next_tokens: p.nextTokens,
     max_new_tokens: p.maxNewTokens,
   }));

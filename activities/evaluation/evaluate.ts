@@ -264,6 +264,8 @@ interface ShardRow {
   chosen: number[];
   rejected: number[];
   image: Uint8Array | null;
+  /** The row's images after the first (shards written before several-image rows have none). */
+  extraImages: Uint8Array[];
 }
 
 export async function readShard(deps: ActivityDeps, bucket: string, shard: { key: string; sha256: string }): Promise<ShardRow[]> {
@@ -277,6 +279,7 @@ export async function readShard(deps: ActivityDeps, bucket: string, shard: { key
       chosen: listToNumbers(r.chosen_input_ids),
       rejected: listToNumbers(r.rejected_input_ids),
       image: (r.image as Uint8Array | null) ?? null,
+      extraImages: r.extra_images ? Array.from(r.extra_images as Iterable<Uint8Array>) : [],
     }));
 }
 

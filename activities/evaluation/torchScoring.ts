@@ -243,7 +243,7 @@ export async function generateExamplesTorch(deps: ActivityDeps, input: TorchGene
     const chat = await ChatTokenizer.load(modelDir);
     const decode = await decoderFor(modelDir);
     const opening = assistantOpening(chat);
-    const requests: PromptRequest[] = rows.map((r) => ({ id: r.sampleId, ids: [...r.prompt, ...opening], image: r.image, nextTokens: [], maxNewTokens: input.maxNewTokens }));
+    const requests: PromptRequest[] = rows.map((r) => ({ id: r.sampleId, ids: [...r.prompt, ...opening], image: r.image, extraImages: r.extraImages, nextTokens: [], maxNewTokens: input.maxNewTokens }));
     const base = await answer('base', requests, chat.eosTokenId);
     const trained = await answer('trained', requests, chat.eosTokenId);
     const imageToken = chat.imageToken;

@@ -17,7 +17,7 @@ import argparse
 import base64
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class PromptRequest:
     image: bytes | None
     next_tokens: list[int]
     max_new_tokens: int
+    # A row's images after the first, in placeholder order (several-image prompts).
+    extra_images: list[bytes] = field(default_factory=list)
 
 
 def read_requests(path: str) -> tuple[list[PromptRequest], int]:
     """The requests file: {"eos_token_id": int, "items": [{id, prompt_input_ids, image (base64
-    or null), next_tokens, max_new_tokens}]}."""
+    or null), next_tokens, max_new_tokens, extra_images (base64 list, optional)}]}."""
     try:
         data = json.loads(Path(path).read_text())
         items = [
@@ -53,6 +55,7 @@ def read_requests(path: str) -> tuple[list[PromptRequest], int]:
                 base64.b64decode(item["image"]) if item.get("image") else None,
                 [int(t) for t in item.get("next_tokens", [])],
                 int(item.get("max_new_tokens", 0)),
+                [base64.b64decode(b) for b in item.get("extra_images") or []],
             )
             for item in data["items"]
         ]
@@ -63,7 +66,7 @@ def read_requests(path: str) -> tuple[list[PromptRequest], int]:
 
 def _last_logits(model: Any, pad_token_id: int, pixels: PixelCache | None, request: PromptRequest, ids: list[int]) -> torch.Tensor:
     """float32 logits after `ids`, one row (no padding, so every family's positions are its own)."""
-    row = {"sample_id": request.id, "prompt_input_ids": ids, "chosen_input_ids": [], "image": request.image}
+    row = {"sample_id": request.id, "prompt_input_ids": ids, "chosen_input_ids": [], "image": request.image, "extra_images": request.extra_images}
     batch = collate([row], pad_token_id, pixels, chosen_only=True)
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.pixel_values is not None:

@@ -15,7 +15,7 @@ import torch
 from dpo_trainer.config import PromptScoreConfig, parse_config
 from dpo_trainer.data import PixelCache, collate
 from dpo_trainer.modeling import completion_logps, load_base_model
-from dpo_trainer.score_prompts import main
+from dpo_trainer.score_prompts import run_scoring
 
 
 def _rows(shard: Path, n: int) -> list[dict]:
@@ -48,9 +48,8 @@ def test_answers_match_the_trainers_scoring_and_greedy_decoding(tiny_model_dir, 
         "output": str(tmp_path / "answers.json"),
         "device": "cpu",
     }
-    parse_config(PromptScoreConfig, config)
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    assert main(["--config", str(tmp_path / "config.json")]) == 0
+    # In-process, as conftest's run_train: main() would take over this process's stdout.
+    assert run_scoring(parse_config(PromptScoreConfig, config)) == 0
     answers = json.loads((tmp_path / "answers.json").read_text())["items"]
     assert [a["id"] for a in answers] == [r["sample_id"] for r in rows]
 
