@@ -258,7 +258,7 @@ async function stageExport(deps: ActivityDeps, bucket: string, prefix: string, d
   await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
 }
 
-interface ShardRow {
+export interface ShardRow {
   sampleId: string;
   prompt: number[];
   chosen: number[];
@@ -341,6 +341,21 @@ export function yesNoPrompt(chat: ChatTokenizer, question: string, sizes?: Image
   return { ids: [...prompt, ...yes.slice(0, shared)], yes: yes[shared]!, no: no[shared]! };
 }
 
+/** A description prompt's ids, up to where the greedy description starts (the assistant opening). */
+export function describePrompt(chat: ChatTokenizer, question: string, opening: number[], sizes?: ImageSize[]): number[] {
+  return [...chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }]), sizes), ...opening];
+}
+
+type DifferingExample = Omit<AmberExample, 'imageKey'> & { image: Uint8Array };
+
+/** The report's example of a suite item, when the two models answered it differently; else null. */
+export function differingExample(item: SuiteItem, base: string, trained: string): DifferingExample | null {
+  if (base === trained) return null;
+  return item.type === 'question'
+    ? { id: item.id, kind: item.kind, question: item.question, truth: item.answer, base, trained, image: item.image.bytes }
+    : { id: item.id, kind: 'generative', question: item.question, truth: item.truthObjects.join(', '), base, trained, image: item.image.bytes };
+}
+
 /** Greedy answer lengths in the suite: a yes/no answer is one short sentence, a description a few. */
 export const SHORT_ANSWER_TOKENS = 12;
 export const DESCRIPTION_TOKENS = 32;
@@ -372,7 +387,7 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
       const counts = { base: {} as AmberCounts, trained: {} as AmberCounts };
       const generative = { base: emptyGenerativeCounts(), trained: emptyGenerativeCounts() };
       const short = { base: emptyShortAnswerCounts(), trained: emptyShortAnswerCounts() };
-      const differing: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }> = [];
+      const differing: DifferingExample[] = [];
       const questions = items.filter((i): i is Extract<SuiteItem, { type: 'question' }> => i.type === 'question');
       const descriptions = items.filter((i): i is Extract<SuiteItem, { type: 'description' }> => i.type === 'description');
       for (let start = 0; start < questions.length; start += input.batchSize) {
@@ -392,7 +407,8 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
           short[name] = addShortAnswerCounts(short[name], shortCounts(batch.map((q) => q.answer), answers[name]));
         }
         batch.forEach((q, i) => {
-          if (answers.base[i] !== answers.trained[i]) differing.push({ id: q.id, kind: q.kind, question: q.question, truth: q.answer, base: answers.base[i]!, trained: answers.trained[i]!, image: q.image.bytes });
+          const example = differingExample(q, answers.base[i]!, answers.trained[i]!);
+          if (example) differing.push(example);
         });
         heartbeat({ suite: input.suiteKey, scored: start + batch.length });
       }
@@ -400,7 +416,7 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
       for (let start = 0; start < descriptions.length; start += input.batchSize) {
         const batch = descriptions.slice(start, start + input.batchSize);
         const rows = await Promise.all(
-          batch.map(async (d) => ({ ids: [...chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: d.question }] }])), ...opening], pixels: await pixelValues(d.image.bytes, imageConfig) })),
+          batch.map(async (d) => ({ ids: describePrompt(chat, d.question, opening), pixels: await pixelValues(d.image.bytes, imageConfig) })),
         );
         const texts: Record<'base' | 'trained', string[]> = { base: [], trained: [] };
         for (const name of ['base', 'trained'] as const) {
@@ -410,7 +426,8 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
           });
         }
         batch.forEach((d, i) => {
-          if (texts.base[i] !== texts.trained[i]) differing.push({ id: d.id, kind: 'generative', question: d.question, truth: d.truthObjects.join(', '), base: texts.base[i]!, trained: texts.trained[i]!, image: d.image.bytes });
+          const example = differingExample(d, texts.base[i]!, texts.trained[i]!);
+          if (example) differing.push(example);
         });
         heartbeat({ suite: input.suiteKey, described: start + batch.length });
       }
@@ -443,7 +460,7 @@ export function pickExamples<T extends { kind: string }>(differing: T[], count: 
   return out;
 }
 
-export async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteKey: string }, picked: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }>): Promise<AmberExample[]> {
+export async function storeExamples(deps: ActivityDeps, input: { bucket: string; suiteKey: string }, picked: DifferingExample[]): Promise<AmberExample[]> {
   const prefix = input.suiteKey.replace(/[^/]*$/, '');
   return Promise.all(
     picked.map(async ({ image, ...e }) => {
@@ -494,26 +511,38 @@ export async function generateExamples(
           models.base.greedy(prompt, pixels, input.maxNewTokens, chat.eosTokenId),
           models.trained.greedy(prompt, pixels, input.maxNewTokens, chat.eosTokenId),
         ]);
-        let imageKey: string | null = null;
-        if (r.image) {
-          imageKey = `${keys.runStagePrefix(input.runId, input.stageId)}generations/${i}.jpg`;
-          await deps.storage.putBuffer(input.bucket, imageKey, Buffer.from(r.image), 'image/jpeg');
-        }
-        const imageToken = chat.imageToken;
-        out.push({
-          sampleId: r.sampleId,
-          question: decode(r.prompt).replace(imageToken ? new RegExp(escapeRegExp(imageToken), 'g') : /$^/, '').trim(),
-          chosen: decode(r.chosen),
-          base: decode(base),
-          trained: decode(trained),
-          imageKey,
-        });
+        out.push(await generatedExample(deps, input, i, r, { chat, decode }, { base, trained }));
       }
       return out;
     } finally {
       await Promise.all([models.base.release(), models.trained.release()]);
     }
   });
+}
+
+/** One held-out row's greedy answers for the report, its image stored beside them. */
+export async function generatedExample(
+  deps: ActivityDeps,
+  at: { bucket: string; runId: string; stageId: string },
+  index: number,
+  row: ShardRow,
+  text: { chat: ChatTokenizer; decode: (ids: number[]) => string },
+  answers: { base: number[]; trained: number[] },
+): Promise<GeneratedExample> {
+  let imageKey: string | null = null;
+  if (row.image) {
+    imageKey = `${keys.runStagePrefix(at.runId, at.stageId)}generations/${index}.jpg`;
+    await deps.storage.putBuffer(at.bucket, imageKey, Buffer.from(row.image), 'image/jpeg');
+  }
+  const imageToken = text.chat.imageToken;
+  return {
+    sampleId: row.sampleId,
+    question: text.decode(row.prompt).replace(imageToken ? new RegExp(escapeRegExp(imageToken), 'g') : /$^/, '').trim(),
+    chosen: text.decode(row.chosen),
+    base: text.decode(answers.base),
+    trained: text.decode(answers.trained),
+    imageKey,
+  };
 }
 
 export async function finishEvaluation(

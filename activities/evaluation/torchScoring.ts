@@ -24,8 +24,7 @@ import {
   type AmberCounts,
   type PreferenceCounts,
 } from '../../contracts/evalMetrics.js';
-import { keys } from '../../contracts/keys.js';
-import type { AmberExample, AmberShardResult, GeneratedExample } from '../../contracts/payloads.js';
+import type { AmberShardResult, GeneratedExample } from '../../contracts/payloads.js';
 import type { ActivityDeps } from '../../io/deps.js';
 import { sha256Hex } from '../../io/files.js';
 import { stageModel } from '../../io/models.js';
@@ -35,9 +34,11 @@ import { answerWithPytorch, evaluateWithPytorch, TorchEvalFailed, type PromptAns
 import {
   assistantOpening,
   decoderFor,
+  describePrompt,
   DESCRIPTION_TOKENS,
-  escapeRegExp,
+  differingExample,
   EXAMPLES_PER_RANGE,
+  generatedExample,
   pickExamples,
   readShard,
   SHORT_ANSWER_TOKENS,
@@ -194,7 +195,7 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
       ...(await Promise.all(
         descriptions.map(async (d) => ({
           id: d.id,
-          ids: [...chat.encodePrompt(chat.render([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: d.question }] }]), await sizes(d.image.bytes)), ...opening],
+          ids: describePrompt(chat, d.question, opening, await sizes(d.image.bytes)),
           image: d.image.bytes,
           nextTokens: [],
           maxNewTokens: DESCRIPTION_TOKENS,
@@ -217,14 +218,8 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
         generative[side] = addGenerativeCounts(generative[side], describeCounts(texts[side][questions.length + i]!, d.truthObjects, d.halluObjects));
       });
     }
-    const differing: Array<Omit<AmberExample, 'imageKey'> & { image: Uint8Array }> = [];
-    questions.forEach((q, i) => {
-      if (texts.base[i] !== texts.trained[i]) differing.push({ id: q.id, kind: q.kind, question: q.question, truth: q.answer, base: texts.base[i]!, trained: texts.trained[i]!, image: q.image.bytes });
-    });
-    descriptions.forEach((d, j) => {
-      const i = questions.length + j;
-      if (texts.base[i] !== texts.trained[i]) differing.push({ id: d.id, kind: 'generative', question: d.question, truth: d.truthObjects.join(', '), base: texts.base[i]!, trained: texts.trained[i]!, image: d.image.bytes });
-    });
+    // Requests are the questions, then the descriptions: the same order as `items` filtered.
+    const differing = [...questions, ...descriptions].flatMap((item, i) => differingExample(item, texts.base[i]!, texts.trained[i]!) ?? []);
     const examples = await storeExamples(deps, input, pickExamples(differing, EXAMPLES_PER_RANGE));
     return {
       ...counts,
@@ -246,23 +241,6 @@ export async function generateExamplesTorch(deps: ActivityDeps, input: TorchGene
     const requests: PromptRequest[] = rows.map((r) => ({ id: r.sampleId, ids: [...r.prompt, ...opening], image: r.image, extraImages: r.extraImages, nextTokens: [], maxNewTokens: input.maxNewTokens }));
     const base = await answer('base', requests, chat.eosTokenId);
     const trained = await answer('trained', requests, chat.eosTokenId);
-    const imageToken = chat.imageToken;
-    const out: GeneratedExample[] = [];
-    for (const [i, r] of rows.entries()) {
-      let imageKey: string | null = null;
-      if (r.image) {
-        imageKey = `${keys.runStagePrefix(input.runId, input.stageId)}generations/${i}.jpg`;
-        await deps.storage.putBuffer(input.bucket, imageKey, Buffer.from(r.image), 'image/jpeg');
-      }
-      out.push({
-        sampleId: r.sampleId,
-        question: decode(r.prompt).replace(imageToken ? new RegExp(escapeRegExp(imageToken), 'g') : /$^/, '').trim(),
-        chosen: decode(r.chosen),
-        base: decode(base[i]!.generated),
-        trained: decode(trained[i]!.generated),
-        imageKey,
-      });
-    }
-    return out;
+    return Promise.all(rows.map((r, i) => generatedExample(deps, input, i, r, { chat, decode }, { base: base[i]!.generated, trained: trained[i]!.generated })));
   });
 }
