@@ -1,15 +1,29 @@
-"""Exception -> (`error` event, exit status) mapping shared by the train and evaluate commands."""
+"""What every trainer command shares: `--config` parsing, stdout kept for events, and the
+exception -> (`error` event, exit status) mapping."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from .config import load_config
 from .errors import ExitCode, TrainerError
-from .events import emit
+from .events import claim_stdout, emit
+
+
+def config_command(argv: list[str] | None, description: str, config_type: type, run: Callable[[Any], int]) -> int:
+    """`python -m dpo_trainer.<command> --config FILE`: `run` on the parsed config, its failures
+    mapped by `run_command`; fd 1 keeps the events, everything else printed goes to stderr."""
+    parser = argparse.ArgumentParser(description=f"{description} (see trainer/CONTRACT.md)")
+    parser.add_argument("--config", required=True, help=f"path of the {config_type.__name__} JSON")
+    args = parser.parse_args(argv)
+    claim_stdout()
+    return run_command(lambda: run(load_config(config_type, args.config)))
 
 
 def run_command(body: Callable[[], int]) -> int:

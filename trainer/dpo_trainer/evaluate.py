@@ -9,18 +9,17 @@ model (adapter disabled); for the base model itself they are all 0.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import EvalConfig, load_config
+from .config import EvalConfig
 from .data import PixelCache, collate
-from .cli import run_command
+from .cli import config_command
 from .errors import ExitCode, ModelLoadError
-from .events import claim_stdout, emit
+from .events import emit
 from .modeling import autocast, completion_logps, load_for_scoring
 
 
@@ -74,11 +73,7 @@ def evaluate(config: EvalConfig) -> dict[str, float | int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="score preference pairs (see trainer/CONTRACT.md)")
-    parser.add_argument("--config", required=True, help="path of the evaluate config JSON")
-    args = parser.parse_args(argv)
-    claim_stdout()
-    return run_command(lambda: run_evaluation(load_config(EvalConfig, args.config)))
+    return config_command(argv, "score preference pairs", EvalConfig, run_evaluation)
 
 
 def run_evaluation(config: EvalConfig) -> int:

@@ -42,7 +42,6 @@ a model that cannot be loaded or exported ends as ModelLoadError (exit 65) namin
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -54,11 +53,10 @@ from typing import Any
 
 import torch
 
-from .cli import run_command
-from .config import ONNX_UNEXPORTABLE_MODEL_TYPES, ExportConfig, load_config
+from .cli import config_command
+from .config import ONNX_UNEXPORTABLE_MODEL_TYPES, ExportConfig
 from .errors import ExitCode, ModelLoadError
 from .evaluate import load_adapter
-from .events import claim_stdout
 from .modeling import load_base_model
 
 SIGNATURE_FORMAT = "dpo-onnx-export/1"
@@ -307,18 +305,14 @@ def export(config: ExportConfig) -> dict[str, Any]:
     return signature
 
 
+def run_export(config: ExportConfig) -> int:
+    signature = export(config)
+    print(json.dumps({"export": "done", "export_seconds": signature.get("export_seconds")}), file=sys.stderr)
+    return int(ExitCode.FINISHED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="export a model (optionally with a merged adapter) to ONNX")
-    parser.add_argument("--config", required=True, help="path of the export config JSON")
-    args = parser.parse_args(argv)
-    claim_stdout()
-
-    def body() -> int:
-        signature = export(load_config(ExportConfig, args.config))
-        print(json.dumps({"export": "done", "export_seconds": signature.get("export_seconds")}), file=sys.stderr)
-        return int(ExitCode.FINISHED)
-
-    return run_command(body)
+    return config_command(argv, "export a model (optionally with a merged adapter) to ONNX", ExportConfig, run_export)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Output, written to a temporary folder and renamed into place:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -33,11 +32,11 @@ import pyarrow.parquet as pq
 import torch
 
 from .checkpoint import MANIFEST, sha256_file
-from .cli import run_command
-from .config import ReferenceConfig, load_config
+from .cli import config_command
+from .config import ReferenceConfig
 from .data import PixelCache, PreferenceDataset, collate
 from .errors import ExitCode, InvalidInputError
-from .events import claim_stdout, emit, log
+from .events import emit, log
 from .modeling import autocast, completion_logps, load_for_scoring
 
 FORMAT = "dpo-reference-logps/1"
@@ -179,11 +178,7 @@ def run_reference(config: ReferenceConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="precompute reference log-probs (see trainer/CONTRACT.md)")
-    parser.add_argument("--config", required=True, help="path of the reference config JSON")
-    args = parser.parse_args(argv)
-    claim_stdout()
-    return run_command(lambda: run_reference(load_config(ReferenceConfig, args.config)))
+    return config_command(argv, "precompute reference log-probs", ReferenceConfig, run_reference)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ the first argmax wins, and the end-of-sequence token stops the answer without be
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import sys
@@ -23,12 +22,11 @@ from typing import Any
 
 import torch
 
-from .cli import run_command
-from .config import PromptScoreConfig, load_config
+from .cli import config_command
+from .config import PromptScoreConfig
 from .data import PixelCache, collate
 from .errors import ExitCode, InvalidInputError
 from .evaluate import load_adapter
-from .events import claim_stdout
 from .modeling import DTYPES, autocast, check_dtype_supported, load_base_model, resolve_device
 
 
@@ -114,11 +112,7 @@ def score_prompts(config: PromptScoreConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="answer prompts (see trainer/CONTRACT.md)")
-    parser.add_argument("--config", required=True, help="path of the score_prompts config JSON")
-    args = parser.parse_args(argv)
-    claim_stdout()
-    return run_command(lambda: run_scoring(load_config(PromptScoreConfig, args.config)))
+    return config_command(argv, "answer prompts", PromptScoreConfig, run_scoring)
 
 
 def run_scoring(config: PromptScoreConfig) -> int:
