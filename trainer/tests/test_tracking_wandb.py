@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import wandb
+
 from conftest import run_train
 
 from dpo_trainer.tracking import close_open_trackers
@@ -61,6 +63,9 @@ def test_offline_run_across_a_crash_and_resume(reference_run, train_config, tmp_
     close_open_trackers()  # what the crashed process does on its way out (atexit)
     resumed = run_train(train_config(tmp_path, resume_from=str(tmp_path / "checkpoints" / "step-00000002"), **settings))
     assert resumed.exit_code == 0 and resumed.last["tracking"]["failures"] == {"wandb": 0}
+    # finish() hands the run's stream back to wandb's service, which closes (and flushes) its run
+    # file on its own time; a trainer process waits for that on exit, as this does.
+    wandb.teardown()
 
     run_id = run_id_for({"run_id": "w1", "stage": "train"}, None)
     runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
