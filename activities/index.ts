@@ -11,6 +11,7 @@ import { formatChunk, formatDataset, formatFinish } from './data/format.js';
 import { computeReference } from './training/reference.js';
 import { recordRun, resolveInitFrom, resolveModelSource } from './run/lineage.js';
 import { writeReport } from './report/report.js';
+import { trackPipelineRun } from './report/tracking.js';
 import { publishAdapter } from './publish/publish.js';
 import { shardDataset } from './data/shard.js';
 import { tokenizeChunk, tokenizeDataset, tokenizeFinish } from './data/tokenize.js';
@@ -53,10 +54,11 @@ export function createCpuActivities(deps: ActivityDeps) {
     finishEvaluation: bind(finishEvaluation, deps),
     writeReport: bind(writeReport, deps),
     publishAdapter: bind(publishAdapter, deps),
-    // Run lifecycle: init_from, the Hub model's revision, and the run manifest.
+    // Run lifecycle: init_from, the Hub model's revision, the run manifest, the parent MLflow run.
     resolveInitFrom: bind(resolveInitFrom, deps),
     resolveModelSource: bind(resolveModelSource, deps),
     recordRun: bind(recordRun, deps),
+    trackPipelineRun: bind(trackPipelineRun, deps),
   };
 }
 

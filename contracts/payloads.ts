@@ -11,6 +11,7 @@ import type { RunLineage } from './lineage.js';
 import type { TrainingControl } from './progress.js';
 import type { Interruptions } from './attempts.js';
 import type { StageAttempts } from './attempts.js';
+import type { ReportTo } from './tracking.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -404,6 +405,15 @@ export interface StageTimeline extends Partial<StageAttempts> {
   error?: string;
   /** Out-of-memory replans of a train stage. */
   replans?: string[];
+}
+
+/** The pipeline's own run in the trackers that have one (MLflow's parent run), at its start and its unsuccessful end. */
+export interface PipelineTrackingInput {
+  runId: string;
+  /** The pipeline's `train.report_to`. */
+  reportTo: ReportTo;
+  workflow: { workflowId: string; runId: string };
+  status: 'RUNNING' | 'FAILED' | 'KILLED';
 }
 
 export interface ReportInput {

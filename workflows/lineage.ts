@@ -10,7 +10,7 @@ import type { PipelinePlan } from '../contracts/dag.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import { isHubModelSource } from '../contracts/hubRepo.js';
 import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../contracts/lineage.js';
-import type { StageResult, TrackerLinks, TrackingSummary } from '../contracts/payloads.js';
+import type { PipelineTrackingInput, StageResult, TrackerLinks, TrackingSummary } from '../contracts/payloads.js';
 
 /** Small storage reads and writes. */
 const lineageActivities = (config: PipelineConfig) =>
@@ -59,7 +59,26 @@ export async function startLineage(config: PipelineConfig, runId: string, plan: 
   publish(lineage);
   // The manifest exists from the start: a run that is terminated still names its parent (resume chains).
   await lineageActivities(config).recordRun({ bucket: config.storage.bucket, lineage, outcome: 'running' });
+  await trackPipelineRun(config, runId, 'RUNNING');
   return { lineage, modelSource };
+}
+
+/**
+ * The pipeline's parent MLflow run opens before any stage (sweep branches would otherwise race to
+ * create it) and ends with an unsuccessful pipeline (the report ends a successful one). A
+ * tracker's trouble is never the run's: the activity answers with failed calls, never throws.
+ * Histories from before replay without it.
+ */
+async function trackPipelineRun(config: PipelineConfig, runId: string, status: PipelineTrackingInput['status']): Promise<void> {
+  const reportTo = config.train.report_to ?? 'none';
+  const mayTrackMlflow = reportTo === 'all' || reportTo === 'mlflow' || (Array.isArray(reportTo) && reportTo.includes('mlflow'));
+  if (!mayTrackMlflow || !patched('pipeline-tracker-run')) return;
+  const { workflowId, runId: temporalRunId } = workflowInfo();
+  try {
+    await lineageActivities(config).trackPipelineRun({ runId, reportTo, workflow: { workflowId, runId: temporalRunId }, status });
+  } catch (err) {
+    log.warn('could not update the pipeline\'s MLflow run', { status, error: String(err) });
+  }
 }
 
 /** The dataset revision is what the download stage read: the revision it records, else its input hash (file fingerprints). */
@@ -69,9 +88,10 @@ export function noteDatasetRevision(lineage: RunLineage, download: StageResult):
   publish(lineage);
 }
 
-export async function finishLineage(config: PipelineConfig, lineage: RunLineage, outcome: 'completed' | 'failed'): Promise<void> {
-  // Also after a cancellation: the manifest says how the run ended.
+export async function finishLineage(config: PipelineConfig, lineage: RunLineage, outcome: 'completed' | 'failed', cancelled = false): Promise<void> {
+  // Also after a cancellation: the manifest and the trackers say how the run ended.
   await CancellationScope.nonCancellable(async () => {
+    if (outcome === 'failed') await trackPipelineRun(config, lineage.runId, cancelled ? 'KILLED' : 'FAILED');
     try {
       await lineageActivities(config).recordRun({ bucket: config.storage.bucket, lineage, outcome });
     } catch (err) {

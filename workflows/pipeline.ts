@@ -8,7 +8,7 @@
  * Orchestration only: every stage is an activity (workflows/stageRunners.ts), payloads are object
  * keys and summaries. The input is the JSON form of a pipeline config.
  */
-import { ApplicationFailure, getExternalWorkflowHandle, log, setHandler, workflowInfo } from '@temporalio/workflow';
+import { ApplicationFailure, getExternalWorkflowHandle, isCancellation, log, setHandler, workflowInfo } from '@temporalio/workflow';
 import { finishLineage, noteDatasetRevision, noteTrackerLinks, startLineage } from './lineage.js';
 import { formatConfigProblems, parsePipelineConfig, type PipelineConfig } from '../contracts/config.js';
 import { PlanError, planToMermaid, type PipelinePlan, type PlannedStage } from '../contracts/dag.js';
@@ -128,7 +128,7 @@ export async function dpoPipeline(input: unknown): Promise<PipelineResult> {
     }
   }
 
-  await finishLineage(config, lineage, failures.size ? 'failed' : 'completed');
+  await finishLineage(config, lineage, failures.size ? 'failed' : 'completed', [...failures.values()].some(isCancellation));
   if (failures.size) throw failureOf(failures, status);
   const result = collectResult(runId, config, plan, outputs, Object.values(status.stages));
   if (branches.length) result.sweep = sweepRows(branches, Object.fromEntries(plan.stages.map((s) => [s.id, s.kind])), result.trainings, result.evaluations);

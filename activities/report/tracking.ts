@@ -1,7 +1,8 @@
 /**
- * The report's part of experiment tracking (train.report_to): each evaluate stage's metrics go to
- * the trackers of the run, the report itself to the pipeline's parent MLflow run, which is then
- * marked FINISHED. The trainer's `python -m dpo_trainer.log_metrics` speaks to the trackers, so
+ * The worker's part of experiment tracking (train.report_to) outside training: each evaluate
+ * stage's metrics go to the trackers of the run, the report itself to the pipeline's parent
+ * MLflow run, which is then marked FINISHED; that parent run opens when the pipeline starts and
+ * ends FAILED or KILLED when it ends without a report. The trainer's `python -m dpo_trainer.log_metrics` speaks to the trackers, so
  * each tracker's protocol has one implementation (MLflow's REST client, TensorBoard's
  * SummaryWriter); the worker only ships the event files to the stages' storage folders.
  *
@@ -13,7 +14,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { log } from '@temporalio/activity';
 import { keys } from '../../contracts/keys.js';
-import type { ReportInput } from '../../contracts/payloads.js';
+import type { PipelineTrackingInput, ReportInput } from '../../contracts/payloads.js';
 import { evaluationTrackerMetrics, resolveReportTo } from '../../contracts/tracking.js';
 import { trainerEnv } from '../../bridge/trainerProcess.js';
 import { REPO_ROOT, type ActivityDeps } from '../../io/deps.js';
@@ -28,8 +29,8 @@ function warn(message: string, fields?: Record<string, unknown>): void {
   }
 }
 
-/** Trackers that hold evaluation metrics; W&B runs are per train stage (offline without a key). */
-const EVAL_TRACKERS = ['tensorboard', 'mlflow'] as const;
+/** Trackers that hold evaluation metrics (W&B: in the evaluated train stage's run). */
+const EVAL_TRACKERS = ['tensorboard', 'mlflow', 'wandb'] as const;
 
 export interface ReportTracking {
   failures: Record<string, number>;
@@ -60,28 +61,24 @@ export async function logReportToTrackers(deps: ActivityDeps, input: ReportTrack
     const evaluations = Object.fromEntries(Object.entries(report.evaluations).map(([stage, e]) => {
       // The train stage it evaluated: eval metrics sit at its last step, as TRL logs them.
       const trained = adapters.find((a) => e.adapter.replace(/\/$/, '') === a.at.replace(/\/$/, ''));
-      return [stage, { metrics: evaluationTrackerMetrics(e), step: trained?.t.finalStep ?? 0, tags: trained ? { evaluates: trained.id } : {} }];
+      const tags: Record<string, string> = trained ? { evaluates: trained.id } : {};
+      return [stage, { metrics: evaluationTrackerMetrics(e), step: trained?.t.finalStep ?? 0, tags }];
     }));
     const lineage = { run_id: report.runId, temporal_workflow_id: input.workflow?.workflowId, temporal_run_id: input.workflow?.runId };
     const tags = Object.fromEntries(Object.entries(lineage).filter(([, v]) => v));
-    const requestPath = join(dir, 'request.json');
     const tensorboardDir = join(dir, 'tensorboard');
-    await writeFile(requestPath, JSON.stringify({
+    const wandbDir = join(dir, 'wandb');
+    const answer = await logMetrics(deps.pythonBin, dir, reportTo, {
       report_to: reportTo,
       run_id: report.runId,
       tags,
       evaluations,
       tensorboard_dir: tensorboardDir,
+      wandb_dir: wandbDir,
       artifacts: [{ dir: reportDir, path: 'report' }],
       status: 'FINISHED',
-    }));
-    let answer: ReportTracking;
-    try {
-      answer = JSON.parse(await runLogMetrics(deps.pythonBin, requestPath)) as ReportTracking;
-    } catch (err) {
-      warn('could not log the evaluation to the trackers; the report goes on', { error: String(err) });
-      return { failures: Object.fromEntries(reportTo.map((name) => [name, 1])), links: {} };
-    }
+    });
+    if (!answer) return { failures: Object.fromEntries(reportTo.map((name) => [name, 1])), links: {} };
     if (reportTo.includes('tensorboard')) {
       for (const stage of Object.keys(evaluations)) {
         try {
@@ -93,10 +90,53 @@ export async function logReportToTrackers(deps: ActivityDeps, input: ReportTrack
         }
       }
     }
+    if (reportTo.includes('wandb')) {
+      for (const trained of new Set(Object.values(evaluations).map((e) => e.tags.evaluates).filter((id): id is string => Boolean(id)))) {
+        try {
+          // Beside the stage's own offline runs: `wandb sync` in time order appends the evaluation.
+          await new EventFileUploader(deps.storage, report.bucket, join(wandbDir, trained, 'wandb'), keys.wandbPrefix(report.runId, trained), (rel) => rel.includes('/')).upload();
+        } catch (err) {
+          answer.failures.wandb = (answer.failures.wandb ?? 0) + 1;
+          warn('could not upload the evaluation\'s W&B run', { stage: trained, error: String(err) });
+        }
+      }
+    }
     if (Object.values(answer.failures).some((n) => n > 0)) warn('some tracker calls failed; the report goes on', { failures: answer.failures });
     return answer;
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The pipeline's parent MLflow run: opened (RUNNING) when the pipeline starts, so that every
+ * stage and sweep branch nests under the one run instead of racing to create it, and ended
+ * (FAILED, KILLED) with the runs its stages left open when the pipeline ends without a report
+ * (the report marks it FINISHED). Trackers other than MLflow have no pipeline-level run.
+ */
+export async function trackPipelineRun(deps: ActivityDeps, input: PipelineTrackingInput): Promise<ReportTracking | undefined> {
+  if (!resolveReportTo(input.reportTo, { mlflow: Boolean(process.env.MLFLOW_TRACKING_URI) }).includes('mlflow')) return undefined;
+  await mkdir(deps.workDir, { recursive: true });
+  const dir = await mkdtemp(join(deps.workDir, 'pipeline-tracking-'));
+  try {
+    const lineage = { run_id: input.runId, temporal_workflow_id: input.workflow.workflowId, temporal_run_id: input.workflow.runId };
+    const answer = await logMetrics(deps.pythonBin, dir, ['mlflow'], { report_to: ['mlflow'], run_id: input.runId, tags: lineage, status: input.status });
+    if (answer?.failures.mlflow) warn('could not update the pipeline\'s MLflow run; the run goes on', { status: input.status, failures: answer.failures });
+    return answer ?? { failures: { mlflow: 1 }, links: {} };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** `python -m dpo_trainer.log_metrics` on one request; undefined (and a warning) when it could not run. */
+async function logMetrics(pythonBin: string, dir: string, reportTo: string[], request: Record<string, unknown>): Promise<ReportTracking | undefined> {
+  const requestPath = join(dir, 'request.json');
+  await writeFile(requestPath, JSON.stringify(request));
+  try {
+    return JSON.parse(await runLogMetrics(pythonBin, requestPath)) as ReportTracking;
+  } catch (err) {
+    warn('could not reach the trackers; the run goes on', { trackers: reportTo, error: String(err) });
+    return undefined;
   }
 }
 

@@ -247,7 +247,7 @@ describe('dpoPipeline end to end', () => {
       (await exec(toolPath('temporal'), ['workflow', 'show', '--workflow-id', id, '--address', temporalEnv().address, '--output', 'json'])).stdout;
     // Training runs in a child workflow (workflows/training.ts): its segments are trainModel activities.
     const stdout = (await show(runId)) + (await show(`${runId}.train.train`));
-    for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'dpoTraining', 'trainModel', 'prepareEvaluation', 'scorePreferenceShard', 'scoreAmberShard', 'generateExamples', 'finishEvaluation', 'writeReport']) {
+    for (const activity of ['downloadDataset', 'formatDataset', 'tokenizeDataset', 'shardDataset', 'dpoTraining', 'trainModel', 'prepareEvaluation', 'scorePreferenceShard', 'scoreAmberShard', 'generateExamples', 'finishEvaluation', 'writeReport', 'trackPipelineRun']) {
       expect(stdout).toContain(activity);
     }
     const history =

@@ -2,8 +2,9 @@
  * The report's experiment tracking against a real MLflow server (PyPI's, from the tools cache,
  * started here with SQLite and proxied file artifacts) and the stack's MinIO: the evaluation's
  * metrics in an evaluate run nested in the pipeline's parent run, the report as the parent's
- * artifact, the parent FINISHED, the event files beside the train stages' in storage; and a
- * server that is down is a count, never a failure.
+ * artifact, the parent FINISHED, the event files beside the train stages' in storage, an offline
+ * W&B run beside the train stage's; the parent run's start and unsuccessful end; and a server that
+ * is down is a count, never a failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -11,7 +12,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { logReportToTrackers } from '../../activities/report/tracking.js';
+import { logReportToTrackers, trackPipelineRun } from '../../activities/report/tracking.js';
 import { keys } from '../../contracts/keys.js';
 import type { EvaluateResult, ReportInput, TrainResult } from '../../contracts/payloads.js';
 import { depsFromEnv } from '../../io/deps.js';
@@ -41,7 +42,7 @@ const evaluation: EvaluateResult = {
 function reportInput(runId: string): ReportInput {
   const train = { adapterBucket: TEST_BUCKET, adapterPrefix: 'runs/x/train/adapter/', finalStep: 6 } as TrainResult;
   // Only what the tracking part reads; the rest of a report's input is the report's.
-  return { runId, stageId: 'report', bucket: TEST_BUCKET, config: { train: { report_to: ['tensorboard', 'mlflow'] } }, trainings: { train }, evaluations: { evaluate: evaluation } } as unknown as ReportInput;
+  return { runId, stageId: 'report', bucket: TEST_BUCKET, config: { train: { report_to: ['tensorboard', 'mlflow', 'wandb'] } }, trainings: { train }, evaluations: { evaluate: evaluation } } as unknown as ReportInput;
 }
 
 async function api(uri: string, name: string, body: unknown): Promise<any> {
@@ -78,7 +79,7 @@ describe('the report logs the evaluation to the trackers', () => {
     const deps = depsFromEnv();
     const runId = uniqueId('report-tracking');
     const tracking = await logReportToTrackers(deps, { report: reportInput(runId), files: { 'report.md': '# r\n' }, workflow: { workflowId: 'wf', runId: 'r1' } });
-    expect(tracking?.failures).toEqual({ mlflow: 0, tensorboard: 0 });
+    expect(tracking?.failures).toEqual({ mlflow: 0, tensorboard: 0, wandb: 0 });
 
     const { experiment } = await (await fetch(`${uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dpo-report-test`)).json();
     const { runs } = await api(uri, 'runs/search', { experiment_ids: [experiment.experiment_id], filter: `tags.\`dpo.run_id\` = '${runId}'` });
@@ -99,6 +100,30 @@ describe('the report logs the evaluation to the trackers', () => {
 
     const events = await deps.storage.list(TEST_BUCKET, keys.tensorboardPrefix(runId, 'evaluate'));
     expect(events.some((o) => o.key.split('/').at(-1)!.startsWith('events.out.tfevents.'))).toBe(true);
+    // W&B, offline here: an offline run of the train stage's W&B run, beside that stage's own.
+    const wandb = (await deps.storage.list(TEST_BUCKET, keys.wandbPrefix(runId, 'train'))).map((o) => o.key.slice(keys.wandbPrefix(runId, 'train').length));
+    expect(wandb.some((rel) => /^offline-run-\d{8}_\d{6}-[0-9a-f]{16}\/run-[0-9a-f]{16}\.wandb$/.test(rel))).toBe(true);
+  });
+
+  it('opens the pipeline\'s parent run at its start and ends it, with the runs left open, when it fails', async () => {
+    process.env.MLFLOW_TRACKING_URI = uri;
+    process.env.MLFLOW_EXPERIMENT_NAME = 'dpo-lifecycle-test';
+    const deps = depsFromEnv();
+    const runId = uniqueId('pipeline-tracking');
+    const input = { runId, reportTo: ['mlflow'] as const, workflow: { workflowId: 'wf-l', runId: 'r-l' } };
+    const opened = await trackPipelineRun(deps, { ...input, reportTo: [...input.reportTo], status: 'RUNNING' });
+    expect(opened?.failures).toEqual({ mlflow: 0 });
+    const { experiment } = await (await fetch(`${uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dpo-lifecycle-test`)).json();
+    const search = async () => (await api(uri, 'runs/search', { experiment_ids: [experiment.experiment_id], filter: `tags.\`dpo.run_id\` = '${runId}'` })).runs ?? [];
+    const [parent] = await search();
+    expect(parent.info.status).toBe('RUNNING');
+    expect(opened?.links.mlflow).toContain(`/runs/${parent.info.run_id}`);
+
+    const ended = await trackPipelineRun(deps, { ...input, reportTo: [...input.reportTo], status: 'FAILED' });
+    expect(ended?.failures).toEqual({ mlflow: 0 });
+    expect((await search()).map((r: any) => [r.info.run_id, r.info.status])).toEqual([[parent.info.run_id, 'FAILED']]);
+    // Without mlflow in report_to there is nothing to open.
+    expect(await trackPipelineRun(deps, { ...input, reportTo: ['tensorboard'], status: 'RUNNING' })).toBeUndefined();
   });
 
   it('counts the calls a down server failed and goes on', async () => {

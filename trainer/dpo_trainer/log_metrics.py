@@ -1,22 +1,31 @@
-"""`python -m dpo_trainer.log_metrics REQUEST.json`: a pipeline's evaluation metrics and report
-for the trackers of its run, through the same MLflow REST client and TensorBoard writer the
-trainer uses (one implementation of each tracker's protocol).
+"""`python -m dpo_trainer.log_metrics REQUEST.json`: a pipeline's evaluation metrics, its report
+and its MLflow run's lifecycle for the trackers of its run, through the same clients the trainer
+uses (MLflow's REST client, TensorBoard's writer, wandb), so each tracker's protocol has one
+implementation.
 
 The report activity calls it once per report with
 
-    {"report_to": ["tensorboard", "mlflow"], "run_id": "...", "tags": {lineage},
+    {"report_to": ["tensorboard", "mlflow", "wandb"], "run_id": "...", "tags": {lineage},
      "evaluations": {"<stageId>": {"metrics": {"eval/dpo/rewards/accuracies": 0.75, ...},
                                    "step": 6, "tags": {"evaluates": "<train stageId>"}}},
      "tensorboard_dir": "<dir>",           # event files go to <dir>/<stageId>/
+     "wandb_dir": "<dir>",                 # offline W&B runs go to <dir>/<train stageId>/wandb/
      "artifacts": [{"dir": "<folder>", "path": "report"}],
      "status": "FINISHED"}                 # for the pipeline's parent MLflow run
 
-and prints one JSON line: {"failures": {tracker: count}, "links": {tracker: page}}.
+and the pipeline itself with only `report_to`, `run_id`, `tags` and `status`: RUNNING when it
+starts (the parent MLflow run is created then, before any stage can race to create it), FAILED
+or KILLED when it ends without a report. It prints one JSON line:
+{"failures": {tracker: count}, "links": {tracker: page}}.
 
 - MLflow: each evaluate stage is a run nested in the pipeline's parent run (`mlflow.parentRunId`,
   `dpo.kind=evaluate`), found again by its tags when the report is retried, so a retry logs into
   the same run; metrics the run already holds are not sent twice. The artifacts go to the parent
-  run, which is then marked `status`.
+  run, which is then marked `status`. A pipeline that fails marks its parent run and the nested
+  runs still open (a crashed stage's, left RUNNING for its resume) with its status; one that
+  fails before any run exists creates none.
+- W&B: an evaluation of a train stage's adapter goes to that stage's W&B run (the same run id,
+  resumed), one row after its last training row.
 - A tracker that is down never fails the report: each failed call is a warning on stderr and a
   count in the answer; the command exits 0 unless the request itself is malformed.
 """
@@ -32,7 +41,9 @@ from typing import Any
 
 from .tracking import RunInfo, TensorBoardTracker
 
-SUPPORTED = ("tensorboard", "mlflow")
+SUPPORTED = ("tensorboard", "mlflow", "wandb")
+# How a pipeline ends without its report: nothing new is created for it.
+UNSUCCESSFUL = ("FAILED", "KILLED")
 
 
 def _warn(failures: dict[str, int], tracker: str, what: str, exc: BaseException) -> None:
@@ -41,14 +52,13 @@ def _warn(failures: dict[str, int], tracker: str, what: str, exc: BaseException)
 
 
 def log_tensorboard(request: dict[str, Any], failures: dict[str, int]) -> None:
-    root = Path(request["tensorboard_dir"])
     for stage, evaluation in request.get("evaluations", {}).items():
         try:
             step = int(evaluation.get("step", 0))
             tags = {**request.get("tags", {}), "stage": stage, **evaluation.get("tags", {})}
             # start_step = step - 1: the writer's purge step is this step, so a retried report's
             # values replace the earlier attempt's in TensorBoard's view.
-            writer = TensorBoardTracker(root / stage, max(step - 1, 0), RunInfo(stage, {}, tags))
+            writer = TensorBoardTracker(Path(request["tensorboard_dir"]) / stage, max(step - 1, 0), RunInfo(stage, {}, tags))
             writer.log_metrics(evaluation["metrics"], step)
             writer.close()
         except Exception as exc:  # noqa: BLE001 -- never the report's failure
@@ -67,9 +77,15 @@ def log_mlflow(request: dict[str, Any], failures: dict[str, int], links: dict[st
     rest = MlflowRest(uri, env)
     run_id: str = request["run_id"]
     tags: dict[str, str] = request.get("tags", {})
+    status = request.get("status")
     try:
         experiment_id = experiment_id_of(rest, env.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        parent = pipeline_run(rest, experiment_id, run_id, tags)
+        if status in UNSUCCESSFUL:
+            parent = find_run(rest, experiment_id, {"dpo.run_id": run_id, "dpo.kind": "pipeline"})
+            if parent is None:
+                return  # the pipeline ended before anything was tracked
+        else:
+            parent = pipeline_run(rest, experiment_id, run_id, tags)
     except Exception as exc:  # noqa: BLE001
         _warn(failures, "mlflow", "finding the pipeline's run", exc)
         return
@@ -101,11 +117,56 @@ def log_mlflow(request: dict[str, Any], failures: dict[str, int], links: dict[st
             upload_folder(rest, path, Path(artifact["dir"]), artifact["path"])
         except Exception as exc:  # noqa: BLE001
             _warn(failures, "mlflow", f"logging {artifact['path']}", exc)
-    if request.get("status"):
+    if status in UNSUCCESSFUL:
         try:
-            rest.api("POST", "runs/update", {"run_id": parent_id, "status": request["status"], "end_time": int(time.time() * 1000)})
+            close_open_stage_runs(rest, experiment_id, run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            _warn(failures, "mlflow", "ending the stages' runs", exc)
+    if status:
+        try:
+            ended = {"end_time": int(time.time() * 1000)} if status != "RUNNING" else {}
+            rest.api("POST", "runs/update", {"run_id": parent_id, "status": status, **ended})
         except Exception as exc:  # noqa: BLE001
             _warn(failures, "mlflow", "ending the pipeline's run", exc)
+
+
+def close_open_stage_runs(rest: Any, experiment_id: str, run_id: str, status: str) -> None:
+    """The pipeline's stage runs still RUNNING (a crashed stage leaves its run open for the attempt
+    that resumes it) end with the pipeline; a stage that runs again reopens its run."""
+    runs = rest.api("POST", "runs/search", {
+        "experiment_ids": [experiment_id], "max_results": 1000,
+        "filter": f"tags.`dpo.run_id` = '{run_id}' and attributes.status = 'RUNNING'",
+    }).get("runs", [])
+    now = int(time.time() * 1000)
+    for run in runs:
+        if {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}.get("dpo.kind") != "pipeline":
+            rest.api("POST", "runs/update", {"run_id": run["info"]["run_id"], "status": status, "end_time": now})
+
+
+def log_wandb(request: dict[str, Any], failures: dict[str, int]) -> None:
+    """Each evaluation of a train stage's adapter into that stage's W&B run (resumed by its id;
+    offline without a key, into `wandb_dir/<train stage>/wandb/`, which the worker stores beside
+    the stage's own offline runs so that `wandb sync` appends it)."""
+    from .wandb_tracker import WandbTracker
+
+    run_id: str = request["run_id"]
+    for stage, evaluation in request.get("evaluations", {}).items():
+        trained = evaluation.get("tags", {}).get("evaluates")
+        if not trained:
+            continue  # the base model only: no train stage's run to add it to
+        tracker = None
+        try:
+            tags = {**request.get("tags", {}), "run_id": run_id, "stage": trained}
+            tracker = WandbTracker(Path(request["wandb_dir"]) / trained, RunInfo(f"{run_id}/{trained}", {}, tags))
+            tracker.log_evaluation(evaluation["metrics"], int(evaluation.get("step", 0)))
+        except Exception as exc:  # noqa: BLE001
+            _warn(failures, "wandb", f"logging {stage}'s metrics", exc)
+        finally:
+            if tracker is not None:
+                try:
+                    tracker.close()
+                except Exception as exc:  # noqa: BLE001
+                    _warn(failures, "wandb", f"closing {trained}'s run", exc)
 
 
 def log_request(request: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -114,10 +175,12 @@ def log_request(request: dict[str, Any], env: dict[str, str] | None = None) -> d
     links: dict[str, str] = {}
     for name in request.get("report_to", []):
         if name not in SUPPORTED:
-            continue  # W&B: training only (documented)
+            continue
         failures.setdefault(name, 0)
         if name == "tensorboard":
             log_tensorboard(request, failures)
+        elif name == "wandb":
+            log_wandb(request, failures)
         else:
             log_mlflow(request, failures, links, env)
     return {"failures": failures, "links": links}

@@ -83,6 +83,16 @@ class WandbTracker:
             return
         run.log({**metrics, "train/global_step": step}, step=step)
 
+    def log_evaluation(self, metrics: dict[str, float], step: int) -> None:
+        """An evaluation of the stage's final adapter, on the training curves' x-axis at `step`
+        (its last optimizer step), as W&B's next row: transformers' callback logs eval metrics
+        without a step, one row after the last training row. A retried report finds the row in
+        a resumed online run and skips it; offline, `wandb sync` keeps the first row of a step."""
+        run = self._ensure_run()
+        if self.first_new_step > step + 1:
+            return
+        run.log({**metrics, "train/global_step": step}, step=step + 1)
+
     def flush(self) -> None:
         pass  # wandb writes its run file as it goes
 

@@ -106,3 +106,73 @@ def test_the_command_prints_its_answer(tmp_path):
     path.write_text(json.dumps({**request(tmp_path, "e4"), "report_to": ["tensorboard"]}))
     out = subprocess.run([sys.executable, "-m", "dpo_trainer.log_metrics", str(path)], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"failures": {"tensorboard": 0}, "links": {}}
+
+
+def test_the_pipeline_run_opens_before_its_stages_and_a_failure_ends_the_open_ones(mlflow_server, tmp_path):  # noqa: F811
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "dpo-failed-test"}
+    lifecycle = {"report_to": ["mlflow"], "run_id": "f1", "tags": {"run_id": "f1", "temporal_workflow_id": "wf-f1"}}
+    opened = log_request({**lifecycle, "status": "RUNNING"}, env)
+    assert opened["failures"] == {"mlflow": 0}
+    parent = read_back(mlflow_server, "dpo-failed-test", "f1")["pipeline"]
+    assert parent["status"] == "RUNNING" and parent["tags"]["dpo.temporal_workflow_id"] == "wf-f1"
+    assert opened["links"]["mlflow"].endswith(f"/runs/{parent['run_id']}")
+
+    # Two sweep branches find the parent that exists already; one crashes and leaves its run open.
+    rest = MlflowRest(mlflow_server, env)
+    for branch, finished in (("train.lr_1", True), ("train.lr_2", False)):
+        tracker = MlflowTracker(rest, "dpo-failed-test", RunInfo(f"f1/{branch}", {}, {"run_id": "f1", "stage": branch}))
+        tracker.log_metrics({"train/loss": 0.6}, 1)
+        tracker.close(finished=finished)
+    runs = all_runs(mlflow_server, "dpo-failed-test", "f1")
+    assert sorted(r["tags"]["dpo.kind"] for r in runs) == ["pipeline", "train", "train"]
+    assert {r["tags"].get("mlflow.parentRunId") for r in runs if r["tags"]["dpo.kind"] == "train"} == {parent["run_id"]}
+
+    ended = log_request({**lifecycle, "status": "FAILED"}, env)
+    assert ended["failures"] == {"mlflow": 0}
+    status = {r["tags"].get("dpo.stage", "pipeline"): r["status"] for r in all_runs(mlflow_server, "dpo-failed-test", "f1")}
+    assert status == {"pipeline": "FAILED", "train.lr_1": "FINISHED", "train.lr_2": "FAILED"}
+
+    # A pipeline that fails before anything was tracked gets no run.
+    assert log_request({**lifecycle, "run_id": "f2", "status": "FAILED"}, env)["failures"] == {"mlflow": 0}
+    assert all_runs(mlflow_server, "dpo-failed-test", "f2") == []
+
+
+def all_runs(uri: str, experiment: str, pipeline_run: str) -> list[dict]:
+    script = f"""
+import json
+from mlflow import MlflowClient
+c = MlflowClient({uri!r})
+exp = c.get_experiment_by_name({experiment!r})
+runs = c.search_runs([exp.experiment_id], "tags.`dpo.run_id` = '{pipeline_run}'")
+print(json.dumps([{{"status": r.info.status, "tags": r.data.tags}} for r in runs]))
+"""
+    result = subprocess.run([str(MLFLOW_BIN.parent / "python"), "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def test_eval_metrics_join_the_train_stage_wandb_run(tmp_path, monkeypatch):
+    import wandb
+    from test_tracking_wandb import history_rows
+
+    from dpo_trainer.wandb_tracker import WandbTracker, run_id_for
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "dpo-test")
+    tags = {"run_id": "w9", "stage": "train"}
+    train = WandbTracker(tmp_path / "train-output", RunInfo("w9/train", {}, tags))
+    for step in (1, 2, 3):
+        train.log_metrics({"train/loss": 1.0 / step}, step)
+    train.close()
+
+    req = {**request(tmp_path, "w9"), "report_to": ["wandb"], "wandb_dir": str(tmp_path / "report-wandb")}
+    req["evaluations"]["evaluate"]["step"] = 3
+    answer = log_request(req, {})
+    wandb.teardown()  # as the command's process does on exit: the run files are complete
+    assert answer["failures"] == {"wandb": 0}
+    folders = list((tmp_path / "report-wandb" / "train" / "wandb").glob(f"offline-run-*-{run_id_for(tags, None)}"))
+    assert len(folders) == 1  # the train stage's run id: `wandb sync` appends it to that run
+    rows = history_rows(folders[0])
+    assert len(rows) == 1
+    assert rows[0]["_step"] == 4 and rows[0]["train/global_step"] == 3  # one row after the last training row
+    assert {k: rows[0][k] for k in METRICS} == pytest.approx(METRICS)

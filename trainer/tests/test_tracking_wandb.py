@@ -4,6 +4,7 @@ its run files."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -37,20 +38,24 @@ def run_records(path: Path) -> list[bytes]:
     return records
 
 
-def logged_steps(run_dir: Path) -> list[int]:
-    """The `train/global_step` of every history record of a run folder, decoded with wandb's
-    own protobuf messages."""
+def history_rows(run_dir: Path) -> list[dict[str, float]]:
+    """Every history record of a run folder as {key: value}, decoded with wandb's own protobuf
+    messages."""
     from wandb.proto import wandb_internal_pb2
 
-    steps = []
+    rows = []
     for data in run_records(next(run_dir.glob("run-*.wandb"))):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         if record.WhichOneof("record_type") == "history":
-            items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
-            if "train/global_step" in items:
-                steps.append(int(float(items["train/global_step"])))
-    return steps
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            rows.append({k: v for k, v in items.items() if isinstance(v, (int, float))})
+    return rows
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """The `train/global_step` of every history record of a run folder."""
+    return [int(row["train/global_step"]) for row in history_rows(run_dir) if "train/global_step" in row]
 
 
 def test_offline_run_across_a_crash_and_resume(reference_run, train_config, tmp_path, monkeypatch):
