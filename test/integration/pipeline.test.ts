@@ -17,7 +17,7 @@ import type { ShardManifest } from '../../activities/data/shard.js';
 import { storageEnvFromProcess } from '../../io/storage.js';
 import { writeAmberSuite } from '../../datagen/amber.js';
 import { generateDemoDataset } from '../../datagen/demoShapes.js';
-import type { ReportResult } from '../../contracts/payloads.js';
+import type { PipelineTrackingInput, ReportResult } from '../../contracts/payloads.js';
 import type { PipelineConfigInput } from '../../contracts/config.js';
 import type { PipelineResult } from '../../contracts/payloads.js';
 import { toolPath } from '../../scripts/localStack.js';
@@ -330,10 +330,11 @@ describe('bad input', () => {
     const prefix = `${uniqueId('broken-adapter')}/adapter/`;
     await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_config.json`, JSON.stringify({ peft_type: 'LORA', r: 4, target_modules: ['no_such_module'] }));
     await stack.deps.storage.putBuffer(TEST_BUCKET, `${prefix}adapter_model.safetensors`, 'not safetensors');
+    const workflowId = uniqueId('bad-adapter');
     const err = await stack.client.workflow
       .execute(PIPELINE_WORKFLOW, {
         taskQueue: stack.queues.cpu,
-        workflowId: uniqueId('bad-adapter'),
+        workflowId,
         args: [
           smallConfig({
             evaluate: { batch_size: 16, generations: 0 },
@@ -355,6 +356,14 @@ describe('bad input', () => {
     expect((cause as ApplicationFailure).type).toBe('ModelLoadError');
     expect((cause as ApplicationFailure).message).toContain('stage "eval-broken": cannot export');
     expect((cause as ApplicationFailure).message).toContain(`with adapter s3://${TEST_BUCKET}/${prefix}`);
+    // report_to names mlflow: the pipeline's parent run was opened at the start and ended FAILED.
+    const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
+    const tracked = (history.events ?? []).flatMap((e) => {
+      const scheduled = e.activityTaskScheduledEventAttributes;
+      if (scheduled?.activityType?.name !== 'trackPipelineRun') return [];
+      return [(JSON.parse(Buffer.from(scheduled.input!.payloads![0]!.data!).toString()) as PipelineTrackingInput).status];
+    });
+    expect(tracked).toEqual(['RUNNING', 'FAILED']);
   });
 
   it('fails with InvalidDataset naming a missing column', async () => {
