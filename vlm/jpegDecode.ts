@@ -125,33 +125,54 @@ export function scaledSize(size: number, denominator: ScaleDenominator): number 
   return Math.ceil(size / denominator);
 }
 
+/**
+ * From this many pixels on, the decode takes the largest DCT reduction that still covers the
+ * thumbnail. Smaller images take sharp's own shrink-on-load instead (none below 3x), so their
+ * thumbnails are what sharp made: the reduction saves little there (a 256 px image decodes in
+ * well under a millisecond), and on small images with hard edges (the demo's shapes) the DCT
+ * reduction's filter differs most from lanczos3 (~38 dB from sharp's thumbnail at an exact 2x or
+ * 4x, against ~42 dB on the bench's photos).
+ */
+export const MIN_SCALED_DECODE_PIXELS = 256 * 256;
+
+export interface ThumbnailPlan {
+  /** The thumbnail's size: what sharp's own path gives. */
+  width: number;
+  height: number;
+  /** The DCT reduction to decode at. */
+  scaleDenominator: ScaleDenominator;
+}
+
+/**
+ * How the fast path thumbnails a width x height JPEG to `edge`: the size sharp's
+ * `resize({ width: edge, height: edge, fit: 'inside', withoutEnlargement: true })` gives it
+ * (sharp's ResolveShrink and libvips' rounding, including sharp's own JPEG shrink-on-load from a
+ * 3x reduction, after which it recomputes the shrink from the reduced size), and the reduction.
+ */
+export function thumbnailPlan(width: number, height: number, edge: number): ThumbnailPlan {
+  let [w, h] = [width, height];
+  let { hshrink, vshrink } = resolveShrink(w, h, edge);
+  const shrink = Math.min(hshrink, vshrink);
+  let onLoad: ScaleDenominator = shrink >= 8 ? 8 : shrink >= 4 ? 4 : shrink >= 2 ? 2 : 1;
+  // sharp halves it where the shrink's integer part equals it ("libjpeg rounding errors").
+  if (onLoad > 1 && Math.trunc(shrink) === onLoad) onLoad = (onLoad / 2) as ScaleDenominator;
+  if (onLoad > 1) {
+    // libvips trims what libjpeg's scaled decode rounds up: floor, not ceil.
+    [w, h] = [Math.floor(w / onLoad), Math.floor(h / onLoad)];
+    ({ hshrink, vshrink } = resolveShrink(w, h, edge));
+  }
+  // vips_resize: VIPS_ROUND_UINT(size * scale) with scale = 1 / shrink.
+  const size = { width: Math.floor(w * (1 / hshrink) + 0.5), height: Math.floor(h * (1 / vshrink) + 0.5) };
+  const scaleDenominator = width * height >= MIN_SCALED_DECODE_PIXELS ? largestReduction(width, height, size.width, size.height) : onLoad;
+  return { ...size, scaleDenominator };
+}
+
 /** The largest DCT reduction whose decoded image is still at least width x height. */
-export function scaleDenominatorFor(imageWidth: number, imageHeight: number, width: number, height: number): ScaleDenominator {
+export function largestReduction(imageWidth: number, imageHeight: number, width: number, height: number): ScaleDenominator {
   for (const d of [8, 4, 2] as const) {
     if (scaledSize(imageWidth, d) >= width && scaledSize(imageHeight, d) >= height) return d;
   }
   return 1;
-}
-
-/**
- * The size sharp's `resize({ width: edge, height: edge, fit: 'inside', withoutEnlargement: true })`
- * gives a width x height JPEG, including its own JPEG shrink-on-load from a 3x reduction (which
- * recomputes the shrink from the reduced size): sharp's ResolveShrink and libvips' rounding, so
- * the fast path's thumbnails have the very size they had before.
- */
-export function sharpThumbnailSize(width: number, height: number, edge: number): { width: number; height: number } {
-  let [w, h] = [width, height];
-  let { hshrink, vshrink } = resolveShrink(w, h, edge);
-  const shrink = Math.min(hshrink, vshrink);
-  let onLoad = shrink >= 8 ? 8 : shrink >= 4 ? 4 : shrink >= 2 ? 2 : 1;
-  // sharp halves it where the shrink's integer part equals it ("libjpeg rounding errors").
-  if (onLoad > 1 && Math.trunc(shrink) === onLoad) onLoad /= 2;
-  if (onLoad > 1) {
-    [w, h] = [scaledSize(w, onLoad as ScaleDenominator), scaledSize(h, onLoad as ScaleDenominator)];
-    ({ hshrink, vshrink } = resolveShrink(w, h, edge));
-  }
-  // vips_resize: VIPS_ROUND_UINT(size * scale) with scale = 1 / shrink.
-  return { width: Math.floor(w * (1 / hshrink) + 0.5), height: Math.floor(h * (1 / vshrink) + 0.5) };
 }
 
 /** sharp's ResolveShrink for fit 'inside' (Canvas::MAX) without enlargement. */
