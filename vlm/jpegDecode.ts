@@ -1,7 +1,7 @@
 /**
  * The JPEG fast path of the format stage's thumbnails: libjpeg-turbo decodes the image with
  * DCT-domain scaling (1/2, 1/4 or 1/8, the largest reduction that still leaves at least the
- * thumbnail's size), then sharp resizes those pixels to the exact size with the kernel it uses
+ * thumbnail's size; see MIN_SCALED_DECODE_PIXELS for small images), then sharp resizes those pixels to the exact size with the kernel it uses
  * anyway and encodes the JPEG. sharp decodes at full size below a 3x reduction (it turns on JPEG
  * shrink-on-load only from there), and the typical ~1000 px photo thumbnailed to ~490 px needs 2x:
  * at 2x most of the full decode is work for pixels that are thrown away.
@@ -59,7 +59,7 @@ export function jpegDecoderPath(): string {
   const version = /^TURBOJPEG_DEB_VERSION="([^"]*)"/m.exec(versions)?.[1];
   if (!version) throw new JpegDecoderUnavailableError('scripts/versions.sh pins no TURBOJPEG_DEB_VERSION');
   const sourceHash = createHash('sha256').update(readFileSync(SOURCE)).digest('hex').slice(0, 12);
-  const cacheDir = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
+  const cacheDir = (process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm')).replace('$HOME', homedir());
   return join(cacheDir, 'tools', `jpeg-decoder-${version.replace(/^\d+:/, '')}-${sourceHash}`, 'jpegDecode.node');
 }
 
