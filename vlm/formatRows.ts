@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import type { ChatTokenizer } from './chatTokenizer.js';
-import { decodeScaled, fastPathJpeg, JpegDecoderUnavailableError, jpegFastPathEnabled, thumbnailPlan, type FastPathJpeg } from './jpegDecode.js';
+import { fastPathJpeg, JpegDecoderUnavailableError, jpegFastPathEnabled, thumbnailPlan, withDecodedPixels, type FastPathJpeg } from './jpegDecode.js';
 import type { RawRow } from '../io/sourceRows.js';
 import { deepEqual, extractPrompt, parseMessages, prepareMultimodal, type PreferenceLayout, type RawMessage } from '../contracts/preferenceFormat.js';
 
@@ -236,12 +236,13 @@ function thumbnailEdge(width: number, height: number, options: FormatOptions): n
  */
 async function jpegThumbnail(bytes: Uint8Array, jpeg: FastPathJpeg, options: FormatOptions): Promise<Uint8Array> {
   const size = thumbnailPlan(jpeg.width, jpeg.height, thumbnailEdge(jpeg.width, jpeg.height, options));
-  const pixels = await decodeScaled(bytes, size.scaleDenominator, jpeg.gray);
-  return sharp(pixels.data, { raw: { width: pixels.width, height: pixels.height, channels: pixels.channels } })
-    .resize({ width: size.width, height: size.height, fit: 'fill' })
-    .toColourspace('srgb')
-    .jpeg({ quality: options.jpegQuality, optimiseCoding: false })
-    .toBuffer();
+  return withDecodedPixels(bytes, jpeg, size.scaleDenominator, (pixels) =>
+    sharp(pixels.data, { raw: { width: pixels.width, height: pixels.height, channels: pixels.channels } })
+      .resize({ width: size.width, height: size.height, fit: 'fill' })
+      .toColourspace('srgb')
+      .jpeg({ quality: options.jpegQuality, optimiseCoding: false })
+      .toBuffer(),
+  );
 }
 
 /** sharp's path, for every image the fast path does not take. */

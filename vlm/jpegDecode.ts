@@ -25,7 +25,8 @@ import { fileURLToPath } from 'node:url';
 /** The addon's exports (vlm/native/jpegDecode.c). */
 interface JpegDecoderAddon {
   header(bytes: Uint8Array): { width: number; height: number; subsampling: number; colorspace: number };
-  decode(bytes: Uint8Array, scaleDenominator: ScaleDenominator, gray: boolean): Promise<DecodedPixels>;
+  /** Writes the pixels into `output` (at least the scaled size x channels bytes). */
+  decode(bytes: Uint8Array, scaleDenominator: ScaleDenominator, gray: boolean, output: Uint8Array): Promise<{ width: number; height: number; channels: 1 | 3 }>;
 }
 
 export interface DecodedPixels {
@@ -115,9 +116,35 @@ export function fastPathJpeg(bytes: Uint8Array, maxPixels: number): FastPathJpeg
   return { width: scan.width, height: scan.height, gray: header.colorspace === TJCS_GRAY };
 }
 
-/** Decodes at 1/scaleDenominator of the size (rounded up, as libjpeg does), on the libuv pool. */
-export function decodeScaled(bytes: Uint8Array, scaleDenominator: ScaleDenominator, gray: boolean): Promise<DecodedPixels> {
-  return jpegDecoder().decode(bytes, scaleDenominator, gray);
+/**
+ * Decodes a `fastPathJpeg` image at 1/scaleDenominator of its size (rounded up, as libjpeg does),
+ * on the libuv pool, and hands the pixels to `use`. Their buffer is reused for a later image once
+ * `use` settles: the format stage makes several thumbnails at once, and a fresh ~600 KB buffer
+ * per image made V8 collect garbage far more often.
+ */
+export async function withDecodedPixels<T>(bytes: Uint8Array, jpeg: FastPathJpeg, scaleDenominator: ScaleDenominator, use: (pixels: DecodedPixels) => Promise<T>): Promise<T> {
+  const size = scaledSize(jpeg.width, scaleDenominator) * scaledSize(jpeg.height, scaleDenominator) * (jpeg.gray ? 1 : 3);
+  const buffer = takeBuffer(size);
+  try {
+    const info = await jpegDecoder().decode(bytes, scaleDenominator, jpeg.gray, buffer);
+    return await use({ ...info, data: buffer.subarray(0, info.width * info.height * info.channels) });
+  } finally {
+    giveBuffer(buffer);
+  }
+}
+
+/** Spare pixel buffers, at most this many (one per image in flight is enough). */
+const SPARE_BUFFERS = 8;
+const spare: Buffer[] = [];
+
+/** A spare buffer of at least `size` bytes (and not wastefully larger), else a new one. */
+function takeBuffer(size: number): Buffer {
+  const i = spare.findIndex((b) => b.length >= size && b.length <= 2 * size);
+  return i >= 0 ? spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(size);
+}
+
+function giveBuffer(buffer: Buffer): void {
+  if (spare.length < SPARE_BUFFERS) spare.push(buffer);
 }
 
 /** libjpeg's scaled size: ceil(size / denominator). */

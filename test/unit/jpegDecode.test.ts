@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { photo } from '../../bench/data/generate.js';
 import { generateRows } from '../../datagen/demoShapes.js';
 import { sharpThumbnail, thumbnail, type FormatOptions } from '../../vlm/formatRows.js';
-import { decodeScaled, exifOrientation, fastPathJpeg, largestReduction, thumbnailPlan } from '../../vlm/jpegDecode.js';
+import { exifOrientation, fastPathJpeg, largestReduction, thumbnailPlan, withDecodedPixels, type FastPathJpeg } from '../../vlm/jpegDecode.js';
 import { images } from '../dataFixtures.js';
 
 const options = (edge: number, extra: Partial<FormatOptions> = {}): FormatOptions => ({ edge, maxPixels: 50_000_000, jpegQuality: 95, ...extra });
@@ -95,8 +95,9 @@ describe('JPEG fast path output', () => {
     expect(thumbnailPlan(96, 96, 32)).toEqual({ width: 32, height: 32, scaleDenominator: 2 });
     expect(thumbnailPlan(96, 96, 24)).toEqual({ width: 24, height: 24, scaleDenominator: 2 });
     expect(thumbnailPlan(256, 256, 64).scaleDenominator).toBe(4);
-    const pixels = await decodeScaled(benchPhotos[0]!, 2, false);
-    expect([pixels.width, pixels.height, pixels.channels, pixels.data.length]).toEqual([500, 400, 3, 500 * 400 * 3]);
+    const jpeg = fastPathJpeg(benchPhotos[0]!, 50_000_000) as FastPathJpeg;
+    const sizes = await Promise.all(([1, 2, 4, 8] as const).map((d) => withDecodedPixels(benchPhotos[0]!, jpeg, d, async (p) => [p.width, p.height, p.channels, p.data.length])));
+    expect(sizes).toEqual([[1000, 800, 3, 1000 * 800 * 3], [500, 400, 3, 500 * 400 * 3], [250, 200, 3, 250 * 200 * 3], [125, 100, 3, 125 * 100 * 3]]);
   });
 });
 

@@ -7,7 +7,7 @@
  * with the libjpeg inside sharp's libvips in the same process.
  *
  * header(bytes) -> { width, height, subsampling, colorspace }            (synchronous, cheap)
- * decode(bytes, scaleDenom, gray) -> Promise<{ data, width, height, channels }>
+ * decode(bytes, scaleDenom, gray, output) -> Promise<{ width, height, channels }> (pixels in output)
  *   Runs on the libuv thread pool. Any libjpeg warning is an error (the caller then leaves the
  *   image to sharp, which makes the keep/drop decision as before), and progressive images with
  *   an absurd number of scans are refused rather than decoded for minutes.
@@ -83,12 +83,14 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref input_ref;
+  napi_ref output_ref;
   unsigned char *input;
   size_t input_length;
+  unsigned char *output;
+  size_t output_length;
   int denom;
   int gray;
   /* results */
-  unsigned char *pixels;
   int width, height, channels;
   char error[256];
 } DecodeJob;
@@ -111,49 +113,29 @@ static void decode_execute(napi_env env, void *data) {
   int w = TJSCALED(width, sf), h = TJSCALED(height, sf);
   int format = job->gray ? TJPF_GRAY : TJPF_RGB;
   int channels = tjPixelSize[format];
-  unsigned char *pixels = (unsigned char *)malloc((size_t)w * (size_t)h * (size_t)channels);
-  if (!pixels) {
-    snprintf(job->error, sizeof job->error, "out of memory for a %dx%d image", w, h);
+  if ((size_t)w * (size_t)h * (size_t)channels > job->output_length) {
+    snprintf(job->error, sizeof job->error, "output buffer of %zu bytes is too small for %dx%dx%d", job->output_length, w, h, channels);
     tjDestroy(tj);
     return;
   }
   int flags = TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS;
-  if (tjDecompress2(tj, job->input, (unsigned long)job->input_length, pixels, w, 0, h, format, flags) != 0) {
+  if (tjDecompress2(tj, job->input, (unsigned long)job->input_length, job->output, w, 0, h, format, flags) != 0) {
     snprintf(job->error, sizeof job->error, "%s", tjGetErrorStr2(tj));
-    free(pixels);
     tjDestroy(tj);
     return;
   }
   tjDestroy(tj);
-  job->pixels = pixels;
   job->width = w;
   job->height = h;
   job->channels = channels;
 }
 
-static void free_pixels(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  free(data);
-}
-
 static void decode_complete(napi_env env, napi_status status, void *data) {
   DecodeJob *job = (DecodeJob *)data;
   napi_value result = NULL;
-  int ok = 0;
-  if (status == napi_ok && !job->error[0] && job->pixels) {
-    napi_value buffer;
-    size_t size = (size_t)job->width * (size_t)job->height * (size_t)job->channels;
-    if (napi_create_external_buffer(env, size, job->pixels, free_pixels, NULL, &buffer) == napi_ok) {
-      job->pixels = NULL; /* owned by the buffer now */
-      if (napi_create_object(env, &result) == napi_ok && napi_set_named_property(env, result, "data", buffer) == napi_ok &&
-          set_int(env, result, "width", job->width) && set_int(env, result, "height", job->height) &&
-          set_int(env, result, "channels", job->channels))
-        ok = 1;
-    } else {
-      snprintf(job->error, sizeof job->error, "could not wrap the decoded pixels in a Buffer");
-    }
-  }
+  int ok = status == napi_ok && !job->error[0] && job->width > 0 && napi_create_object(env, &result) == napi_ok &&
+           set_int(env, result, "width", job->width) && set_int(env, result, "height", job->height) &&
+           set_int(env, result, "channels", job->channels);
   if (ok) {
     napi_resolve_deferred(env, job->deferred, result);
   } else {
@@ -162,23 +144,28 @@ static void decode_complete(napi_env env, napi_status status, void *data) {
     napi_create_error(env, NULL, message, &error);
     napi_reject_deferred(env, job->deferred, error);
   }
-  free(job->pixels);
   napi_delete_reference(env, job->input_ref);
+  napi_delete_reference(env, job->output_ref);
   napi_delete_async_work(env, job->work);
   free(job);
 }
 
+/*
+ * The caller passes the output buffer (at least ceil(w / d) x ceil(h / d) x channels bytes), so it
+ * can reuse one across images: a fresh ~600 KB buffer per image made the garbage collector run
+ * far more often on the format stage's main thread.
+ */
 static napi_value decode(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  unsigned char *data;
-  size_t length;
+  unsigned char *data, *output;
+  size_t length, output_length;
   int32_t denom = 1;
   bool gray = false;
-  if (argc < 3 || !get_bytes(env, argv[0], &data, &length) || napi_get_value_int32(env, argv[1], &denom) != napi_ok ||
-      napi_get_value_bool(env, argv[2], &gray) != napi_ok) {
-    napi_throw_type_error(env, NULL, "decode(bytes: Uint8Array, scaleDenom: number, gray: boolean)");
+  if (argc < 4 || !get_bytes(env, argv[0], &data, &length) || napi_get_value_int32(env, argv[1], &denom) != napi_ok ||
+      napi_get_value_bool(env, argv[2], &gray) != napi_ok || !get_bytes(env, argv[3], &output, &output_length)) {
+    napi_throw_type_error(env, NULL, "decode(bytes: Uint8Array, scaleDenom: number, gray: boolean, output: Uint8Array)");
     return NULL;
   }
   if (denom != 1 && denom != 2 && denom != 4 && denom != 8) {
@@ -192,11 +179,14 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   }
   job->input = data;
   job->input_length = length;
+  job->output = output;
+  job->output_length = output_length;
   job->denom = denom;
   job->gray = gray;
   napi_value promise, name;
-  /* The reference keeps the input bytes alive (and unmoved) while the pool thread reads them. */
-  if (napi_create_reference(env, argv[0], 1, &job->input_ref) != napi_ok || napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+  /* The references keep both buffers alive (and unmoved) while the pool thread uses them. */
+  if (napi_create_reference(env, argv[0], 1, &job->input_ref) != napi_ok || napi_create_reference(env, argv[3], 1, &job->output_ref) != napi_ok ||
+      napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
       napi_create_string_utf8(env, "jpegDecode", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, decode_execute, decode_complete, job, &job->work) != napi_ok ||
       napi_queue_async_work(env, job->work) != napi_ok) {
