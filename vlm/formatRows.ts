@@ -245,7 +245,10 @@ async function jpegThumbnail(bytes: Uint8Array, jpeg: FastPathJpeg, options: For
   );
 }
 
-/** sharp's path, for every image the fast path does not take. */
+/**
+ * sharp's path, for every image the fast path does not take. `limitInputPixels` refuses
+ * decompression bombs from the header, before decoding.
+ */
 export async function sharpThumbnail(bytes: Uint8Array, options: FormatOptions): Promise<Uint8Array> {
   const input = () => sharp(bytes, { limitInputPixels: options.maxPixels, failOn: 'warning', sequentialRead: true });
   let edge = options.edge;
