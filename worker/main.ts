@@ -8,6 +8,7 @@ import { depsFromEnv } from '../io/deps.js';
 import { preemptRunningTrainers } from '../bridge/trainerProcess.js';
 import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from './createWorkers.js';
+import { jpegDecoder, jpegFastPathEnabled } from '../vlm/jpegDecode.js';
 
 const { values } = parseArgs({ options: { queues: { type: 'string' } } });
 const served = new Set((values.queues ?? process.env.DPO_WORKER_QUEUES ?? 'cpu,gpu').split(',').map((s) => s.trim()));
@@ -22,6 +23,16 @@ if (served.has('gpu')) {
   // Preemption notice (SIGTERM) or Ctrl-C: trainers checkpoint now, while the worker drains
   // (shutdownGraceTime); their activities then fail as Preempted and resume on any GPU worker.
   for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => void preemptRunningTrainers());
+}
+
+if (served.has('cpu') && jpegFastPathEnabled()) {
+  // The format stage's thumbnails need it: say so now rather than fail every chunk later.
+  try {
+    jpegDecoder();
+  } catch (err) {
+    console.error(`worker: ${(err as Error).message}`);
+    process.exit(2);
+  }
 }
 
 const temporal = temporalEnv();

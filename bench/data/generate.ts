@@ -22,7 +22,7 @@ export interface BenchDataSpec {
 const W = 1000;
 const H = 800;
 
-async function photo(i: number, noise: Buffer): Promise<Uint8Array> {
+export async function photo(i: number, noise: Buffer): Promise<Uint8Array> {
   const r = rng(i + 1);
   const hue = Math.floor(r() * 360);
   const shapes = Array.from({ length: 6 }, () => {
