@@ -32,7 +32,9 @@ fi
 bash scripts/install-tools.sh
 
 # --- JPEG decoder addon (the format stage's DCT-scaled thumbnails) ------------------------------
-bash scripts/build-jpeg-decoder.sh
+# Without it (no Debian packages, no C compiler) the rest still installs; CPU workers then refuse
+# to start, naming the fix, unless DPO_JPEG_DECODER=sharp makes every thumbnail with sharp.
+bash scripts/build-jpeg-decoder.sh || echo "setup: warning: the JPEG decoder addon was not built (above); CPU workers need it, or DPO_JPEG_DECODER=sharp" >&2
 
 # --- Python trainer environment ------------------------------------------------------------------
 uv_dir="$DPO_CACHE_DIR/uv-$UV_VERSION"
