@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,7 @@ class ScoredLogits:
     logits: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor  # [rows, T-1] float
-    place: Any  # Callable[[torch.Tensor], torch.Tensor]
+    place: Callable[[torch.Tensor], torch.Tensor]
 
 
 def _scored_logits(model: Any, batch: PreferenceBatch, padding_free: bool) -> ScoredLogits:

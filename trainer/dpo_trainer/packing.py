@@ -162,7 +162,7 @@ class PackedForward:
     targets: torch.Tensor  # [N] the token each scored position predicts
 
     def scatter(self, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        """[N] per-position values -> [rows, T-1], zero (False) elsewhere; the graph is kept."""
+        """[N] per-position values -> [rows, T-1], zero elsewhere; the graph is kept."""
         out = values.new_zeros(shape)
         return out.index_put((self.rows, self.columns), values)
 
