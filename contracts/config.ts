@@ -264,6 +264,10 @@ export const TrainSchema = z
   lora: LoraSchema.prefault({}),
   dtype: z.enum(DTYPES).default(TRAIN.dtype).describe('base weight and autocast dtype (LoRA weights stay float32)'),
   gradient_checkpointing: z.boolean().default(TRAIN.gradient_checkpointing).describe('recompute activations in the backward pass: less memory, more compute'),
+  padding_free: z
+    .boolean()
+    .default(TRAIN.padding_free)
+    .describe('pack each micro-batch\'s pairs into one sequence without padding for the policy and reference forwards (positions restart per sample, attention stays within each sample): the padded losses, no work on padding; LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, other families refused when training starts (TRL\'s name; docs/training-and-durability.md#padding-free-batches)'),
   checkpoint_every_steps: z.int().positive().default(TRAIN.checkpoint_every_steps).describe('optimizer steps between checkpoints'),
   segment_steps: z
     .int()

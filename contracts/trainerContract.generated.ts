@@ -226,6 +226,11 @@ export const TRAINER_CONFIG_SCHEMA = {
           "type": "boolean",
           "default": false
         },
+        "padding_free": {
+          "description": "pack each micro-batch's rows (prompt + chosen and prompt + rejected of every pair) into one sequence without padding tokens, for the policy and the reference forward: positions restart at 0 in each sample (M-RoPE families: each sample's own 3-D positions), attention stays within each sample, and the LM head runs only at the completion tokens. Same losses as padded batches (to float rounding); saves the work and activation memory padding costs. LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL and Qwen3-VL; other families are refused at start",
+          "type": "boolean",
+          "default": false
+        },
         "checkpoint_every_steps": {
           "description": "write a checkpoint every N optimizer steps",
           "type": "integer",
@@ -381,6 +386,11 @@ export const TRAINER_CONFIG_SCHEMA = {
           "description": "weights and autocast compute dtype; use the train run's",
           "$ref": "#/$defs/DType",
           "default": "float32"
+        },
+        "padding_free": {
+          "description": "score each batch as one packed sequence without padding (TrainConfig.padding_free); same log-probs",
+          "type": "boolean",
+          "default": false
         }
       }
     },

@@ -20,6 +20,8 @@ Per family (--families, default qwen2_5_vl gemma3 qwen3_vl):
    micro-batch 2, lr 5e-6 cosine, seed 42. Peak GPU memory, pairs/s over steps 2..N, and MFU
    (6 x trainable-path FLOPs are not separated: 2 x forward-FLOPs of both models per token, see
    `mfu`), ratios ours / TRL.
+   Then ours again with `padding_free: true` where the family supports it (Qwen2.5-VL, Qwen3-VL;
+   Gemma 3 is refused by the trainer), as `ours_packed` (--skip-packed leaves it out).
 Then, on the first family:
 4. A real CUDA OOM: micro-batch 64 without gradient checkpointing, far past 139 GiB; the trainer
    must back off (halving the micro-batch, doubling accumulation, then checkpointing) and finish
@@ -54,6 +56,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trl_runner import steady_rate  # noqa: E402
+
+from dpo_trainer.packing import PACKABLE_FAMILIES  # noqa: E402
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA's H100/H200 SXM dense bf16 peak, the usual MFU denominator
@@ -218,11 +222,11 @@ def events_of(proc: subprocess.Popen, on_event=None) -> tuple[int, list[dict]]:
     return proc.wait(), events
 
 
-def run_ours(model_dir: Path, shard: Path, work: Path, args) -> dict:
+def run_ours(model_dir: Path, shard: Path, work: Path, args, name: str = "ours", **overrides) -> dict:
     started = time.time()
-    code, events = events_of(start_trainer(train_config(model_dir, shard, work / "ours", args), work, "ours"))
+    code, events = events_of(start_trainer(train_config(model_dir, shard, work / name, args, **overrides), work, name))
     if code != 0:
-        return {"error": f"exit {code}: {events[-1] if events else (work / 'ours.stderr').read_text()[-2000:]}"}
+        return {"error": f"exit {code}: {events[-1] if events else (work / f'{name}.stderr').read_text()[-2000:]}"}
     steps = [e for e in events if e["event"] == "step"]
     return {"end_times": [e["time"] for e in steps], "losses": [e["metrics"]["loss"] for e in steps],
             "peak_gpu_bytes": max(e["peak_memory_bytes"] for e in steps) if args.device == "cuda" else None,
@@ -296,6 +300,7 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=4)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-faults", action="store_true")
+    parser.add_argument("--skip-packed", action="store_true", help="no padding-free run of our trainer")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for families_dpo.json (default $OUT)")
     args = parser.parse_args()
     import pyarrow.parquet as pq
@@ -330,22 +335,27 @@ def main() -> None:
         report["families"][family] = section
         ours = section["ours"] = run_ours(model_dir, shard, work, args)
         section["trl"] = {"skipped": True} if args.skip_trl else run_trl(model_dir, rows, work, args)
+        # Padding-free batches (train.padding_free) where the family supports them.
+        sides = ["ours", "trl"]
+        if family in PACKABLE_FAMILIES and not args.skip_packed:
+            section["ours_packed"] = run_ours(model_dir, shard, work, args, name="ours-packed", padding_free=True)
+            sides.append("ours_packed")
         save()
-        for name in ("ours", "trl"):
+        for name in sides:
             side = section[name]
             if "end_times" in side:
                 side["pairs_per_second"] = steady_rate(side["end_times"], pairs_per_step)
                 side["mfu"] = mfu(params, tokens, side["pairs_per_second"]) if args.device == "cuda" else None
             failed |= "error" in side
-        if "pairs_per_second" in ours and "pairs_per_second" in section["trl"]:
-            trl = section["trl"]
-            section["ours_over_trl"] = {"pairs_per_second": ours["pairs_per_second"] / trl["pairs_per_second"]}
-            if args.device == "cuda":
-                section["ours_over_trl"]["peak_gpu_bytes"] = ours["peak_gpu_bytes"] / trl["peak_gpu_bytes"]
+        for name in sides[:1] + sides[2:]:
+            if "pairs_per_second" in section[name] and "pairs_per_second" in section["trl"]:
+                ratio = section[f"{name}_over_trl"] = {"pairs_per_second": section[name]["pairs_per_second"] / section["trl"]["pairs_per_second"]}
+                if args.device == "cuda":
+                    ratio["peak_gpu_bytes"] = section[name]["peak_gpu_bytes"] / section["trl"]["peak_gpu_bytes"]
         save()
-        print(json.dumps({family: {k: v for k, v in section.items() if k not in ("ours", "trl")}
+        print(json.dumps({family: {k: v for k, v in section.items() if k not in sides}
                           | {side: {k: section[side].get(k) for k in ("pairs_per_second", "peak_gpu_bytes", "mfu", "error")}
-                             for side in ("ours", "trl")}}), flush=True)
+                             for side in sides}}), flush=True)
         if index == 0 and not args.skip_faults and "losses" in ours:
             section["oom"] = real_oom(model_dir, shard, work, args)
             save()

@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,28 +199,30 @@ def enable_gradient_checkpointing(model: Any) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def completion_logps(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model: Any, batch: PreferenceBatch, *, padding_free: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p(token) over the completion tokens of each row (prompt and padding masked),
     and the number of those tokens -- TRL's concatenated_forward on [chosen; rejected]."""
-    token_logps, mask, _ = completion_token_logps(model, batch)
+    token_logps, mask, _ = completion_token_logps(model, batch, padding_free=padding_free)
     return token_logps.sum(-1), mask.sum(-1)
 
 
 def completion_token_logps(
-    model: Any, batch: PreferenceBatch, *, sum_sq_probs: bool = False
+    model: Any, batch: PreferenceBatch, *, sum_sq_probs: bool = False, padding_free: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log p(token) [2B, T-1], zero outside the completions, and the completion mask
     (float); with `sum_sq_probs`, also log sum_v p(v)^2 at each position (what WPO's weights
-    need; no gradient), as TRL's fused LM head returns them."""
-    logits, targets, mask = _shifted_logits(model, batch)
+    need; no gradient), as TRL's fused LM head returns them. `padding_free`: one packed forward
+    (packing.py), the same numbers in the same layout."""
+    scored = _scored_logits(model, batch, padding_free)
+    logits, targets = scored.logits, scored.targets
     # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
     log_z = logits.logsumexp(-1)
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
     log_sum_sq = None
     if sum_sq_probs:
         with torch.no_grad():
-            log_sum_sq = (2 * logits).logsumexp(-1) - 2 * log_z
-    return token_logps * mask, mask, log_sum_sq
+            log_sum_sq = scored.place((2 * logits).logsumexp(-1) - 2 * log_z)
+    return scored.place(token_logps) * scored.mask, scored.mask, log_sum_sq
 
 
 @dataclass
@@ -233,22 +236,50 @@ class CompletionTokenStats:
     mask: torch.Tensor  # [B, T-1] float
 
 
-def completion_token_stats(model: Any, batch: PreferenceBatch) -> CompletionTokenStats:
+def completion_token_stats(model: Any, batch: PreferenceBatch, *, padding_free: bool = False) -> CompletionTokenStats:
     """The supervised fine-tuning forward: per-token log-probs of the completion tokens and the
     entropy / top-1 agreement SFTTrainer logs, from one forward pass."""
-    logits, targets, mask = _shifted_logits(model, batch)
+    scored = _scored_logits(model, batch, padding_free)
+    logits, targets, mask = scored.logits, scored.targets, scored.mask
     log_z = logits.logsumexp(-1)
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
     with torch.no_grad():
         probs = (logits - log_z.unsqueeze(-1)).exp()
         # H = log Z - sum_v p_v z_v, TRL's chunked kernel's form.
         entropy = log_z - (probs * logits).sum(-1)
-        is_top1 = logits.argmax(-1) == targets
-    return CompletionTokenStats(token_logps * mask, entropy * mask, is_top1 & (mask > 0), mask)
+        is_top1 = scored.place((logits.argmax(-1) == targets).to(mask.dtype)) > 0
+    return CompletionTokenStats(scored.place(token_logps) * mask, scored.place(entropy) * mask, is_top1 & (mask > 0), mask)
 
 
-def _shifted_logits(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float32 logits predicting positions 1..T-1, their targets, and the completion mask there."""
+@dataclass
+class ScoredLogits:
+    """float32 logits at the positions the loss may read, the tokens they predict, and how a
+    per-position result goes back to the padded [rows, T-1] layout (`place`), with the completion
+    mask there. Padded: every position of every row ([rows, T-1, V]); padding-free: only the
+    positions that predict a completion token ([N, V])."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor  # [rows, T-1] float
+    place: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _scored_logits(model: Any, batch: PreferenceBatch, padding_free: bool) -> ScoredLogits:
+    inputs = _model_inputs(model, batch)
+    mask = batch.completion_mask[:, 1:].float()
+    if padding_free:
+        from . import packing
+
+        packed = packing.pack(inputs, batch.completion_mask, packing.rope_index_of(model))
+        logits = model(**packed.inputs, use_cache=False).logits[0].float()
+        shape = (mask.shape[0], mask.shape[1])
+        return ScoredLogits(logits, packed.targets, mask, lambda values: packed.scatter(values, shape))
+    logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
+    return ScoredLogits(logits, batch.input_ids[:, 1:], mask, lambda values: values)
+
+
+def _model_inputs(model: Any, batch: PreferenceBatch) -> dict[str, Any]:
+    """The padded batch as the model's forward takes it."""
     inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.pixel_values is not None:
         inputs["pixel_values"] = batch.pixel_values.to(model.dtype if hasattr(model, "dtype") else torch.float32)
@@ -266,10 +297,7 @@ def _shifted_logits(model: Any, batch: PreferenceBatch) -> tuple[torch.Tensor, t
     if batch.token_type_ids is not None:
         # Gemma 3: the image blocks' bidirectional attention mask.
         inputs["token_type_ids"] = batch.token_type_ids
-    logits = model(**inputs, use_cache=False).logits[:, :-1, :].float()
-    targets = batch.input_ids[:, 1:]
-    mask = batch.completion_mask[:, 1:].to(logits.dtype)
-    return logits, targets, mask
+    return inputs
 
 
 def _forward_takes(model: Any, name: str) -> bool:

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from . import packing
 from .checkpoint import MANIFEST, sha256_file
 from .cli import config_command
 from .config import ReferenceConfig
@@ -51,8 +52,12 @@ def model_config_sha256(model_dir: str) -> str:
 
 @torch.no_grad()
 def compute(config: ReferenceConfig) -> dict:
+    if config.padding_free:
+        packing.check_family(config.model_dir)
     dataset, loaded, device, dtype = load_for_scoring(config.model_dir, config.shards, config.device, config.dtype)
     model = loaded.model
+    if config.padding_free:
+        packing.enable(model)
     # Dropout off: the reference is a fixed function (training runs the reference with dropout
     # too when the base model has any; the demo and seed models have none).
     model.eval()
@@ -65,7 +70,7 @@ def compute(config: ReferenceConfig) -> dict:
         end = min(start + config.batch_size, n)
         batch = collate(dataset.rows(range(start, end)), loaded.spec.pad_token_id, pixels).to(device)
         with autocast(device, dtype):
-            logps, _ = completion_logps(model, batch)
+            logps, _ = completion_logps(model, batch, padding_free=config.padding_free)
         logps = logps.float().cpu().numpy()
         chosen[start:end] = logps[: batch.pairs]
         rejected[start:end] = logps[batch.pairs :]

@@ -30,6 +30,7 @@ import torch
 from transformers import get_scheduler
 
 from . import checkpoint as ckpt
+from . import packing
 from .cli import run_command
 from .config import TrainConfig, load_config
 from .data import (
@@ -229,9 +230,11 @@ def pair_logps(ctx: StepContext, batch: Any, micro_indices: list[int], settings:
             ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
         else:
             with torch.no_grad(), ctx.model.disable_adapter():
-                ref_tokens, ref_mask, _ = completion_token_logps(ctx.model, batch)
+                ref_tokens, ref_mask, _ = completion_token_logps(ctx.model, batch, padding_free=ctx.config.padding_free)
                 ref_logps = sequence_logps(ref_tokens, ref_mask, settings.ld_alpha).logps
-        per_token, mask, log_sum_sq = completion_token_logps(ctx.model, batch, sum_sq_probs=settings.use_weighting)
+        per_token, mask, log_sum_sq = completion_token_logps(
+            ctx.model, batch, sum_sq_probs=settings.use_weighting, padding_free=ctx.config.padding_free
+        )
     policy = sequence_logps(per_token, mask, settings.ld_alpha)
     weights = wpo_weights(per_token, log_sum_sq, mask) if log_sum_sq is not None else None
     return PairLogps.from_rows(policy, ref_logps, weights)
@@ -359,7 +362,7 @@ def accumulate_sft(ctx: StepContext, indices: list[int], *, micro_batch: int, st
         batch = collate(ctx.dataset.rows(micro_indices), ctx.pad_token_id, ctx.pixels, chosen_only=True).to(ctx.device)
         ctx.faults.before_forward(batch.pairs)
         with autocast(ctx.device, ctx.dtype):
-            stats = completion_token_stats(ctx.model, batch)
+            stats = completion_token_stats(ctx.model, batch, padding_free=ctx.config.padding_free)
         nll = -stats.log_probs.sum()
         ctx.scaler.scale(nll / denominator).backward()
         sums["loss"] += nll.detach().item()
@@ -410,6 +413,8 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
 
     # -- data and model ------------------------------------------------------------------------
     dataset = load_shards(config.train_shards)
+    if config.padding_free:
+        packing.check_family(config.model_dir)  # before the weights load
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)  # seeds CUDA too; LoRA init below draws from it
@@ -421,6 +426,8 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         else None
     )
     model = attach_lora(loaded.model, config.lora)
+    if config.padding_free:
+        packing.enable(model)
     if config.init_adapter and not config.resume_from:
         load_init_adapter(model, Path(config.init_adapter), device)  # init_from
     model.train()
