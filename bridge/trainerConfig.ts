@@ -184,8 +184,8 @@ export function trainRunConfig(train: TrainConfig, run: TrainRun): TrainerTrainC
   };
 }
 
-export function referenceRunConfig(run: { modelDir: string; shards: string[]; outputDir: string; batchSize: number; dtype: TrainConfig['dtype'] }): TrainerConfigFile<'ReferenceConfig'> {
-  return { model_dir: run.modelDir, shards: run.shards, output_dir: run.outputDir, batch_size: run.batchSize, dtype: run.dtype };
+export function referenceRunConfig(run: { modelDir: string; shards: string[]; outputDir: string; batchSize: number; dtype: TrainConfig['dtype']; paddingFree?: boolean }): TrainerConfigFile<'ReferenceConfig'> {
+  return { model_dir: run.modelDir, shards: run.shards, output_dir: run.outputDir, batch_size: run.batchSize, dtype: run.dtype, padding_free: run.paddingFree ?? false };
 }
 
 export function exportRunConfig(run: { modelDir: string; adapterDir: string | null; outDir: string }): TrainerConfigFile<'ExportConfig'> {

@@ -254,6 +254,8 @@ export interface ReferenceInput {
   batchSize: number;
   /** The train stage's dtype: the reference is scored in the precision training would use. */
   dtype: TrainConfig['dtype'];
+  /** The train stage's padding_free: scored as it would train (the same log-probs either way, so not in the cache key). */
+  paddingFree?: boolean;
   /** Part of the cache key (the shards already depend on them through their own hash). */
   lengths: PipelineConfig['tokenize'];
 }

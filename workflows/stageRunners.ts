@@ -193,6 +193,7 @@ export async function runStage(ctx: RunContext, stage: PlannedStage): Promise<St
           trainSplit: splitLabels(dataset).train,
           batchSize,
           dtype: train.dtype,
+          paddingFree: train.padding_free,
           lengths: config.tokenize,
         }),
       );

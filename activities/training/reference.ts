@@ -45,7 +45,7 @@ export async function computeReference(deps: ActivityDeps, input: ReferenceInput
         const shards = await stageShards(deps, { bucket: input.bucket, manifestKey: input.shards.manifestKey, split: input.trainSplit });
         const configPath = join(dir, 'reference-config.json');
         const outputDir = join(dir, 'out');
-        await writeTrainerConfig(configPath, 'ReferenceConfig', referenceRunConfig({ modelDir, shards, outputDir, batchSize: input.batchSize, dtype: input.dtype }));
+        await writeTrainerConfig(configPath, 'ReferenceConfig', referenceRunConfig({ modelDir, shards, outputDir, batchSize: input.batchSize, dtype: input.dtype, paddingFree: input.paddingFree }));
         progress.phase = 'scoring';
         let finished: { samples: number; files: string[]; seconds: number } | undefined;
         const outcome = await runTrainer({
