@@ -52,7 +52,7 @@ export const DEFAULT_KNOBS: StoryKnobs = {
   captionHallucinationRate: 0.6,
   sftYesShare: 0.85,
   sftMix: { describe: 0.4, yesNo: 0.3, short: 0.3 },
-  pairMix: { describe: 0.3, existence: 0.3, attribute: 0.2, relation: 0.05, count: 0.15 },
+  pairMix: { describe: 0.2, existence: 0.25, attribute: 0.35, relation: 0.05, count: 0.15 },
   decisionOnlyKinds: ['attribute', 'relation'],
 };
 
