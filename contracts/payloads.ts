@@ -11,7 +11,6 @@ import type { RunLineage } from './lineage.js';
 import type { TrainingControl } from './progress.js';
 import type { Interruptions } from './attempts.js';
 import type { StageAttempts } from './attempts.js';
-import type { ReportTo } from './tracking.js';
 
 /** What a data stage returns: where its output is and whether it was reused. */
 export interface StageResult {
@@ -413,7 +412,7 @@ export interface StageTimeline extends Partial<StageAttempts> {
 export interface PipelineTrackingInput {
   runId: string;
   /** The pipeline's `train.report_to`. */
-  reportTo: ReportTo;
+  reportTo: TrainConfig['report_to'];
   workflow: { workflowId: string; runId: string };
   status: 'RUNNING' | 'FAILED' | 'KILLED';
 }
