@@ -75,7 +75,9 @@ async function trackPipelineRun(config: PipelineConfig, runId: string, status: P
   if (!mayTrackMlflow || !patched('pipeline-tracker-run')) return;
   const { workflowId, runId: temporalRunId } = workflowInfo();
   try {
-    await lineageActivities(config).trackPipelineRun({ runId, reportTo, workflow: { workflowId, runId: temporalRunId }, status });
+    const answer = await lineageActivities(config).trackPipelineRun({ runId, reportTo, workflow: { workflowId, runId: temporalRunId }, status });
+    // The parent run's page, in the Web UI and `dpo status` from the start.
+    if (status === 'RUNNING' && answer && Object.keys(answer.links).length) upsertMemo({ pipelineTrackerLinks: answer.links });
   } catch (err) {
     log.warn('could not update the pipeline\'s MLflow run', { status, error: String(err) });
   }

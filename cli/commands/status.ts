@@ -51,7 +51,8 @@ export async function statusCommand(args: string[]): Promise<number> {
     for (const { id } of state.plan) console.log(stageLine(id, state.stages[id]!));
     for (const p of progress) console.log(describeTrainProgress(p));
     if (lineage) console.log(lineageLine(lineage));
-    // Finished train stages' tracker runs, from the memo (the run goes on).
+    // The pipeline's own tracker run (MLflow's parent run) and the finished train stages', from the memo (the run goes on).
+    for (const [name, link] of Object.entries((description.memo?.pipelineTrackerLinks ?? {}) as Record<string, string>)) console.log(`  run tracking: ${name}: ${link}`);
     for (const [id, links] of Object.entries((description.memo?.trackerLinks ?? {}) as TrackerLinks)) {
       for (const [name, link] of Object.entries(links)) console.log(`  ${id} tracking: ${name}: ${link}`);
     }

@@ -3,21 +3,25 @@
  * started here with SQLite and proxied file artifacts) and the stack's MinIO: the evaluation's
  * metrics in an evaluate run nested in the pipeline's parent run, the report as the parent's
  * artifact, the parent FINISHED, the event files beside the train stages' in storage, an offline
- * W&B run beside the train stage's; the parent run's start and unsuccessful end; and a server that
- * is down is a count, never a failure.
+ * W&B run beside the train stage's; the parent run's start and unsuccessful end, also through a
+ * real pipeline on the Temporal dev server that fails; and a server that is down is a count,
+ * never a failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WorkflowFailedError } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { logReportToTrackers, trackPipelineRun } from '../../activities/report/tracking.js';
 import { keys } from '../../contracts/keys.js';
 import type { EvaluateResult, ReportInput, TrainResult } from '../../contracts/payloads.js';
 import { depsFromEnv } from '../../io/deps.js';
 import { toolPath } from '../../scripts/localStack.js';
-import { TEST_BUCKET, uniqueId } from '../harness.js';
+import { startTestStack, TEST_BUCKET, uniqueId } from '../harness.js';
+import { generateDemoDataset } from '../../datagen/demoShapes.js';
+import { PIPELINE_WORKFLOW } from '../../contracts/messages.js';
 
 const freePort = () =>
   new Promise<number>((resolve) => {
@@ -124,6 +128,40 @@ describe('the report logs the evaluation to the trackers', () => {
     expect((await search()).map((r: any) => [r.info.run_id, r.info.status])).toEqual([[parent.info.run_id, 'FAILED']]);
     // Without mlflow in report_to there is nothing to open.
     expect(await trackPipelineRun(deps, { ...input, reportTo: ['tensorboard'], status: 'RUNNING' })).toBeUndefined();
+  });
+
+  it('opens the parent run when a pipeline starts, links it in the memo, and ends it FAILED with the pipeline', async () => {
+    process.env.MLFLOW_TRACKING_URI = uri;
+    process.env.MLFLOW_EXPERIMENT_NAME = 'dpo-pipeline-failed-test';
+    const datasetDir = await mkdtemp(join(tmpdir(), 'dpo-tracking-'));
+    await generateDemoDataset({ outDir: datasetDir, trainRows: 8, testRows: 4, seed: 3 });
+    const stack = await startTestStack({ serveGpu: false });
+    try {
+      const workflowId = uniqueId('tracked-failure');
+      // A column the dataset does not have: the format stage fails, before any training.
+      const err = await stack.client.workflow.execute(PIPELINE_WORKFLOW, {
+        taskQueue: stack.queues.cpu,
+        workflowId,
+        args: [{
+          name: 'tracked-failure',
+          model: { source: inject('modelSource') },
+          dataset: { source: datasetDir, columns: { chosen: 'preferred' } },
+          train: { report_to: ['mlflow'] },
+          queues: stack.queues,
+          storage: { bucket: TEST_BUCKET },
+          stages: [{ id: 'download', kind: 'download' }, { id: 'format', kind: 'format', needs: ['download'] }],
+        }],
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      const { experiment } = await (await fetch(`${uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dpo-pipeline-failed-test`)).json();
+      const { runs } = await api(uri, 'runs/search', { experiment_ids: [experiment.experiment_id], filter: `tags.\`dpo.run_id\` = '${workflowId}'` });
+      expect(runs.map((r: any) => r.info.status)).toEqual(['FAILED']);
+      const memo = (await stack.client.workflow.getHandle(workflowId).describe()).memo as { pipelineTrackerLinks?: Record<string, string> };
+      expect(memo.pipelineTrackerLinks?.mlflow).toContain(`/runs/${runs[0].info.run_id}`);
+    } finally {
+      await stack.stop();
+      await rm(datasetDir, { recursive: true, force: true });
+    }
   });
 
   it('counts the calls a down server failed and goes on', async () => {
