@@ -124,6 +124,15 @@ def test_packed_forward_equals_the_padded_one(family, monkeypatch):
     packed = scores(model, batch, padding_free=True)
     layout = packing.pack(modeling._model_inputs(model, batch), batch.completion_mask, packing.rope_index_of(model), batch.pairs)
     assert layout.inputs["input_ids"].shape[1] == int(lengths.sum() - prompts.sum())
+    if family["model_type"] in packing.MROPE_FAMILIES:
+        # Pair 0's rejected answer sits right after its prompt + chosen, with the 3-D positions
+        # get_rope_index gives the padded prompt + rejected row there (text after the image
+        # continues from the image's largest position).
+        rope, _ = packing.rope_index_of(model)(**packing._rope_arguments(packing.rope_index_of(model), modeling._model_inputs(model, batch)))
+        b, p, n = batch.pairs, int(prompts[0]), int(lengths[0])
+        rejected = slice(n, n + int(lengths[b]) - p)
+        assert torch.equal(layout.inputs["position_ids"][1:, 0, rejected], rope[:, b, p:int(lengths[b])])
+        assert torch.equal(layout.inputs["position_ids"][0, 0, rejected], torch.arange(p, int(lengths[b])))
     # scores() runs three forwards (reference, policy, SFT statistics), each given every pair's images once.
     assert images_seen and all(n == len(family["rows"]) for n in images_seen), images_seen
     for name in ("policy", "reference", "tokens", "loss", "log_sum_sq"):
