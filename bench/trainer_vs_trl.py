@@ -11,8 +11,10 @@ layers except the LM head), optimizer steps, learning rate (constant, no warmup)
 gradient checkpointing, no checkpoints written during the timed steps. Each trainer runs in its own
 child process, one after the other (ours as the worker runs it: `python -m dpo_trainer.train`), so
 that peak RSS is per process (os.wait4's ru_maxrss of that child). Ours runs twice per repeat:
-padded micro-batches, and `padding_free: true` (each micro-batch packed into one sequence; TRL 1.16
-forces padding-free off for DPO, so its side is padded).
+padded micro-batches, and `padding_free: true` (each micro-batch packed into one sequence, each
+pair as [prompt, chosen, rejected] with its prompt and image encoded once for both answers; TRL
+1.16 forces padding-free off for DPO, so its side is padded). tokens/s counts every side's rows as
+the padded batch holds them (a pair's prompt twice), so it moves with pairs/s.
 
 What is timed: the steady-state training loop -- wall time from the end of optimizer step 1 to the
 end of the last step, divided into the pairs of steps 2..N. Step 1 (first kernels, caches) and

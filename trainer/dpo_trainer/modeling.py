@@ -212,7 +212,7 @@ def completion_token_logps(
     """Per-token log p(token) [2B, T-1], zero outside the completions, and the completion mask
     (float); with `sum_sq_probs`, also log sum_v p(v)^2 at each position (what WPO's weights
     need; no gradient), as TRL's fused LM head returns them. `padding_free`: one packed forward
-    (packing.py), the same numbers in the same layout."""
+    (packing.py; each pair's prompt once), the same numbers in the same layout."""
     scored = _scored_logits(model, batch, padding_free)
     logits, targets = scored.logits, scored.targets
     # gather - logsumexp == log_softmax at the target, without materialising the full log_softmax.
@@ -270,7 +270,7 @@ def _scored_logits(model: Any, batch: PreferenceBatch, padding_free: bool) -> Sc
     if padding_free:
         from . import packing
 
-        packed = packing.pack(inputs, batch.completion_mask, packing.rope_index_of(model))
+        packed = packing.pack(inputs, batch.completion_mask, packing.rope_index_of(model), batch.pairs)
         logits = model(**packed.inputs, use_cache=False).logits[0].float()
         shape = (mask.shape[0], mask.shape[1])
         return ScoredLogits(logits, packed.targets, mask, lambda values: packed.scatter(values, shape))

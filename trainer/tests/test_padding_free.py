@@ -1,7 +1,10 @@
 """Padding-free batches (`padding_free`, packing.py) on the tiny LLaVA, LLaVA-NeXT, Qwen2.5-VL and
-Qwen3-VL models: a micro-batch packed into one sequence gives the padded batch's numbers.
+Qwen3-VL models: a micro-batch packed into one sequence, each pair's prompt (and its images) once for
+both answers, gives the padded batch's numbers.
 
-Checked: per-pair policy and reference log-probs, the DPO loss, the LoRA gradients and the SFT
+Checked: the packed sequence holds each prompt once and the vision tower gets each pair's images
+once; the shared-prompt attention is the block mask's (rejected sees its prompt and itself, not
+chosen) with and without grouped key/value heads; per-pair policy and reference log-probs, the DPO loss, the LoRA gradients and the SFT
 statistics equal the padded path's to 1e-5 on rows of different lengths and image sizes (the
 M-RoPE families with their 3-D positions, which matter: 1-D positions give other numbers);
 training runs give the padded run's per-step losses to 1e-5 (with gradient checkpointing too, whose
@@ -103,7 +106,7 @@ def scores(model: Any, batch: Any, padding_free: bool) -> dict[str, Any]:
 
 
 def test_packed_forward_equals_the_padded_one(family, monkeypatch):
-    from dpo_trainer import packing
+    from dpo_trainer import modeling, packing
     from dpo_trainer.data import PixelCache, collate
     from dpo_trainer.modeling import completion_token_logps
 
@@ -111,9 +114,27 @@ def test_packed_forward_equals_the_padded_one(family, monkeypatch):
     batch = collate(family["rows"], loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
     lengths = batch.attention_mask.sum(-1)
     assert len(set(lengths.tolist())) >= 4 and batch.pixel_values is not None, "rows of different lengths, with images"
+    prompts = torch.tensor([len(row["prompt_input_ids"]) for row in family["rows"]])
+    if family["model_type"] in packing.MROPE_FAMILIES:
+        assert len(set(prompts.tolist())) > 1, "Qwen's dynamic resolution: prompts of different lengths"
     padded = scores(model, batch, padding_free=False)
     packing.enable(model)
+    # Each prompt once: the packed sequence is the padded rows' tokens less one copy of every prompt.
+    images_seen = vision_inputs(model)
     packed = scores(model, batch, padding_free=True)
+    layout = packing.pack(modeling._model_inputs(model, batch), batch.completion_mask, packing.rope_index_of(model), batch.pairs)
+    assert layout.inputs["input_ids"].shape[1] == int(lengths.sum() - prompts.sum())
+    if family["model_type"] in packing.MROPE_FAMILIES:
+        # Pair 0's rejected answer sits right after its prompt + chosen, with the 3-D positions
+        # get_rope_index gives the padded prompt + rejected row there (text after the image
+        # continues from the image's largest position).
+        rope, _ = packing.rope_index_of(model)(**packing._rope_arguments(packing.rope_index_of(model), modeling._model_inputs(model, batch)))
+        b, p, n = batch.pairs, int(prompts[0]), int(lengths[0])
+        rejected = slice(n, n + int(lengths[b]) - p)
+        assert torch.equal(layout.inputs["position_ids"][1:, 0, rejected], rope[:, b, p:int(lengths[b])])
+        assert torch.equal(layout.inputs["position_ids"][0, 0, rejected], torch.arange(p, int(lengths[b])))
+    # scores() runs three forwards (reference, policy, SFT statistics), each given every pair's images once.
+    assert images_seen and all(n == len(family["rows"]) for n in images_seen), images_seen
     for name in ("policy", "reference", "tokens", "loss", "log_sum_sq"):
         assert torch.allclose(packed[name], padded[name], atol=1e-5, rtol=0), (name, packed[name], padded[name])
     for a, b in zip(packed["sft"], padded["sft"], strict=True):
@@ -132,6 +153,86 @@ def test_packed_forward_equals_the_padded_one(family, monkeypatch):
         with torch.no_grad():
             flat, _, _ = completion_token_logps(model, batch, padding_free=True)
         assert not torch.allclose(flat.sum(-1), packed["policy"], atol=1e-3)
+
+
+def vision_inputs(model: Any) -> list[int]:
+    """How many images each later call of the model's image-feature path receives (a list that
+    fills as forwards run): per image, [images, ...] pixel_values; Qwen's flat layout, its
+    image_grid_thw rows."""
+    base = model.get_base_model()
+    inner = getattr(base, "model", base)
+    seen: list[int] = []
+    original = inner.get_image_features
+
+    def counting(pixel_values: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        grid = kwargs.get("image_grid_thw", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        seen.append(int(grid.shape[0]) if grid is not None else int(pixel_values.shape[0]))
+        return original(pixel_values, *args, **kwargs)
+
+    inner.get_image_features = counting
+    return seen
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_shared_prompt_attention_is_the_block_masks(groups):
+    """The packed attention on [prompt, chosen, rejected] segments equals attention under the
+    explicit mask: chosen causal over prompt + itself, rejected over prompt + itself (never chosen),
+    samples apart."""
+    from dpo_trainer.packing import packed_attention
+
+    # Pair 1: prompt 3, chosen 2, rejected 4; pair 2: prompt 2, chosen 3, rejected 1; a prompt-less
+    # pair 3: chosen 2 and rejected 2, each a sample of its own.
+    positions = [0, 1, 2, 3, 4, 3, 4, 5, 6, 0, 1, 2, 3, 4, 2, 0, 1, 0, 1]
+    segments = [(0, 0, 5), (1, 5, 9), (0, 9, 14), (1, 14, 15), (0, 15, 17), (0, 17, 19)]
+    prompt_of = {1: (0, 3), 3: (9, 11)}
+    length = len(positions)
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    root = 0
+    for k, (kind, s, e) in enumerate(segments):
+        allowed[s:e, s:e] = torch.ones(e - s, e - s, dtype=torch.bool).tril()
+        if kind == 1:
+            ps, pe = prompt_of[k]
+            allowed[s:e, ps:pe] = True
+        root = s if kind == 0 else root
+    torch.manual_seed(0)
+    heads, dim = 4, 8
+    query = torch.randn(1, heads, length, dim, requires_grad=True)
+    key = torch.randn(1, heads // groups, length, dim, requires_grad=True)
+    value = torch.randn(1, heads // groups, length, dim, requires_grad=True)
+    module = torch.nn.Module()
+    module.num_key_value_groups = groups
+    module.is_causal = True
+    out, _ = packed_attention(module, query, key, value, None, scaling=dim ** -0.5, position_ids=torch.tensor([positions]))
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1), attn_mask=allowed, scale=dim ** -0.5,
+    ).transpose(1, 2)
+    assert torch.allclose(out, expected, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (query, key, value))
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (query, key, value)), strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_pair_packs_its_prompt_once():
+    """[prompt, chosen, rejected] per pair: rejected's positions continue from the prompt's end,
+    and the prompt's last position predicts the first token of both answers."""
+    from dpo_trainer.packing import pack
+
+    # Pair 0: prompt [5, 6], chosen [7, 8], rejected [9]; pair 1: prompt [3], chosen [4], rejected [2, 1].
+    input_ids = torch.tensor([[5, 6, 7, 8], [3, 4, 0, 0], [5, 6, 9, 0], [3, 2, 1, 0]])
+    attention = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]])
+    completion = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 1, 1, 0]])
+
+    packed = pack({"input_ids": input_ids, "attention_mask": attention}, completion, pairs=2)
+    assert packed.inputs["input_ids"].tolist() == [[5, 6, 7, 8, 9, 3, 4, 2, 1]]
+    assert packed.inputs["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 1, 2]]
+    # Row by row in the padded layout: chosen 0 (6->7, 7->8), chosen 1 (3->4), rejected 0 (6->9),
+    # rejected 1 (3->2, 2->1).
+    assert packed.inputs["logits_to_keep"].tolist() == [1, 2, 5, 1, 5, 7]
+    assert packed.targets.tolist() == [7, 8, 4, 9, 2, 1]
+    # Rows that are not pairs of one prompt (here: the prompts differ) are packed row by row.
+    other = input_ids.clone()
+    other[2, 0] = 4
+    assert pack({"input_ids": other, "attention_mask": attention}, completion, pairs=2).inputs["input_ids"].shape[1] == 12
 
 
 def test_samples_do_not_attend_to_each_other(tiny_model_dir, demo_shards):
@@ -170,15 +271,27 @@ def llava_padding_free_run(train_config, tmp_path_factory):
     return result
 
 
-def test_llava_training_gives_the_padded_losses(reference_run, llava_padding_free_run, train_config, tmp_path):
+def test_llava_training_gives_the_padded_losses(reference_run, llava_padding_free_run, train_config, tmp_path, monkeypatch):
+    from dpo_trainer import packing
+
     _, padded = reference_run
     assert_same_losses(llava_padding_free_run, padded)
     final = adapter_tensors(llava_padding_free_run.last["adapter_path"])
     assert adapter_distance(final, adapter_tensors(padded.last["adapter_path"])) < 1e-4
-    # Gradient checkpointing recomputes each layer in backward: the boundaries come with it.
+    # Gradient checkpointing recomputes each layer in backward: the layout comes with it (the
+    # shared-prompt attention runs in backward too).
+    calls = {"forward": 0, "backward": 0}
+    shared = packing._shared_prompt_attention
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls["backward" if torch._C._current_graph_task_id() >= 0 else "forward"] += 1
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "_shared_prompt_attention", counting)
     checkpointed = run_train(train_config(tmp_path, padding_free=True, gradient_checkpointing=True, max_steps=2))
     assert checkpointed.exit_code == 0, checkpointed.last
     assert_same_losses(checkpointed, padded, steps=2)
+    assert calls["forward"] and calls["backward"], calls
 
 
 def test_llava_crash_then_resume_is_bitwise_exact(llava_padding_free_run, train_config, tmp_path):
