@@ -24,7 +24,11 @@ inputs/outputs, q/k/v/o, the MLP's gate/up/activation/down inputs; flash/SDPA at
 seq x seq matrix), 2 bytes each under bf16/fp16 autocast, 4 in fp32; with gradient checkpointing
 only each layer's input plus one layer recomputed. DPO runs chosen and rejected rows in one
 forward pass (2 x micro-batch rows, each with its image), and the float32 log-softmax over the
-vocabulary adds about 14 bytes per row, position and vocabulary entry.
+vocabulary adds about 14 bytes per row, position and vocabulary entry. With `padding_free`,
+each pair's prompt and image go through the model once for both answers: the vision tower sees
+one image per pair instead of two. The text tokens and the log-softmax positions are kept at the
+padded bound (a pair with a short prompt and long answers saves next to nothing there), so the
+estimate stays an upper bound.
 """
 
 from __future__ import annotations
@@ -219,10 +223,12 @@ def model_shapes(config: Any, image_longest_edge: int | None, max_pixels: int | 
     )
 
 
-def activation_bytes(shapes: Shapes, micro_batch: int, seq_len: int, dtype: str, checkpointing: bool) -> dict[str, float]:
+def activation_bytes(shapes: Shapes, micro_batch: int, seq_len: int, dtype: str, checkpointing: bool,
+                     padding_free: bool = False) -> dict[str, float]:
     a, b = ACTIVATION_VALUES_PER_TOKEN
     width = BYTES[dtype]
     rows = 2 * micro_batch  # chosen and rejected in one forward pass
+    images = micro_batch if padding_free else rows  # padding-free: one image per pair
 
     def tower(hidden: int, intermediate: int, layers: int, tokens: int) -> float:
         per_layer = tokens * (a * hidden + b * intermediate) * width
@@ -231,7 +237,7 @@ def activation_bytes(shapes: Shapes, micro_batch: int, seq_len: int, dtype: str,
         return layers * per_layer
 
     text = tower(shapes.text_hidden, shapes.text_intermediate, shapes.text_layers, rows * seq_len)
-    vision = tower(shapes.vision_hidden, shapes.vision_intermediate, shapes.vision_layers, rows * shapes.patches_per_image)
+    vision = tower(shapes.vision_hidden, shapes.vision_intermediate, shapes.vision_layers, images * shapes.patches_per_image)
     logits = rows * seq_len * shapes.vocab * LOGIT_BYTES_PER_ENTRY
     return {"language model": text, "vision tower": vision, "logits / log-softmax": logits}
 
@@ -255,7 +261,7 @@ class Suggestion:
 
 
 def suggest_micro_batch(static: float, shapes: Shapes, seq_len: int, dtype: str, gpu_bytes: float,
-                        checkpointing: bool) -> Suggestion:
+                        checkpointing: bool, padding_free: bool = False) -> Suggestion:
     """The largest power-of-two micro-batch whose estimate fits; gradient checkpointing is turned
     on only when even micro-batch 1 does not fit without it (what the OOM backoff does too)."""
     usable = gpu_bytes * GPU_USABLE_SHARE - GPU_RESERVE_BYTES
@@ -263,7 +269,7 @@ def suggest_micro_batch(static: float, shapes: Shapes, seq_len: int, dtype: str,
         best = None
         size = 1
         while size <= MAX_SUGGESTED_MICRO_BATCH:
-            need = static + sum(activation_bytes(shapes, size, seq_len, dtype, ckpt).values())
+            need = static + sum(activation_bytes(shapes, size, seq_len, dtype, ckpt, padding_free).values())
             if need > usable:
                 break
             best = (size, need)
@@ -274,7 +280,8 @@ def suggest_micro_batch(static: float, shapes: Shapes, seq_len: int, dtype: str,
     return Suggestion(None, True, usable, None, "does not fit even at micro-batch 1 with gradient checkpointing")
 
 
-def auto_micro_batch(model: Any, *, total: int, seq_len: int, device: Any, dtype: str, checkpointing: bool) -> tuple[int, str]:
+def auto_micro_batch(model: Any, *, total: int, seq_len: int, device: Any, dtype: str, checkpointing: bool,
+                     padding_free: bool = False) -> tuple[int, str]:
     """`per_device_train_batch_size: auto` at the start of training: the estimator's suggestion
     for this device (weights already loaded, so their real size counts), lowered to a power of
     two dividing `total` so the effective batch stays exact. On CPU: 8 (documented fallback:
@@ -287,7 +294,7 @@ def auto_micro_batch(model: Any, *, total: int, seq_len: int, device: Any, dtype
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         static = torch.cuda.memory_allocated(device) + 3 * trainable * 4  # + fp32 gradients and AdamW moments
         gpu = torch.cuda.get_device_properties(device).total_memory
-        suggestion = suggest_micro_batch(static, model_shapes(model.config, None), seq_len, dtype, gpu, checkpointing)
+        suggestion = suggest_micro_batch(static, model_shapes(model.config, None), seq_len, dtype, gpu, checkpointing, padding_free)
         wanted = suggestion.micro_batch or 1
         reason = f"estimate for {gpu / GB:.1f} GB: {suggestion.note}"
     size = 1
@@ -324,6 +331,7 @@ def estimate(raw: dict[str, Any], gpu_memory: str | None = None, model_dir: str 
         raise InvalidInputError(f"train.dtype: expected one of {', '.join(BYTES)}, got {dtype!r}")
     micro_batch = train.get("per_device_train_batch_size", DEFAULTS["per_device_train_batch_size"])
     checkpointing = bool(train.get("gradient_checkpointing", DEFAULTS["gradient_checkpointing"]))
+    padding_free = bool(train.get("padding_free", False))
     seq_len = int((raw.get("tokenize") or {}).get("max_length", DEFAULTS["max_length"]))
     edge = (raw.get("format") or {}).get("image_longest_edge")
     max_pixels = (raw.get("format") or {}).get("max_pixels")
@@ -342,14 +350,15 @@ def estimate(raw: dict[str, Any], gpu_memory: str | None = None, model_dir: str 
         "this_trainer": _with_total(static),
         "shapes": asdict(shapes),
         "settings": {"dtype": dtype, "micro_batch": micro_batch, "max_length": seq_len,
-                     "gradient_checkpointing": checkpointing, "image_longest_edge": edge, "max_pixels": max_pixels},
+                     "gradient_checkpointing": checkpointing, "padding_free": padding_free,
+                     "image_longest_edge": edge, "max_pixels": max_pixels},
     }
     if isinstance(micro_batch, int):
-        act = activation_bytes(shapes, micro_batch, seq_len, dtype, checkpointing)
+        act = activation_bytes(shapes, micro_batch, seq_len, dtype, checkpointing, padding_free)
         result["activations"] = _with_total(act)
         result["this_trainer_with_activations_bytes"] = result["this_trainer"]["total"] + result["activations"]["total"]
     if gpu_memory:
-        suggestion = suggest_micro_batch(sum(static.values()), shapes, seq_len, dtype, parse_memory(gpu_memory), checkpointing)
+        suggestion = suggest_micro_batch(sum(static.values()), shapes, seq_len, dtype, parse_memory(gpu_memory), checkpointing, padding_free)
         result["suggestion"] = {"gpu_memory": gpu_memory, **asdict(suggestion)}
     return result
 
@@ -383,7 +392,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"    {'total before activations':<52} {gb(t['total']):>12}")
     if "activations" in result:
         a = result["activations"]
-        lines += ["", f"Activations, micro-batch {s['micro_batch']} (x2 rows: chosen + rejected), max_length {s['max_length']},"
+        rows = "padding-free: each pair's prompt and image once" if s["padding_free"] else "x2 rows: chosen + rejected"
+        lines += ["", f"Activations, micro-batch {s['micro_batch']} ({rows}), max_length {s['max_length']},"
                       f" {result['shapes']['patches_per_image']} patches per image,"
                       f" gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'} (first-order estimate):"]
         for row, value in a["rows"].items():

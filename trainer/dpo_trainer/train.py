@@ -510,6 +510,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             device=device,
             dtype=config.dtype,
             checkpointing=gradient_checkpointing,
+            padding_free=config.padding_free,
         )
         log(f"per_device_train_batch_size auto -> {micro_batch} ({reason})")
     ctx = StepContext(

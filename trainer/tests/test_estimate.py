@@ -91,3 +91,16 @@ def test_gemma3_counts_and_fixed_image_size():
     large = estimate(config, gpu_memory="80GB", model_dir=str(REPO_ROOT / "configs" / "models" / "gemma-3-12b-it"))
     assert large["parameters"]["total"] == 12_187_325_040
     assert large["parameters"]["lora_trainable"] == 74_165_760
+
+
+def test_padding_free_counts_one_image_per_pair():
+    raw = load_pipeline_config(str(REPO_ROOT / "configs" / "qwen2.5-vl-7b.yaml"))
+    padded = estimate(raw, gpu_memory="80GB")
+    packed = estimate({**raw, "train": {**raw["train"], "padding_free": True}}, gpu_memory="80GB")
+    rows, packed_rows = padded["activations"]["rows"], packed["activations"]["rows"]
+    # The vision tower sees each pair's image once; text and log-softmax keep the padded bound.
+    assert packed_rows["vision tower"] == pytest.approx(rows["vision tower"] / 2)
+    assert packed_rows["language model"] == rows["language model"]
+    assert packed_rows["logits / log-softmax"] == rows["logits / log-softmax"]
+    assert packed["settings"]["padding_free"] and not padded["settings"]["padding_free"]
+    assert packed["suggestion"]["micro_batch"] >= padded["suggestion"]["micro_batch"]
