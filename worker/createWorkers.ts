@@ -8,6 +8,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import { createCpuActivities, createGpuActivities } from '../activities/index.js';
 import { REPO_ROOT, type ActivityDeps } from '../io/deps.js';
 import type { TemporalEnv } from '../contracts/connection.js';
+import { jpegDecoder, jpegFastPathEnabled } from '../vlm/jpegDecode.js';
 
 export interface WorkerPlan {
   temporal: TemporalEnv;
@@ -39,6 +40,9 @@ export function bundleWorkflowsInThread(): Promise<{ code: string }> {
 }
 
 export async function createWorkers(plan: WorkerPlan): Promise<{ workers: Worker[]; connection: NativeConnection }> {
+  // The format stage's thumbnails need the JPEG decoder addon: a worker without it says so (and
+  // how to fix it) before it polls, rather than fail every format chunk later.
+  if (plan.serve.cpu && jpegFastPathEnabled()) jpegDecoder();
   const connection = await NativeConnection.connect({
     address: plan.temporal.address,
     tls: plan.temporal.tls,

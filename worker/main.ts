@@ -8,7 +8,7 @@ import { depsFromEnv } from '../io/deps.js';
 import { preemptRunningTrainers } from '../bridge/trainerProcess.js';
 import { DEFAULT_QUEUES, temporalEnv } from '../contracts/connection.js';
 import { createWorkers } from './createWorkers.js';
-import { jpegDecoder, jpegFastPathEnabled } from '../vlm/jpegDecode.js';
+import { JpegDecoderUnavailableError } from '../vlm/jpegDecode.js';
 
 const { values } = parseArgs({ options: { queues: { type: 'string' } } });
 const served = new Set((values.queues ?? process.env.DPO_WORKER_QUEUES ?? 'cpu,gpu').split(',').map((s) => s.trim()));
@@ -25,16 +25,6 @@ if (served.has('gpu')) {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => void preemptRunningTrainers());
 }
 
-if (served.has('cpu') && jpegFastPathEnabled()) {
-  // The format stage's thumbnails need it: say so now rather than fail every chunk later.
-  try {
-    jpegDecoder();
-  } catch (err) {
-    console.error(`worker: ${(err as Error).message}`);
-    process.exit(2);
-  }
-}
-
 const temporal = temporalEnv();
 const { workers, connection } = await createWorkers({
   temporal,
@@ -43,6 +33,10 @@ const { workers, connection } = await createWorkers({
   deps: depsFromEnv(),
   gpuSlots: Number(process.env.DPO_GPU_SLOTS ?? 1),
   cpuSlots: Number(process.env.DPO_CPU_SLOTS ?? 4),
+}).catch((err: unknown) => {
+  if (!(err instanceof JpegDecoderUnavailableError)) throw err;
+  console.error(`worker: ${err.message}`);
+  process.exit(2);
 });
 console.log(
   `worker: connected to ${temporal.address} (namespace ${temporal.namespace}); serving ` +

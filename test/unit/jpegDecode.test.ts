@@ -5,6 +5,7 @@
  * gets the same outcome (kept, or refused with the same message); and only plain 8-bit
  * baseline/progressive JPEGs take the fast path.
  */
+import { spawnSync } from 'node:child_process';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { photo } from '../../bench/data/generate.js';
@@ -12,6 +13,7 @@ import { generateRows } from '../../datagen/demoShapes.js';
 import { sharpThumbnail, thumbnail, type FormatOptions } from '../../vlm/formatRows.js';
 import { exifOrientation, fastPathJpeg, largestReduction, thumbnailPlan, withDecodedPixels, type FastPathJpeg } from '../../vlm/jpegDecode.js';
 import { images } from '../dataFixtures.js';
+import { REPO_ROOT } from '../../io/deps.js';
 
 const options = (edge: number, extra: Partial<FormatOptions> = {}): FormatOptions => ({ edge, maxPixels: 50_000_000, jpegQuality: 95, ...extra });
 
@@ -187,5 +189,16 @@ describe('without the decoder', () => {
       else process.env.DPO_CACHE_DIR = previous;
       vi.resetModules();
     }
+  });
+
+  it('a CPU worker refuses to start, naming the fix, before it connects', () => {
+    const worker = spawnSync(process.execPath, ['--import', 'tsx', 'worker/main.ts', '--queues', 'cpu'], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, DPO_CACHE_DIR: '/nonexistent/dpo-cache', DPO_JPEG_DECODER: '', TEMPORAL_ADDRESS: '127.0.0.1:1' },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(worker.status).toBe(2);
+    expect(worker.stderr).toMatch(/worker: the JPEG decoder addon is not built .*npm run setup.*DPO_JPEG_DECODER=sharp/s);
   });
 });
