@@ -1,0 +1,85 @@
+"""FSDP2 with two processes (`fsdp: true`, gloo on CPU): the model sharded per decoder layer + root
+lands on the same per-step losses as one process with the same pairs per step, and a checkpoint
+written sharded at world size 2 (gathered unsharded onto rank 0) resumes in one process onto the
+uninterrupted run's numbers."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
+from test_distributed import launch_two, launch_two_processes
+from test_reference import run_reference
+
+
+def losses(events: list[dict]) -> list[float]:
+    return [e["metrics"]["loss"] for e in events if e["event"] == "step"]
+
+
+def test_fsdp_two_processes_match_one_and_resume_at_world_size_one(reference_run, train_config, tmp_path, validate_events):
+    reference_config, reference = reference_run
+    # 2 ranks x micro-batch 4 x accumulation 1 = 8 pairs per step, as the reference's 4 x 2.
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
+                          fsdp=True)
+    events = launch_two(config, tmp_path)
+    validate_events(events)
+    assert (events[0]["event"], events[0]["world_size"]) == ("started", 2)
+    ours, theirs = losses(events), losses(reference.events)
+    assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
+    # Every adapter weight, the root unit's (vision tower, projector) included, gathered from the shards.
+    bound = adapter_distance_bound(reference_config, reference)
+    assert adapter_distance(adapter_tensors(events[-1]["adapter_path"]), adapter_tensors(reference.last["adapter_path"])) < bound
+    saved = [e for e in events if e["event"] == "checkpoint_saved"]
+    assert [e["step"] for e in saved] == [2, 4, 6]
+
+    # The checkpoint at step 2 holds the unsharded adapter and optimizer state in the
+    # single-process format: one process resumes from it onto the uninterrupted run.
+    state = torch.load(f"{saved[0]['path']}/trainer_state.pt", weights_only=True)
+    assert sorted(state["optimizer"]["state"]) == list(range(len(state["optimizer"]["param_groups"][0]["params"])))
+    resumed = run_train(train_config(tmp_path / "resumed", resume_from=saved[0]["path"]))
+    assert resumed.exit_code == 0, resumed.last
+    assert [e["step"] for e in resumed.of("step")] == [3, 4, 5, 6]
+    assert max(abs(a - b) for a, b in zip(losses(resumed.events), theirs[2:])) < 1e-5
+    distance = adapter_distance(adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < bound
+
+
+def test_fsdp_resumes_a_single_process_checkpoint(reference_run, train_config, tmp_path, validate_events):
+    # The other direction: one process's checkpoint (torch's integer-keyed optimizer state) is
+    # sharded onto two ranks at resume (set_optimizer_state_dict) and lands on the same numbers.
+    reference_config, reference = reference_run
+    step4 = next(e for e in reference.of("checkpoint_saved") if e["step"] == 4)
+    config = train_config(tmp_path / "out", per_device_train_batch_size=2, gradient_accumulation_steps=2, device="cpu",
+                          fsdp=True, resume_from=step4["path"])
+    events = launch_two(config, tmp_path)
+    validate_events(events)
+    assert [e["step"] for e in events if e["event"] == "step"] == [5, 6]
+    assert max(abs(a - b) for a, b in zip(losses(events), losses(reference.events)[4:])) < 1e-5
+    distance = adapter_distance(adapter_tensors(events[-1]["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < adapter_distance_bound(reference_config, reference)
+
+
+def test_fsdp_out_of_memory_ends_the_run_instead_of_waiting(train_config, tmp_path):
+    # Sharded, the other ranks may be inside the forward's all-gathers when one runs out of
+    # memory, where no agreement to back off can reach them: the run ends with the out-of-memory
+    # exit (the workflow replans) instead of hanging or backing off on one rank alone.
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
+                          fsdp=True, max_steps=1)
+    proc, events = launch_two_processes(config, tmp_path, env={"DPO_FAULT_OOM_ABOVE_MICRO_BATCH": "0"})
+    assert proc.returncode != 0
+    assert not [e for e in events if e["event"] == "oom_backoff"]
+    assert events[-1]["event"] == "error" and events[-1]["error_type"] == "OutOfMemory", events[-1]
+
+
+def test_fsdp_with_a_precomputed_reference(reference_run, train_config, tiny_model_dir, demo_shards, tmp_path, validate_events):
+    # The reference's log-probs from files instead of the sharded model with the adapter off.
+    reference = run_reference({"model_dir": str(tiny_model_dir), "shards": [str(p) for p in demo_shards[0]],
+                               "output_dir": str(tmp_path / "reference"), "batch_size": 16})
+    assert reference.exit_code == 0, reference.last
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
+                          fsdp=True, precompute_ref_log_probs=True,
+                          ref_log_probs_files=[f"{reference.last['path']}/ref_logps.parquet"])
+    events = launch_two(config, tmp_path)
+    validate_events(events)
+    ours, theirs = losses(events), losses(reference_run[1].events)
+    assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
