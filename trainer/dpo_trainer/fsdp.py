@@ -7,7 +7,8 @@ gradients and optimizer state, and a unit's full weights exist only while it com
 tower stays in the root unit on purpose: a rank whose micro-batch has no image skips it, and an
 FSDP unit that one rank skips would leave the others waiting in its all-gather; the root unit is
 gathered on every forward whatever the batch holds. For the same reason unused parameters
-contribute zero gradients to the reduce-scatter (`set_reduce_scatter_unused_params`).
+contribute zero gradients to the reduce-scatter (`set_reduce_scatter_unused_params`), and the
+embeddings' output requires grad on every rank (shard_model says why).
 
 The reference model is the same sharded weights with the adapter switched off (modeling.py), or
 precomputed log-probs; it costs no second copy either way.
@@ -49,6 +50,12 @@ def shard_model(model: Any) -> None:
     """fully_shard each decoder layer, then the root; in place (parameters become DTensors)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    # A unit's gradients are reduce-scattered when its inputs' gradients are computed, and only at
+    # the end of backward for a unit whose inputs need none -- as the first decoder layer's
+    # embeddings on a rank whose micro-batch has no image (frozen embeddings, no vision tower
+    # output). Ranks with and without images would then reduce the units in different orders,
+    # and the collectives would mismatch: the embeddings' output requires grad on every rank.
+    model.enable_input_require_grads()
     for layer in decoder_layers(model):
         fully_shard(layer)
     fully_shard(model)

@@ -83,3 +83,30 @@ def test_fsdp_with_a_precomputed_reference(reference_run, train_config, tiny_mod
     validate_events(events)
     ours, theirs = losses(events), losses(reference_run[1].events)
     assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
+
+
+def test_fsdp_with_micro_batches_without_images(train_config, tiny_model_dir, demo_shards, tmp_path, validate_events):
+    # A rank whose micro-batch has no image skips the vision tower while the other runs it: with
+    # the vision tower in the root unit and unused parameters reduced as zeros, neither waits on
+    # the other, and the numbers are the one-process run's.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoConfig
+
+    image_token = AutoConfig.from_pretrained(tiny_model_dir).image_token_id
+    rows = pq.read_table(demo_shards[0][0]).to_pylist()
+    for row in rows[1::2]:  # every other pair text-only
+        row["image"] = None
+        row["prompt_input_ids"] = [t for t in row["prompt_input_ids"] if t != image_token]
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(demo_shards[0][0])), mixed)
+    options = {"train_shards": [str(mixed)], "max_steps": 2}
+    one = run_train(train_config(tmp_path / "one", **options))
+    assert one.exit_code == 0, one.last
+    # Micro-batch 1: many micro-batches hold a pair with an image on one rank and none on the other.
+    events = launch_two(train_config(tmp_path / "two", per_device_train_batch_size=1, gradient_accumulation_steps=4,
+                                     device="cpu", fsdp=True, **options), tmp_path)
+    validate_events(events)
+    ours, theirs = losses(events), losses(one.events)
+    assert len(ours) == 2 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
+    assert adapter_tensors(events[-1]["adapter_path"]).keys() == adapter_tensors(one.last["adapter_path"]).keys()
