@@ -110,3 +110,14 @@ def test_fsdp_with_micro_batches_without_images(train_config, tiny_model_dir, de
     ours, theirs = losses(events), losses(one.events)
     assert len(ours) == 2 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
     assert adapter_tensors(events[-1]["adapter_path"]).keys() == adapter_tensors(one.last["adapter_path"]).keys()
+
+
+def test_fsdp_with_padding_free_batches_and_gradient_checkpointing(reference_run, train_config, tmp_path, validate_events):
+    # Both change what runs inside each decoder layer (packed sequences, recomputation in backward),
+    # not the units' order: the same losses as the padded one-process run.
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
+                          fsdp=True, padding_free=True, gradient_checkpointing=True)
+    events = launch_two(config, tmp_path)
+    validate_events(events)
+    ours, theirs = losses(events), losses(reference_run[1].events)
+    assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
