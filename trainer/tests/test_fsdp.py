@@ -121,3 +121,10 @@ def test_fsdp_with_padding_free_batches_and_gradient_checkpointing(reference_run
     validate_events(events)
     ours, theirs = losses(events), losses(reference_run[1].events)
     assert len(ours) == 6 and max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
+
+
+def test_fsdp_refuses_merge_model_naming_the_field(train_config, tmp_path):
+    config = train_config(tmp_path / "out", device="cpu", fsdp=True, merge_model=True)
+    proc, events = launch_two_processes(config, tmp_path)
+    assert proc.returncode != 0
+    assert events[-1]["error_type"] == "InvalidInput" and events[-1]["message"].startswith("merge_model:"), events[-1]
