@@ -5,10 +5,18 @@ uninterrupted run's numbers."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
 import torch
 
-from conftest import adapter_distance, adapter_distance_bound, adapter_tensors, run_train
-from test_distributed import launch_two, launch_two_processes
+from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events, run_train
+from test_distributed import free_port, launch_two, launch_two_processes
 from test_reference import run_reference
 
 
@@ -128,3 +136,46 @@ def test_fsdp_refuses_merge_model_naming_the_field(train_config, tmp_path):
     proc, events = launch_two_processes(config, tmp_path)
     assert proc.returncode != 0
     assert events[-1]["error_type"] == "InvalidInput" and events[-1]["message"].startswith("merge_model:"), events[-1]
+
+
+def test_fsdp_sigterm_checkpoints_on_every_rank_and_resumes(reference_run, train_config, tmp_path, validate_events):
+    # SIGTERM to the launcher, which forwards it to both ranks: they agree at the next step
+    # boundary, gather the checkpoint together, and rank 0 reports `preempted`; one process
+    # resumes from that checkpoint onto the uninterrupted run.
+    reference_config, reference = reference_run
+    config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
+                          fsdp=True, preemption_grace_seconds=20)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+         "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+         "-m", "dpo_trainer.train", "--config", str(path)],
+        cwd=TRAINER, env={**os.environ, "OMP_NUM_THREADS": "1", "DPO_FAULT_SLEEP_PER_STEP": "1.0"},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    events: list[dict] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith('{"event"'):
+                events.extend(parse_events(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(e["event"] == "step" and e["step"] == 2 for e in events):
+        assert time.monotonic() < deadline and proc.poll() is None, events
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)  # the launcher itself exits 1 (torch elastic's SignalException), not 75
+    reader.join(timeout=5)
+    validate_events(events)
+    preempted = events[-1]
+    assert preempted["event"] == "preempted" and 2 <= preempted["step"] < 6, events[-3:]
+    resumed = run_train(train_config(tmp_path / "resumed", resume_from=preempted["checkpoint_path"]))
+    assert resumed.exit_code == 0, resumed.last
+    assert max(abs(a - b) for a, b in zip(losses(resumed.events), losses(reference.events)[preempted["step"]:])) < 1e-5
+    distance = adapter_distance(adapter_tensors(resumed.last["adapter_path"]), adapter_tensors(reference.last["adapter_path"]))
+    assert distance < adapter_distance_bound(reference_config, reference)
