@@ -22,7 +22,11 @@ state unsharded (torch.distributed.checkpoint.state_dict, full_state_dict + cpu_
 optimizer state is re-keyed to torch's own integer parameter ids in the optimizer's order. A
 checkpoint written at one world size therefore resumes at any other, FSDP or not. Loading goes the
 other way: the adapter loads into the unsharded model before it is sharded, the optimizer state
-after the optimizer exists (set_optimizer_state_dict shards it).
+after the optimizer exists (set_optimizer_state_dict shards it). Only the trainable (LoRA) weights
+are gathered, so rank 0 never holds the whole model for a checkpoint.
+
+An out-of-memory error inside a sharded step cannot be backed off in process (train.py ends the
+run): the other ranks may be inside a collective no agreement reaches.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """FSDP2 with two processes (`fsdp: true`, gloo on CPU): the model sharded per decoder layer + root
 lands on the same per-step losses as one process with the same pairs per step, and a checkpoint
 written sharded at world size 2 (gathered unsharded onto rank 0) resumes in one process onto the
-uninterrupted run's numbers."""
+uninterrupted run's numbers; also the other direction, a precomputed reference, micro-batches with
+an image on one rank only, padding-free with gradient checkpointing, SIGTERM, OOM and merge_model."""
 
 from __future__ import annotations
 
