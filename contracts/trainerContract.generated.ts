@@ -231,6 +231,11 @@ export const TRAINER_CONFIG_SCHEMA = {
           "type": "boolean",
           "default": false
         },
+        "fsdp": {
+          "description": "with several processes (accelerate launch / torchrun), shard the model's weights, gradients and optimizer state over them with FSDP2 (torch fully_shard): one unit per language-model decoder layer plus the root (embeddings, vision tower, projector, head); the reference is the same sharded weights with the adapter off, or precompute_ref_log_probs. Same losses as one process (to float rounding); checkpoints are gathered unsharded onto rank 0 in the single-process format, so a run resumes at any world size. An out-of-memory error inside a sharded forward or backward ends the run instead of backing off (the other ranks are inside a collective). With one process: ignored",
+          "type": "boolean",
+          "default": false
+        },
         "checkpoint_every_steps": {
           "description": "write a checkpoint every N optimizer steps",
           "type": "integer",

@@ -24,7 +24,9 @@ const WORKFLOW_ONLY_TRAIN_FIELDS = ['segment_steps', 'segments_per_workflow_run'
 /** Trainer fields the pipeline config does not have: the activity's paths, or the trainer's own defaults. */
 const ACTIVITY_OR_TRAINER_FIELDS = ['model_dir', 'train_shards', 'output_dir', 'resume_from', 'init_adapter', 'ref_log_probs_files', 'log_every_steps', 'device', 'preemption_grace_seconds', 'logging_dir', 'run_name', 'run_tags',
   // The stage's kind decides them (an sft stage; merging when a later stage consumes its model).
-  'objective', 'merge_model'];
+  'objective', 'merge_model',
+  // Read only with several trainer processes (accelerate launch / torchrun); a GPU worker starts one.
+  'fsdp'];
 
 function pipelineTrain(train: Record<string, unknown> = {}): TrainConfig {
   const parsed = parsePipelineConfig({ ...minimal, train });

@@ -136,21 +136,27 @@ def remove_stale_temporaries(output_dir: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_checkpoint(output_dir: Path, step: int, model: Any, trainer_state: dict[str, Any]) -> CheckpointRef:
+def save_checkpoint(
+    output_dir: Path, step: int, model: Any, trainer_state: dict[str, Any], weights: dict[str, Any] | None = None
+) -> CheckpointRef:
+    """`weights`: the model's trainable state gathered from its shards (fsdp.py); None: the model's own."""
+
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp / ADAPTER_DIR)
+        model.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
         torch.save(trainer_state, tmp / STATE_FILE)
 
     return write_atomic_folder(output_dir / "checkpoints" / step_folder_name(step), step, write)
 
 
 def save_final_adapter(
-    output_dir: Path, step: int, model: Any, also: Callable[[Path], None] | None = None
+    output_dir: Path, step: int, model: Any, also: Callable[[Path], None] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> CheckpointRef:
-    """final/adapter/, and with `also` whatever it writes into final/model/ (the merged model)."""
+    """final/adapter/, and with `also` whatever it writes into final/model/ (the merged model).
+    `weights` as in save_checkpoint."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp / ADAPTER_DIR)
+        model.save_pretrained(tmp / ADAPTER_DIR, state_dict=weights)
         if also is not None:
             also(tmp / MODEL_DIR)
 

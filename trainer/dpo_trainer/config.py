@@ -191,6 +191,19 @@ class TrainConfig:
             " Qwen2-VL, Qwen2.5-VL and Qwen3-VL; other families are refused at start"
         ),
     )
+    fsdp: bool = field(
+        default=False,
+        metadata=doc(
+            "with several processes (accelerate launch / torchrun), shard the model's weights, gradients and"
+            " optimizer state over them with FSDP2 (torch fully_shard): one unit per language-model decoder"
+            " layer plus the root (embeddings, vision tower, projector, head); the reference is the same"
+            " sharded weights with the adapter off, or precompute_ref_log_probs. Same losses as one process"
+            " (to float rounding); checkpoints are gathered unsharded onto rank 0 in the single-process"
+            " format, so a run resumes at any world size. An out-of-memory error inside a sharded forward or"
+            " backward ends the run instead of backing off (the other ranks are inside a collective). With"
+            " one process: ignored"
+        ),
+    )
     checkpoint_every_steps: int = field(
         default=50, metadata=doc("write a checkpoint every N optimizer steps", min=1)
     )

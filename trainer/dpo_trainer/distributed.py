@@ -10,6 +10,9 @@ would leave the others waiting in the all-reduce forever) and whether a SIGTERM 
 the loss normalised by the step's *global* pair count, the summed gradient is exactly the
 single-process one. Rank 0 alone writes checkpoints and emits events.
 
+With `fsdp: true` the model is sharded instead (fsdp.py): FSDP reduce-scatters the gradients in
+each backward itself, and sum_gradients does nothing.
+
 Single process (no WORLD_SIZE or WORLD_SIZE=1): every method is a no-op and nothing from
 accelerate is imported.
 """
@@ -29,6 +32,7 @@ class Distributed:
     rank: int = 0
     device: torch.device | None = None  # chosen by accelerate when world_size > 1
     accelerator: Any = None
+    fsdp: bool = False  # the model is sharded with fully_shard (fsdp.py); only when world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -64,7 +68,7 @@ class Distributed:
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum each trainable parameter's gradient over ranks, in place (one flat all-reduce)."""
-        if self.world_size == 1:
+        if self.world_size == 1 or self.fsdp:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])

@@ -30,7 +30,7 @@ import torch
 from transformers import get_scheduler
 
 from . import checkpoint as ckpt
-from . import packing
+from . import fsdp, packing
 from .cli import run_command
 from .config import TrainConfig, load_config
 from .data import (
@@ -148,7 +148,7 @@ def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
     weights_file = folder / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise InvalidInputError(f"init_adapter: {weights_file} does not exist")
-    result = set_peft_model_state_dict(model, load_file(weights_file, device=str(device)))
+    result = set_peft_model_state_dict(model, load_file(weights_file, device=device.type if device.type == "cpu" else str(device)))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise InvalidInputError(f"init_adapter: {folder} does not fit the model and lora settings (missing {missing[:3]},"
@@ -156,12 +156,16 @@ def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
     log(f"initialized the adapter from {folder}")
 
 
-def restore_checkpoint(
-    folder: Path, fingerprint: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer,
-    scheduler: Any, scaler: torch.amp.GradScaler, device: torch.device,
-) -> tuple[Progress, ckpt.CheckpointRef]:
-    """Load a verified checkpoint into the freshly built objects; RNG states are restored last,
-    because building the model and optimizer may have drawn random numbers."""
+@dataclass
+class OpenedCheckpoint:
+    folder: Path
+    files: list[str]
+    state: dict[str, Any]  # trainer_state.pt
+
+
+def open_checkpoint(folder: Path, fingerprint: dict[str, Any], model: Any, device: torch.device) -> OpenedCheckpoint:
+    """Verify a checkpoint, check it belongs to this run, and load its adapter into the model --
+    before the model is sharded (fsdp.py), so the weights load the same at every world size."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -177,19 +181,34 @@ def restore_checkpoint(
             ]
             + ["keep these equal to resume (the micro-batch split may change), or start a fresh run"]
         )
-    weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=str(device))
+    # accelerate names a CPU rank's device "cpu:0", which safetensors refuses; the weights are
+    # copied onto the model's own device by the load anyway.
+    weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=device.type if device.type == "cpu" else str(device))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise InvalidInputError(f"resume_from: {folder} adapter does not fit the model (missing {missing[:3]},"
                                 f" unexpected {list(result.unexpected_keys)[:3]})")
-    optimizer.load_state_dict(state["optimizer"])
+    return OpenedCheckpoint(folder, [e["path"] for e in manifest["files"]], state)
+
+
+def restore_checkpoint(
+    opened: OpenedCheckpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, dist: Distributed, parameter_names: list[str],
+) -> tuple[Progress, ckpt.CheckpointRef]:
+    """Load the rest of an opened checkpoint into the freshly built objects; RNG states are
+    restored last, because building the model and optimizer may have drawn random numbers."""
+    state, folder = opened.state, opened.folder
+    if dist.fsdp:
+        fsdp.load_optimizer_state(model, optimizer, state["optimizer"], parameter_names)
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["grad_scaler"])
     progress = Progress(state["step"], DataCursor(**state["cursor"]), list(state["history"]))
     restore_rng(state["rng"])
     log(f"resumed from {folder} at step {progress.step}")
-    return progress, ckpt.CheckpointRef(progress.step, folder, [e["path"] for e in manifest["files"]])
+    return progress, ckpt.CheckpointRef(progress.step, folder, opened.files)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +248,8 @@ def pair_logps(ctx: StepContext, batch: Any, micro_indices: list[int], settings:
         if ctx.reference is not None:
             ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
         else:
-            with torch.no_grad(), ctx.model.disable_adapter():
+            trainable = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+            with torch.no_grad(), fsdp.adapter_disabled(ctx.model, trainable):
                 ref_tokens, ref_mask, _ = completion_token_logps(ctx.model, batch, padding_free=ctx.config.padding_free)
                 ref_logps = sequence_logps(ref_tokens, ref_mask, settings.ld_alpha).logps
         per_token, mask, log_sum_sq = completion_token_logps(
@@ -266,6 +286,11 @@ def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, st
         sums, tokens, normaliser = accumulate(ctx, indices, micro_batch=micro_batch, step_pairs=step_pairs or len(indices))
     except torch.OutOfMemoryError as exc:
         log(f"out of memory with micro-batch {micro_batch}: {exc}")
+        if ctx.dist.fsdp:
+            # The other ranks may be waiting inside this forward's all-gathers or this backward's
+            # reduce-scatters, where no agreement can reach them: end the run (the launcher stops
+            # the other ranks) with the out-of-memory exit, so the workflow replans.
+            raise OutOfMemoryGaveUp([f"micro_batch={micro_batch} with fsdp (no in-process backoff across shards)"]) from None
         out_of_memory = True
     if ctx.dist.any(out_of_memory):  # every rank backs off together
         raise StepOutOfMemory()
@@ -277,7 +302,7 @@ def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, st
     sums = totals
     ctx.scaler.unscale_(ctx.optimizer)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    grad_norm = fsdp.full_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
     learning_rate = ctx.scheduler.get_last_lr()[0]  # the rate this step uses
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
@@ -398,8 +423,12 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     dist = init_distributed(config.device)  # accelerate launch / torchrun: WORLD_SIZE > 1
+    dist.fsdp = config.fsdp and dist.world_size > 1
     if not dist.is_main:
         mute()
+    if dist.fsdp and config.merge_model:
+        raise InvalidInputError("merge_model: not available with fsdp and several processes (the merge needs the"
+                                " whole model in one process); merge the final adapter in a later single-process run")
     faults = FaultHooks.from_env()
     control = ControlFile.from_env()
     device = dist.device or resolve_device(config.device)
@@ -434,9 +463,6 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     gradient_checkpointing = config.gradient_checkpointing
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-
     # Pairs per optimizer step over all processes: per-device micro-batch x accumulation x world
     # size (as in transformers), or total_train_batch_size with an 'auto' micro-batch.
     step_samples = config.effective_batch_size * (1 if config.per_device_train_batch_size == "auto" else dist.world_size)
@@ -445,6 +471,16 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             f"total_train_batch_size: {step_samples} does not split evenly over {dist.world_size} processes"
         )
     total_steps = config.max_steps or steps_until_epoch(DataCursor(), len(dataset), step_samples, config.epochs)
+    fingerprint = run_fingerprint(config, dataset, step_samples)
+    progress = Progress()
+
+    # -- resume: the same objects as a fresh start, overwritten with the checkpoint's state ------
+    opened = open_checkpoint(Path(config.resume_from).resolve(), fingerprint, model, device) if config.resume_from else None
+    if dist.fsdp:
+        fsdp.shard_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    parameter_names = fsdp.parameter_names(model, optimizer) if dist.fsdp else []
     scheduler = get_scheduler(
         {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.lr_scheduler_type],
         optimizer,
@@ -453,15 +489,9 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     )
     # Loss scaling only matters for float16, whose small exponent range underflows gradients.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    fingerprint = run_fingerprint(config, dataset, step_samples)
-    progress = Progress()
-
-    # -- resume: the same objects as a fresh start, overwritten with the checkpoint's state ------
     last_checkpoint: ckpt.CheckpointRef | None = None
-    if config.resume_from:
-        progress, last_checkpoint = restore_checkpoint(
-            Path(config.resume_from).resolve(), fingerprint, model, optimizer, scheduler, scaler, device
-        )
+    if opened is not None:
+        progress, last_checkpoint = restore_checkpoint(opened, model, optimizer, scheduler, scaler, dist, parameter_names)
 
     newer = [ref for ref in ckpt.complete_checkpoints(output_dir) if ref.step > progress.step]
     if newer:
@@ -474,7 +504,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
     # the start step is purged (tracking.py).
     trackers = start_trackers(config, output_dir, progress.step) if dist.is_main else Trackers()
 
-    def trainer_state(rng: dict[str, Any]) -> dict[str, Any]:
+    def trainer_state(rng: dict[str, Any], optimizer_state: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "step": progress.step,
@@ -482,7 +512,7 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             "epoch": progress.cursor.epoch_progress(len(dataset)),
             "samples_seen": sum(entry["samples"] for entry in progress.history),
             "fingerprint": fingerprint,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "grad_scaler": scaler.state_dict(),
             "rng": rng,
@@ -490,9 +520,12 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
         }
 
     def save(rng: dict[str, Any]) -> ckpt.CheckpointRef:
-        # Rank 0 writes (the adapter and optimizer state are identical on every rank).
+        # Rank 0 writes (the adapter and optimizer state are identical on every rank; sharded,
+        # every rank first takes part in gathering them unsharded onto rank 0).
+        weights = fsdp.trainable_state(model) if dist.fsdp else None
+        optimizer_state = fsdp.optimizer_state(model, optimizer, parameter_names) if dist.fsdp else optimizer.state_dict()
         if dist.is_main:
-            ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng))
+            ref = ckpt.save_checkpoint(output_dir, progress.step, model, trainer_state(rng, optimizer_state), weights)
             trackers.flush()  # the worker uploads the event files with the checkpoint
             emit("checkpoint_saved", step=ref.step, path=str(ref.path), files=ref.files, manifest=ckpt.MANIFEST)
         else:
@@ -622,10 +655,11 @@ def train(config: TrainConfig, preemption: PreemptionFlag) -> int:
             last_checkpoint = save(capture_rng())
 
     final_path = output_dir / "final"
+    final_weights = fsdp.trainable_state(model) if dist.fsdp else None
     if dist.is_main:
         # The merged model goes into the same atomic folder, so the manifest covers both.
         merge = (lambda folder: save_merged_model(model, Path(config.model_dir), folder)) if config.merge_model else None
-        final_path = ckpt.save_final_adapter(output_dir, progress.step, model, also=merge).path
+        final_path = ckpt.save_final_adapter(output_dir, progress.step, model, also=merge, weights=final_weights).path
     dist.barrier()
     if not last_metrics and progress.history:
         last_metrics = {k: v for k, v in progress.history[-1].items() if k not in ("step", "epoch", "samples")}

@@ -23,17 +23,22 @@ def free_port() -> int:
 
 def launch_two(config: dict, tmp_path) -> list[dict]:
     """The train events of `config` run by two processes (rank 0's stdout)."""
+    proc, events = launch_two_processes(config, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    return events
+
+
+def launch_two_processes(config: dict, tmp_path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """The launcher's outcome and rank 0's train events, whatever the exit."""
     path = tmp_path / "train.json"
     path.write_text(json.dumps(config))
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
          "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "dpo_trainer.train", "--config", str(path)],
-        cwd=TRAINER, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=TRAINER, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True, timeout=300,
     )
-    events = parse_events("\n".join(line for line in proc.stdout.splitlines() if line.startswith('{"event"')))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return events
+    return proc, parse_events("\n".join(line for line in proc.stdout.splitlines() if line.startswith('{"event"')))
 
 
 def test_two_processes_match_one(reference_run, train_config, tmp_path, validate_events):
