@@ -90,6 +90,25 @@ class LossComparison:
     model: object  # the LoRA model both sides scored with
 
 
+def lora_model(model_dir: Path):
+    """The tiny model with LoRA whose B matrices are moved off zero (so policy != reference),
+    in eval mode, and what load_base_model returned (spec, image processor)."""
+    import torch
+
+    from dpo_trainer.config import LoraSettings
+    from dpo_trainer.modeling import attach_lora, load_base_model
+
+    loaded = load_base_model(str(model_dir), torch.float32, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    return model, loaded
+
+
 def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Path, beta: float = 0.1) -> LossComparison:
     """The sigmoid DPO loss by our collate + log-probs + loss, and by TRL's own vision collator and
     `DPOTrainer._compute_loss` (its fused LM head added, as its __init__ does), on one model with
@@ -103,19 +122,11 @@ def compare_with_trl(model_dir: Path, processor, rows: list[dict], tmp_path: Pat
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
     from trl.trainer.utils import add_fused_lm_head
 
-    from dpo_trainer.config import LoraSettings
     from dpo_trainer.data import PixelCache, collate
     from dpo_trainer.losses import LossSettings, PairLogps, SequenceLogps, pair_losses
-    from dpo_trainer.modeling import attach_lora, completion_logps, load_base_model
+    from dpo_trainer.modeling import completion_logps
 
-    loaded = load_base_model(str(model_dir), torch.float32, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
+    model, loaded = lora_model(model_dir)
     batch = collate(rows, loaded.spec.pad_token_id, PixelCache(loaded.image_processor, loaded.spec.image_token_id))
     with torch.no_grad():
         policy, lengths = completion_logps(model, batch)

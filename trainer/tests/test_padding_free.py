@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import adapter_distance, adapter_tensors, run_train
-from family_kit import check_crash_then_resume_is_bitwise, lora_train_config, processor_rows, tiny_qwen, two_shards, write_rows
+from family_kit import check_crash_then_resume_is_bitwise, lora_model, lora_train_config, processor_rows, tiny_qwen, two_shards, write_rows
 
 FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "qwen3_vl")
 
@@ -64,22 +64,6 @@ def family(request, tmp_path_factory) -> dict[str, Any]:
     model_dir = build_model(request.param, folder)
     processor = load_processor(request.param, model_dir)
     return {"model_type": request.param, "model_dir": model_dir, "rows": uneven_rows(processor, 4, 9, request.param)}
-
-
-def lora_model(model_dir: Path) -> tuple[Any, Any]:
-    """The model with LoRA whose B matrices are moved off zero (policy != reference)."""
-    from dpo_trainer.config import LoraSettings
-    from dpo_trainer.modeling import attach_lora, load_base_model
-
-    loaded = load_base_model(str(model_dir), torch.float32, torch.device("cpu"))
-    torch.manual_seed(0)
-    model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    return model, loaded
 
 
 def scores(model: Any, batch: Any, padding_free: bool) -> dict[str, Any]:
