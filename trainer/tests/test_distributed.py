@@ -28,14 +28,19 @@ def launch_two(config: dict, tmp_path) -> list[dict]:
     return events
 
 
-def launch_two_processes(config: dict, tmp_path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """The launcher's outcome and rank 0's train events, whatever the exit."""
+def two_process_command(config: dict, tmp_path) -> list[str]:
+    """`accelerate launch` of the trainer on `config` (written to tmp_path) with two CPU processes."""
     path = tmp_path / "train.json"
     path.write_text(json.dumps(config))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+            "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            "-m", "dpo_trainer.train", "--config", str(path)]
+
+
+def launch_two_processes(config: dict, tmp_path, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """The launcher's outcome and rank 0's train events, whatever the exit."""
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         "-m", "dpo_trainer.train", "--config", str(path)],
+        two_process_command(config, tmp_path),
         cwd=TRAINER, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True, timeout=300,
     )
     return proc, parse_events("\n".join(line for line in proc.stdout.splitlines() if line.startswith('{"event"')))

@@ -6,18 +6,16 @@ an image on one rank only, padding-free with gradient checkpointing, SIGTERM, OO
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import torch
 
 from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events, run_train
-from test_distributed import free_port, launch_two, launch_two_processes
+from test_distributed import launch_two, launch_two_processes, two_process_command
 from test_reference import run_reference
 
 
@@ -146,12 +144,8 @@ def test_fsdp_sigterm_checkpoints_on_every_rank_and_resumes(reference_run, train
     reference_config, reference = reference_run
     config = train_config(tmp_path / "out", per_device_train_batch_size=4, gradient_accumulation_steps=1, device="cpu",
                           fsdp=True, preemption_grace_seconds=20)
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         "-m", "dpo_trainer.train", "--config", str(path)],
+        two_process_command(config, tmp_path),
         cwd=TRAINER, env={**os.environ, "OMP_NUM_THREADS": "1", "DPO_FAULT_SLEEP_PER_STEP": "1.0"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

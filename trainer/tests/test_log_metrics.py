@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_tracking_mlflow import MLFLOW_BIN, free_port, mlflow_server  # noqa: F401 -- the server fixture
+from test_tracking_mlflow import free_port, mlflow_server, pipeline_runs_seen  # noqa: F401 -- the server fixture
 
 from dpo_trainer.log_metrics import log_request
 from dpo_trainer.mlflow_tracker import MlflowRest, MlflowTracker
@@ -38,22 +38,12 @@ def request(tmp_path: Path, run_id: str, **extra) -> dict:
 
 
 def read_back(uri: str, experiment: str, pipeline_run: str) -> dict:
-    script = f"""
-import json
-from mlflow import MlflowClient
-c = MlflowClient({uri!r})
-exp = c.get_experiment_by_name({experiment!r})
-out = {{}}
-for r in c.search_runs([exp.experiment_id], "tags.`dpo.run_id` = '{pipeline_run}'"):
-    out[r.data.tags["dpo.kind"]] = {{
+    """Each run by its `dpo.kind`: status, tags, metrics, the eval accuracy's history and the report artifacts."""
+    runs = pipeline_runs_seen(uri, experiment, pipeline_run, """{
         "run_id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "metrics": r.data.metrics,
         "history": [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "eval/dpo/rewards/accuracies")],
-        "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "report")],
-    }}
-print(json.dumps(out))
-"""
-    result = subprocess.run([str(MLFLOW_BIN.parent / "python"), "-c", script], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+        "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "report")]}""")
+    return {run["tags"]["dpo.kind"]: run for run in runs}
 
 
 def test_eval_metrics_nested_runs_report_and_parent_status(mlflow_server, tmp_path):  # noqa: F811
@@ -138,16 +128,7 @@ def test_the_pipeline_run_opens_before_its_stages_and_a_failure_ends_the_open_on
 
 
 def all_runs(uri: str, experiment: str, pipeline_run: str) -> list[dict]:
-    script = f"""
-import json
-from mlflow import MlflowClient
-c = MlflowClient({uri!r})
-exp = c.get_experiment_by_name({experiment!r})
-runs = c.search_runs([exp.experiment_id], "tags.`dpo.run_id` = '{pipeline_run}'")
-print(json.dumps([{{"status": r.info.status, "tags": r.data.tags}} for r in runs]))
-"""
-    result = subprocess.run([str(MLFLOW_BIN.parent / "python"), "-c", script], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    return pipeline_runs_seen(uri, experiment, pipeline_run, '{"status": r.info.status, "tags": r.data.tags}')
 
 
 def test_eval_metrics_join_the_train_stage_wandb_run(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_train
@@ -64,25 +65,28 @@ def mlflow_server(tmp_path_factory):
     server.wait(30)
 
 
-def read_back(uri: str, experiment: str, pipeline_run: str) -> dict:
-    """What MLflow's own client sees, from the server's virtualenv."""
+def pipeline_runs_seen(uri: str, experiment: str, pipeline_run: str, fields: str) -> Any:
+    """What MLflow's own client sees, from the server's virtualenv: `fields` (a Python expression
+    over each run `r` and the client `c`) for every run tagged with the pipeline run, as JSON."""
     script = f"""
 import json
 from mlflow import MlflowClient
 c = MlflowClient({uri!r})
 exp = c.get_experiment_by_name({experiment!r})
 runs = c.search_runs([exp.experiment_id], "tags.`dpo.run_id` = '{pipeline_run}'")
-out = {{}}
-for r in runs:
-    out[r.data.tags["dpo.kind"]] = {{
-        "run_id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "params": r.data.params,
-        "loss": [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "train/loss")],
-        "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "adapter")],
-    }}
-print(json.dumps(out))
+print(json.dumps([{fields} for r in runs]))
 """
     result = subprocess.run([str(MLFLOW_BIN.parent / "python"), "-c", script], capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
+
+
+def read_back(uri: str, experiment: str, pipeline_run: str) -> dict:
+    """Each run by its `dpo.kind`: status, tags, params, the train loss history and the adapter artifacts."""
+    runs = pipeline_runs_seen(uri, experiment, pipeline_run, """{
+        "run_id": r.info.run_id, "status": r.info.status, "tags": r.data.tags, "params": r.data.params,
+        "loss": [(m.step, m.value) for m in c.get_metric_history(r.info.run_id, "train/loss")],
+        "artifacts": [f.path for f in c.list_artifacts(r.info.run_id, "adapter")]}""")
+    return {run["tags"]["dpo.kind"]: run for run in runs}
 
 
 def test_crash_then_resume_one_run_each_step_once(mlflow_server, reference_run, train_config, tmp_path, monkeypatch):
