@@ -384,12 +384,9 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
     const imageConfig = await loadImageProcessorConfig(modelDir);
     const models = await loadModels(deps, input);
     try {
-      const counts = { base: {} as AmberCounts, trained: {} as AmberCounts };
-      const generative = { base: emptyGenerativeCounts(), trained: emptyGenerativeCounts() };
-      const short = { base: emptyShortAnswerCounts(), trained: emptyShortAnswerCounts() };
+      const tally = suiteTally(items);
+      const { questions, descriptions, counts, generative, short } = tally;
       const differing: DifferingExample[] = [];
-      const questions = items.filter((i): i is Extract<SuiteItem, { type: 'question' }> => i.type === 'question');
-      const descriptions = items.filter((i): i is Extract<SuiteItem, { type: 'description' }> => i.type === 'description');
       for (let start = 0; start < questions.length; start += input.batchSize) {
         const batch = questions.slice(start, start + input.batchSize);
         const prompts = batch.map((q) => yesNoPrompt(chat, q.question));
@@ -431,17 +428,37 @@ export async function scoreAmberShard(deps: ActivityDeps, input: ScoreShardInput
         });
         heartbeat({ suite: input.suiteKey, described: start + batch.length });
       }
-      const examples = await storeExamples(deps, input, pickExamples(differing, EXAMPLES_PER_RANGE));
-      return {
-        ...counts,
-        ...(descriptions.length && { generative }),
-        ...(questions.length && { shortAnswers: short }),
-        examples,
-      };
+      return await amberShardResult(deps, input, tally, differing);
     } finally {
       await Promise.all([models.base.release(), models.trained.release()]);
     }
   });
+}
+
+/** A suite range's questions and description prompts, and both models' empty tallies over them (either engine fills them). */
+export function suiteTally(items: SuiteItem[]) {
+  return {
+    questions: items.filter((i): i is Extract<SuiteItem, { type: 'question' }> => i.type === 'question'),
+    descriptions: items.filter((i): i is Extract<SuiteItem, { type: 'description' }> => i.type === 'description'),
+    counts: { base: {} as AmberCounts, trained: {} as AmberCounts },
+    generative: { base: emptyGenerativeCounts(), trained: emptyGenerativeCounts() },
+    short: { base: emptyShortAnswerCounts(), trained: emptyShortAnswerCounts() },
+  };
+}
+
+/** A range's result, from either engine: its tallies, and a few of the items the two models answered differently, stored. */
+export async function amberShardResult(
+  deps: ActivityDeps,
+  input: { bucket: string; suiteKey: string },
+  { questions, descriptions, counts, generative, short }: ReturnType<typeof suiteTally>,
+  differing: DifferingExample[],
+): Promise<AmberShardResult> {
+  return {
+    ...counts,
+    ...(descriptions.length && { generative }),
+    ...(questions.length && { shortAnswers: short }),
+    examples: await storeExamples(deps, input, pickExamples(differing, EXAMPLES_PER_RANGE)),
+  };
 }
 
 export function shortCounts(truths: Array<'yes' | 'no'>, answers: string[]): ShortAnswerCounts {

@@ -18,10 +18,7 @@ import {
   countsFromMetrics,
   countYesNo,
   describeCounts,
-  emptyGenerativeCounts,
-  emptyShortAnswerCounts,
   emptyYesNoCounts,
-  type AmberCounts,
   type PreferenceCounts,
 } from '../../contracts/evalMetrics.js';
 import type { AmberShardResult, GeneratedExample } from '../../contracts/payloads.js';
@@ -32,21 +29,19 @@ import { ChatTokenizer } from '../../vlm/chatTokenizer.js';
 import type { ImageSize } from '../../vlm/processors/types.js';
 import { answerWithPytorch, evaluateWithPytorch, TorchEvalFailed, type PromptAnswer, type PromptRequest } from '../../bridge/torchEvaluate.js';
 import {
+  amberShardResult,
   assistantOpening,
   decoderFor,
   describePrompt,
   DESCRIPTION_TOKENS,
   differingExample,
-  EXAMPLES_PER_RANGE,
   generatedExample,
-  pickExamples,
   readShard,
   SHORT_ANSWER_TOKENS,
   shortCounts,
-  storeExamples,
   suiteItems,
+  suiteTally,
   yesNoPrompt,
-  type SuiteItem,
 } from './evaluate.js';
 import { trainerFailure } from '../../bridge/trainerFailure.js';
 import { withHeartbeat } from '../heartbeat.js';
@@ -184,8 +179,8 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
     const items = suiteItems(await deps.storage.getBuffer(input.bucket, input.suiteKey), input.suiteKey).slice(...input.range);
     const chat = await ChatTokenizer.load(modelDir);
     const decode = await decoderFor(modelDir);
-    const questions = items.filter((i): i is Extract<SuiteItem, { type: 'question' }> => i.type === 'question');
-    const descriptions = items.filter((i): i is Extract<SuiteItem, { type: 'description' }> => i.type === 'description');
+    const tally = suiteTally(items);
+    const { questions, descriptions, counts, generative, short } = tally;
     const sizes = async (bytes: Uint8Array) => (chat.needsImageSizes ? [await sizeOf(bytes)] : undefined);
     const prompts = await Promise.all(questions.map(async (q) => yesNoPrompt(chat, q.question, await sizes(q.image.bytes))));
     const opening = assistantOpening(chat);
@@ -202,9 +197,6 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
         })),
       )),
     ];
-    const counts = { base: {} as AmberCounts, trained: {} as AmberCounts };
-    const generative = { base: emptyGenerativeCounts(), trained: emptyGenerativeCounts() };
-    const short = { base: emptyShortAnswerCounts(), trained: emptyShortAnswerCounts() };
     const texts = { base: [] as string[], trained: [] as string[] };
     for (const side of SIDES) {
       const answers = await answer(side, requests, chat.eosTokenId);
@@ -220,13 +212,7 @@ export async function scoreAmberShardTorch(deps: ActivityDeps, input: TorchAmber
     }
     // Requests are the questions, then the descriptions: the same order as `items` filtered.
     const differing = [...questions, ...descriptions].flatMap((item, i) => differingExample(item, texts.base[i]!, texts.trained[i]!) ?? []);
-    const examples = await storeExamples(deps, input, pickExamples(differing, EXAMPLES_PER_RANGE));
-    return {
-      ...counts,
-      ...(descriptions.length && { generative }),
-      ...(questions.length && { shortAnswers: short }),
-      examples,
-    };
+    return amberShardResult(deps, input, tally, differing);
   });
 }
 
