@@ -10,6 +10,7 @@ import type { PipelinePlan } from '../contracts/dag.js';
 import { NON_RETRYABLE_FAILURES } from '../contracts/errors.js';
 import { isHubModelSource } from '../contracts/hubRepo.js';
 import { configHash, SCHEDULED_BY_ID, SEARCH_ATTRIBUTES, type RunLineage } from '../contracts/lineage.js';
+import { resolveReportTo } from '../contracts/tracking.js';
 import type { PipelineTrackingInput, StageResult, TrackerLinks, TrackingSummary } from '../contracts/payloads.js';
 
 /** Small storage reads and writes. */
@@ -71,8 +72,8 @@ export async function startLineage(config: PipelineConfig, runId: string, plan: 
  */
 async function trackPipelineRun(config: PipelineConfig, runId: string, status: PipelineTrackingInput['status']): Promise<void> {
   const reportTo = config.train.report_to ?? 'none';
-  const mayTrackMlflow = reportTo === 'all' || reportTo === 'mlflow' || (Array.isArray(reportTo) && reportTo.includes('mlflow'));
-  if (!mayTrackMlflow || !patched('pipeline-tracker-run')) return;
+  // `all` may name MLflow: the worker, which knows its MLFLOW_TRACKING_URI, decides.
+  if (!resolveReportTo(reportTo).includes('mlflow') || !patched('pipeline-tracker-run')) return;
   const { workflowId, runId: temporalRunId } = workflowInfo();
   try {
     const answer = await lineageActivities(config).trackPipelineRun({ runId, reportTo, workflow: { workflowId, runId: temporalRunId }, status });
