@@ -7,7 +7,6 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { rename, rm, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { writeAmberSuite } from '../datagen/amber.js';
@@ -15,9 +14,10 @@ import { generateDemoDataset } from '../datagen/demoShapes.js';
 import { DEFAULT_KNOBS, generateStoryDatasets } from '../datagen/demoStory.js';
 import type { Storage } from '../io/storage.js';
 import { REPO_ROOT, trainerPython } from '../io/deps.js';
+import { userCacheDir } from '../io/toolsCache.js';
 
 const run = promisify(execFile);
-const CACHE = process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm');
+const CACHE = userCacheDir();
 
 /**
  * Builds a tiny model once per version of its builder; returns the local folder. `llava` is the

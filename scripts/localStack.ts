@@ -4,12 +4,12 @@
  * are reused; `down` stops only what `up` started (pid files record that).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
-import { homedir } from 'node:os';
 import { basename, delimiter, join, resolve } from 'node:path';
 import { REPO_ROOT } from '../io/deps.js';
+import { pinnedVersions, userCacheDir } from '../io/toolsCache.js';
 import { LOCAL_MINIO_CREDENTIALS, Storage, storageEnvFromProcess } from '../io/storage.js';
 
 export const STATE_DIR = resolve(process.env.DPO_STATE_DIR ?? join(REPO_ROOT, '.dpo/state'));
@@ -22,15 +22,10 @@ interface ServiceSpec {
   ready: () => Promise<boolean>;
 }
 
-function pinnedVersions(): Record<string, string> {
-  const text = readFileSync(join(REPO_ROOT, 'scripts/versions.sh'), 'utf8');
-  return Object.fromEntries([...text.matchAll(/^([A-Z_]+)="([^"]*)"/gm)].map((m) => [m[1]!, m[2]!]));
-}
-
 /** The tool from the per-user cache that scripts/install-tools.sh fills, else from PATH. */
 export function toolPath(name: 'temporal' | 'minio' | 'mlflow'): string {
   const v = pinnedVersions();
-  const cacheDir = (process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm')).replace('$HOME', homedir());
+  const cacheDir = userCacheDir();
   const version = { temporal: v.TEMPORAL_CLI_VERSION, minio: v.MINIO_VERSION, mlflow: v.MLFLOW_VERSION }[name];
   const cached = join(cacheDir, 'tools', `${name}-${version}`, 'bin', name);
   if (existsSync(cached)) return cached;

@@ -18,9 +18,9 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from '../io/deps.js';
+import { pinnedVersions, userCacheDir } from '../io/toolsCache.js';
 
 /** The addon's exports (vlm/native/jpegDecode.c). */
 interface JpegDecoderAddon {
@@ -43,7 +43,6 @@ export type ScaleDenominator = 1 | 2 | 4 | 8;
 const TJCS_YCBCR = 1;
 const TJCS_GRAY = 2;
 
-const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SOURCE = join(REPO_ROOT, 'vlm/native/jpegDecode.c');
 
 /** Missing or unloadable decoder: a setup problem, never a bad image. */
@@ -56,12 +55,10 @@ export class JpegDecoderUnavailableError extends Error {
  * and the source's hash, so a changed source or pin is rebuilt and never loads a stale build.
  */
 export function jpegDecoderPath(): string {
-  const versions = readFileSync(join(REPO_ROOT, 'scripts/versions.sh'), 'utf8');
-  const version = /^TURBOJPEG_DEB_VERSION="([^"]*)"/m.exec(versions)?.[1];
+  const version = pinnedVersions().TURBOJPEG_DEB_VERSION;
   if (!version) throw new JpegDecoderUnavailableError('scripts/versions.sh pins no TURBOJPEG_DEB_VERSION');
   const sourceHash = createHash('sha256').update(readFileSync(SOURCE)).digest('hex').slice(0, 12);
-  const cacheDir = (process.env.DPO_CACHE_DIR ?? join(homedir(), '.cache/dpo-vlm')).replace('$HOME', homedir());
-  return join(cacheDir, 'tools', `jpeg-decoder-${version.replace(/^\d+:/, '')}-${sourceHash}`, 'jpegDecode.node');
+  return join(userCacheDir(), 'tools', `jpeg-decoder-${version.replace(/^\d+:/, '')}-${sourceHash}`, 'jpegDecode.node');
 }
 
 let loaded: JpegDecoderAddon | undefined;

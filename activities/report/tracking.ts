@@ -2,9 +2,10 @@
  * The worker's part of experiment tracking (train.report_to) outside training: each evaluate
  * stage's metrics go to the trackers of the run, the report itself to the pipeline's parent
  * MLflow run, which is then marked FINISHED; that parent run opens when the pipeline starts and
- * ends FAILED or KILLED when it ends without a report. The trainer's `python -m dpo_trainer.log_metrics` speaks to the trackers, so
- * each tracker's protocol has one implementation (MLflow's REST client, TensorBoard's
- * SummaryWriter); the worker only ships the event files to the stages' storage folders.
+ * ends FAILED or KILLED when it ends without a report. The trainer's
+ * `python -m dpo_trainer.log_metrics` speaks to the trackers, so each tracker's protocol has one
+ * implementation (MLflow's REST client, TensorBoard's SummaryWriter, wandb); the worker only
+ * ships the files they write (event files, offline W&B runs) to the stages' storage folders.
  *
  * A tracker that is down never fails the report: its failed calls are a warning and a count
  * (ReportResult.tracking), as for training.
