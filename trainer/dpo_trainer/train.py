@@ -139,6 +139,17 @@ def run_fingerprint(config: TrainConfig, dataset: PreferenceDataset, step_sample
     }
 
 
+def safetensors_device(device: torch.device) -> str:
+    """The device name safetensors accepts: accelerate names a CPU rank's device "cpu:0", which it
+    refuses (the load copies the weights onto the model's own device anyway)."""
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """The trained parameters, as the optimizer holds them (sharded ones under fsdp)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
     """init_from: start from an earlier run's LoRA weights instead of PEFT's fresh init.
     The reference model stays the base model (adapter disabled)."""
@@ -148,7 +159,7 @@ def load_init_adapter(model: Any, folder: Path, device: torch.device) -> None:
     weights_file = folder / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise InvalidInputError(f"init_adapter: {weights_file} does not exist")
-    result = set_peft_model_state_dict(model, load_file(weights_file, device=device.type if device.type == "cpu" else str(device)))
+    result = set_peft_model_state_dict(model, load_file(weights_file, device=safetensors_device(device)))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
         raise InvalidInputError(f"init_adapter: {folder} does not fit the model and lora settings (missing {missing[:3]},"
@@ -181,9 +192,7 @@ def open_checkpoint(folder: Path, fingerprint: dict[str, Any], model: Any, devic
             ]
             + ["keep these equal to resume (the micro-batch split may change), or start a fresh run"]
         )
-    # accelerate names a CPU rank's device "cpu:0", which safetensors refuses; the weights are
-    # copied onto the model's own device by the load anyway.
-    weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=device.type if device.type == "cpu" else str(device))
+    weights = load_file(folder / ckpt.ADAPTER_DIR / "adapter_model.safetensors", device=safetensors_device(device))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
@@ -248,8 +257,7 @@ def pair_logps(ctx: StepContext, batch: Any, micro_indices: list[int], settings:
         if ctx.reference is not None:
             ref_logps = ctx.reference.for_rows(micro_indices).to(ctx.device)
         else:
-            trainable = [p for group in ctx.optimizer.param_groups for p in group["params"]]
-            with torch.no_grad(), fsdp.adapter_disabled(ctx.model, trainable):
+            with torch.no_grad(), fsdp.adapter_disabled(ctx.model, optimizer_params(ctx.optimizer)):
                 ref_tokens, ref_mask, _ = completion_token_logps(ctx.model, batch, padding_free=ctx.config.padding_free)
                 ref_logps = sequence_logps(ref_tokens, ref_mask, settings.ld_alpha).logps
         per_token, mask, log_sum_sq = completion_token_logps(
@@ -295,7 +303,7 @@ def optimizer_step(ctx: StepContext, indices: list[int], *, micro_batch: int, st
     if ctx.dist.any(out_of_memory):  # every rank backs off together
         raise StepOutOfMemory()
 
-    params = [p for group in ctx.optimizer.param_groups for p in group["params"]]
+    params = optimizer_params(ctx.optimizer)
     ctx.dist.sum_gradients(params)
     totals = ctx.dist.sum({**sums, "_tokens": float(tokens)})
     tokens = int(totals.pop("_tokens"))
