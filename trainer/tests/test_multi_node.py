@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TRAINER, adapter_distance, adapter_distance_bound, adapter_tensors, parse_events
+from dpo_trainer.checkpoint import complete_checkpoints
 from test_distributed import free_port
 
 
@@ -47,15 +48,20 @@ def node_events(stdout: str) -> list[dict]:
     return parse_events("\n".join(line for line in stdout.splitlines() if line.startswith('{"event"')))
 
 
+def finish_nodes(launches: list[subprocess.Popen], timeout: float = 300) -> list[list[dict]]:
+    """Each node's events once every launcher exited 0 (their pipes read to the end, so a long
+    stderr cannot block a launcher)."""
+    outputs = [p.communicate(timeout=timeout) for p in launches]
+    for p, (_, err) in zip(launches, outputs):
+        assert p.returncode == 0, err[-12000:]
+    return [node_events(out) for out, _ in outputs]
+
+
 @pytest.fixture(scope="module")
 def two_node_run(train_config, tmp_path_factory) -> tuple[Path, list[list[dict]]]:
     """An uninterrupted two-node run: its folder and each node's events."""
     root = tmp_path_factory.mktemp("two-nodes")
-    launches = start_nodes(train_config, root)
-    outputs = [p.communicate(timeout=300) for p in launches]
-    for p, (_, err) in zip(launches, outputs):
-        assert p.returncode == 0, err[-12000:]
-    return root, [node_events(out) for out, _ in outputs]
+    return root, finish_nodes(start_nodes(train_config, root))
 
 
 def test_two_launchers_form_one_job(reference_run, two_node_run, validate_events):
@@ -71,8 +77,9 @@ def test_two_launchers_form_one_job(reference_run, two_node_run, validate_events
     assert [e["step"] for e in events[0] if e["event"] == "checkpoint_saved"] == [2, 4, 6]
     final = adapter_tensors(events[0][-1]["adapter_path"])
     assert adapter_distance(final, adapter_tensors(reference.last["adapter_path"])) < adapter_distance_bound(reference_config, reference)
-    # The other node's folder stays empty: checkpoints and the adapter exist on rank 0's node only.
-    assert not (tmp_path / "node-1" / "out").exists() or not any((tmp_path / "node-1" / "out").rglob("*.safetensors"))
+    # Checkpoints and the adapter exist on rank 0's node only.
+    assert not complete_checkpoints(tmp_path / "node-1" / "out")
+    assert not any((tmp_path / "node-1" / "out").rglob("*.safetensors"))
 
 
 def test_a_lost_node_stops_the_job_and_the_restarted_gang_lands_on_the_same_adapter(two_node_run, train_config, tmp_path):
@@ -82,29 +89,23 @@ def test_a_lost_node_stops_the_job_and_the_restarted_gang_lands_on_the_same_adap
     expected = adapter_tensors(two_node_run[1][0][-1]["adapter_path"])
 
     crashed = start_nodes(train_config, tmp_path / "crashed", env={"DPO_FAULT_SLEEP_PER_STEP": "0.5"})
-    checkpoints = tmp_path / "crashed" / "node-0" / "out" / "checkpoints"
+    rank0_out = tmp_path / "crashed" / "node-0" / "out"
     deadline = time.monotonic() + 240
-    while not any((c / "manifest.json").exists() for c in checkpoints.glob("step-*")):
+    while not complete_checkpoints(rank0_out):
         assert time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.2)
     time.sleep(0.7)  # mid-step 3 (steps take >= 0.5 s here)
     os.killpg(crashed[1].pid, signal.SIGKILL)
-    crashed[1].wait(timeout=30)
-    started = time.monotonic()
-    survivor = crashed[0].wait(timeout=180)
-    assert survivor != 0, "the surviving node finished a job that lost a node"
-    print(f"survivor exited {survivor} {time.monotonic() - started:.1f} s after the kill")
-    complete = [c for c in checkpoints.glob("step-*") if (c / "manifest.json").exists()]
-    newest = max(complete, key=lambda p: int(p.name.split("-")[1]))
-    assert int(newest.name.split("-")[1]) < 6, "the run finished before the kill"
+    crashed[1].communicate(timeout=30)
+    killed_at = time.monotonic()
+    crashed[0].communicate(timeout=180)
+    assert crashed[0].returncode != 0, "the surviving node finished a job that lost a node"
+    print(f"survivor exited {crashed[0].returncode} {time.monotonic() - killed_at:.1f} s after the kill")
+    newest = complete_checkpoints(rank0_out)[-1]
+    assert 0 < newest.step < 6, "the run finished before the kill"
 
-    for p in crashed:
-        p.communicate(timeout=30)
-    restarted = start_nodes(train_config, tmp_path / "restarted", resume_from=str(newest))
-    out, err = restarted[0].communicate(timeout=300)
-    assert restarted[0].wait(timeout=60) == 0 and restarted[1].wait(timeout=60) == 0, err[-8000:]
-    events = node_events(out)
-    assert events[0]["start_step"] == int(newest.name.split("-")[1]) > 0
+    events = finish_nodes(start_nodes(train_config, tmp_path / "restarted", resume_from=str(newest.path)))[0]
+    assert events[0]["start_step"] == newest.step
     final = adapter_tensors(events[-1]["adapter_path"])
     assert final.keys() == expected.keys()
     assert all(bool((final[k] == expected[k]).all()) for k in final), "the restarted gang's adapter differs"
